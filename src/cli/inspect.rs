@@ -1,0 +1,199 @@
+//! `skiff get` and `skiff describe`: read-only views of the status files.
+
+use super::{DescribeArgs, GetArgs, OutputFormat, UsageError, open_dir_store};
+use crate::status::{TaskStatus, Timestamp, format_time};
+use crate::store::Store;
+use crate::task::TaskKey;
+use chrono::Utc;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Every task (or the one named) with its status; `None` for a manifest not yet seen
+/// by a controller.
+pub(super) async fn load(store: &dyn Store, only: Option<&str>) -> anyhow::Result<Vec<(TaskKey, Option<TaskStatus>)>> {
+    let keys: Vec<TaskKey> = match only {
+        Some(task) => vec![task_key(task)],
+        None => store.list().await?.into_iter().map(|l| l.key).collect(),
+    };
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let status = store.read_status(&key).await?;
+        if only.is_some() && status.is_none() && store.list_one(&key).await?.is_none() {
+            return Err(UsageError(format!("no task {key} in {}; `skiff get` lists the tasks", store.location())).into());
+        }
+        out.push((key, status));
+    }
+    Ok(out)
+}
+
+/// A task as the user typed it: `jobs/thumb`, or its manifest's path.
+pub(super) fn task_key(task: &str) -> TaskKey {
+    let task = task.trim_start_matches("./");
+    let stem = [".yaml", ".yml", ".json"].iter().find_map(|ext| task.strip_suffix(ext)).unwrap_or(task);
+    TaskKey::new(stem.to_string())
+}
+
+pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+    let store = open_dir_store(&args.source)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut last = String::new();
+        loop {
+            let tasks = load(&store, args.task.as_deref()).await?;
+            let text = render(&tasks, args.output)?;
+            if text != last {
+                if args.watch && !last.is_empty() {
+                    println!();
+                }
+                print!("{text}");
+                last = text;
+            }
+            if !args.watch {
+                return Ok(ExitCode::SUCCESS);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+fn render(tasks: &[(TaskKey, Option<TaskStatus>)], format: OutputFormat) -> anyhow::Result<String> {
+    let statuses: Vec<&TaskStatus> = tasks.iter().filter_map(|(_, s)| s.as_ref()).collect();
+    Ok(match format {
+        OutputFormat::Json => format!("{}\n", serde_json::to_string_pretty(&statuses)?),
+        OutputFormat::Yaml => yaml_serde::to_string(&statuses)?,
+        OutputFormat::Table => table(tasks, Utc::now()),
+    })
+}
+
+fn table(tasks: &[(TaskKey, Option<TaskStatus>)], now: Timestamp) -> String {
+    let mut rows = vec![["TASK", "PHASE", "ATTEMPT", "AGE", "DURATION", "REASON"].map(String::from)];
+    for (key, status) in tasks {
+        let row = match status {
+            None => [key.to_string(), "-".into(), "-".into(), "-".into(), "-".into(), "not seen by a controller yet".into()],
+            Some(s) => {
+                let first = s.attempts.first().and_then(|a| a.created_at).unwrap_or(s.updated_at);
+                let duration = s.current().and_then(|a| {
+                    let start = a.started_at?;
+                    Some(short(a.finished_at.unwrap_or(now) - start))
+                });
+                [
+                    key.to_string(),
+                    s.phase.to_string(),
+                    s.attempt.to_string(),
+                    short(now - first),
+                    duration.unwrap_or_else(|| "-".into()),
+                    s.reason.map(|r| format!("{r:?}")).unwrap_or_default(),
+                ]
+            }
+        };
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+/// `3s`, `4m10s`, `2h5m`, `3d4h`: two units at most, as kubectl prints ages.
+fn short(delta: chrono::TimeDelta) -> String {
+    let secs = delta.num_seconds().max(0);
+    let (d, h, m, s) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) if delta.num_milliseconds() < 10_000 => format!("{:.1}s", delta.num_milliseconds().max(0) as f64 / 1000.0),
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s}s"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ => format!("{d}d{h}h"),
+    }
+}
+
+pub fn describe(args: DescribeArgs) -> anyhow::Result<ExitCode> {
+    let store = open_dir_store(&args.source)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let tasks = runtime.block_on(load(&store, Some(&args.task)))?;
+    for (key, status) in tasks {
+        match status {
+            None => println!("Task:     {key}\nPhase:    - (not seen by a controller yet)"),
+            Some(status) => print!("{}", describe_text(&status)),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_text(s: &TaskStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Task:         {}", s.task);
+    let _ = writeln!(out, "Name:         {}", s.name);
+    let _ = writeln!(out, "Phase:        {}", s.phase);
+    if let Some(reason) = s.reason {
+        let _ = writeln!(out, "Reason:       {reason:?}");
+    }
+    if let Some(message) = &s.message {
+        let _ = writeln!(out, "Message:      {}", message.replace('\n', "\n              "));
+    }
+    let _ = writeln!(out, "Spec hash:    {}", if s.spec_hash.is_empty() { "-" } else { &s.spec_hash });
+    let _ = writeln!(out, "Attempt:      {}", s.attempt);
+    if let Some(at) = &s.next_attempt_at {
+        let _ = writeln!(out, "Next attempt: {}", format_time(at));
+    }
+    let _ = writeln!(out, "Updated:      {}", format_time(&s.updated_at));
+    if let Some(at) = &s.observed_at {
+        let _ = writeln!(out, "Observed:     {}", format_time(at));
+    }
+    if !s.attempts.is_empty() {
+        let _ = writeln!(out, "Attempts:");
+        for a in &s.attempts {
+            let time = |t: &Option<Timestamp>| t.as_ref().map(format_time).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "  #{} {} {}\n     created {}  started {}  finished {}\n     exit {}  completed by {}  reason {}{}",
+                a.number,
+                a.runtime,
+                a.container,
+                time(&a.created_at),
+                time(&a.started_at),
+                time(&a.finished_at),
+                a.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                a.completed_by.map(|c| format!("{c:?}").to_lowercase()).unwrap_or_else(|| "-".into()),
+                a.reason.map(|r| format!("{r:?}")).unwrap_or_else(|| "-".into()),
+                a.message.as_ref().map(|m| format!("\n     {m}")).unwrap_or_default(),
+            );
+        }
+    }
+    if let Some(result) = &s.result {
+        let _ = writeln!(out, "Result:       {result}");
+    }
+    if let Some(tail) = &s.log_tail {
+        let _ = writeln!(out, "Log tail:");
+        for line in tail.lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(short(chrono::TimeDelta::milliseconds(1500)), "1.5s");
+        assert_eq!(short(chrono::TimeDelta::seconds(75)), "1m15s");
+        assert_eq!(short(chrono::TimeDelta::seconds(7300)), "2h1m");
+        assert_eq!(short(chrono::TimeDelta::seconds(90_000)), "1d1h");
+    }
+
+    #[test]
+    fn table_has_the_contract_columns() {
+        let status = TaskStatus::new("jobs/a", "a", "h", Utc::now());
+        let text = table(&[(TaskKey::new("jobs/a"), Some(status)), (TaskKey::new("b"), None)], Utc::now());
+        let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+        assert_eq!(header, ["TASK", "PHASE", "ATTEMPT", "AGE", "DURATION", "REASON"]);
+        assert!(text.contains("jobs/a  Pending"));
+    }
+}

@@ -1,0 +1,265 @@
+//! The command line (DESIGN.md §9). Every flag has a `SKIFF_…` environment variable,
+//! and an optional config file supplies defaults: flags, then environment, then file.
+
+mod config;
+mod controller;
+mod inspect;
+mod logs;
+mod validate;
+mod wait;
+
+use crate::manifest::RuntimeKind;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit code for a usage or configuration error (§9).
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "skiff", version, about = "A reconciling controller for container tasks", long_about = None)]
+pub struct Cli {
+    /// A YAML file of defaults for the controller's flags (`max-running: 8`, ...).
+    #[arg(long, env = "SKIFF_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Watch a folder of ContainerTask manifests and run them.
+    Controller(ControllerArgs),
+    /// List tasks and their status.
+    Get(GetArgs),
+    /// Show one task in detail.
+    Describe(DescribeArgs),
+    /// Print a task's output.
+    Logs(LogsArgs),
+    /// Check manifests without running them; exits 1 if any is invalid.
+    Validate(ValidateArgs),
+    /// Wait until tasks reach a phase.
+    Wait(WaitArgs),
+    #[command(name = "__supervise", hide = true)]
+    Supervise(SuperviseArgs),
+    /// Print the JSON Schema of a ContainerTask.
+    #[command(name = "schema", hide = true)]
+    Schema,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// The folder of manifests.
+    #[arg(long, env = "SKIFF_DIR", required_unless_present = "blob")]
+    pub dir: Option<PathBuf>,
+    /// An Azure Blob container of manifests.
+    #[arg(long, env = "SKIFF_BLOB", conflicts_with = "dir")]
+    pub blob: Option<String>,
+    /// Where skiff keeps its own state (default: `<dir>/.skiff`).
+    #[arg(long, env = "SKIFF_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The runtime for tasks that do not name one.
+    #[arg(long, env = "SKIFF_RUNTIME", value_enum, default_value = "process")]
+    pub runtime: RuntimeArg,
+    /// Reconcile until every task is final, then exit: 0 if all Succeeded, else 1.
+    #[arg(long, env = "SKIFF_ONCE")]
+    pub once: bool,
+    /// Serve the HTTP API here (loopback by default).
+    #[arg(long, env = "SKIFF_LISTEN")]
+    pub listen: Option<String>,
+    /// The URL containers use to reach the callback route.
+    #[arg(long, env = "SKIFF_CALLBACK_URL")]
+    pub callback_url: Option<String>,
+    /// At most this many containers at once.
+    #[arg(long, env = "SKIFF_MAX_RUNNING")]
+    pub max_running: Option<usize>,
+    /// Full relist interval (heals missed file notifications).
+    #[arg(long, env = "SKIFF_RESYNC", default_value = "60s", value_parser = parse_duration)]
+    pub resync: Duration,
+    /// Docker network mode: host, none, or a network's name.
+    #[arg(long, env = "SKIFF_DOCKER_NETWORK")]
+    pub docker_network: Option<String>,
+    /// Allow `hostPath` volumes under this prefix (repeatable).
+    #[arg(long, env = "SKIFF_ALLOW_HOST_PATH", value_delimiter = ',')]
+    pub allow_host_path: Vec<PathBuf>,
+    /// Log filter, e.g. `info` or `skiff=debug`.
+    #[arg(long, env = "SKIFF_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeArg {
+    Process,
+    Docker,
+    Aci,
+}
+
+impl From<RuntimeArg> for RuntimeKind {
+    fn from(arg: RuntimeArg) -> Self {
+        match arg {
+            RuntimeArg::Process => RuntimeKind::Process,
+            RuntimeArg::Docker => RuntimeKind::Docker,
+            RuntimeArg::Aci => RuntimeKind::Aci,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// One task (its path without extension); all tasks when absent.
+    pub task: Option<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[arg(short, long, env = "SKIFF_OUTPUT", value_enum, default_value = "table")]
+    pub output: OutputFormat,
+    /// Print again whenever something changes.
+    #[arg(short, long)]
+    pub watch: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DescribeArgs {
+    pub task: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    pub task: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Keep printing output as it comes, until the task is final.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// The runtime assumed for manifests that do not name one.
+    #[arg(long, env = "SKIFF_RUNTIME", value_enum, default_value = "process")]
+    pub runtime: RuntimeArg,
+    /// Allow `hostPath` volumes under this prefix (repeatable).
+    #[arg(long, env = "SKIFF_ALLOW_HOST_PATH", value_delimiter = ',')]
+    pub allow_host_path: Vec<PathBuf>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WaitFor {
+    /// Every task Succeeded (fails at once if one Failed or is Invalid).
+    Succeeded,
+    /// Every task is Succeeded, Failed or Invalid.
+    Terminal,
+}
+
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    #[arg(required = true)]
+    pub tasks: Vec<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[arg(long = "for", value_enum, default_value = "terminal")]
+    pub wait_for: WaitFor,
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct SuperviseArgs {
+    #[arg(long)]
+    pub container_dir: PathBuf,
+    #[arg(long)]
+    pub exit_file: PathBuf,
+    #[arg(long)]
+    pub working_dir: Option<PathBuf>,
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|err| format!("{err}; write e.g. 30s, 5m or 1h30m"))
+}
+
+/// A user's mistake, reported as one line and exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+pub fn main() -> ExitCode {
+    let cli = match config::parse_with_config_file() {
+        Ok(cli) => cli,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = match cli.command {
+        Command::Supervise(args) => {
+            return ExitCode::from(crate::runtime::supervisor::supervise(crate::runtime::supervisor::SuperviseArgs {
+                container_dir: args.container_dir,
+                exit_file: args.exit_file,
+                working_dir: args.working_dir,
+                command: args.command,
+            }) as u8);
+        }
+        Command::Schema => {
+            print!("{}", crate::manifest::json_schema());
+            return ExitCode::SUCCESS;
+        }
+        Command::Validate(args) => return validate::run(&args),
+        Command::Controller(args) => controller::run(args),
+        Command::Get(args) => inspect::get(args),
+        Command::Describe(args) => inspect::describe(args),
+        Command::Logs(args) => logs::run(args),
+        Command::Wait(args) => wait::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            let usage = err.downcast_ref::<UsageError>().is_some();
+            ExitCode::from(if usage { EXIT_USAGE } else { 1 })
+        }
+    }
+}
+
+/// Opens the directory store named by `--dir`, or says why not.
+fn open_dir_store(source: &SourceArgs) -> anyhow::Result<crate::store::dir::DirStore> {
+    if source.blob.is_some() {
+        return Err(UsageError("--blob is not supported yet by this version of skiff; use --dir".into()).into());
+    }
+    let Some(dir) = &source.dir else {
+        return Err(UsageError("give --dir DIR (or set SKIFF_DIR)".into()).into());
+    };
+    crate::store::dir::DirStore::new(dir).map_err(|err| {
+        UsageError(format!("--dir {}: {err}; create the folder or fix the path", dir.display())).into()
+    })
+}
+
+fn state_dir(source: &SourceArgs) -> PathBuf {
+    match (&source.state_dir, &source.dir) {
+        (Some(state), _) => state.clone(),
+        (None, Some(dir)) => dir.join(".skiff"),
+        (None, None) => PathBuf::from(".skiff"),
+    }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

@@ -1,0 +1,52 @@
+//! `skiff validate FILE...`: every error of every file, exit 1 if any.
+
+use super::ValidateArgs;
+use crate::manifest::{Features, RuntimeKind, ValidationContext, parse_manifest, validate};
+use std::process::ExitCode;
+
+pub fn run(args: &ValidateArgs) -> ExitCode {
+    let ctx = ValidationContext {
+        default_runtime: RuntimeKind::from(args.runtime),
+        allow_host_paths: &args.allow_host_path,
+        features: Features::CURRENT,
+        env_is_set: None,
+    };
+    let mut failed = false;
+    for path in &args.files {
+        let file = path.display().to_string();
+        let errors = match read(path) {
+            Err(message) => vec![format!("{file}: {message}")],
+            Ok(bytes) => {
+                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                match parse_manifest(&file, &bytes) {
+                    Err(err) => vec![err.to_string()],
+                    Ok(task) => match validate(&file, &stem, &task, &ctx) {
+                        Ok(_) => Vec::new(),
+                        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+                    },
+                }
+            }
+        };
+        if errors.is_empty() {
+            println!("{file}: ok");
+        } else {
+            failed = true;
+            for error in errors {
+                println!("{error}");
+            }
+        }
+    }
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|err| format!("cannot read the file: {err}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    let limit = crate::manifest::MAX_MANIFEST_BYTES as u64;
+    if meta.len() > limit {
+        return Err(format!("the file is {} bytes; a manifest may be at most {limit} bytes (1 MiB)", meta.len()));
+    }
+    std::fs::read(path).map_err(|err| format!("cannot read the file: {err}"))
+}

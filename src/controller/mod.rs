@@ -1,0 +1,724 @@
+//! The controller: watches the store, reconciles each task, and acts on the runtime.
+//!
+//! - [`queue`] decides *when* a task is reconciled (keyed, delayed, never twice at once);
+//! - [`reconcile`] decides *what* to do, as a pure function;
+//! - [`limits`] decides *whether* a new container may start;
+//! - this module does the I/O around them: read the manifest and the status, observe the
+//!   container, persist the decision, then act.
+
+pub mod limits;
+pub mod queue;
+pub mod reconcile;
+
+use crate::manifest::{self, EnvValue, Features, RuntimeKind, TaskSpec, ValidationContext};
+use crate::runtime::{self, ContainerSpec, ContainerState, Runtime, RuntimeError};
+use crate::status::{Phase, Reason, TaskStatus};
+use crate::store::{Fingerprint, ManifestRead, Store, StoreError, StoreEvent};
+use crate::task::TaskKey;
+use limits::Limits;
+use queue::WorkQueue;
+use reconcile::{Action, Decision, Desired, Input, Observed, Slot};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A manifest that fails to parse and changed less than this long ago is probably
+/// still being written: it is looked at again, not judged Invalid.
+pub const SETTLE_TIME: Duration = Duration::from_secs(2);
+/// Longest wait between retries of an infrastructure error.
+const MAX_INFRA_BACKOFF: Duration = Duration::from_secs(60);
+/// How long shutdown waits for status writes in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub default_runtime: RuntimeKind,
+    /// `--max-running`: live containers across all runtimes.
+    pub max_running: Option<usize>,
+    /// Full relist interval, healing missed notifications.
+    pub resync: Duration,
+    /// Stop once every task is final.
+    pub once: bool,
+    pub allow_host_paths: Vec<PathBuf>,
+    /// Reconciles in flight at once.
+    pub workers: usize,
+    /// A reconcile that takes longer is abandoned and retried.
+    pub reconcile_timeout: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            default_runtime: RuntimeKind::Process,
+            max_running: None,
+            resync: Duration::from_secs(60),
+            once: false,
+            allow_host_paths: Vec::new(),
+            workers: 32,
+            reconcile_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// How a controller run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `--once`: every task Succeeded.
+    AllSucceeded,
+    /// `--once`: at least one task Failed or is Invalid.
+    SomeFailed,
+    /// Stopped by a signal.
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the controller remembers of a task between reconciles. None of it needs to
+/// survive a restart: it only speeds things up or explains them.
+#[derive(Default)]
+struct Memory {
+    /// The runtime reported a change of this task's container.
+    engine_seen: bool,
+    /// A create that failed for good, to be recorded on the attempt.
+    create_failure: Option<(String, Reason, String)>,
+    /// Consecutive infrastructure errors, for backoff.
+    infra_failures: u32,
+}
+
+struct Shared {
+    store: Arc<dyn Store>,
+    runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
+    config: ControllerConfig,
+    limits: Limits,
+    memory: Mutex<HashMap<TaskKey, Memory>>,
+    /// First-seen order of each task, for first come, first served.
+    order: Mutex<HashMap<TaskKey, u64>>,
+    /// Container name → task, to route runtime events.
+    containers: Mutex<HashMap<String, TaskKey>>,
+    /// `metadata.name` → (first-seen order, task): names are unique.
+    names: Mutex<HashMap<String, (u64, TaskKey)>>,
+}
+
+/// What one reconcile reports back to the loop.
+struct Reconciled {
+    key: TaskKey,
+    state: TaskState,
+    requeue: Option<Duration>,
+    /// Tasks whose name this one took over, to be reconciled again.
+    displaced: Option<TaskKey>,
+}
+
+/// A task's standing, as far as `--once` and resync are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskState {
+    Active,
+    Final(Phase),
+    Removed,
+}
+
+pub struct Controller {
+    shared: Arc<Shared>,
+    woken: mpsc::UnboundedReceiver<TaskKey>,
+}
+
+impl Controller {
+    pub fn new(store: Arc<dyn Store>, runtimes: Vec<Arc<dyn Runtime>>, config: ControllerConfig) -> Self {
+        let (limits, woken) = Limits::new("max-running", config.max_running);
+        let runtimes = runtimes.into_iter().map(|r| (r.kind(), r)).collect();
+        Controller {
+            shared: Arc::new(Shared {
+                store,
+                runtimes,
+                config,
+                limits,
+                memory: Mutex::new(HashMap::new()),
+                order: Mutex::new(HashMap::new()),
+                containers: Mutex::new(HashMap::new()),
+                names: Mutex::new(HashMap::new()),
+            }),
+            woken,
+        }
+    }
+
+    /// Runs until `shutdown` fires, or with `once`, until every task is final.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<Outcome, ControllerError> {
+        let shared = self.shared.clone();
+        let mut store_events = shared.store.watch()?;
+        let (runtime_tx, mut runtime_events) = mpsc::unbounded_channel::<String>();
+        for runtime in shared.runtimes.values() {
+            if let Some(mut rx) = runtime.subscribe() {
+                let tx = runtime_tx.clone();
+                tokio::spawn(async move {
+                    while let Some(name) = rx.recv().await {
+                        if tx.send(name).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+        drop(runtime_tx);
+
+        let mut queue = WorkQueue::new();
+        let mut known: HashMap<TaskKey, TaskState> = HashMap::new();
+        // Fingerprints of final tasks: a relist skips those whose files did not change.
+        let mut settled: HashMap<TaskKey, Fingerprint> = HashMap::new();
+        let mut running: JoinSet<Reconciled> = JoinSet::new();
+
+        self.relist(&mut queue, &mut known, &settled).await?;
+        self.collect_orphans();
+        let mut resync = tokio::time::interval_at(
+            tokio::time::Instant::now() + shared.config.resync,
+            shared.config.resync,
+        );
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let outcome = loop {
+            if shared.config.once && running.is_empty() && queue.is_empty() {
+                if let Some(outcome) = once_outcome(&known) {
+                    break outcome;
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Outcome::Shutdown,
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    let Ok(done) = done else { continue };
+                    queue.done(&done.key);
+                    match done.state {
+                        TaskState::Removed => {
+                            known.remove(&done.key);
+                            settled.remove(&done.key);
+                        }
+                        state => {
+                            known.insert(done.key.clone(), state);
+                        }
+                    }
+                    if matches!(done.state, TaskState::Final(_)) {
+                        if let Some(fp) = self.fingerprint(&done.key).await {
+                            settled.insert(done.key.clone(), fp);
+                        }
+                    } else {
+                        settled.remove(&done.key);
+                    }
+                    if let Some(delay) = done.requeue {
+                        queue.schedule(done.key.clone(), delay);
+                    }
+                    if let Some(other) = done.displaced {
+                        queue.schedule(other, Duration::ZERO);
+                    }
+                }
+                Some(event) = store_events.recv() => match event {
+                    StoreEvent::Changed(key) => {
+                        shared.first_seen(&key);
+                        known.entry(key.clone()).or_insert(TaskState::Active);
+                        settled.remove(&key);
+                        queue.schedule(key, Duration::ZERO);
+                    }
+                    StoreEvent::Rescan => self.relist(&mut queue, &mut known, &settled).await?,
+                },
+                Some(name) = runtime_events.recv() => {
+                    let key = shared.containers.lock().ok().and_then(|m| m.get(&name).cloned());
+                    if let Some(key) = key {
+                        shared.memory(&key, |m| m.engine_seen = true);
+                        queue.schedule(key, Duration::ZERO);
+                    }
+                }
+                Some(key) = self.woken.recv() => queue.schedule(key, Duration::ZERO),
+                _ = resync.tick() => {
+                    if let Err(err) = self.relist(&mut queue, &mut known, &settled).await {
+                        tracing::warn!("resync of {} failed, will retry: {err}", shared.store.location());
+                    }
+                    self.collect_orphans();
+                }
+                key = queue.next(), if running.len() < shared.config.workers => {
+                    let shared = shared.clone();
+                    running.spawn(async move {
+                        let timeout = shared.config.reconcile_timeout;
+                        match tokio::time::timeout(timeout, reconcile_task(&shared, &key)).await {
+                            Ok(done) => done,
+                            Err(_) => {
+                                tracing::warn!(task = %key, "reconcile took longer than {}s; retrying", timeout.as_secs());
+                                Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, displaced: None }
+                            }
+                        }
+                    });
+                }
+            }
+        };
+        // Finish the status writes in flight; running containers are durable and left alone.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        Ok(outcome)
+    }
+
+    /// Lists the store and queues every task whose files changed since it was last
+    /// final, plus every task not yet final.
+    async fn relist(
+        &self,
+        queue: &mut WorkQueue,
+        known: &mut HashMap<TaskKey, TaskState>,
+        settled: &HashMap<TaskKey, Fingerprint>,
+    ) -> Result<(), StoreError> {
+        let mut listed = self.shared.store.list().await?;
+        // First come, first served: order new tasks by when their files last changed.
+        listed.sort_by_key(|l| (l.fingerprint.0.iter().map(|(_, m)| *m).max().unwrap_or(0), l.key.clone()));
+        let mut present = std::collections::HashSet::new();
+        for item in listed {
+            present.insert(item.key.clone());
+            self.shared.first_seen(&item.key);
+            if settled.get(&item.key) == Some(&item.fingerprint) {
+                continue;
+            }
+            known.entry(item.key.clone()).or_insert(TaskState::Active);
+            if !queue.is_pending(&item.key) {
+                queue.schedule(item.key, Duration::ZERO);
+            }
+        }
+        // A task whose files all vanished between notifications still needs its cleanup.
+        for key in known.keys() {
+            if !present.contains(key) {
+                queue.schedule(key.clone(), Duration::ZERO);
+            }
+        }
+        Ok(())
+    }
+
+    async fn fingerprint(&self, key: &TaskKey) -> Option<Fingerprint> {
+        // Cheap enough: two stats. A relist compares against it.
+        let listed = self.shared.store.list_one(key).await.ok()?;
+        listed.map(|l| l.fingerprint)
+    }
+
+    /// Deletes containers that carry skiff's labels but whose task no longer exists:
+    /// what a crash between "delete the container" and "forget the task" can leave.
+    fn collect_orphans(&self) {
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            for runtime in shared.runtimes.values() {
+                let Ok(containers) = runtime.list().await else { continue };
+                for container in containers {
+                    let Some(task) = container.labels.get(runtime::LABEL_TASK) else { continue };
+                    let key = TaskKey::new(task.clone());
+                    let has_manifest = !matches!(shared.store.read_manifest(&key).await, Ok(ManifestRead::Missing));
+                    let has_status = !matches!(shared.store.read_status(&key).await, Ok(None));
+                    if !has_manifest && !has_status {
+                        tracing::info!(container = %container.name, task = %key, "removing an orphaned container");
+                        let _ = runtime.delete(&container.name).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn once_outcome(known: &HashMap<TaskKey, TaskState>) -> Option<Outcome> {
+    let mut all_succeeded = true;
+    for state in known.values() {
+        match state {
+            TaskState::Active => return None,
+            TaskState::Final(Phase::Succeeded) | TaskState::Removed => {}
+            TaskState::Final(_) => all_succeeded = false,
+        }
+    }
+    Some(if all_succeeded {
+        Outcome::AllSucceeded
+    } else {
+        Outcome::SomeFailed
+    })
+}
+
+impl Shared {
+    fn first_seen(&self, key: &TaskKey) -> u64 {
+        let Ok(mut order) = self.order.lock() else { return 0 };
+        let next = order.len() as u64;
+        *order.entry(key.clone()).or_insert(next)
+    }
+
+    fn memory<T>(&self, key: &TaskKey, f: impl FnOnce(&mut Memory) -> T) -> T {
+        let mut memory = self.memory.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(memory.entry(key.clone()).or_default())
+    }
+
+    fn infra_backoff(&self, key: &TaskKey) -> Duration {
+        let failures = self.memory(key, |m| {
+            m.infra_failures += 1;
+            m.infra_failures
+        });
+        let raw = Duration::from_millis(250).saturating_mul(1 << failures.min(10));
+        raw.min(MAX_INFRA_BACKOFF).mul_f64(0.8 + 0.4 * rand::random::<f64>())
+    }
+
+    fn runtime(&self, kind: RuntimeKind) -> Option<&Arc<dyn Runtime>> {
+        self.runtimes.get(&kind)
+    }
+
+    /// Claims `name` for `key`; the task seen first keeps a contested name.
+    fn claim_name(&self, name: &str, key: &TaskKey, order: u64) -> Result<Option<TaskKey>, TaskKey> {
+        let Ok(mut names) = self.names.lock() else { return Ok(None) };
+        names.retain(|n, (_, owner)| owner != key || n == name);
+        match names.get(name) {
+            Some((_, owner)) if owner == key => Ok(None),
+            Some((owner_order, owner)) if *owner_order < order => Err(owner.clone()),
+            previous => {
+                let displaced = previous.map(|(_, owner)| owner.clone());
+                names.insert(name.to_string(), (order, key.clone()));
+                Ok(displaced)
+            }
+        }
+    }
+
+    fn release_names(&self, key: &TaskKey) {
+        if let Ok(mut names) = self.names.lock() {
+            names.retain(|_, (_, owner)| owner != key);
+        }
+    }
+}
+
+/// Reads what the manifest asks for. `None`: the file is probably still being written.
+async fn read_desired(shared: &Shared, key: &TaskKey) -> Result<Option<(Desired, Option<PathBuf>)>, StoreError> {
+    let stem = key.as_str().rsplit('/').next().unwrap_or(key.as_str()).to_string();
+    let invalid = |message: String| Desired::Invalid {
+        name: stem.clone(),
+        message,
+    };
+    let desired = match shared.store.read_manifest(key).await? {
+        ManifestRead::Missing => Desired::Absent,
+        ManifestRead::Conflict { files } => invalid(format!(
+            "{}: these files all define task {key}; keep one of them (rename or delete the others)",
+            files.join(", ")
+        )),
+        ManifestRead::Unreadable { file, message } => invalid(format!("{file}: {message}")),
+        ManifestRead::Found {
+            file,
+            bytes,
+            modified,
+            local_dir,
+        } => match manifest::parse_manifest(&file, &bytes) {
+            Err(err) => {
+                let fresh = modified
+                    .and_then(|m| SystemTime::now().duration_since(m).ok())
+                    .is_some_and(|age| age < SETTLE_TIME);
+                if fresh {
+                    return Ok(None);
+                }
+                invalid(err.to_string())
+            }
+            Ok(task) => {
+                let env_is_set = |var: &str| std::env::var_os(var).is_some();
+                let ctx = ValidationContext {
+                    default_runtime: shared.config.default_runtime,
+                    allow_host_paths: &shared.config.allow_host_paths,
+                    features: Features::CURRENT,
+                    env_is_set: Some(&env_is_set),
+                };
+                match manifest::validate(&file, &stem, &task, &ctx) {
+                    Ok(spec) => return Ok(Some((Desired::Valid(Box::new(spec)), local_dir))),
+                    Err(errors) => {
+                        let name = task.metadata.name.clone().unwrap_or(stem.clone());
+                        Desired::Invalid {
+                            name,
+                            message: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
+                        }
+                    }
+                }
+            }
+        },
+    };
+    Ok(Some((desired, None)))
+}
+
+async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
+    match try_reconcile(shared, key).await {
+        Ok(done) => {
+            shared.memory(key, |m| m.infra_failures = 0);
+            done
+        }
+        Err(err) => {
+            let corrupt = matches!(err, StoreError::CorruptStatus { .. });
+            tracing::warn!(task = %key, "{err}");
+            Reconciled {
+                key: key.clone(),
+                // A corrupt status needs a person; for `--once` it counts as a failure.
+                state: if corrupt { TaskState::Final(Phase::Failed) } else { TaskState::Active },
+                requeue: Some(shared.infra_backoff(key)),
+                displaced: None,
+            }
+        }
+    }
+}
+
+async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled, StoreError> {
+    let order = shared.first_seen(key);
+    let Some((mut desired, local_dir)) = read_desired(shared, key).await? else {
+        return Ok(Reconciled {
+            key: key.clone(),
+            state: TaskState::Active,
+            requeue: Some(SETTLE_TIME),
+            displaced: None,
+        });
+    };
+    let mut displaced = None;
+    match &desired {
+        Desired::Valid(spec) => match shared.claim_name(&spec.name, key, order) {
+            Ok(other) => displaced = other,
+            Err(owner) => {
+                desired = Desired::Invalid {
+                    name: spec.name.clone(),
+                    message: format!(
+                        "metadata.name: {:?} is already the name of task {owner}; names must be unique, so rename one of them",
+                        spec.name
+                    ),
+                }
+            }
+        },
+        _ => shared.release_names(key),
+    }
+    let status = shared.store.read_status(key).await?;
+
+    // Observe the container the status says may exist, on the runtime it was made on.
+    let current = status.as_ref().and_then(|s| {
+        s.live_container()
+            .and_then(|_| s.current())
+            .map(|a| (a.container.clone(), a.runtime))
+    });
+    let mut log_tail = None;
+    let observed = match &current {
+        None => Observed::NotApplicable,
+        Some((container, kind)) => {
+            if let Ok(mut map) = shared.containers.lock() {
+                map.insert(container.clone(), key.clone());
+            }
+            let failure = shared.memory(key, |m| match &m.create_failure {
+                Some((name, _, _)) if name == container => m.create_failure.take(),
+                _ => None,
+            });
+            match (failure, shared.runtime(*kind)) {
+                (Some((_, reason, message)), _) => Observed::CreateFailed { reason, message },
+                (None, None) => Observed::Unreachable(format!("the {kind} runtime is not enabled in this controller")),
+                (None, Some(runtime)) => match runtime.inspect(container).await {
+                    Ok(state) => {
+                        let finished = matches!(state, ContainerState::Exited { .. })
+                            || (state == ContainerState::Absent
+                                && status.as_ref().is_some_and(|s| s.phase == Phase::Deleting));
+                        if finished {
+                            log_tail = runtime.log_tail(container).await.ok().flatten();
+                        }
+                        Observed::Container(state)
+                    }
+                    Err(err) => Observed::Unreachable(err.to_string()),
+                },
+            }
+        }
+    };
+    let seen_by_engine = shared.memory(key, |m| std::mem::take(&mut m.engine_seen));
+    let now = chrono::Utc::now();
+    let input = Input {
+        key,
+        desired: &desired,
+        status: status.as_ref(),
+        observed,
+        seen_by_engine,
+        log_tail,
+        slot: Slot::Granted,
+        now,
+        jitter: rand::random::<f64>(),
+    };
+    // Ask for a slot only when the decision would start an attempt with one.
+    let mut decision = reconcile::decide(input.clone());
+    if decision.starts_attempt(status.as_ref()) {
+        let slot = shared.limits.try_acquire(key, order);
+        if slot != Slot::Granted {
+            decision = reconcile::decide(Input { slot, ..input });
+        }
+    }
+    let live = decision.status.as_ref().is_some_and(|s| s.phase.has_container());
+    shared.limits.settle(key, live, order);
+
+    let requeue = execute(shared, key, status.as_ref(), &desired, local_dir, &decision).await?;
+    let state = match &decision.status {
+        None => TaskState::Removed,
+        Some(s) if s.phase.is_final() => TaskState::Final(s.phase),
+        Some(_) => TaskState::Active,
+    };
+    if state == TaskState::Removed {
+        shared.release_names(key);
+    }
+    Ok(Reconciled {
+        key: key.clone(),
+        state,
+        requeue,
+        displaced,
+    })
+}
+
+/// Persists the decision, then performs its actions. Returns when to look again.
+async fn execute(
+    shared: &Arc<Shared>,
+    key: &TaskKey,
+    before: Option<&TaskStatus>,
+    desired: &Desired,
+    local_dir: Option<PathBuf>,
+    decision: &Decision,
+) -> Result<Option<Duration>, StoreError> {
+    if let Some(new) = &decision.status {
+        let changed = before.is_none_or(|old| !old.same_state(new) || old.observed_at != new.observed_at);
+        if changed {
+            let mut new = new.clone();
+            new.updated_at = chrono::Utc::now();
+            shared.store.write_status(key, &new).await?;
+            log_transition(key, before, &new);
+        }
+    }
+    let mut requeue = decision.requeue_after;
+    let soon = |requeue: &mut Option<Duration>, delay: Duration| {
+        *requeue = Some(requeue.map_or(delay, |r| r.min(delay)));
+    };
+    for action in &decision.actions {
+        match action {
+            Action::EnsureContainer { container, attempt } => {
+                let Desired::Valid(spec) = desired else { continue };
+                let Some(runtime) = shared.runtime(spec.runtime) else {
+                    shared.memory(key, |m| {
+                        m.create_failure = Some((
+                            container.clone(),
+                            Reason::CreateFailed,
+                            format!("the {} runtime is not enabled in this controller", spec.runtime),
+                        ))
+                    });
+                    soon(&mut requeue, Duration::ZERO);
+                    continue;
+                };
+                if let Ok(mut map) = shared.containers.lock() {
+                    map.insert(container.clone(), key.clone());
+                }
+                let result = match container_spec(key, spec, *attempt, container, local_dir.clone()) {
+                    Ok(container_spec) => runtime.ensure(&container_spec).await,
+                    Err(message) => Err(RuntimeError::Permanent {
+                        reason: Reason::CreateFailed,
+                        message,
+                    }),
+                };
+                match result {
+                    Ok(()) => soon(&mut requeue, Duration::ZERO),
+                    Err(RuntimeError::Permanent { reason, message }) => {
+                        shared.memory(key, |m| m.create_failure = Some((container.clone(), reason, message)));
+                        soon(&mut requeue, Duration::ZERO);
+                    }
+                    Err(RuntimeError::Transient(message)) => {
+                        tracing::warn!(task = %key, container, "create failed, will retry: {message}");
+                        requeue = Some(shared.infra_backoff(key));
+                    }
+                }
+            }
+            Action::DeleteContainer { container } => {
+                let kind = before
+                    .and_then(|s| s.current())
+                    .map(|a| a.runtime)
+                    .unwrap_or(shared.config.default_runtime);
+                let Some(runtime) = shared.runtime(kind) else { continue };
+                match runtime.delete(container).await {
+                    Ok(()) => soon(&mut requeue, Duration::ZERO),
+                    Err(err) => {
+                        tracing::warn!(task = %key, container, "delete failed, will retry: {err}");
+                        requeue = Some(shared.infra_backoff(key));
+                    }
+                }
+            }
+            Action::RemoveStatus => {
+                shared.store.delete_status(key).await?;
+                for runtime in shared.runtimes.values() {
+                    let _ = runtime.forget(&key.container_prefix()).await;
+                }
+                if let Ok(mut map) = shared.containers.lock() {
+                    map.retain(|_, owner| owner != key);
+                }
+                if let Ok(mut memory) = shared.memory.lock() {
+                    memory.remove(key);
+                }
+                tracing::info!(task = %key, "manifest removed; task cleaned up");
+            }
+        }
+    }
+    Ok(requeue)
+}
+
+fn log_transition(key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus) {
+    let old = before.map(|s| s.phase);
+    if old == Some(after.phase) {
+        return;
+    }
+    let reason = after.reason.map(|r| format!(" ({r:?})")).unwrap_or_default();
+    match after.phase {
+        Phase::Failed | Phase::Invalid => tracing::warn!(
+            task = %key,
+            attempt = after.attempt,
+            "{} -> {}{reason}: {}",
+            old.map_or("new", Phase::as_str),
+            after.phase,
+            after.message.as_deref().unwrap_or("")
+        ),
+        _ => tracing::info!(
+            task = %key,
+            attempt = after.attempt,
+            "{} -> {}{reason}",
+            old.map_or("new", Phase::as_str),
+            after.phase
+        ),
+    }
+}
+
+/// What the runtime is asked to run for one attempt; secrets are resolved here.
+fn container_spec(
+    key: &TaskKey,
+    spec: &TaskSpec,
+    attempt: u32,
+    container: &str,
+    local_dir: Option<PathBuf>,
+) -> Result<ContainerSpec, String> {
+    let mut env = vec![
+        ("SKIFF_TASK".to_string(), key.to_string()),
+        ("SKIFF_ATTEMPT".to_string(), attempt.to_string()),
+        ("SKIFF_INDEX".to_string(), "0".to_string()),
+    ];
+    for (name, value) in &spec.env {
+        let value = match value {
+            EnvValue::Value(value) => value.clone(),
+            EnvValue::FromEnv(var) => std::env::var(var)
+                .map_err(|_| format!("env {name}: valueFrom.env {var} is not set in the controller's environment"))?,
+        };
+        env.push((name.clone(), value));
+    }
+    let working_dir = match (&spec.working_dir, local_dir) {
+        (Some(dir), Some(base)) => Some(base.join(dir)),
+        (Some(dir), None) => Some(PathBuf::from(dir)),
+        (None, base) if spec.runtime == RuntimeKind::Process => base,
+        (None, _) => None,
+    };
+    let labels = BTreeMap::from([
+        (runtime::LABEL_TASK.to_string(), key.to_string()),
+        (runtime::LABEL_ATTEMPT.to_string(), attempt.to_string()),
+        (runtime::LABEL_INDEX.to_string(), "0".to_string()),
+        (runtime::LABEL_SPEC_HASH.to_string(), spec.spec_hash.clone()),
+    ]);
+    Ok(ContainerSpec {
+        name: container.to_string(),
+        labels,
+        image: spec.image.clone(),
+        command: spec.command.clone(),
+        working_dir,
+        env,
+        cpu: spec.cpu,
+        memory_bytes: spec.memory_bytes,
+    })
+}

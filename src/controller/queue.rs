@@ -1,0 +1,122 @@
+//! The work queue: keyed, deduplicated, delayable, one reconcile per key at a time
+//! (DESIGN.md §8), in the manner of kube-runtime's scheduler and runner.
+//!
+//! A key waiting in the queue is held once, at its earliest requested time. A key
+//! that is asked for while its reconcile runs is marked dirty and runs again as soon
+//! as the current one finishes, so that no change is ever lost and none is handled by
+//! two reconciles at once.
+
+use crate::task::TaskKey;
+use std::collections::{HashMap, HashSet};
+use std::future::poll_fn;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::time::{DelayQueue, delay_queue};
+
+#[derive(Default)]
+pub struct WorkQueue {
+    delays: DelayQueue<TaskKey>,
+    scheduled: HashMap<TaskKey, (delay_queue::Key, Instant)>,
+    busy: HashSet<TaskKey>,
+    dirty: HashSet<TaskKey>,
+}
+
+impl WorkQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks for `key` to be reconciled after `delay`; an earlier request wins.
+    pub fn schedule(&mut self, key: TaskKey, delay: Duration) {
+        let at = Instant::now() + delay;
+        if let Some((handle, when)) = self.scheduled.get_mut(&key) {
+            if at < *when {
+                self.delays.reset_at(handle, at);
+                *when = at;
+            }
+            return;
+        }
+        let handle = self.delays.insert_at(key.clone(), at);
+        self.scheduled.insert(key, (handle, at));
+    }
+
+    /// Waits for the next key that is due and not busy, and marks it busy.
+    pub async fn next(&mut self) -> TaskKey {
+        loop {
+            if self.delays.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            let Some(expired) = poll_fn(|cx| self.delays.poll_expired(cx)).await else {
+                continue;
+            };
+            let key = expired.into_inner();
+            self.scheduled.remove(&key);
+            if self.busy.contains(&key) {
+                self.dirty.insert(key);
+                continue;
+            }
+            self.busy.insert(key.clone());
+            return key;
+        }
+    }
+
+    /// The reconcile of `key` finished; runs it again now if it was asked for meanwhile.
+    pub fn done(&mut self, key: &TaskKey) {
+        self.busy.remove(key);
+        if self.dirty.remove(key) {
+            self.schedule(key.clone(), Duration::ZERO);
+        }
+    }
+
+    /// Keys waiting (due or not), for the queue-depth metric.
+    pub fn len(&self) -> usize {
+        self.scheduled.len() + self.dirty.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A key is due now or busy: work is still in hand for it.
+    pub fn is_pending(&self, key: &TaskKey) -> bool {
+        self.busy.contains(key) || self.dirty.contains(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> TaskKey {
+        TaskKey::new(s)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_is_queued_once_at_its_earliest_time() {
+        let mut queue = WorkQueue::new();
+        queue.schedule(key("a"), Duration::from_secs(10));
+        queue.schedule(key("a"), Duration::from_secs(1));
+        queue.schedule(key("a"), Duration::from_secs(5));
+        queue.schedule(key("b"), Duration::from_secs(3));
+        assert_eq!(queue.len(), 2);
+        let start = Instant::now();
+        assert_eq!(queue.next().await, key("a"));
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert_eq!(queue.next().await, key("b"));
+        assert!(queue.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_key_runs_again_after_it_is_done_not_twice_at_once() {
+        let mut queue = WorkQueue::new();
+        queue.schedule(key("a"), Duration::ZERO);
+        assert_eq!(queue.next().await, key("a"));
+        queue.schedule(key("a"), Duration::ZERO);
+        queue.schedule(key("b"), Duration::from_millis(1));
+        // "a" is busy, so the queue hands out "b" and remembers "a" as dirty.
+        assert_eq!(queue.next().await, key("b"));
+        assert!(queue.is_pending(&key("a")));
+        queue.done(&key("a"));
+        assert_eq!(queue.next().await, key("a"));
+    }
+}

@@ -1,0 +1,477 @@
+//! The reconcile decision: a pure function from (desired spec, persisted status,
+//! observation, now) to (new status, actions). No I/O happens here, so every
+//! transition of DESIGN.md §4 is a table test and every invariant a property test.
+//!
+//! The caller persists the returned status *before* it performs the actions: the
+//! status names a container before that container is created (invariant 2), and a
+//! terminal phase is only returned once the container is observed gone (invariant 1).
+
+use crate::manifest::{Cleanup, TaskSpec};
+use crate::runtime::ContainerState;
+use crate::status::{AttemptRecord, CompletedBy, Phase, Reason, TaskStatus, Timestamp};
+use crate::task::TaskKey;
+use std::time::Duration;
+
+/// Longest delay between retries, whatever `backoff` and the attempt count say.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+/// How soon to look again while waiting for a container to appear or vanish.
+const SOON: Duration = Duration::from_millis(500);
+/// How soon to look again after the runtime could not be asked.
+const INFRA_RETRY: Duration = Duration::from_secs(2);
+/// A task waiting for a slot is woken when one frees; this is only a safety net.
+const SLOT_RECHECK: Duration = Duration::from_secs(30);
+
+/// What the manifest asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Desired {
+    /// The manifest was deleted: cancel and forget the task.
+    Absent,
+    /// The manifest cannot be run; `message` names the file, the place and the fix.
+    Invalid { name: String, message: String },
+    Valid(Box<TaskSpec>),
+}
+
+/// What the controller saw of the current attempt's container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// The status names no live container, so nothing was looked at.
+    NotApplicable,
+    Container(ContainerState),
+    /// The runtime could not be asked (invariant 4: this never uses up `retries`).
+    Unreachable(String),
+    /// The create call failed for a reason retrying cannot fix.
+    CreateFailed { reason: Reason, message: String },
+}
+
+/// Whether a new container may start now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    Granted,
+    /// Held back by a limit, named with its use, e.g. `max-running 32/32`.
+    Full { limit: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Input<'a> {
+    pub key: &'a TaskKey,
+    pub desired: &'a Desired,
+    pub status: Option<&'a TaskStatus>,
+    pub observed: Observed,
+    /// The runtime reported the change itself (an engine event), rather than a poll.
+    pub seen_by_engine: bool,
+    /// The container's output tail, when it has finished.
+    pub log_tail: Option<String>,
+    pub slot: Slot,
+    pub now: Timestamp,
+    /// A number in [0, 1) that spreads retry delays.
+    pub jitter: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create (or adopt, or start) the named container for this attempt.
+    EnsureContainer { container: String, attempt: u32 },
+    DeleteContainer { container: String },
+    /// Remove the status document: the manifest is gone and so is its container.
+    RemoveStatus,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The status to persist; `None` when it is to be removed.
+    pub status: Option<TaskStatus>,
+    pub actions: Vec<Action>,
+    /// When to reconcile again if nothing else wakes the task.
+    pub requeue_after: Option<Duration>,
+}
+
+impl Decision {
+    fn keep(status: TaskStatus, requeue_after: Option<Duration>) -> Self {
+        Decision {
+            status: Some(status),
+            actions: Vec::new(),
+            requeue_after,
+        }
+    }
+
+    fn act(status: TaskStatus, action: Action, requeue_after: Duration) -> Self {
+        Decision {
+            status: Some(status),
+            actions: vec![action],
+            requeue_after: Some(requeue_after),
+        }
+    }
+
+    /// The decision starts a new attempt, and so needs a concurrency slot.
+    pub fn starts_attempt(&self, before: Option<&TaskStatus>) -> bool {
+        let was_live = before.is_some_and(|s| s.phase.has_container());
+        let now_live = self.status.as_ref().is_some_and(|s| s.phase.has_container());
+        now_live && !was_live
+    }
+}
+
+/// Retry delay after `failed` failed attempts: `base` doubling each time, capped at
+/// [`MAX_RETRY_DELAY`], spread by ±20% so that failures in step do not retry in step.
+pub fn retry_delay(base: Duration, failed: u32, jitter: f64) -> Duration {
+    let doublings = failed.saturating_sub(1).min(20);
+    let raw = base.saturating_mul(1 << doublings).min(MAX_RETRY_DELAY);
+    let spread = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
+    raw.mul_f64(spread).min(MAX_RETRY_DELAY)
+}
+
+pub fn decide(input: Input<'_>) -> Decision {
+    match input.desired {
+        Desired::Absent => decide_absent(&input),
+        Desired::Invalid { name, message } => decide_invalid(&input, name, message),
+        Desired::Valid(spec) => decide_valid(&input, spec),
+    }
+}
+
+/// The container of the current attempt may still exist and must be deleted first.
+fn container_may_exist(input: &Input<'_>, status: &TaskStatus) -> Option<String> {
+    let container = status.live_container()?;
+    match &input.observed {
+        Observed::Container(ContainerState::Absent) | Observed::CreateFailed { .. } => None,
+        _ => Some(container.to_string()),
+    }
+}
+
+/// Stops the current attempt for a reason outside the container (cancel, spec change,
+/// invalid manifest), recording why, and asks for its container to be deleted.
+fn stop_attempt(
+    mut status: TaskStatus,
+    container: String,
+    completed_by: CompletedBy,
+    reason: Reason,
+    message: String,
+    now: Timestamp,
+) -> Decision {
+    if let Some(current) = status.current_mut()
+        && current.reason.is_none()
+    {
+        current.finished_at = Some(now);
+        current.completed_by = Some(completed_by);
+        current.reason = Some(reason);
+        current.message = Some(message.clone());
+    }
+    status.phase = Phase::Deleting;
+    status.reason = Some(reason);
+    status.message = Some(message);
+    Decision::act(status, Action::DeleteContainer { container }, SOON)
+}
+
+fn decide_absent(input: &Input<'_>) -> Decision {
+    let Some(status) = input.status else {
+        return Decision {
+            status: None,
+            actions: Vec::new(),
+            requeue_after: None,
+        };
+    };
+    match container_may_exist(input, status) {
+        // The status is left as it is: it goes away as soon as the container has.
+        Some(container) => Decision::act(status.clone(), Action::DeleteContainer { container }, SOON),
+        None => Decision {
+            status: None,
+            actions: vec![Action::RemoveStatus],
+            requeue_after: None,
+        },
+    }
+}
+
+fn decide_invalid(input: &Input<'_>, name: &str, message: &str) -> Decision {
+    let mut status = input
+        .status
+        .cloned()
+        .unwrap_or_else(|| TaskStatus::new(input.key.as_str(), name, "", input.now));
+    if let Some(container) = container_may_exist(input, &status) {
+        status.name = name.to_string();
+        return stop_attempt(
+            status,
+            container,
+            CompletedBy::Cancel,
+            Reason::ManifestInvalid,
+            format!("the manifest became invalid; stopping the attempt: {message}"),
+            input.now,
+        );
+    }
+    status.name = name.to_string();
+    status.spec_hash = String::new();
+    status.phase = Phase::Invalid;
+    status.reason = None;
+    status.message = Some(message.to_string());
+    status.next_attempt_at = None;
+    Decision::keep(status, None)
+}
+
+fn decide_valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
+    let now = input.now;
+    let fresh = || {
+        let mut status = TaskStatus::new(input.key.as_str(), &spec.name, &spec.spec_hash, now);
+        status.message = notes(spec);
+        status
+    };
+    let mut status = match input.status {
+        Some(status) if status.spec_hash == spec.spec_hash && status.phase != Phase::Invalid => status.clone(),
+        Some(status) => {
+            // A new desired state: stop what runs for the old one, then start afresh.
+            if let Some(container) = container_may_exist(input, status) {
+                return stop_attempt(
+                    status.clone(),
+                    container,
+                    CompletedBy::Cancel,
+                    Reason::SpecChanged,
+                    "the spec changed; stopping this attempt to start again from attempt 1".into(),
+                    now,
+                );
+            }
+            fresh()
+        }
+        None => fresh(),
+    };
+    status.name = spec.name.clone();
+
+    match status.phase {
+        // Invariant 3: done for this spec hash, whatever happens.
+        Phase::Succeeded | Phase::Failed | Phase::Invalid => Decision::keep(status, None),
+        Phase::Pending => pending(input, spec, status),
+        Phase::Creating | Phase::Running => active(input, spec, status),
+        Phase::Deleting => deleting(input, spec, status),
+    }
+}
+
+fn notes(spec: &TaskSpec) -> Option<String> {
+    (!spec.notes.is_empty()).then(|| format!("note: {}", spec.notes.join("; ")))
+}
+
+fn pending(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decision {
+    let now = input.now;
+    if let Some(at) = status.next_attempt_at
+        && at > now
+    {
+        let wait = (at - now).to_std().unwrap_or(SOON);
+        return Decision::keep(status, Some(wait));
+    }
+    if let Slot::Full { limit } = &input.slot {
+        status.reason = Some(Reason::WaitingForSlot);
+        status.message = Some(format!("waiting for a slot: {limit}"));
+        return Decision::keep(status, Some(SLOT_RECHECK));
+    }
+    let number = status.attempt + 1;
+    let container = input.key.container_name(number, None);
+    status.attempt = number;
+    status.attempts.push(AttemptRecord {
+        number,
+        runtime: spec.runtime,
+        container: container.clone(),
+        index: None,
+        created_at: Some(now),
+        started_at: None,
+        finished_at: None,
+        exit_code: None,
+        completed_by: None,
+        reason: None,
+        message: None,
+    });
+    status.phase = Phase::Creating;
+    status.reason = Some(Reason::ContainerCreated);
+    status.message = notes(spec);
+    status.next_attempt_at = None;
+    Decision::act(
+        status,
+        Action::EnsureContainer {
+            container,
+            attempt: number,
+        },
+        spec.poll_interval,
+    )
+}
+
+/// Creating or Running: the container should exist and is watched until it ends.
+fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decision {
+    let now = input.now;
+    let Some(current) = status.current().cloned() else {
+        // A live phase without an attempt record cannot be trusted: start over.
+        status.phase = Phase::Pending;
+        return pending(input, spec, status);
+    };
+    let container = current.container.clone();
+    let ensure = Action::EnsureContainer {
+        container: container.clone(),
+        attempt: current.number,
+    };
+    match &input.observed {
+        Observed::NotApplicable | Observed::Container(ContainerState::Created) => {
+            Decision::act(status, ensure, SOON)
+        }
+        Observed::Container(ContainerState::Absent) if status.phase == Phase::Creating => {
+            // The intent was persisted but the create never happened (or never finished):
+            // creating now is the first and only container of this attempt.
+            Decision::act(status, ensure, SOON)
+        }
+        Observed::Container(ContainerState::Absent) => {
+            let record = status.current_mut().expect("current attempt exists");
+            record.finished_at = Some(now);
+            record.completed_by = Some(CompletedBy::Poll);
+            record.reason = Some(Reason::ContainerLost);
+            record.message = Some("the container disappeared from the runtime while it was running".into());
+            after_attempt(input, spec, status)
+        }
+        Observed::Unreachable(message) => {
+            status.reason = Some(Reason::InfrastructureError);
+            status.message = Some(format!("cannot reach the runtime; retrying: {message}"));
+            Decision::keep(status, Some(INFRA_RETRY))
+        }
+        Observed::CreateFailed { reason, message } => {
+            let record = status.current_mut().expect("current attempt exists");
+            record.finished_at = Some(now);
+            record.reason = Some(*reason);
+            record.message = Some(message.clone());
+            after_attempt(input, spec, status)
+        }
+        Observed::Container(ContainerState::Running { started_at }) => {
+            let started = started_at.or(current.started_at).or(current.created_at).unwrap_or(now);
+            let record = status.current_mut().expect("current attempt exists");
+            record.started_at = Some(started);
+            status.phase = Phase::Running;
+            status.reason = Some(Reason::ContainerStarted);
+            status.message = notes(spec);
+            status.observed_at = Some(now);
+            let Some(timeout) = spec.timeout else {
+                return Decision::keep(status, Some(spec.poll_interval));
+            };
+            let deadline = started + chrono::Duration::from_std(timeout).unwrap_or(chrono::TimeDelta::MAX);
+            if now < deadline {
+                let left = (deadline - now).to_std().unwrap_or(SOON);
+                return Decision::keep(status, Some(left.min(spec.poll_interval)));
+            }
+            let message = format!(
+                "the attempt ran longer than its timeout of {}",
+                humantime::format_duration(timeout)
+            );
+            let record = status.current_mut().expect("current attempt exists");
+            record.finished_at = Some(now);
+            record.completed_by = Some(CompletedBy::Deadline);
+            record.reason = Some(Reason::DeadlineExceeded);
+            record.message = Some(message.clone());
+            status.phase = Phase::Deleting;
+            status.reason = Some(Reason::DeadlineExceeded);
+            status.message = Some(message);
+            // A deadline always deletes, whatever `cleanup` says: the point is to stop it.
+            Decision::act(status, Action::DeleteContainer { container }, SOON)
+        }
+        Observed::Container(ContainerState::Exited {
+            exit_code,
+            started_at,
+            finished_at,
+            message,
+        }) => {
+            let completed_by = if input.seen_by_engine {
+                CompletedBy::Engine
+            } else {
+                CompletedBy::Poll
+            };
+            let record = status.current_mut().expect("current attempt exists");
+            record.started_at = record.started_at.or(*started_at).or(record.created_at);
+            record.finished_at = Some(finished_at.unwrap_or(now));
+            record.exit_code = *exit_code;
+            record.completed_by = Some(completed_by);
+            let (reason, text) = match exit_code {
+                Some(0) => (Reason::Completed, None),
+                Some(code) => (Reason::ExitCode, Some(format!("exited with code {code}"))),
+                None => (
+                    Reason::ContainerLost,
+                    Some("the runtime lost track of the container's process".to_string()),
+                ),
+            };
+            record.reason = Some(reason);
+            record.message = match (text, message) {
+                (Some(text), Some(extra)) => Some(format!("{text}: {extra}")),
+                (text, extra) => text.or_else(|| extra.clone()),
+            };
+            let succeeded = reason == Reason::Completed;
+            status.observed_at = Some(now);
+            if input.log_tail.is_some() {
+                status.log_tail = input.log_tail.clone();
+            }
+            let keep_container = match spec.cleanup {
+                Cleanup::Always => false,
+                Cleanup::OnSuccess => !succeeded,
+                Cleanup::Never => true,
+            };
+            if keep_container {
+                return after_attempt(input, spec, status);
+            }
+            status.phase = Phase::Deleting;
+            status.reason = Some(reason);
+            status.message = status.current().and_then(|r| r.message.clone());
+            Decision::act(status, Action::DeleteContainer { container }, SOON)
+        }
+    }
+}
+
+fn deleting(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decision {
+    let Some(container) = status.current().map(|r| r.container.clone()) else {
+        status.phase = Phase::Pending;
+        return pending(input, spec, status);
+    };
+    match &input.observed {
+        Observed::Container(ContainerState::Absent) | Observed::CreateFailed { .. } => {
+            if input.log_tail.is_some() {
+                status.log_tail = input.log_tail.clone();
+            }
+            after_attempt(input, spec, status)
+        }
+        _ => Decision::act(status, Action::DeleteContainer { container }, SOON),
+    }
+}
+
+/// The attempt is over and its container gone (or kept by `cleanup`): succeed, retry
+/// after a backoff, or fail for good.
+fn after_attempt(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decision {
+    let now = input.now;
+    let Some(current) = status.current().cloned() else {
+        status.phase = Phase::Pending;
+        return Decision::keep(status, Some(SOON));
+    };
+    status.observed_at = Some(now);
+    if current.succeeded() {
+        status.phase = Phase::Succeeded;
+        status.reason = Some(Reason::Completed);
+        status.message = Some(match current.number {
+            1 => "succeeded".to_string(),
+            n => format!("succeeded on attempt {n}"),
+        });
+        status.next_attempt_at = None;
+        return Decision::keep(status, None);
+    }
+    let why = current
+        .message
+        .clone()
+        .unwrap_or_else(|| format!("{:?}", current.reason.unwrap_or(Reason::ExitCode)));
+    // Every recorded attempt was a container's own failure: infrastructure errors
+    // never create an attempt, so they never use up `retries` (invariant 4).
+    let failed = status.attempt;
+    if failed <= spec.retries {
+        let delay = retry_delay(spec.backoff, failed, input.jitter);
+        let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+        status.phase = Phase::Pending;
+        status.reason = Some(Reason::BackoffAfterFailure);
+        status.message = Some(format!(
+            "attempt {failed} failed ({why}); retry {failed} of {} in {}",
+            spec.retries,
+            humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+        ));
+        status.next_attempt_at = Some(at);
+        return Decision::keep(status, Some(delay));
+    }
+    status.phase = Phase::Failed;
+    status.reason = current.reason;
+    status.message = Some(if spec.retries == 0 {
+        format!("attempt {failed} failed: {why}")
+    } else {
+        format!("attempt {failed} failed: {why}; no retries left (retries: {})", spec.retries)
+    });
+    status.next_attempt_at = None;
+    Decision::keep(status, None)
+}

@@ -1,0 +1,11 @@
+//! skiff: a reconciling controller for container tasks, a Kubernetes-style operator
+//! with no Kubernetes. See ARCHITECTURE.md for the map of modules.
+
+pub mod cli;
+pub mod controller;
+pub mod fsutil;
+pub mod manifest;
+pub mod runtime;
+pub mod status;
+pub mod store;
+pub mod task;

@@ -1,0 +1,116 @@
+//! Runtimes: where containers run. The controller sees only the [`Runtime`] trait; each
+//! implementation lives in its own file and knows nothing of tasks or statuses.
+
+pub mod process;
+pub mod supervisor;
+
+use crate::manifest::RuntimeKind;
+use crate::status::Timestamp;
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tokio::sync::mpsc;
+
+/// Labels every container carries, so that its task can be found from the container.
+pub const LABEL_TASK: &str = "skiff.task";
+pub const LABEL_ATTEMPT: &str = "skiff.attempt";
+pub const LABEL_INDEX: &str = "skiff.index";
+pub const LABEL_SPEC_HASH: &str = "skiff.spec-hash";
+
+/// Everything a runtime needs to run one attempt. Secret values are resolved here, in
+/// memory, and never written anywhere the user can read.
+#[derive(Clone)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub image: Option<String>,
+    /// Empty means the image's default command.
+    pub command: Vec<String>,
+    pub working_dir: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub cpu: Option<f64>,
+    pub memory_bytes: Option<u64>,
+}
+
+impl std::fmt::Debug for ContainerSpec {
+    // Env values may be secrets: show names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerSpec")
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .field("command", &self.command)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the runtime says about one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    /// No such container (never created, or deleted).
+    Absent,
+    /// Created but not started; `ensure` starts it.
+    Created,
+    Running { started_at: Option<Timestamp> },
+    /// Finished. `exit_code` is `None` when the runtime lost track of the process.
+    Exited {
+        exit_code: Option<i32>,
+        started_at: Option<Timestamp>,
+        finished_at: Option<Timestamp>,
+        message: Option<String>,
+    },
+}
+
+/// A container that carries skiff's labels, found by listing the runtime.
+#[derive(Debug, Clone)]
+pub struct ContainerSummary {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Worth retrying with backoff; never counts against `retries` (invariant 4).
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying cannot help (e.g. an image that cannot be had); fails the attempt.
+    #[error("{message}")]
+    Permanent {
+        reason: crate::status::Reason,
+        message: String,
+    },
+}
+
+impl From<std::io::Error> for RuntimeError {
+    fn from(err: std::io::Error) -> Self {
+        RuntimeError::Transient(err.to_string())
+    }
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    fn kind(&self) -> RuntimeKind;
+
+    /// Creates and starts the container, or adopts it if one already exists under that
+    /// name. Idempotent: calling it again never makes a second container (invariant 2).
+    async fn ensure(&self, spec: &ContainerSpec) -> Result<(), RuntimeError>;
+
+    async fn inspect(&self, name: &str) -> Result<ContainerState, RuntimeError>;
+
+    /// Stops (killing everything it started) and removes the container, keeping its
+    /// logs readable. Idempotent: deleting an absent container succeeds.
+    async fn delete(&self, name: &str) -> Result<(), RuntimeError>;
+
+    /// The last bytes of the container's output, also after it was deleted.
+    async fn log_tail(&self, name: &str) -> Result<Option<String>, RuntimeError>;
+
+    /// Containers carrying skiff's labels, for adopting and for removing orphans.
+    async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError>;
+
+    /// Forgets what is kept of the named containers after deletion (logs).
+    async fn forget(&self, container_prefix: &str) -> Result<(), RuntimeError>;
+
+    /// A stream of container names whose state changed, when the runtime can tell
+    /// (`completedBy: engine`). Polling remains the safety net.
+    fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>>;
+}

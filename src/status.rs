@@ -1,0 +1,301 @@
+//! The status document written beside each manifest (DESIGN.md §3).
+//!
+//! It is the controller's durable memory: every decision is persisted here before it
+//! is acted on, which is what makes a crash at any instant recoverable.
+
+use crate::manifest::RuntimeKind;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const STATUS_KIND: &str = "ContainerTaskStatus";
+/// The status file's suffix, replacing the manifest's extension.
+pub const STATUS_SUFFIX: &str = ".status.json";
+/// Largest log tail kept in a status document.
+pub const LOG_TAIL_BYTES: usize = 4096;
+
+pub type Timestamp = DateTime<Utc>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    Pending,
+    Creating,
+    Running,
+    Deleting,
+    Succeeded,
+    Failed,
+    Invalid,
+}
+
+impl Phase {
+    /// Succeeded or Failed: the task is done for its spec hash (invariant 3).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+
+    /// Terminal or Invalid: nothing more will happen until a person changes something.
+    pub fn is_final(self) -> bool {
+        self.is_terminal() || self == Phase::Invalid
+    }
+
+    /// A container may exist for the current attempt.
+    pub fn has_container(self) -> bool {
+        matches!(self, Phase::Creating | Phase::Running | Phase::Deleting)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Creating => "Creating",
+            Phase::Running => "Running",
+            Phase::Deleting => "Deleting",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::Invalid => "Invalid",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the controller learned that an attempt finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompletedBy {
+    Event,
+    Poll,
+    Engine,
+    Deadline,
+    Terminate,
+    Cancel,
+}
+
+/// Why a task is in its phase, or why an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reason {
+    /// Pending: waiting for a concurrency slot.
+    WaitingForSlot,
+    WaitingForDependencies,
+    /// Pending: a failed attempt will be retried at `nextAttemptAt`.
+    BackoffAfterFailure,
+    /// The runtime or store failed; retried without using up `retries` (invariant 4).
+    InfrastructureError,
+    ContainerCreated,
+    ContainerStarted,
+    /// Attempt ended with exit code 0.
+    Completed,
+    /// Attempt ended with a non-zero exit code.
+    ExitCode,
+    DeadlineExceeded,
+    ExitedWithoutEvent,
+    /// The container vanished from the runtime while it was running.
+    ContainerLost,
+    Terminated,
+    /// The spec changed; the attempt was stopped to start again.
+    SpecChanged,
+    /// The manifest was deleted.
+    Cancelled,
+    /// The manifest became invalid; the attempt was stopped.
+    ManifestInvalid,
+    /// The container could not be created for a reason retrying cannot fix.
+    CreateFailed,
+    ImagePullFailed,
+    DependencyFailed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    pub number: u32,
+    pub runtime: RuntimeKind,
+    /// Recorded before the create call (invariant 2).
+    pub container: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_by: Option<CompletedBy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl AttemptRecord {
+    /// The attempt ended, and it ended well.
+    pub fn succeeded(&self) -> bool {
+        self.reason == Some(Reason::Completed)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexStatus {
+    pub index: u32,
+    pub phase: Phase,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStatus {
+    pub api_version: String,
+    pub kind: String,
+    pub task: String,
+    pub name: String,
+    /// Empty when the manifest never validated.
+    #[serde(default)]
+    pub spec_hash: String,
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The current (or last) attempt's number; 0 before the first.
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default)]
+    pub attempts: Vec<AttemptRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<IndexStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<Timestamp>,
+}
+
+impl TaskStatus {
+    pub fn new(task: &str, name: &str, spec_hash: &str, now: Timestamp) -> Self {
+        TaskStatus {
+            api_version: crate::manifest::API_VERSION.to_string(),
+            kind: STATUS_KIND.to_string(),
+            task: task.to_string(),
+            name: name.to_string(),
+            spec_hash: spec_hash.to_string(),
+            phase: Phase::Pending,
+            reason: None,
+            message: None,
+            attempt: 0,
+            attempts: Vec::new(),
+            result: None,
+            log_tail: None,
+            indexes: Vec::new(),
+            next_attempt_at: None,
+            updated_at: now,
+            observed_at: None,
+        }
+    }
+
+    /// The record of the current attempt, if one has begun.
+    pub fn current(&self) -> Option<&AttemptRecord> {
+        self.attempts.iter().rev().find(|a| a.number == self.attempt)
+    }
+
+    pub fn current_mut(&mut self) -> Option<&mut AttemptRecord> {
+        let number = self.attempt;
+        self.attempts.iter_mut().rev().find(|a| a.number == number)
+    }
+
+    /// The container that may exist for the current attempt.
+    pub fn live_container(&self) -> Option<&str> {
+        if self.phase.has_container() {
+            self.current().map(|a| a.container.as_str())
+        } else {
+            None
+        }
+    }
+
+    /// Equal apart from the bookkeeping timestamps: used to skip needless writes.
+    pub fn same_state(&self, other: &TaskStatus) -> bool {
+        let mut a = self.clone();
+        a.updated_at = other.updated_at;
+        a.observed_at = other.observed_at;
+        a == *other
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+/// RFC 3339 UTC with millisecond precision, as in every status field.
+pub fn format_time(t: &Timestamp) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The last `LOG_TAIL_BYTES` of `log`, starting at a line boundary when one is near,
+/// decoded lossily (a container may print anything).
+pub fn log_tail(log: &[u8]) -> String {
+    let start = log.len().saturating_sub(LOG_TAIL_BYTES);
+    let mut tail = &log[start..];
+    if start > 0
+        && let Some(newline) = tail.iter().position(|&b| b == b'\n')
+        && newline < tail.len() - 1
+    {
+        tail = &tail[newline + 1..];
+    }
+    String::from_utf8_lossy(tail).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_and_uses_contract_names() {
+        let now = Utc::now();
+        let mut status = TaskStatus::new("jobs/thumb", "thumb", "sha256:x", now);
+        status.attempt = 1;
+        status.attempts.push(AttemptRecord {
+            number: 1,
+            runtime: RuntimeKind::Process,
+            container: "c".into(),
+            index: None,
+            created_at: Some(now),
+            started_at: None,
+            finished_at: None,
+            exit_code: Some(1),
+            completed_by: Some(CompletedBy::Poll),
+            reason: Some(Reason::ExitCode),
+            message: None,
+        });
+        let json: serde_json::Value = serde_json::from_slice(&status.to_json()).unwrap();
+        assert_eq!(json["kind"], "ContainerTaskStatus");
+        assert_eq!(json["specHash"], "sha256:x");
+        assert_eq!(json["attempts"][0]["completedBy"], "poll");
+        assert_eq!(json["attempts"][0]["exitCode"], 1);
+        let back: TaskStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, status);
+    }
+
+    #[test]
+    fn log_tail_is_bounded_and_starts_on_a_line() {
+        let log: Vec<u8> = (0..2000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        let tail = log_tail(&log);
+        assert!(tail.len() <= LOG_TAIL_BYTES);
+        assert!(tail.starts_with("line "));
+        assert!(tail.ends_with("line 1999\n"));
+        assert_eq!(log_tail(b"short"), "short");
+    }
+}

@@ -1,0 +1,370 @@
+//! The directory store: manifests in a folder tree, statuses beside them
+//! (DESIGN.md §7). Changes arrive by `notify`; the controller's periodic relist heals
+//! whatever the notifications missed.
+
+use super::{Fingerprint, Listed, ManifestRead, Store, StoreError, StoreEvent};
+use crate::fsutil::{self, is_ignored_name};
+use crate::status::{STATUS_SUFFIX, TaskStatus};
+use crate::task::TaskKey;
+use async_trait::async_trait;
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::UNIX_EPOCH;
+use tokio::sync::mpsc;
+
+pub const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+
+pub struct DirStore {
+    root: PathBuf,
+    /// Kept alive for as long as the store: dropping it stops the notifications.
+    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+}
+
+/// What a path in the tree means to skiff.
+#[derive(Debug, PartialEq, Eq)]
+enum PathRole {
+    Manifest(TaskKey),
+    Status(TaskKey),
+}
+
+impl DirStore {
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        let meta = std::fs::metadata(&root).map_err(|source| StoreError::Io {
+            path: root.display().to_string(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(StoreError::Io {
+                path: root.display().to_string(),
+                source: std::io::Error::other("not a directory"),
+            });
+        }
+        Ok(DirStore {
+            root,
+            watcher: Mutex::new(None),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn status_path(&self, key: &TaskKey) -> PathBuf {
+        self.root.join(format!("{}{STATUS_SUFFIX}", key.as_str()))
+    }
+
+    fn manifest_candidates(&self, key: &TaskKey) -> impl Iterator<Item = (String, PathBuf)> + '_ {
+        let key = key.as_str().to_string();
+        MANIFEST_EXTENSIONS.iter().map(move |ext| {
+            let rel = format!("{key}.{ext}");
+            let path = self.root.join(&rel);
+            (rel, path)
+        })
+    }
+
+    fn io_error(path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Maps a path under `root` to the task it belongs to, ignoring dot-files and
+/// dot-folders (the state folder `.skiff/`, temporary files) and other files.
+fn classify(root: &Path, path: &Path) -> Option<PathRole> {
+    let rel = path.strip_prefix(root).ok()?;
+    let mut parts = Vec::new();
+    for component in rel.components() {
+        let part = component.as_os_str().to_str()?;
+        if is_ignored_name(part) {
+            return None;
+        }
+        parts.push(part);
+    }
+    let rel = parts.join("/");
+    if let Some(stem) = rel.strip_suffix(STATUS_SUFFIX) {
+        return (!stem.is_empty()).then(|| PathRole::Status(TaskKey::new(stem)));
+    }
+    let (stem, ext) = rel.rsplit_once('.')?;
+    (MANIFEST_EXTENSIONS.contains(&ext) && !stem.is_empty() && !stem.ends_with('/'))
+        .then(|| PathRole::Manifest(TaskKey::new(stem)))
+}
+
+fn stamp(meta: &std::fs::Metadata) -> (u64, u128) {
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    (meta.len(), modified)
+}
+
+#[async_trait]
+impl Store for DirStore {
+    async fn list(&self) -> Result<Vec<Listed>, StoreError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut tasks: BTreeMap<TaskKey, (Vec<(u64, u128)>, bool)> = BTreeMap::new();
+            let walker = walkdir::WalkDir::new(&root)
+                .min_depth(1)
+                .sort_by_file_name()
+                .into_iter()
+                .filter_entry(|e| !is_ignored_name(&e.file_name().to_string_lossy()));
+            for entry in walker {
+                // An unreadable subfolder must not hide every other task.
+                let Ok(entry) = entry else { continue };
+                if entry.file_type().is_dir() {
+                    continue;
+                }
+                let Some(role) = classify(&root, entry.path()) else {
+                    continue;
+                };
+                // A broken or looping symlink still counts: reading it says what is wrong.
+                let stamp = std::fs::metadata(entry.path()).map(|m| stamp(&m)).unwrap_or((0, 0));
+                match role {
+                    PathRole::Manifest(key) => {
+                        let slot = tasks.entry(key).or_default();
+                        slot.0.push(stamp);
+                        slot.1 = true;
+                    }
+                    PathRole::Status(key) => tasks.entry(key).or_default().0.push(stamp),
+                }
+            }
+            Ok(tasks
+                .into_iter()
+                .map(|(key, (stamps, has_manifest))| Listed {
+                    key,
+                    fingerprint: Fingerprint::new(stamps),
+                    has_manifest,
+                })
+                .collect())
+        })
+        .await
+        .map_err(|err| StoreError::Io {
+            path: self.root.display().to_string(),
+            source: std::io::Error::other(err.to_string()),
+        })?
+    }
+
+    async fn list_one(&self, key: &TaskKey) -> Result<Option<Listed>, StoreError> {
+        let mut stamps = Vec::new();
+        let mut has_manifest = false;
+        for (_, path) in self.manifest_candidates(key) {
+            if std::fs::symlink_metadata(&path).is_ok() {
+                has_manifest = true;
+                stamps.push(std::fs::metadata(&path).map(|m| stamp(&m)).unwrap_or((0, 0)));
+            }
+        }
+        if let Ok(meta) = std::fs::metadata(self.status_path(key)) {
+            stamps.push(stamp(&meta));
+        }
+        Ok((!stamps.is_empty()).then(|| Listed {
+            key: key.clone(),
+            fingerprint: Fingerprint::new(stamps),
+            has_manifest,
+        }))
+    }
+
+    async fn read_manifest(&self, key: &TaskKey) -> Result<ManifestRead, StoreError> {
+        let mut found = Vec::new();
+        for (rel, path) in self.manifest_candidates(key) {
+            // symlink_metadata: a dangling or looping link still "exists" and is reported.
+            if std::fs::symlink_metadata(&path).is_ok() {
+                found.push((rel, path));
+            }
+        }
+        let (rel, path) = match found.len() {
+            0 => return Ok(ManifestRead::Missing),
+            1 => found.remove(0),
+            _ => {
+                return Ok(ManifestRead::Conflict {
+                    files: found.into_iter().map(|(rel, _)| rel).collect(),
+                });
+            }
+        };
+        let unreadable = |err: std::io::Error| ManifestRead::Unreadable {
+            file: rel.clone(),
+            message: format!("cannot read the file: {err}"),
+        };
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(err) => return Ok(unreadable(err)),
+        };
+        let meta = match file.metadata() {
+            Ok(meta) => meta,
+            Err(err) => return Ok(unreadable(err)),
+        };
+        if !meta.is_file() {
+            return Ok(ManifestRead::Unreadable {
+                file: rel.clone(),
+                message: "is not a regular file".into(),
+            });
+        }
+        let limit = crate::manifest::MAX_MANIFEST_BYTES as u64;
+        if meta.len() > limit {
+            return Ok(ManifestRead::Unreadable {
+                file: rel.clone(),
+                message: format!(
+                    "the file is {} bytes; a manifest may be at most {limit} bytes (1 MiB). Is this the right file?",
+                    meta.len()
+                ),
+            });
+        }
+        // `take` guards against a file that grows while it is read.
+        let mut bytes = Vec::new();
+        if let Err(err) = (&mut file).take(limit + 1).read_to_end(&mut bytes) {
+            return Ok(unreadable(err));
+        }
+        Ok(ManifestRead::Found {
+            local_dir: path.parent().map(Path::to_path_buf),
+            file: rel,
+            bytes,
+            modified: meta.modified().ok(),
+        })
+    }
+
+    async fn read_status(&self, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError> {
+        let path = self.status_path(key);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(Self::io_error(&path, err)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|err| StoreError::CorruptStatus {
+                path: path.display().to_string(),
+                message: err.to_string(),
+            })
+    }
+
+    async fn write_status(&self, key: &TaskKey, status: &TaskStatus) -> Result<(), StoreError> {
+        let path = self.status_path(key);
+        let bytes = status.to_json();
+        tokio::task::spawn_blocking(move || {
+            fsutil::write_atomic(&path, &bytes).map_err(|err| Self::io_error(&path, err))
+        })
+        .await
+        .map_err(|err| StoreError::Io {
+            path: key.to_string(),
+            source: std::io::Error::other(err.to_string()),
+        })?
+    }
+
+    async fn delete_status(&self, key: &TaskKey) -> Result<(), StoreError> {
+        let path = self.status_path(key);
+        fsutil::remove_durably(&path).map_err(|err| Self::io_error(&path, err))
+    }
+
+    fn watch(&self) -> Result<mpsc::UnboundedReceiver<StoreEvent>, StoreError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let root = self.root.clone();
+        let handler = move |result: notify::Result<notify::Event>| {
+            let event = match result {
+                Ok(event) => event,
+                Err(_) => {
+                    let _ = tx.send(StoreEvent::Rescan);
+                    return;
+                }
+            };
+            if event.need_rescan() {
+                let _ = tx.send(StoreEvent::Rescan);
+                return;
+            }
+            let removal = matches!(
+                event.kind,
+                EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+            );
+            for path in &event.paths {
+                match classify(&root, path) {
+                    Some(PathRole::Manifest(key)) => {
+                        let _ = tx.send(StoreEvent::Changed(key));
+                    }
+                    // Our own status writes are renames into place; only a person
+                    // deleting a status file (to re-run the task) matters here.
+                    Some(PathRole::Status(key)) if removal && !path.exists() => {
+                        let _ = tx.send(StoreEvent::Changed(key));
+                    }
+                    Some(PathRole::Status(_)) => {}
+                    None => {
+                        // A folder moved or created in: its files raise no events of their own.
+                        let is_visible_dir = path.is_dir()
+                            && path
+                                .strip_prefix(&root)
+                                .map(|rel| {
+                                    rel.components()
+                                        .all(|c| !is_ignored_name(&c.as_os_str().to_string_lossy()))
+                                })
+                                .unwrap_or(false);
+                        if is_visible_dir && matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_)) {
+                            let _ = tx.send(StoreEvent::Rescan);
+                        }
+                    }
+                }
+            }
+        };
+        let mut watcher = notify::recommended_watcher(handler).map_err(|err| StoreError::Watch {
+            path: self.root.display().to_string(),
+            message: err.to_string(),
+        })?;
+        watcher
+            .watch(&self.root, RecursiveMode::Recursive)
+            .map_err(|err| StoreError::Watch {
+                path: self.root.display().to_string(),
+                message: err.to_string(),
+            })?;
+        if let Ok(mut slot) = self.watcher.lock() {
+            *slot = Some(watcher);
+        }
+        Ok(rx)
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_maps_paths_to_tasks_and_ignores_the_rest() {
+        let root = Path::new("/r");
+        let key = |s: &str| TaskKey::new(s);
+        assert_eq!(classify(root, Path::new("/r/jobs/thumb.yaml")), Some(PathRole::Manifest(key("jobs/thumb"))));
+        assert_eq!(classify(root, Path::new("/r/a.json")), Some(PathRole::Manifest(key("a"))));
+        assert_eq!(classify(root, Path::new("/r/a.status.json")), Some(PathRole::Status(key("a"))));
+        for ignored in ["/r/.skiff/x.yaml", "/r/.a.yaml", "/r/a/.tmp/b.yaml", "/r/a.yaml~", "/r/a.txt", "/r/.a.status.json.1.2.tmp", "/r/.yaml"] {
+            assert_eq!(classify(root, Path::new(ignored)), None, "{ignored}");
+        }
+    }
+
+    #[tokio::test]
+    async fn lists_reads_and_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("jobs/.hidden")).unwrap();
+        std::fs::write(dir.path().join("jobs/a.yaml"), "x").unwrap();
+        std::fs::write(dir.path().join("jobs/.hidden/b.yaml"), "x").unwrap();
+        std::fs::write(dir.path().join("c.yaml"), "x").unwrap();
+        std::fs::write(dir.path().join("c.json"), "x").unwrap();
+        std::fs::write(dir.path().join("gone.status.json"), "{}").unwrap();
+        let store = DirStore::new(dir.path()).unwrap();
+        let keys: Vec<_> = store.list().await.unwrap().into_iter().map(|l| (l.key.to_string(), l.has_manifest)).collect();
+        assert_eq!(keys, vec![("c".into(), true), ("gone".into(), false), ("jobs/a".into(), true)]);
+        assert!(matches!(store.read_manifest(&TaskKey::new("c")).await.unwrap(), ManifestRead::Conflict { files } if files.len() == 2));
+        assert!(matches!(store.read_manifest(&TaskKey::new("jobs/a")).await.unwrap(), ManifestRead::Found { file, .. } if file == "jobs/a.yaml"));
+        assert!(store.read_status(&TaskKey::new("gone")).await.is_err());
+        let status = TaskStatus::new("jobs/a", "a", "h", chrono::Utc::now());
+        store.write_status(&TaskKey::new("jobs/a"), &status).await.unwrap();
+        assert_eq!(store.read_status(&TaskKey::new("jobs/a")).await.unwrap(), Some(status));
+        store.delete_status(&TaskKey::new("jobs/a")).await.unwrap();
+        assert_eq!(store.read_status(&TaskKey::new("jobs/a")).await.unwrap(), None);
+    }
+}
