@@ -92,12 +92,20 @@ async fn wait_for_signal() {
 }
 
 fn init_logging(filter: &str) -> anyhow::Result<()> {
+    // Other crates speak only when they have something worth a warning.
+    let filter = if filter.contains('=') || filter.contains(',') {
+        filter.to_string()
+    } else {
+        format!("warn,skiff={filter}")
+    };
+    let filter = filter.as_str();
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|err| UsageError(format!("--log {filter}: {err}; write e.g. info or skiff=debug")))?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     Ok(())
 }

@@ -8,7 +8,7 @@ use crate::status::{STATUS_SUFFIX, TaskStatus};
 use crate::task::TaskKey;
 use async_trait::async_trait;
 use notify::{EventKind, RecursiveMode, Watcher};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -20,7 +20,14 @@ pub const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 pub struct DirStore {
     root: PathBuf,
     /// Kept alive for as long as the store: dropping it stops the notifications.
-    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    watcher: Mutex<Option<Watching>>,
+}
+
+/// Each visible folder is watched on its own, rather than the root recursively, so
+/// that the churn of dot-folders (the state folder `.skiff/` above all) costs nothing.
+struct Watching {
+    watcher: notify::RecommendedWatcher,
+    folders: HashSet<PathBuf>,
 }
 
 /// What a path in the tree means to skiff.
@@ -66,6 +73,22 @@ impl DirStore {
         })
     }
 
+    /// Starts watching folders that appeared since the last listing.
+    fn watch_folders(&self, folders: Vec<PathBuf>) {
+        let Ok(mut slot) = self.watcher.lock() else { return };
+        let Some(watching) = slot.as_mut() else { return };
+        let present: HashSet<PathBuf> = folders.into_iter().collect();
+        // A folder that was removed and made again needs a new watch.
+        watching.folders.retain(|f| present.contains(f));
+        for folder in present {
+            if !watching.folders.contains(&folder)
+                && watching.watcher.watch(&folder, RecursiveMode::NonRecursive).is_ok()
+            {
+                watching.folders.insert(folder);
+            }
+        }
+    }
+
     fn io_error(path: &Path, source: std::io::Error) -> StoreError {
         StoreError::Io {
             path: path.display().to_string(),
@@ -109,8 +132,9 @@ fn stamp(meta: &std::fs::Metadata) -> (u64, u128) {
 impl Store for DirStore {
     async fn list(&self) -> Result<Vec<Listed>, StoreError> {
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || {
+        let (listed, folders) = tokio::task::spawn_blocking(move || {
             let mut tasks: BTreeMap<TaskKey, (Vec<(u64, u128)>, bool)> = BTreeMap::new();
+            let mut folders = vec![root.clone()];
             let walker = walkdir::WalkDir::new(&root)
                 .min_depth(1)
                 .sort_by_file_name()
@@ -120,6 +144,7 @@ impl Store for DirStore {
                 // An unreadable subfolder must not hide every other task.
                 let Ok(entry) = entry else { continue };
                 if entry.file_type().is_dir() {
+                    folders.push(entry.path().to_path_buf());
                     continue;
                 }
                 let Some(role) = classify(&root, entry.path()) else {
@@ -136,20 +161,23 @@ impl Store for DirStore {
                     PathRole::Status(key) => tasks.entry(key).or_default().0.push(stamp),
                 }
             }
-            Ok(tasks
+            let listed: Vec<Listed> = tasks
                 .into_iter()
                 .map(|(key, (stamps, has_manifest))| Listed {
                     key,
                     fingerprint: Fingerprint::new(stamps),
                     has_manifest,
                 })
-                .collect())
+                .collect();
+            (listed, folders)
         })
         .await
         .map_err(|err| StoreError::Io {
             path: self.root.display().to_string(),
             source: std::io::Error::other(err.to_string()),
-        })?
+        })?;
+        self.watch_folders(folders);
+        Ok(listed)
     }
 
     async fn list_one(&self, key: &TaskKey) -> Result<Option<Listed>, StoreError> {
@@ -314,14 +342,18 @@ impl Store for DirStore {
             message: err.to_string(),
         })?;
         watcher
-            .watch(&self.root, RecursiveMode::Recursive)
+            .watch(&self.root, RecursiveMode::NonRecursive)
             .map_err(|err| StoreError::Watch {
                 path: self.root.display().to_string(),
                 message: err.to_string(),
             })?;
         if let Ok(mut slot) = self.watcher.lock() {
-            *slot = Some(watcher);
+            *slot = Some(Watching {
+                watcher,
+                folders: HashSet::from([self.root.clone()]),
+            });
         }
+        // Subfolders are watched by each listing, which the caller makes next.
         Ok(rx)
     }
 

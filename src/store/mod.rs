@@ -83,6 +83,7 @@ pub trait Store: Send + Sync {
     async fn write_status(&self, key: &TaskKey, status: &TaskStatus) -> Result<(), StoreError>;
     async fn delete_status(&self, key: &TaskKey) -> Result<(), StoreError>;
     /// Change notifications; a full relist at the resync interval heals any missed one.
+    /// Call it before the first [`Store::list`], which also extends what is watched.
     fn watch(&self) -> Result<mpsc::UnboundedReceiver<StoreEvent>, StoreError>;
     /// A human name for where the store is, for messages.
     fn location(&self) -> String;
