@@ -475,3 +475,7 @@ fn after_attempt(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> 
     status.next_attempt_at = None;
     Decision::keep(status, None)
 }
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

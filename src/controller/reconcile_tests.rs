@@ -1,0 +1,1 @@
+// Table tests and property tests for the reconcile decision: see reconcile.rs.

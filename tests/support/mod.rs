@@ -1,0 +1,179 @@
+//! Test support: a real skiff controller process over a real temporary folder.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// A folder of manifests, with a ledger file that task commands append to.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Workspace {
+            dir: tempfile::Builder::new().prefix("skiff-test-").tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ledger(&self) -> PathBuf {
+        self.root().join("ledger.txt")
+    }
+
+    /// Writes a manifest atomically (temp file, rename), as an editor or sync tool would.
+    pub fn write(&self, rel: &str, text: &str) {
+        let path = self.root().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let temp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+        std::fs::write(&temp, text).unwrap();
+        std::fs::rename(&temp, &path).unwrap();
+    }
+
+    /// A manifest that runs `script` with sh, on the process runtime.
+    pub fn task(&self, rel: &str, script: &str, extra: &str) {
+        let script = script.replace('\'', "''");
+        self.write(
+            rel,
+            &format!("apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [sh, -c, '{script}']\n{extra}"),
+        );
+    }
+
+    /// The shell snippet that appends "<task> <attempt>" to the ledger.
+    pub fn ledger_line(&self) -> String {
+        format!("echo \"$SKIFF_TASK $SKIFF_ATTEMPT\" >> {}", self.ledger().display())
+    }
+
+    pub fn ledger_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.ledger())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn status_path(&self, task: &str) -> PathBuf {
+        self.root().join(format!("{task}.status.json"))
+    }
+
+    pub fn status(&self, task: &str) -> Option<Value> {
+        let bytes = std::fs::read(self.status_path(task)).ok()?;
+        Some(serde_json::from_slice(&bytes).unwrap_or_else(|err| panic!("{task}: status does not parse: {err}")))
+    }
+
+    pub fn phase(&self, task: &str) -> Option<String> {
+        self.status(task).and_then(|s| s["phase"].as_str().map(str::to_string))
+    }
+
+    /// Starts `skiff controller --dir <root>` with extra flags.
+    pub fn controller(&self, flags: &[&str]) -> Controller {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root().join(".controller.log"))
+            .unwrap();
+        let child = Command::new(SKIFF)
+            .arg("controller")
+            .arg("--dir")
+            .arg(self.root())
+            .args(flags)
+            .env("SKIFF_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start skiff controller");
+        Controller { child }
+    }
+
+    pub fn controller_log(&self) -> String {
+        std::fs::read_to_string(self.root().join(".controller.log")).unwrap_or_default()
+    }
+
+    /// Runs `skiff <args>` to completion.
+    pub fn skiff(&self, args: &[&str]) -> std::process::Output {
+        Command::new(SKIFF).args(args).output().expect("run skiff")
+    }
+
+    /// Waits until `check` holds, or panics after `timeout` with `what` and the log.
+    pub fn wait_until(&self, timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = self.controller_log();
+        let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        panic!("timed out after {timeout:?} waiting for {what}\ncontroller log tail:\n{tail}");
+    }
+
+    pub fn wait_phase(&self, task: &str, phase: &str, timeout: Duration) {
+        self.wait_until(timeout, &format!("{task} to be {phase}"), || self.phase(task).as_deref() == Some(phase));
+    }
+}
+
+pub struct Controller {
+    pub child: Child,
+}
+
+impl Controller {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+
+    /// Waits for a `--once` controller to exit.
+    pub fn wait(mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("controller did not exit within {timeout:?}");
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Processes whose command line mentions `needle` (supervisors and their children
+/// carry the workspace path), read from /proc.
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(needle) && pid != std::process::id() as i32 {
+            found.push((pid, text));
+        }
+    }
+    found
+}
