@@ -11,6 +11,17 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 use tokio::sync::mpsc;
 
+/// A task's relation to the limit after a reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Its container may exist: it holds a slot.
+    Live,
+    /// It waits for a slot (reason `WaitingForSlot`).
+    Waiting,
+    /// Neither: done, backing off, invalid or removed.
+    Idle,
+}
+
 pub struct Limits {
     name: String,
     max: Option<usize>,
@@ -64,17 +75,21 @@ impl Limits {
         }
     }
 
-    /// Records whether `key` now has a live container. A live container always holds
-    /// a slot, even beyond the limit (one adopted after a restart, say); a task without
-    /// one frees its slot, or its place in the line, for the next.
-    pub fn settle(&self, key: &TaskKey, live: bool, order: u64) {
+    /// Records where `key` stands after its reconcile. A live container always holds a
+    /// slot, even beyond the limit (one adopted after a restart, say); a waiting task
+    /// keeps its place in the line; any other frees its slot or place for the next.
+    pub fn settle(&self, key: &TaskKey, standing: Standing, order: u64) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        if live {
-            state.waiters.remove(&(order, key.clone()));
-            state.holders.insert(key.clone());
-            return;
+        match standing {
+            Standing::Live => {
+                state.waiters.remove(&(order, key.clone()));
+                state.holders.insert(key.clone());
+                return;
+            }
+            Standing::Waiting => return,
+            Standing::Idle => {}
         }
         let was_holding = state.holders.remove(key);
         let was_waiting = state.waiters.remove(&(order, key.clone()));
@@ -116,7 +131,9 @@ mod tests {
             Slot::Full { limit: "max-running 1/1".into() }
         );
         assert!(matches!(limits.try_acquire(&key("c"), 3), Slot::Full { .. }));
-        limits.settle(&key("a"), false, 1);
+        // A waiting task that stays waiting keeps its place.
+        limits.settle(&key("b"), Standing::Waiting, 2);
+        limits.settle(&key("a"), Standing::Idle, 1);
         assert_eq!(woken.try_recv().unwrap(), key("b"));
         // "c" came later, so it cannot take the slot that "b" waits for.
         assert!(matches!(limits.try_acquire(&key("c"), 3), Slot::Full { .. }));
@@ -127,13 +144,13 @@ mod tests {
     #[test]
     fn live_containers_always_hold_a_slot() {
         let (limits, _woken) = Limits::new("max-running", Some(1));
-        limits.settle(&key("a"), true, 1);
-        limits.settle(&key("b"), true, 2);
+        limits.settle(&key("a"), Standing::Live, 1);
+        limits.settle(&key("b"), Standing::Live, 2);
         assert_eq!(limits.in_use(), 2);
         assert!(matches!(limits.try_acquire(&key("c"), 3), Slot::Full { .. }));
-        limits.settle(&key("a"), false, 1);
+        limits.settle(&key("a"), Standing::Idle, 1);
         assert!(matches!(limits.try_acquire(&key("c"), 3), Slot::Full { .. }));
-        limits.settle(&key("b"), false, 2);
+        limits.settle(&key("b"), Standing::Idle, 2);
         assert_eq!(limits.try_acquire(&key("c"), 3), Slot::Granted);
     }
 }

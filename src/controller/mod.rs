@@ -15,7 +15,7 @@ use crate::runtime::{self, ContainerSpec, ContainerState, Runtime, RuntimeError}
 use crate::status::{Phase, Reason, TaskStatus};
 use crate::store::{Fingerprint, ManifestRead, Store, StoreError, StoreEvent};
 use crate::task::TaskKey;
-use limits::Limits;
+use limits::{Limits, Standing};
 use queue::WorkQueue;
 use reconcile::{Action, Decision, Desired, Input, Observed, Slot};
 use std::collections::{BTreeMap, HashMap};
@@ -542,8 +542,12 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
             decision = reconcile::decide(Input { slot, ..input });
         }
     }
-    let live = decision.status.as_ref().is_some_and(|s| s.phase.has_container());
-    shared.limits.settle(key, live, order);
+    let standing = match &decision.status {
+        Some(s) if s.phase.has_container() => Standing::Live,
+        Some(s) if s.phase == Phase::Pending && s.reason == Some(Reason::WaitingForSlot) => Standing::Waiting,
+        _ => Standing::Idle,
+    };
+    shared.limits.settle(key, standing, order);
 
     let requeue = execute(shared, key, status.as_ref(), &desired, local_dir, &decision).await?;
     let state = match &decision.status {

@@ -1,0 +1,259 @@
+//! The controller end to end: a real `skiff controller` process, real files, real
+//! processes under real supervisors.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use support::{Workspace, processes_mentioning};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A sleep length no other test uses, to find its processes by command line.
+fn unique_secs() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    100_000 + (std::process::id() as u64 % 10_000) * 10 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn count_lines(ws: &Workspace) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for line in ws.ledger_lines() {
+        *counts.entry(line).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn two_hundred_manifests_dropped_into_a_running_controller_each_run_exactly_once() {
+    let ws = Workspace::new();
+    let controller = ws.controller(&["--max-running", "32"]);
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..200 {
+        ws.task(&format!("batch/t{i:03}.yaml"), &ws.ledger_line(), "");
+    }
+    ws.wait_until(LONG, "200 tasks to succeed", || {
+        (0..200).all(|i| ws.phase(&format!("batch/t{i:03}")).as_deref() == Some("Succeeded"))
+    });
+    let counts = count_lines(&ws);
+    assert_eq!(counts.len(), 200, "every task ran");
+    for (line, n) in &counts {
+        assert_eq!(*n, 1, "{line} ran {n} times");
+        assert!(line.ends_with(" 1"), "{line}: first attempt");
+    }
+    assert_eq!(controller.terminate(), Some(0), "SIGTERM is a clean exit");
+    assert!(processes_mentioning(&ws.root().display().to_string()).is_empty());
+}
+
+#[test]
+fn once_exits_0_when_all_succeed_and_1_when_one_fails() {
+    let ws = Workspace::new();
+    ws.task("ok.yaml", "true", "");
+    assert_eq!(ws.controller(&["--once"]).wait(LONG), Some(0));
+    ws.task("bad.yaml", "exit 3", "");
+    assert_eq!(ws.controller(&["--once"]).wait(LONG), Some(1));
+    let status = ws.status("bad").unwrap();
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(status["reason"], "ExitCode");
+    assert_eq!(status["attempts"][0]["exitCode"], 3);
+    // Invariant 3: a finished task is not run again by a restart.
+    assert_eq!(ws.status("ok").unwrap()["attempt"], 1);
+}
+
+#[test]
+fn a_failing_task_is_tried_retries_plus_one_times_then_fails_with_its_reason() {
+    let ws = Workspace::new();
+    ws.task("flaky.yaml", &format!("{}; echo boom; exit 7", ws.ledger_line()), "  retries: 2\n  backoff: 100ms\n");
+    assert_eq!(ws.controller(&["--once"]).wait(LONG), Some(1));
+    let status = ws.status("flaky").unwrap();
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(status["reason"], "ExitCode");
+    assert_eq!(status["attempt"], 3);
+    let attempts = status["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3);
+    assert!(attempts.iter().all(|a| a["exitCode"] == 7));
+    assert!(status["message"].as_str().unwrap().contains("no retries left"));
+    assert!(status["logTail"].as_str().unwrap().contains("boom"));
+    assert_eq!(ws.ledger_lines(), vec!["flaky 1", "flaky 2", "flaky 3"]);
+    // Retries back off: the second retry waits about twice as long as the first.
+    let time = |i: usize, field: &str| chrono::DateTime::parse_from_rfc3339(attempts[i][field].as_str().unwrap()).unwrap();
+    let gap1 = time(1, "createdAt") - time(0, "finishedAt");
+    let gap2 = time(2, "createdAt") - time(1, "finishedAt");
+    assert!(gap1.num_milliseconds() >= 70, "{gap1:?}");
+    assert!(gap2.num_milliseconds() >= 150, "{gap2:?}");
+}
+
+#[test]
+fn a_timeout_kills_the_whole_process_group_and_fails_with_deadline_exceeded() {
+    let ws = Workspace::new();
+    let secs = unique_secs();
+    let marker = format!("sleep {secs}");
+    // A background grandchild in the same group must die too.
+    ws.task("slow.yaml", &format!("sleep {secs} & sleep {secs}"), "  timeout: 1s\n");
+    let started = Instant::now();
+    assert_eq!(ws.controller(&["--once"]).wait(LONG), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let status = ws.status("slow").unwrap();
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(status["reason"], "DeadlineExceeded");
+    assert_eq!(status["attempts"][0]["completedBy"], "deadline");
+    ws.wait_until(Duration::from_secs(5), "the process group to be gone", || {
+        processes_mentioning(&marker).is_empty() && processes_mentioning(&ws.root().display().to_string()).is_empty()
+    });
+}
+
+#[test]
+fn editing_the_spec_mid_run_kills_the_old_attempt_and_starts_again_from_attempt_1() {
+    let ws = Workspace::new();
+    let old_marker = format!("sleep {}", unique_secs());
+    ws.task("job.yaml", &format!("{}; {old_marker}", ws.ledger_line()), "");
+    let _controller = ws.controller(&[]);
+    ws.wait_phase("job", "Running", LONG);
+    ws.wait_until(LONG, "the old process", || !processes_mentioning(&old_marker).is_empty());
+    ws.task("job.yaml", &format!("{}; echo new", ws.ledger_line()), "");
+    ws.wait_until(LONG, "the new spec to succeed", || {
+        ws.status("job").is_some_and(|s| s["phase"] == "Succeeded" && s["logTail"].as_str().unwrap_or("").contains("new"))
+    });
+    let status = ws.status("job").unwrap();
+    assert_eq!(status["attempt"], 1, "a new spec starts from attempt 1");
+    assert!(processes_mentioning(&old_marker).is_empty(), "the old attempt was killed");
+    assert_eq!(ws.ledger_lines(), vec!["job 1", "job 1"]);
+    // Saving the same spec again (same hash) never re-runs anything.
+    let text = std::fs::read_to_string(ws.root().join("job.yaml")).unwrap();
+    ws.write("job.yaml", &format!("# a comment\n{text}"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(ws.ledger_lines().len(), 2);
+    // Deleting the status file is the gesture for "run it again".
+    std::fs::remove_file(ws.status_path("job")).unwrap();
+    ws.wait_until(LONG, "the re-run", || ws.ledger_lines().len() == 3);
+    ws.wait_phase("job", "Succeeded", LONG);
+}
+
+#[test]
+fn deleting_the_manifest_mid_run_kills_the_process_and_removes_the_status() {
+    let ws = Workspace::new();
+    let marker = format!("sleep {}", unique_secs());
+    ws.task("doomed.yaml", &format!("{marker}; true"), "");
+    let _controller = ws.controller(&[]);
+    ws.wait_phase("doomed", "Running", LONG);
+    std::fs::remove_file(ws.root().join("doomed.yaml")).unwrap();
+    ws.wait_until(LONG, "the status file to go", || !ws.status_path("doomed").exists());
+    ws.wait_until(Duration::from_secs(5), "the process to die", || processes_mentioning(&marker).is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(ws.root().join(".skiff/containers")).unwrap().collect();
+    assert!(leftovers.is_empty(), "container folders left: {leftovers:?}");
+}
+
+#[test]
+fn max_running_caps_live_processes() {
+    let ws = Workspace::new();
+    for i in 0..12 {
+        ws.task(&format!("t{i:02}.yaml"), "sleep 0.3", "");
+    }
+    let controller = ws.controller(&["--once", "--max-running", "3"]);
+    let mut peak = 0;
+    let started = Instant::now();
+    let mut saw_waiting = false;
+    while started.elapsed() < LONG {
+        let live = std::fs::read_dir(ws.root().join(".skiff/containers"))
+            .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
+            .unwrap_or(0);
+        peak = peak.max(live);
+        saw_waiting |= (0..12).any(|i| {
+            ws.status(&format!("t{i:02}"))
+                .is_some_and(|s| s["reason"] == "WaitingForSlot" && s["message"].as_str().unwrap_or("").contains("max-running 3/3"))
+        });
+        if (0..12).all(|i| ws.phase(&format!("t{i:02}")).as_deref() == Some("Succeeded")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(controller.wait(LONG), Some(0));
+    assert!(peak <= 3, "saw {peak} live containers");
+    assert!(peak >= 2, "the limit was used: peak {peak}");
+    assert!(saw_waiting, "a waiting task says which limit holds it");
+}
+
+#[test]
+fn a_reader_polling_status_files_never_sees_a_torn_one() {
+    let ws = Workspace::new();
+    for i in 0..200 {
+        ws.task(&format!("r{i:03}.yaml"), "echo hi", "");
+    }
+    let root = ws.root().to_path_buf();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut reads = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for entry in std::fs::read_dir(&root).unwrap().flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !name.ends_with(".status.json") {
+                        continue;
+                    }
+                    let Ok(bytes) = std::fs::read(entry.path()) else { continue };
+                    if let Err(err) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                        panic!("{name} did not parse: {err}");
+                    }
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    assert_eq!(ws.controller(&["--once", "--max-running", "16"]).wait(LONG), Some(0));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().expect("the reader saw only whole files");
+    assert!(reads > 200, "the reader read {reads} files");
+}
+
+/// Kills the controller with SIGKILL at 10 random moments while 50 tasks run, some
+/// failing once, and restarts it each time.
+#[test]
+fn crash_safety_under_repeated_sigkill() {
+    let ws = Workspace::new();
+    let mut seed: u64 = std::env::var("SKIFF_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("SKIFF_TEST_SEED={seed}");
+    let mut random = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut expect_attempts = HashMap::new();
+    for i in 0..50 {
+        let secs = 0.2 + (random(19) as f64) / 10.0;
+        let fails_once = i % 5 == 0;
+        let script = if fails_once {
+            format!("{}; sleep {secs:.1}; test $SKIFF_ATTEMPT -ge 2", ws.ledger_line())
+        } else {
+            format!("{}; sleep {secs:.1}", ws.ledger_line())
+        };
+        ws.task(&format!("c{i:02}.yaml"), &script, "  retries: 1\n  backoff: 100ms\n");
+        expect_attempts.insert(format!("c{i:02}"), if fails_once { 2 } else { 1 });
+    }
+    for _ in 0..10 {
+        let controller = ws.controller(&[]);
+        std::thread::sleep(Duration::from_millis(50 + random(400)));
+        controller.kill9();
+    }
+    let controller = ws.controller(&["--once"]);
+    assert_eq!(controller.wait(LONG), Some(0), "all tasks end Succeeded");
+    for (task, attempts) in &expect_attempts {
+        let status = ws.status(task).unwrap_or_else(|| panic!("{task} has no status"));
+        assert_eq!(status["phase"], "Succeeded", "{task}");
+        assert_eq!(status["attempt"], *attempts, "{task}");
+    }
+    let counts = count_lines(&ws);
+    for (task, attempts) in &expect_attempts {
+        for attempt in 1..=*attempts {
+            let line = format!("{task} {attempt}");
+            assert_eq!(counts.get(&line), Some(&1), "{line} must have run exactly once");
+        }
+    }
+    assert_eq!(counts.values().sum::<usize>(), expect_attempts.values().sum::<usize>());
+    ws.wait_until(Duration::from_secs(5), "no supervisor or child left", || {
+        processes_mentioning(&ws.root().display().to_string()).is_empty()
+    });
+}
