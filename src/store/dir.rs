@@ -305,6 +305,10 @@ impl Store for DirStore {
                 let _ = tx.send(StoreEvent::Rescan);
                 return;
             }
+            // Opening a file is not changing it; our own reads would otherwise echo back.
+            if matches!(event.kind, EventKind::Access(_)) {
+                return;
+            }
             let removal = matches!(
                 event.kind,
                 EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
