@@ -96,7 +96,13 @@ mod tests {
         let key = TaskKey::new("ÄÖÜ/".repeat(40) + &"x".repeat(200));
         let name = key.container_name(100, Some(999));
         assert!(name.len() <= 63, "{} chars: {name}", name.len());
-        assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
-        assert_eq!(TaskKey::new("___").container_name(1, None).split('-').nth(1), Some("task"));
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
+        assert_eq!(
+            TaskKey::new("___").container_name(1, None).split('-').nth(1),
+            Some("task")
+        );
     }
 }

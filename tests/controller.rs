@@ -62,7 +62,11 @@ fn once_exits_0_when_all_succeed_and_1_when_one_fails() {
 #[test]
 fn a_failing_task_is_tried_retries_plus_one_times_then_fails_with_its_reason() {
     let ws = Workspace::new();
-    ws.task("flaky.yaml", &format!("{}; echo boom; exit 7", ws.ledger_line()), "  retries: 2\n  backoff: 100ms\n");
+    ws.task(
+        "flaky.yaml",
+        &format!("{}; echo boom; exit 7", ws.ledger_line()),
+        "  retries: 2\n  backoff: 100ms\n",
+    );
     assert_eq!(ws.controller(&["--once"]).wait(LONG), Some(1));
     let status = ws.status("flaky").unwrap();
     assert_eq!(status["phase"], "Failed");
@@ -75,7 +79,8 @@ fn a_failing_task_is_tried_retries_plus_one_times_then_fails_with_its_reason() {
     assert!(status["logTail"].as_str().unwrap().contains("boom"));
     assert_eq!(ws.ledger_lines(), vec!["flaky 1", "flaky 2", "flaky 3"]);
     // Retries back off: the second retry waits about twice as long as the first.
-    let time = |i: usize, field: &str| chrono::DateTime::parse_from_rfc3339(attempts[i][field].as_str().unwrap()).unwrap();
+    let time =
+        |i: usize, field: &str| chrono::DateTime::parse_from_rfc3339(attempts[i][field].as_str().unwrap()).unwrap();
     let gap1 = time(1, "createdAt") - time(0, "finishedAt");
     let gap2 = time(2, "createdAt") - time(1, "finishedAt");
     assert!(gap1.num_milliseconds() >= 70, "{gap1:?}");
@@ -108,14 +113,20 @@ fn editing_the_spec_mid_run_kills_the_old_attempt_and_starts_again_from_attempt_
     ws.task("job.yaml", &format!("{}; {old_marker}", ws.ledger_line()), "");
     let _controller = ws.controller(&[]);
     ws.wait_phase("job", "Running", LONG);
-    ws.wait_until(LONG, "the old process", || !processes_mentioning(&old_marker).is_empty());
+    ws.wait_until(LONG, "the old process", || {
+        !processes_mentioning(&old_marker).is_empty()
+    });
     ws.task("job.yaml", &format!("{}; echo new", ws.ledger_line()), "");
     ws.wait_until(LONG, "the new spec to succeed", || {
-        ws.status("job").is_some_and(|s| s["phase"] == "Succeeded" && s["logTail"].as_str().unwrap_or("").contains("new"))
+        ws.status("job")
+            .is_some_and(|s| s["phase"] == "Succeeded" && s["logTail"].as_str().unwrap_or("").contains("new"))
     });
     let status = ws.status("job").unwrap();
     assert_eq!(status["attempt"], 1, "a new spec starts from attempt 1");
-    assert!(processes_mentioning(&old_marker).is_empty(), "the old attempt was killed");
+    assert!(
+        processes_mentioning(&old_marker).is_empty(),
+        "the old attempt was killed"
+    );
     assert_eq!(ws.ledger_lines(), vec!["job 1", "job 1"]);
     // Saving the same spec again (same hash) never re-runs anything.
     let text = std::fs::read_to_string(ws.root().join("job.yaml")).unwrap();
@@ -137,8 +148,12 @@ fn deleting_the_manifest_mid_run_kills_the_process_and_removes_the_status() {
     ws.wait_phase("doomed", "Running", LONG);
     std::fs::remove_file(ws.root().join("doomed.yaml")).unwrap();
     ws.wait_until(LONG, "the status file to go", || !ws.status_path("doomed").exists());
-    ws.wait_until(Duration::from_secs(5), "the process to die", || processes_mentioning(&marker).is_empty());
-    let leftovers: Vec<_> = std::fs::read_dir(ws.root().join(".skiff/containers")).unwrap().collect();
+    ws.wait_until(Duration::from_secs(5), "the process to die", || {
+        processes_mentioning(&marker).is_empty()
+    });
+    let leftovers: Vec<_> = std::fs::read_dir(ws.root().join(".skiff/containers"))
+        .unwrap()
+        .collect();
     assert!(leftovers.is_empty(), "container folders left: {leftovers:?}");
 }
 
@@ -154,12 +169,17 @@ fn max_running_caps_live_processes() {
     let mut saw_waiting = false;
     while started.elapsed() < LONG {
         let live = std::fs::read_dir(ws.root().join(".skiff/containers"))
-            .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
             .unwrap_or(0);
         peak = peak.max(live);
         saw_waiting |= (0..12).any(|i| {
-            ws.status(&format!("t{i:02}"))
-                .is_some_and(|s| s["reason"] == "WaitingForSlot" && s["message"].as_str().unwrap_or("").contains("max-running 3/3"))
+            ws.status(&format!("t{i:02}")).is_some_and(|s| {
+                s["reason"] == "WaitingForSlot" && s["message"].as_str().unwrap_or("").contains("max-running 3/3")
+            })
         });
         if (0..12).all(|i| ws.phase(&format!("t{i:02}")).as_deref() == Some("Succeeded")) {
             break;
@@ -190,7 +210,9 @@ fn a_reader_polling_status_files_never_sees_a_torn_one() {
                     if !name.ends_with(".status.json") {
                         continue;
                     }
-                    let Ok(bytes) = std::fs::read(entry.path()) else { continue };
+                    let Ok(bytes) = std::fs::read(entry.path()) else {
+                        continue;
+                    };
                     if let Err(err) = serde_json::from_slice::<serde_json::Value>(&bytes) {
                         panic!("{name} did not parse: {err}");
                     }
@@ -211,9 +233,15 @@ fn a_reader_polling_status_files_never_sees_a_torn_one() {
 #[test]
 fn crash_safety_under_repeated_sigkill() {
     let ws = Workspace::new();
-    let mut seed: u64 = std::env::var("SKIFF_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
+    let mut seed: u64 = std::env::var("SKIFF_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
     eprintln!("SKIFF_TEST_SEED={seed}");
     let mut random = move |n: u64| {
         seed ^= seed << 13;

@@ -11,8 +11,13 @@ pub fn parse_with_config_file() -> Result<Cli, String> {
     if let Some(path) = config_path(&args) {
         let text = std::fs::read_to_string(&path)
             .map_err(|err| format!("--config {}: {err}; fix the path or unset SKIFF_CONFIG", path.display()))?;
-        let settings: std::collections::BTreeMap<String, yaml_serde::Value> = yaml_serde::from_str(&text)
-            .map_err(|err| format!("{}: {err}; the config file is a YAML map of flag names to values", path.display()))?;
+        let settings: std::collections::BTreeMap<String, yaml_serde::Value> =
+            yaml_serde::from_str(&text).map_err(|err| {
+                format!(
+                    "{}: {err}; the config file is a YAML map of flag names to values",
+                    path.display()
+                )
+            })?;
         let controller = command
             .find_subcommand("controller")
             .cloned()
@@ -37,11 +42,18 @@ pub fn parse_with_config_file() -> Result<Cli, String> {
     }
     let matches = command.try_get_matches_from(args).map_err(|err| {
         // --help and --version are not errors.
-        if matches!(err.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) {
+        if matches!(
+            err.kind(),
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+        ) {
             let _ = err.print();
             std::process::exit(0);
         }
-        err.render().to_string().trim_start_matches("error: ").trim_end().to_string()
+        err.render()
+            .to_string()
+            .trim_start_matches("error: ")
+            .trim_end()
+            .to_string()
     })?;
     Cli::from_arg_matches(&matches).map_err(|err| err.to_string())
 }

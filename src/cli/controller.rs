@@ -26,7 +26,10 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         ("--docker-network", args.docker_network.is_some()),
     ] {
         if given {
-            return Err(UsageError(format!("{flag} is not supported yet by this version of skiff; remove it")).into());
+            return Err(UsageError(format!(
+                "{flag} is not supported yet by this version of skiff; remove it"
+            ))
+            .into());
         }
     }
     if args.max_running == Some(0) {

@@ -20,7 +20,11 @@ pub(super) async fn load(store: &dyn Store, only: Option<&str>) -> anyhow::Resul
     for key in keys {
         let status = store.read_status(&key).await?;
         if only.is_some() && status.is_none() && store.list_one(&key).await?.is_none() {
-            return Err(UsageError(format!("no task {key} in {}; `skiff get` lists the tasks", store.location())).into());
+            return Err(UsageError(format!(
+                "no task {key} in {}; `skiff get` lists the tasks",
+                store.location()
+            ))
+            .into());
         }
         out.push((key, status));
     }
@@ -30,7 +34,10 @@ pub(super) async fn load(store: &dyn Store, only: Option<&str>) -> anyhow::Resul
 /// A task as the user typed it: `jobs/thumb`, or its manifest's path.
 pub(super) fn task_key(task: &str) -> TaskKey {
     let task = task.trim_start_matches("./");
-    let stem = [".yaml", ".yml", ".json"].iter().find_map(|ext| task.strip_suffix(ext)).unwrap_or(task);
+    let stem = [".yaml", ".yml", ".json"]
+        .iter()
+        .find_map(|ext| task.strip_suffix(ext))
+        .unwrap_or(task);
     TaskKey::new(stem.to_string())
 }
 
@@ -70,7 +77,14 @@ fn table(tasks: &[(TaskKey, Option<TaskStatus>)], now: Timestamp) -> String {
     let mut rows = vec![["TASK", "PHASE", "ATTEMPT", "AGE", "DURATION", "REASON"].map(String::from)];
     for (key, status) in tasks {
         let row = match status {
-            None => [key.to_string(), "-".into(), "-".into(), "-".into(), "-".into(), "not seen by a controller yet".into()],
+            None => [
+                key.to_string(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "not seen by a controller yet".into(),
+            ],
             Some(s) => {
                 let first = s.attempts.first().and_then(|a| a.created_at).unwrap_or(s.updated_at);
                 let duration = s.current().and_then(|a| {
@@ -89,7 +103,9 @@ fn table(tasks: &[(TaskKey, Option<TaskStatus>)], now: Timestamp) -> String {
         };
         rows.push(row);
     }
-    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for row in rows {
         let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
@@ -103,7 +119,9 @@ fn short(delta: chrono::TimeDelta) -> String {
     let secs = delta.num_seconds().max(0);
     let (d, h, m, s) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
     match (d, h, m) {
-        (0, 0, 0) if delta.num_milliseconds() < 10_000 => format!("{:.1}s", delta.num_milliseconds().max(0) as f64 / 1000.0),
+        (0, 0, 0) if delta.num_milliseconds() < 10_000 => {
+            format!("{:.1}s", delta.num_milliseconds().max(0) as f64 / 1000.0)
+        }
         (0, 0, 0) => format!("{s}s"),
         (0, 0, _) => format!("{m}m{s}s"),
         (0, _, _) => format!("{h}h{m}m"),
@@ -135,7 +153,11 @@ fn describe_text(s: &TaskStatus) -> String {
     if let Some(message) = &s.message {
         let _ = writeln!(out, "Message:      {}", message.replace('\n', "\n              "));
     }
-    let _ = writeln!(out, "Spec hash:    {}", if s.spec_hash.is_empty() { "-" } else { &s.spec_hash });
+    let _ = writeln!(
+        out,
+        "Spec hash:    {}",
+        if s.spec_hash.is_empty() { "-" } else { &s.spec_hash }
+    );
     let _ = writeln!(out, "Attempt:      {}", s.attempt);
     if let Some(at) = &s.next_attempt_at {
         let _ = writeln!(out, "Next attempt: {}", format_time(at));
@@ -158,7 +180,9 @@ fn describe_text(s: &TaskStatus) -> String {
                 time(&a.started_at),
                 time(&a.finished_at),
                 a.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-                a.completed_by.map(|c| format!("{c:?}").to_lowercase()).unwrap_or_else(|| "-".into()),
+                a.completed_by
+                    .map(|c| format!("{c:?}").to_lowercase())
+                    .unwrap_or_else(|| "-".into()),
                 a.reason.map(|r| format!("{r:?}")).unwrap_or_else(|| "-".into()),
                 a.message.as_ref().map(|m| format!("\n     {m}")).unwrap_or_default(),
             );
@@ -191,7 +215,10 @@ mod tests {
     #[test]
     fn table_has_the_contract_columns() {
         let status = TaskStatus::new("jobs/a", "a", "h", Utc::now());
-        let text = table(&[(TaskKey::new("jobs/a"), Some(status)), (TaskKey::new("b"), None)], Utc::now());
+        let text = table(
+            &[(TaskKey::new("jobs/a"), Some(status)), (TaskKey::new("b"), None)],
+            Utc::now(),
+        );
         let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
         assert_eq!(header, ["TASK", "PHASE", "ATTEMPT", "AGE", "DURATION", "REASON"]);
         assert!(text.contains("jobs/a  Pending"));

@@ -211,12 +211,14 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Supervise(args) => {
-            return ExitCode::from(crate::runtime::supervisor::supervise(crate::runtime::supervisor::SuperviseArgs {
-                container_dir: args.container_dir,
-                exit_file: args.exit_file,
-                working_dir: args.working_dir,
-                command: args.command,
-            }) as u8);
+            return ExitCode::from(
+                crate::runtime::supervisor::supervise(crate::runtime::supervisor::SuperviseArgs {
+                    container_dir: args.container_dir,
+                    exit_file: args.exit_file,
+                    working_dir: args.working_dir,
+                    command: args.command,
+                }) as u8,
+            );
         }
         Command::Schema => {
             print!("{}", crate::manifest::json_schema());
@@ -248,7 +250,11 @@ fn open_dir_store(source: &SourceArgs) -> anyhow::Result<crate::store::dir::DirS
         return Err(UsageError("give --dir DIR (or set SKIFF_DIR)".into()).into());
     };
     crate::store::dir::DirStore::new(dir).map_err(|err| {
-        UsageError(format!("--dir {}: {err}; create the folder or fix the path", dir.display())).into()
+        UsageError(format!(
+            "--dir {}: {err}; create the folder or fix the path",
+            dir.display()
+        ))
+        .into()
     })
 }
 

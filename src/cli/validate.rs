@@ -17,7 +17,10 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
         let errors = match read(path) {
             Err(message) => vec![format!("{file}: {message}")],
             Ok(bytes) => {
-                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let stem = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 match parse_manifest(&file, &bytes) {
                     Err(err) => vec![err.to_string()],
                     Ok(task) => match validate(&file, &stem, &task, &ctx) {
@@ -46,7 +49,10 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
     }
     let limit = crate::manifest::MAX_MANIFEST_BYTES as u64;
     if meta.len() > limit {
-        return Err(format!("the file is {} bytes; a manifest may be at most {limit} bytes (1 MiB)", meta.len()));
+        return Err(format!(
+            "the file is {} bytes; a manifest may be at most {limit} bytes (1 MiB)",
+            meta.len()
+        ));
     }
     std::fs::read(path).map_err(|err| format!("cannot read the file: {err}"))
 }

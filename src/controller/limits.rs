@@ -128,7 +128,9 @@ mod tests {
         assert_eq!(limits.try_acquire(&key("a"), 1), Slot::Granted);
         assert_eq!(
             limits.try_acquire(&key("b"), 2),
-            Slot::Full { limit: "max-running 1/1".into() }
+            Slot::Full {
+                limit: "max-running 1/1".into()
+            }
         );
         assert!(matches!(limits.try_acquire(&key("c"), 3), Slot::Full { .. }));
         // A waiting task that stays waiting keeps its place.

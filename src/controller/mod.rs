@@ -175,10 +175,8 @@ impl Controller {
 
         self.relist(&mut queue, &mut known, &settled).await?;
         self.collect_orphans();
-        let mut resync = tokio::time::interval_at(
-            tokio::time::Instant::now() + shared.config.resync,
-            shared.config.resync,
-        );
+        let mut resync =
+            tokio::time::interval_at(tokio::time::Instant::now() + shared.config.resync, shared.config.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let outcome = loop {
@@ -255,10 +253,7 @@ impl Controller {
             }
         };
         // Finish the status writes in flight; running containers are durable and left alone.
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while running.join_next().await.is_some() {}
-        })
-        .await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while running.join_next().await.is_some() {} }).await;
         Ok(outcome)
     }
 
@@ -272,7 +267,12 @@ impl Controller {
     ) -> Result<(), StoreError> {
         let mut listed = self.shared.store.list().await?;
         // First come, first served: order new tasks by when their files last changed.
-        listed.sort_by_key(|l| (l.fingerprint.0.iter().map(|(_, m)| *m).max().unwrap_or(0), l.key.clone()));
+        listed.sort_by_key(|l| {
+            (
+                l.fingerprint.0.iter().map(|(_, m)| *m).max().unwrap_or(0),
+                l.key.clone(),
+            )
+        });
         let mut present = std::collections::HashSet::new();
         for item in listed {
             present.insert(item.key.clone());
@@ -308,7 +308,9 @@ impl Controller {
             for runtime in shared.runtimes.values() {
                 let Ok(containers) = runtime.list().await else { continue };
                 for container in containers {
-                    let Some(task) = container.labels.get(runtime::LABEL_TASK) else { continue };
+                    let Some(task) = container.labels.get(runtime::LABEL_TASK) else {
+                        continue;
+                    };
                     let key = TaskKey::new(task.clone());
                     let has_manifest = !matches!(shared.store.read_manifest(&key).await, Ok(ManifestRead::Missing));
                     let has_status = !matches!(shared.store.read_status(&key).await, Ok(None));
@@ -365,7 +367,9 @@ impl Shared {
 
     /// Claims `name` for `key`; the task seen first keeps a contested name.
     fn claim_name(&self, name: &str, key: &TaskKey, order: u64) -> Result<Option<TaskKey>, TaskKey> {
-        let Ok(mut names) = self.names.lock() else { return Ok(None) };
+        let Ok(mut names) = self.names.lock() else {
+            return Ok(None);
+        };
         names.retain(|n, (_, owner)| owner != key || n == name);
         match names.get(name) {
             Some((_, owner)) if owner == key => Ok(None),
@@ -450,7 +454,11 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
             Reconciled {
                 key: key.clone(),
                 // A corrupt status needs a person; for `--once` it counts as a failure.
-                state: if corrupt { TaskState::Final(Phase::Failed) } else { TaskState::Active },
+                state: if corrupt {
+                    TaskState::Final(Phase::Failed)
+                } else {
+                    TaskState::Active
+                },
                 requeue: Some(shared.infra_backoff(key)),
                 displaced: None,
             }

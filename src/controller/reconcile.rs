@@ -27,7 +27,10 @@ pub enum Desired {
     /// The manifest was deleted: cancel and forget the task.
     Absent,
     /// The manifest cannot be run; `message` names the file, the place and the fix.
-    Invalid { name: String, message: String },
+    Invalid {
+        name: String,
+        message: String,
+    },
     Valid(Box<TaskSpec>),
 }
 
@@ -40,7 +43,10 @@ pub enum Observed {
     /// The runtime could not be asked (invariant 4: this never uses up `retries`).
     Unreachable(String),
     /// The create call failed for a reason retrying cannot fix.
-    CreateFailed { reason: Reason, message: String },
+    CreateFailed {
+        reason: Reason,
+        message: String,
+    },
 }
 
 /// Whether a new container may start now.
@@ -48,7 +54,9 @@ pub enum Observed {
 pub enum Slot {
     Granted,
     /// Held back by a limit, named with its use, e.g. `max-running 32/32`.
-    Full { limit: String },
+    Full {
+        limit: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -70,8 +78,13 @@ pub struct Input<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Create (or adopt, or start) the named container for this attempt.
-    EnsureContainer { container: String, attempt: u32 },
-    DeleteContainer { container: String },
+    EnsureContainer {
+        container: String,
+        attempt: u32,
+    },
+    DeleteContainer {
+        container: String,
+    },
     /// Remove the status document: the manifest is gone and so is its container.
     RemoveStatus,
 }
@@ -301,9 +314,7 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
         attempt: current.number,
     };
     match &input.observed {
-        Observed::NotApplicable | Observed::Container(ContainerState::Created) => {
-            Decision::act(status, ensure, SOON)
-        }
+        Observed::NotApplicable | Observed::Container(ContainerState::Created) => Decision::act(status, ensure, SOON),
         Observed::Container(ContainerState::Absent) if status.phase == Phase::Creating => {
             // The intent was persisted but the create never happened (or never finished):
             // creating now is the first and only container of this attempt.
@@ -470,7 +481,10 @@ fn after_attempt(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> 
     status.message = Some(if spec.retries == 0 {
         format!("attempt {failed} failed: {why}")
     } else {
-        format!("attempt {failed} failed: {why}; no retries left (retries: {})", spec.retries)
+        format!(
+            "attempt {failed} failed: {why}; no retries left (retries: {})",
+            spec.retries
+        )
     });
     status.next_attempt_at = None;
     Decision::keep(status, None)

@@ -65,9 +65,7 @@ pub fn parse_manifest(file: &str, bytes: &[u8]) -> Result<ContainerTask, Manifes
             let (line, column) = line_column(bytes, err.valid_up_to());
             return Err(ManifestError::new(
                 file,
-                format!(
-                    "line {line} column {column}: the file is not UTF-8 text; save it as UTF-8"
-                ),
+                format!("line {line} column {column}: the file is not UTF-8 text; save it as UTF-8"),
             ));
         }
     };
@@ -75,13 +73,17 @@ pub fn parse_manifest(file: &str, bytes: &[u8]) -> Result<ContainerTask, Manifes
         let (line, column) = line_column(bytes, offset);
         return Err(ManifestError::new(
             file,
-            format!("line {line} column {column}: the file holds binary data (a NUL byte); a manifest is YAML or JSON text"),
+            format!(
+                "line {line} column {column}: the file holds binary data (a NUL byte); a manifest is YAML or JSON text"
+            ),
         ));
     }
     if text.trim().is_empty() {
         return Err(ManifestError::new(
             file,
-            format!("the file is empty; a manifest needs at least `apiVersion: {API_VERSION}`, `kind: {KIND}` and `spec`"),
+            format!(
+                "the file is empty; a manifest needs at least `apiVersion: {API_VERSION}`, `kind: {KIND}` and `spec`"
+            ),
         ));
     }
 
@@ -91,14 +93,14 @@ pub fn parse_manifest(file: &str, bytes: &[u8]) -> Result<ContainerTask, Manifes
         Some(other) => {
             return Err(ManifestError::new(
                 file,
-                format!("kind: this document is a {}, not a {KIND}; skiff reads only `kind: {KIND}`", show(other)),
+                format!(
+                    "kind: this document is a {}, not a {KIND}; skiff reads only `kind: {KIND}`",
+                    show(other)
+                ),
             ));
         }
         None => {
-            return Err(ManifestError::new(
-                file,
-                format!("kind: missing; add `kind: {KIND}`"),
-            ));
+            return Err(ManifestError::new(file, format!("kind: missing; add `kind: {KIND}`")));
         }
     }
     match header.api_version.as_ref() {
@@ -106,7 +108,10 @@ pub fn parse_manifest(file: &str, bytes: &[u8]) -> Result<ContainerTask, Manifes
         Some(other) => {
             return Err(ManifestError::new(
                 file,
-                format!("apiVersion: {} is not supported; write `apiVersion: {API_VERSION}`", show(other)),
+                format!(
+                    "apiVersion: {} is not supported; write `apiVersion: {API_VERSION}`",
+                    show(other)
+                ),
             ));
         }
         None => {
@@ -158,7 +163,10 @@ mod tests {
         let task = parse_manifest("a.yaml", yaml.as_bytes()).unwrap();
         assert_eq!(task.spec.command, vec!["echo", "hi"]);
         let json = r#"{"apiVersion":"skiff/v1","kind":"ContainerTask","spec":{"command":["echo"]}}"#;
-        assert_eq!(parse_manifest("a.json", json.as_bytes()).unwrap().spec.command, vec!["echo"]);
+        assert_eq!(
+            parse_manifest("a.json", json.as_bytes()).unwrap().spec.command,
+            vec!["echo"]
+        );
     }
 
     #[test]
@@ -178,10 +186,16 @@ mod tests {
 
     #[test]
     fn wrong_kind_and_version_are_named() {
-        let message = err("d.yaml", b"apiVersion: apps/v1\nkind: Deployment\nspec: {replicas: 3}\n");
+        let message = err(
+            "d.yaml",
+            b"apiVersion: apps/v1\nkind: Deployment\nspec: {replicas: 3}\n",
+        );
         assert!(message.contains("not a ContainerTask"), "{message}");
         let message = err("d.yaml", b"apiVersion: skiff/v2\nkind: ContainerTask\nspec: {}\n");
-        assert!(message.contains("apiVersion: \"skiff/v2\" is not supported"), "{message}");
+        assert!(
+            message.contains("apiVersion: \"skiff/v2\" is not supported"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -152,7 +152,9 @@ pub fn validate(
         }
         RuntimeKind::Docker | RuntimeKind::Aci => {
             if spec.image.as_deref().is_none_or(|image| image.trim().is_empty()) {
-                fail(format!("spec.image: the {runtime} runtime needs an image; add e.g. `image: busybox`"));
+                fail(format!(
+                    "spec.image: the {runtime} runtime needs an image; add e.g. `image: busybox`"
+                ));
             }
         }
     }
@@ -170,9 +172,15 @@ pub fn validate(
     for (i, var) in spec.env.iter().enumerate() {
         let at = format!("spec.env[{i}]");
         if !is_env_name(&var.name) {
-            fail(format!("{at}.name: {:?} is not a valid variable name; use letters, digits and '_', not starting with a digit", var.name));
+            fail(format!(
+                "{at}.name: {:?} is not a valid variable name; use letters, digits and '_', not starting with a digit",
+                var.name
+            ));
         } else if var.name.starts_with("SKIFF_") {
-            fail(format!("{at}.name: {} is reserved: skiff sets SKIFF_* variables itself; rename it", var.name));
+            fail(format!(
+                "{at}.name: {} is reserved: skiff sets SKIFF_* variables itself; rename it",
+                var.name
+            ));
         } else if !seen_env.insert(var.name.clone()) {
             fail(format!("{at}.name: {} is set twice; keep one", var.name));
         }
@@ -180,11 +188,17 @@ pub fn validate(
             (Some(value), None) => env.push((var.name.clone(), EnvValue::Value(value.clone()))),
             (None, Some(from)) => {
                 if !is_env_name(&from.env) {
-                    fail(format!("{at}.valueFrom.env: {:?} is not a valid variable name", from.env));
+                    fail(format!(
+                        "{at}.valueFrom.env: {:?} is not a valid variable name",
+                        from.env
+                    ));
                 } else if let Some(is_set) = ctx.env_is_set
                     && !is_set(&from.env)
                 {
-                    fail(format!("{at}.valueFrom.env: {} is not set in the controller's environment; export it before starting skiff", from.env));
+                    fail(format!(
+                        "{at}.valueFrom.env: {} is not set in the controller's environment; export it before starting skiff",
+                        from.env
+                    ));
                 }
                 env.push((var.name.clone(), EnvValue::FromEnv(from.env.clone())));
             }
@@ -215,48 +229,71 @@ pub fn validate(
         if volume.name.trim().is_empty() {
             fail(format!("{at}.name: is empty; name the volume"));
         } else if !volume_names.insert(volume.name.clone()) {
-            fail(format!("{at}.name: {} is used twice; volume names must be unique", volume.name));
+            fail(format!(
+                "{at}.name: {} is used twice; volume names must be unique",
+                volume.name
+            ));
         }
         if !volume.mount_path.starts_with('/') {
-            fail(format!("{at}.mountPath: {:?} must be an absolute path, e.g. /data", volume.mount_path));
+            fail(format!(
+                "{at}.mountPath: {:?} must be an absolute path, e.g. /data",
+                volume.mount_path
+            ));
         }
         match (&volume.host_path, &volume.azure_file) {
             (Some(host), None) => {
                 if runtime == RuntimeKind::Aci {
-                    fail(format!("{at}.hostPath: the aci runtime cannot mount host paths; use azureFile"));
+                    fail(format!(
+                        "{at}.hostPath: the aci runtime cannot mount host paths; use azureFile"
+                    ));
                 } else if !host.starts_with('/') {
                     fail(format!("{at}.hostPath: {host:?} must be an absolute path"));
                 } else if !is_allowed_host_path(Path::new(host), ctx.allow_host_paths) {
-                    fail(format!("{at}.hostPath: {host} is not under an allowed prefix; start the controller with `--allow-host-path {host}` (or a parent folder)"));
+                    fail(format!(
+                        "{at}.hostPath: {host} is not under an allowed prefix; start the controller with `--allow-host-path {host}` (or a parent folder)"
+                    ));
                 } else if runtime == RuntimeKind::Process && volume.mount_path != *host {
-                    fail(format!("{at}.mountPath: the process runtime cannot remap host paths; set mountPath to {host}, or use the docker runtime"));
+                    fail(format!(
+                        "{at}.mountPath: the process runtime cannot remap host paths; set mountPath to {host}, or use the docker runtime"
+                    ));
                 }
             }
             (None, Some(_)) => {
                 if runtime != RuntimeKind::Aci {
-                    fail(format!("{at}.azureFile: azureFile volumes work only on the aci runtime; use hostPath"));
+                    fail(format!(
+                        "{at}.azureFile: azureFile volumes work only on the aci runtime; use hostPath"
+                    ));
                 }
             }
             (Some(_), Some(_)) => fail(format!("{at}: has both hostPath and azureFile; keep one")),
-            (None, None) => fail(format!("{at}: has no source; add hostPath (docker, process) or azureFile (aci)")),
+            (None, None) => fail(format!(
+                "{at}: has no source; add hostPath (docker, process) or azureFile (aci)"
+            )),
         }
     }
 
     let completion = spec.completion.clone().unwrap_or_default();
     let completion_mode = completion.mode.unwrap_or(CompletionMode::Poll);
     if completion_mode == CompletionMode::Event && !ctx.features.event_completion {
-        fail("spec.completion.mode: event completion is not supported yet by this version of skiff; use `mode: poll`".into());
+        fail(
+            "spec.completion.mode: event completion is not supported yet by this version of skiff; use `mode: poll`"
+                .into(),
+        );
     }
     let poll_interval = match &completion.poll_interval {
         None => DEFAULT_POLL_INTERVAL,
         Some(text) => match parse_duration(text) {
             Ok(d) if d < MIN_POLL_INTERVAL => {
-                fail(format!("spec.completion.pollInterval: {text:?} is too short; use at least 100ms"));
+                fail(format!(
+                    "spec.completion.pollInterval: {text:?} is too short; use at least 100ms"
+                ));
                 d
             }
             Ok(d) => d,
             Err(()) => {
-                fail(format!("spec.completion.pollInterval: {text:?} is not a duration; write e.g. 10s or 1m"));
+                fail(format!(
+                    "spec.completion.pollInterval: {text:?} is not a duration; write e.g. 10s or 1m"
+                ));
                 DEFAULT_POLL_INTERVAL
             }
         },
@@ -270,7 +307,9 @@ pub fn validate(
             }
             Ok(d) => Some(d),
             Err(()) => {
-                fail(format!("spec.timeout: {text:?} is not a duration; write e.g. 10m or 1h30m"));
+                fail(format!(
+                    "spec.timeout: {text:?} is not a duration; write e.g. 10m or 1h30m"
+                ));
                 None
             }
         },
@@ -280,7 +319,9 @@ pub fn validate(
         Some(text) => match parse_duration(text) {
             Ok(d) => d,
             Err(()) => {
-                fail(format!("spec.backoff: {text:?} is not a duration; write e.g. 10s or 1m"));
+                fail(format!(
+                    "spec.backoff: {text:?} is not a duration; write e.g. 10s or 1m"
+                ));
                 DEFAULT_BACKOFF
             }
         },
@@ -295,17 +336,27 @@ pub fn validate(
     if completions == 0 {
         fail("spec.completions: must be at least 1".into());
     } else if completions > 1 && !ctx.features.fan_out {
-        fail(format!("spec.completions: fan-out ({completions} completions) is not supported yet by this version of skiff; remove it or set 1"));
+        fail(format!(
+            "spec.completions: fan-out ({completions} completions) is not supported yet by this version of skiff; remove it or set 1"
+        ));
     }
     if parallelism == 0 {
         fail("spec.parallelism: must be at least 1".into());
     } else if parallelism > 1 && !ctx.features.fan_out {
-        fail(format!("spec.parallelism: {parallelism} is not supported yet by this version of skiff (it needs fan-out); remove it or set 1"));
+        fail(format!(
+            "spec.parallelism: {parallelism} is not supported yet by this version of skiff (it needs fan-out); remove it or set 1"
+        ));
     }
     let mut depends_on = Vec::new();
     for (i, dep) in spec.depends_on.iter().enumerate() {
-        if dep.trim().is_empty() || dep.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
-            fail(format!("spec.dependsOn[{i}]: {dep:?} is not a task; name it by its path without extension, e.g. jobs/split"));
+        if dep.trim().is_empty()
+            || dep
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            fail(format!(
+                "spec.dependsOn[{i}]: {dep:?} is not a task; name it by its path without extension, e.g. jobs/split"
+            ));
         } else {
             depends_on.push(TaskKey::new(dep.clone()));
         }
@@ -354,7 +405,10 @@ fn check_name(name: &str) -> Result<(), &'static str> {
     if name.starts_with(['.', '-']) {
         return Err("may not start with '.' or '-'");
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
         return Err("may hold only letters, digits, '-', '_' and '.'");
     }
     Ok(())
@@ -444,9 +498,8 @@ mod tests {
     fn check(spec_yaml: &str) -> Result<TaskSpec, String> {
         let text = format!("apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n{spec_yaml}");
         let task = parse_manifest("t.yaml", text.as_bytes()).map_err(|e| e.to_string())?;
-        validate("t.yaml", "t", &task, &ctx()).map_err(|errs| {
-            errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
-        })
+        validate("t.yaml", "t", &task, &ctx())
+            .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
     }
 
     #[test]
@@ -463,7 +516,10 @@ mod tests {
     #[test]
     fn durations_and_quantities_explain_the_fix() {
         let err = check("  command: [x]\n  timeout: ten minutes\n").unwrap_err();
-        assert!(err.contains("spec.timeout: \"ten minutes\" is not a duration; write e.g. 10m or 1h30m"), "{err}");
+        assert!(
+            err.contains("spec.timeout: \"ten minutes\" is not a duration; write e.g. 10m or 1h30m"),
+            "{err}"
+        );
         let err = check("  command: [x]\n  resources: {memory: lots}\n").unwrap_err();
         assert!(err.contains("spec.resources.memory"), "{err}");
         let spec = check("  command: [x]\n  resources: {cpu: 500m, memory: 1.5Gi}\n").unwrap();
@@ -496,13 +552,19 @@ mod tests {
 
     #[test]
     fn env_and_names_are_checked() {
-        let err = check("  command: [x]\n  env: [{name: SKIFF_X, value: a}, {name: A, value: b, valueFrom: {env: B}}]\n").unwrap_err();
+        let err =
+            check("  command: [x]\n  env: [{name: SKIFF_X, value: a}, {name: A, value: b, valueFrom: {env: B}}]\n")
+                .unwrap_err();
         assert!(err.contains("spec.env[0].name: SKIFF_X is reserved"), "{err}");
         assert!(err.contains("spec.env[1]: has both"), "{err}");
         let text = "apiVersion: skiff/v1\nkind: ContainerTask\nmetadata: {name: ../etc}\nspec: {command: [x]}\n";
         let task = parse_manifest("n.yaml", text.as_bytes()).unwrap();
         let err = validate("n.yaml", "n", &task, &ctx()).unwrap_err();
-        assert!(err[0].to_string().contains("metadata.name: \"../etc\" may not contain"), "{:?}", err);
+        assert!(
+            err[0].to_string().contains("metadata.name: \"../etc\" may not contain"),
+            "{:?}",
+            err
+        );
     }
 
     #[test]
@@ -513,9 +575,21 @@ mod tests {
 
     #[test]
     fn hash_ignores_formatting_but_not_content() {
-        let a = parse_manifest("a.yaml", b"apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  retries: 1 # c\n  command: [a]\n").unwrap();
-        let b = parse_manifest("b.json", br#"{"kind":"ContainerTask","spec":{"command":["a"],"retries":1},"apiVersion":"skiff/v1"}"#).unwrap();
-        let c = parse_manifest("c.yaml", b"apiVersion: skiff/v1\nkind: ContainerTask\nspec: {command: [b], retries: 1}\n").unwrap();
+        let a = parse_manifest(
+            "a.yaml",
+            b"apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  retries: 1 # c\n  command: [a]\n",
+        )
+        .unwrap();
+        let b = parse_manifest(
+            "b.json",
+            br#"{"kind":"ContainerTask","spec":{"command":["a"],"retries":1},"apiVersion":"skiff/v1"}"#,
+        )
+        .unwrap();
+        let c = parse_manifest(
+            "c.yaml",
+            b"apiVersion: skiff/v1\nkind: ContainerTask\nspec: {command: [b], retries: 1}\n",
+        )
+        .unwrap();
         assert_eq!(spec_hash(&a), spec_hash(&b));
         assert_ne!(spec_hash(&a), spec_hash(&c));
     }

@@ -51,7 +51,9 @@ pub enum ContainerState {
     Absent,
     /// Created but not started; `ensure` starts it.
     Created,
-    Running { started_at: Option<Timestamp> },
+    Running {
+        started_at: Option<Timestamp>,
+    },
     /// Finished. `exit_code` is `None` when the runtime lost track of the process.
     Exited {
         exit_code: Option<i32>,

@@ -101,9 +101,12 @@ impl ProcessRuntime {
                 Ok(())
             });
         }
-        let mut child = command
-            .spawn()
-            .map_err(|err| RuntimeError::Transient(format!("cannot start the supervisor {}: {err}", self.supervisor_exe.display())))?;
+        let mut child = command.spawn().map_err(|err| {
+            RuntimeError::Transient(format!(
+                "cannot start the supervisor {}: {err}",
+                self.supervisor_exe.display()
+            ))
+        })?;
         let stdout = child.stdout.take();
         // Reap the supervisor when it ends, while this controller lives.
         tokio::spawn(async move {
@@ -127,7 +130,6 @@ impl ProcessRuntime {
             ))),
         }
     }
-
 }
 
 impl Layout {
@@ -187,7 +189,9 @@ impl Layout {
         if dir.exists() {
             return Ok(());
         }
-        let temp = self.containers.join(format!(".{}.{}.tmp", spec.name, std::process::id()));
+        let temp = self
+            .containers
+            .join(format!(".{}.{}.tmp", spec.name, std::process::id()));
         let _ = std::fs::remove_dir_all(&temp);
         std::fs::create_dir(&temp)?;
         let meta = Meta {
@@ -299,7 +303,9 @@ fn tail_of(path: &Path) -> std::io::Result<Option<String>> {
     Ok(Some(crate::status::log_tail(&bytes)))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> Result<T, RuntimeError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, RuntimeError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|err| RuntimeError::Transient(err.to_string()))?

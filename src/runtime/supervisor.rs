@@ -108,7 +108,11 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
         Ok(child) => child,
         Err(err) => {
             // The shell's conventions: 127 not found, 126 found but not runnable.
-            let code = if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            let code = if err.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
             let where_ = args
                 .working_dir
                 .as_ref()

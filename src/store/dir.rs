@@ -374,10 +374,27 @@ mod tests {
     fn classify_maps_paths_to_tasks_and_ignores_the_rest() {
         let root = Path::new("/r");
         let key = |s: &str| TaskKey::new(s);
-        assert_eq!(classify(root, Path::new("/r/jobs/thumb.yaml")), Some(PathRole::Manifest(key("jobs/thumb"))));
-        assert_eq!(classify(root, Path::new("/r/a.json")), Some(PathRole::Manifest(key("a"))));
-        assert_eq!(classify(root, Path::new("/r/a.status.json")), Some(PathRole::Status(key("a"))));
-        for ignored in ["/r/.skiff/x.yaml", "/r/.a.yaml", "/r/a/.tmp/b.yaml", "/r/a.yaml~", "/r/a.txt", "/r/.a.status.json.1.2.tmp", "/r/.yaml"] {
+        assert_eq!(
+            classify(root, Path::new("/r/jobs/thumb.yaml")),
+            Some(PathRole::Manifest(key("jobs/thumb")))
+        );
+        assert_eq!(
+            classify(root, Path::new("/r/a.json")),
+            Some(PathRole::Manifest(key("a")))
+        );
+        assert_eq!(
+            classify(root, Path::new("/r/a.status.json")),
+            Some(PathRole::Status(key("a")))
+        );
+        for ignored in [
+            "/r/.skiff/x.yaml",
+            "/r/.a.yaml",
+            "/r/a/.tmp/b.yaml",
+            "/r/a.yaml~",
+            "/r/a.txt",
+            "/r/.a.status.json.1.2.tmp",
+            "/r/.yaml",
+        ] {
             assert_eq!(classify(root, Path::new(ignored)), None, "{ignored}");
         }
     }
@@ -392,10 +409,23 @@ mod tests {
         std::fs::write(dir.path().join("c.json"), "x").unwrap();
         std::fs::write(dir.path().join("gone.status.json"), "{}").unwrap();
         let store = DirStore::new(dir.path()).unwrap();
-        let keys: Vec<_> = store.list().await.unwrap().into_iter().map(|l| (l.key.to_string(), l.has_manifest)).collect();
-        assert_eq!(keys, vec![("c".into(), true), ("gone".into(), false), ("jobs/a".into(), true)]);
-        assert!(matches!(store.read_manifest(&TaskKey::new("c")).await.unwrap(), ManifestRead::Conflict { files } if files.len() == 2));
-        assert!(matches!(store.read_manifest(&TaskKey::new("jobs/a")).await.unwrap(), ManifestRead::Found { file, .. } if file == "jobs/a.yaml"));
+        let keys: Vec<_> = store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.key.to_string(), l.has_manifest))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![("c".into(), true), ("gone".into(), false), ("jobs/a".into(), true)]
+        );
+        assert!(
+            matches!(store.read_manifest(&TaskKey::new("c")).await.unwrap(), ManifestRead::Conflict { files } if files.len() == 2)
+        );
+        assert!(
+            matches!(store.read_manifest(&TaskKey::new("jobs/a")).await.unwrap(), ManifestRead::Found { file, .. } if file == "jobs/a.yaml")
+        );
         assert!(store.read_status(&TaskKey::new("gone")).await.is_err());
         let status = TaskStatus::new("jobs/a", "a", "h", chrono::Utc::now());
         store.write_status(&TaskKey::new("jobs/a"), &status).await.unwrap();

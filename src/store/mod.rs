@@ -45,9 +45,14 @@ pub enum ManifestRead {
     },
     Missing,
     /// Two files claim the same task (`a.yaml` and `a.json`).
-    Conflict { files: Vec<String> },
+    Conflict {
+        files: Vec<String>,
+    },
     /// The file exists but cannot be read (permissions, a symlink loop, ...).
-    Unreadable { file: String, message: String },
+    Unreadable {
+        file: String,
+        message: String,
+    },
 }
 
 /// Something happened to a task's files, or the store lost track and needs a relist.

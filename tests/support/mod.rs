@@ -16,7 +16,10 @@ pub struct Workspace {
 impl Workspace {
     pub fn new() -> Self {
         Workspace {
-            dir: tempfile::Builder::new().prefix("skiff-test-").tempdir().expect("tempdir"),
+            dir: tempfile::Builder::new()
+                .prefix("skiff-test-")
+                .tempdir()
+                .expect("tempdir"),
         }
     }
 
@@ -112,12 +115,22 @@ impl Workspace {
             std::thread::sleep(Duration::from_millis(50));
         }
         let log = self.controller_log();
-        let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String = log
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
         panic!("timed out after {timeout:?} waiting for {what}\ncontroller log tail:\n{tail}");
     }
 
     pub fn wait_phase(&self, task: &str, phase: &str, timeout: Duration) {
-        self.wait_until(timeout, &format!("{task} to be {phase}"), || self.phase(task).as_deref() == Some(phase));
+        self.wait_until(timeout, &format!("{task} to be {phase}"), || {
+            self.phase(task).as_deref() == Some(phase)
+        });
     }
 }
 
@@ -137,7 +150,10 @@ impl Controller {
 
     /// SIGTERM, then waits for the exit code.
     pub fn terminate(mut self) -> Option<i32> {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         self.child.wait().ok().and_then(|s| s.code())
     }
 
@@ -166,10 +182,16 @@ impl Drop for Controller {
 /// carry the workspace path), read from /proc.
 pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
     for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if text.contains(needle) && pid != std::process::id() as i32 {
             found.push((pid, text));
