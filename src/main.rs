@@ -1,3 +1,7 @@
 fn main() -> std::process::ExitCode {
+    // The supervisor starts once per container: it skips the command-line machinery.
+    if let Some(args) = skiff::runtime::supervisor::args_from_argv() {
+        return std::process::ExitCode::from(skiff::runtime::supervisor::supervise(args) as u8);
+    }
     skiff::cli::main()
 }

@@ -41,8 +41,6 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Wait until tasks reach a phase.
     Wait(WaitArgs),
-    #[command(name = "__supervise", hide = true)]
-    Supervise(SuperviseArgs),
     /// Print the JSON Schema of a ContainerTask.
     #[command(name = "schema", hide = true)]
     Schema,
@@ -180,18 +178,6 @@ pub struct WaitArgs {
     pub timeout: Duration,
 }
 
-#[derive(Args, Debug)]
-pub struct SuperviseArgs {
-    #[arg(long)]
-    pub container_dir: PathBuf,
-    #[arg(long)]
-    pub exit_file: PathBuf,
-    #[arg(long)]
-    pub working_dir: Option<PathBuf>,
-    #[arg(last = true)]
-    pub command: Vec<String>,
-}
-
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|err| format!("{err}; write e.g. 30s, 5m or 1h30m"))
 }
@@ -210,16 +196,6 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Supervise(args) => {
-            return ExitCode::from(
-                crate::runtime::supervisor::supervise(crate::runtime::supervisor::SuperviseArgs {
-                    container_dir: args.container_dir,
-                    exit_file: args.exit_file,
-                    working_dir: args.working_dir,
-                    command: args.command,
-                }) as u8,
-            );
-        }
         Command::Schema => {
             print!("{}", crate::manifest::json_schema());
             return ExitCode::SUCCESS;

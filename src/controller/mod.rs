@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 /// A manifest that fails to parse and changed less than this long ago is probably
 /// still being written: it is looked at again, not judged Invalid.
 pub const SETTLE_TIME: Duration = Duration::from_secs(2);
+/// When to look at a container after creating it, unless the runtime reports first.
+const FIRST_LOOK: Duration = Duration::from_millis(100);
 /// Longest wait between retries of an infrastructure error.
 const MAX_INFRA_BACKOFF: Duration = Duration::from_secs(60);
 /// How long shutdown waits for status writes in flight.
@@ -91,6 +93,9 @@ struct Memory {
     create_failure: Option<(String, Reason, String)>,
     /// Consecutive infrastructure errors, for backoff.
     infra_failures: u32,
+    /// The last manifest that validated, with its bytes: a task is reconciled several
+    /// times per run and its manifest seldom changes in between.
+    validated: Option<(Vec<u8>, Box<TaskSpec>)>,
 }
 
 struct Shared {
@@ -105,6 +110,8 @@ struct Shared {
     containers: Mutex<HashMap<String, TaskKey>>,
     /// `metadata.name` → (first-seen order, task): names are unique.
     names: Mutex<HashMap<String, (u64, TaskKey)>>,
+    /// Every task listed at start-up has been reconciled once.
+    caught_up: std::sync::atomic::AtomicBool,
 }
 
 /// What one reconcile reports back to the loop.
@@ -114,6 +121,8 @@ struct Reconciled {
     requeue: Option<Duration>,
     /// Tasks whose name this one took over, to be reconciled again.
     displaced: Option<TaskKey>,
+    /// Held back until the controller has caught up after start-up.
+    deferred: bool,
 }
 
 /// A task's standing, as far as `--once` and resync are concerned.
@@ -143,6 +152,7 @@ impl Controller {
                 order: Mutex::new(HashMap::new()),
                 containers: Mutex::new(HashMap::new()),
                 names: Mutex::new(HashMap::new()),
+                caught_up: std::sync::atomic::AtomicBool::new(false),
             }),
             woken,
         }
@@ -172,14 +182,34 @@ impl Controller {
         // Fingerprints of final tasks: a relist skips those whose files did not change.
         let mut settled: HashMap<TaskKey, Fingerprint> = HashMap::new();
         let mut running: JoinSet<Reconciled> = JoinSet::new();
+        let mut in_flight: HashMap<tokio::task::Id, TaskKey> = HashMap::new();
 
+        let started = std::time::Instant::now();
         self.relist(&mut queue, &mut known, &settled).await?;
+        // Tasks not yet reconciled since start-up; when none is left, the controller has
+        // caught up with the world and says so once.
+        let mut unobserved: std::collections::HashSet<TaskKey> = known.keys().cloned().collect();
+        let mut caught_up = false;
+        let mut deferred: Vec<TaskKey> = Vec::new();
         self.collect_orphans();
         let mut resync =
             tokio::time::interval_at(tokio::time::Instant::now() + shared.config.resync, shared.config.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let outcome = loop {
+            if !caught_up && unobserved.is_empty() && running.is_empty() {
+                caught_up = true;
+                shared.caught_up.store(true, std::sync::atomic::Ordering::Release);
+                for key in deferred.drain(..) {
+                    queue.schedule(key, Duration::ZERO);
+                }
+                let active = known.values().filter(|s| **s == TaskState::Active).count();
+                tracing::info!(
+                    "caught up: {} tasks observed in {} ms, {active} active",
+                    known.len(),
+                    started.elapsed().as_millis()
+                );
+            }
             if shared.config.once && running.is_empty() && queue.is_empty() {
                 if let Some(outcome) = once_outcome(&known) {
                     break outcome;
@@ -188,9 +218,21 @@ impl Controller {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Outcome::Shutdown,
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    let Ok(done) = done else { continue };
+                Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
+                    let done = match joined {
+                        Ok((id, done)) => {
+                            in_flight.remove(&id);
+                            done
+                        }
+                        Err(err) => {
+                            // A reconcile that panicked is a bug; the task is retried, not lost.
+                            let Some(key) = in_flight.remove(&err.id()) else { continue };
+                            tracing::error!(task = %key, "reconcile failed: {err}");
+                            Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, displaced: None, deferred: false }
+                        }
+                    };
                     queue.done(&done.key);
+                    unobserved.remove(&done.key);
                     match done.state {
                         TaskState::Removed => {
                             known.remove(&done.key);
@@ -209,6 +251,13 @@ impl Controller {
                     }
                     if let Some(delay) = done.requeue {
                         queue.schedule(done.key.clone(), delay);
+                    }
+                    if done.deferred {
+                        if caught_up {
+                            queue.schedule(done.key.clone(), Duration::ZERO);
+                        } else {
+                            deferred.push(done.key.clone());
+                        }
                     }
                     if let Some(other) = done.displaced {
                         queue.schedule(other, Duration::ZERO);
@@ -239,16 +288,18 @@ impl Controller {
                 }
                 key = queue.next(), if running.len() < shared.config.workers => {
                     let shared = shared.clone();
-                    running.spawn(async move {
+                    let task_key = key.clone();
+                    let handle = running.spawn(async move {
                         let timeout = shared.config.reconcile_timeout;
                         match tokio::time::timeout(timeout, reconcile_task(&shared, &key)).await {
                             Ok(done) => done,
                             Err(_) => {
                                 tracing::warn!(task = %key, "reconcile took longer than {}s; retrying", timeout.as_secs());
-                                Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, displaced: None }
+                                Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, displaced: None, deferred: false }
                             }
                         }
                     });
+                    in_flight.insert(handle.id(), task_key);
                 }
             }
         };
@@ -389,57 +440,109 @@ impl Shared {
     }
 }
 
+/// What the manifest asks for, and where it came from.
+struct DesiredRead {
+    desired: Desired,
+    /// The manifest's file, as the user names it.
+    file: Option<String>,
+    /// The manifest's folder on this machine: the process runtime's default working dir.
+    local_dir: Option<PathBuf>,
+}
+
 /// Reads what the manifest asks for. `None`: the file is probably still being written.
-async fn read_desired(shared: &Shared, key: &TaskKey) -> Result<Option<(Desired, Option<PathBuf>)>, StoreError> {
+async fn read_desired(shared: &Shared, key: &TaskKey) -> Result<Option<DesiredRead>, StoreError> {
     let stem = key.as_str().rsplit('/').next().unwrap_or(key.as_str()).to_string();
-    let invalid = |message: String| Desired::Invalid {
-        name: stem.clone(),
-        message,
+    let plain = |desired: Desired| {
+        Ok(Some(DesiredRead {
+            desired,
+            file: None,
+            local_dir: None,
+        }))
     };
-    let desired = match shared.store.read_manifest(key).await? {
-        ManifestRead::Missing => Desired::Absent,
-        ManifestRead::Conflict { files } => invalid(format!(
-            "{}: these files all define task {key}; keep one of them (rename or delete the others)",
-            files.join(", ")
-        )),
-        ManifestRead::Unreadable { file, message } => invalid(format!("{file}: {message}")),
+    let (file, bytes, modified, local_dir) = match shared.store.read_manifest(key).await? {
+        ManifestRead::Missing => return plain(Desired::Absent),
+        ManifestRead::Conflict { files } => {
+            return plain(Desired::Invalid {
+                name: stem,
+                message: format!(
+                    "{}: these files all define task {key}; keep one of them (rename or delete the others)",
+                    files.join(", ")
+                ),
+            });
+        }
+        ManifestRead::Unreadable { file, message } => {
+            return plain(Desired::Invalid {
+                name: stem,
+                message: format!("{file}: {message}"),
+            });
+        }
         ManifestRead::Found {
             file,
             bytes,
             modified,
             local_dir,
-        } => match manifest::parse_manifest(&file, &bytes) {
-            Err(err) => {
-                let fresh = modified
-                    .and_then(|m| SystemTime::now().duration_since(m).ok())
-                    .is_some_and(|age| age < SETTLE_TIME);
-                if fresh {
-                    return Ok(None);
-                }
-                invalid(err.to_string())
-            }
-            Ok(task) => {
-                let env_is_set = |var: &str| std::env::var_os(var).is_some();
-                let ctx = ValidationContext {
-                    default_runtime: shared.config.default_runtime,
-                    allow_host_paths: &shared.config.allow_host_paths,
-                    features: Features::CURRENT,
-                    env_is_set: Some(&env_is_set),
-                };
-                match manifest::validate(&file, &stem, &task, &ctx) {
-                    Ok(spec) => return Ok(Some((Desired::Valid(Box::new(spec)), local_dir))),
-                    Err(errors) => {
-                        let name = task.metadata.name.clone().unwrap_or(stem.clone());
-                        Desired::Invalid {
-                            name,
-                            message: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
-                        }
-                    }
-                }
-            }
-        },
+        } => (file, bytes, modified, local_dir),
     };
-    Ok(Some((desired, None)))
+    let cached = shared.memory(key, |m| match &m.validated {
+        Some((seen, spec)) if *seen == bytes => Some(spec.clone()),
+        _ => None,
+    });
+    if let Some(spec) = cached {
+        return Ok(Some(DesiredRead {
+            desired: Desired::Valid(spec),
+            file: Some(file),
+            local_dir,
+        }));
+    }
+    // Parsing is CPU work on untrusted input: keep it off the async workers.
+    let default_runtime = shared.config.default_runtime;
+    let allow_host_paths = shared.config.allow_host_paths.clone();
+    let name_file = file.clone();
+    let parsed_bytes = bytes.clone();
+    let judged = tokio::task::spawn_blocking(move || {
+        let task = manifest::parse_manifest(&name_file, &bytes).map_err(|err| (stem.clone(), err.to_string()))?;
+        let env_is_set = |var: &str| std::env::var_os(var).is_some();
+        let ctx = ValidationContext {
+            default_runtime,
+            allow_host_paths: &allow_host_paths,
+            features: Features::CURRENT,
+            env_is_set: Some(&env_is_set),
+        };
+        manifest::validate(&name_file, &stem, &task, &ctx).map_err(|errors| {
+            let name = task.metadata.name.clone().unwrap_or(stem.clone());
+            (
+                name,
+                errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
+            )
+        })
+    })
+    .await
+    .map_err(|err| StoreError::Io {
+        path: file.clone(),
+        source: std::io::Error::other(err.to_string()),
+    })?;
+    let desired = match judged {
+        Ok(spec) => {
+            let spec = Box::new(spec);
+            shared.memory(key, |m| m.validated = Some((parsed_bytes, spec.clone())));
+            Desired::Valid(spec)
+        }
+        Err((name, message)) => {
+            // A file saved in pieces may not parse, or may lack a field, for a moment.
+            let fresh = modified
+                .and_then(|m| SystemTime::now().duration_since(m).ok())
+                .is_some_and(|age| age < SETTLE_TIME);
+            if fresh {
+                return Ok(None);
+            }
+            Desired::Invalid { name, message }
+        }
+    };
+    Ok(Some(DesiredRead {
+        desired,
+        file: Some(file),
+        local_dir,
+    }))
 }
 
 async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
@@ -461,6 +564,7 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
                 },
                 requeue: Some(shared.infra_backoff(key)),
                 displaced: None,
+                deferred: false,
             }
         }
     }
@@ -468,12 +572,18 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
 
 async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled, StoreError> {
     let order = shared.first_seen(key);
-    let Some((mut desired, local_dir)) = read_desired(shared, key).await? else {
+    let Some(DesiredRead {
+        mut desired,
+        file,
+        local_dir,
+    }) = read_desired(shared, key).await?
+    else {
         return Ok(Reconciled {
             key: key.clone(),
             state: TaskState::Active,
             requeue: Some(SETTLE_TIME),
             displaced: None,
+            deferred: false,
         });
     };
     let mut displaced = None;
@@ -484,7 +594,8 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
                 desired = Desired::Invalid {
                     name: spec.name.clone(),
                     message: format!(
-                        "metadata.name: {:?} is already the name of task {owner}; names must be unique, so rename one of them",
+                        "{}: metadata.name: {:?} is already the name of task {owner}; names must be unique, so rename one of them",
+                        file.as_deref().unwrap_or(key.as_str()),
                         spec.name
                     ),
                 }
@@ -545,6 +656,17 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
     // Ask for a slot only when the decision would start an attempt with one.
     let mut decision = reconcile::decide(input.clone());
     if decision.starts_attempt(status.as_ref()) {
+        if !shared.caught_up.load(std::sync::atomic::Ordering::Acquire) {
+            // Start nothing before every task has been seen once: names are then known
+            // and first come, first served has everyone in line.
+            return Ok(Reconciled {
+                key: key.clone(),
+                state: TaskState::Active,
+                requeue: None,
+                displaced,
+                deferred: true,
+            });
+        }
         let slot = shared.limits.try_acquire(key, order);
         if slot != Slot::Granted {
             decision = reconcile::decide(Input { slot, ..input });
@@ -571,6 +693,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         state,
         requeue,
         displaced,
+        deferred: false,
     })
 }
 
@@ -614,7 +737,14 @@ async fn execute(
                 if let Ok(mut map) = shared.containers.lock() {
                     map.insert(container.clone(), key.clone());
                 }
-                let result = match container_spec(key, spec, *attempt, container, local_dir.clone()) {
+                let attempt_id = decision
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.attempts.iter().find(|a| a.number == *attempt))
+                    .and_then(|a| a.created_at)
+                    .map(|t| crate::status::format_time(&t))
+                    .unwrap_or_default();
+                let result = match container_spec(key, spec, *attempt, &attempt_id, container, local_dir.clone()) {
                     Ok(container_spec) => runtime.ensure(&container_spec).await,
                     Err(message) => Err(RuntimeError::Permanent {
                         reason: Reason::CreateFailed,
@@ -622,7 +752,9 @@ async fn execute(
                     }),
                 };
                 match result {
-                    Ok(()) => soon(&mut requeue, Duration::ZERO),
+                    // The runtime reports the exit of a short task by itself; looking a little
+                    // later spares it a Running write it would hold for a few milliseconds.
+                    Ok(()) => soon(&mut requeue, FIRST_LOOK),
                     Err(RuntimeError::Permanent { reason, message }) => {
                         shared.memory(key, |m| m.create_failure = Some((container.clone(), reason, message)));
                         soon(&mut requeue, Duration::ZERO);
@@ -695,6 +827,7 @@ fn container_spec(
     key: &TaskKey,
     spec: &TaskSpec,
     attempt: u32,
+    attempt_id: &str,
     container: &str,
     local_dir: Option<PathBuf>,
 ) -> Result<ContainerSpec, String> {
@@ -722,6 +855,7 @@ fn container_spec(
         (runtime::LABEL_ATTEMPT.to_string(), attempt.to_string()),
         (runtime::LABEL_INDEX.to_string(), "0".to_string()),
         (runtime::LABEL_SPEC_HASH.to_string(), spec.spec_hash.clone()),
+        (runtime::LABEL_ATTEMPT_ID.to_string(), attempt_id.to_string()),
     ]);
     Ok(ContainerSpec {
         name: container.to_string(),

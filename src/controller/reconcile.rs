@@ -144,7 +144,8 @@ pub fn decide(input: Input<'_>) -> Decision {
 fn container_may_exist(input: &Input<'_>, status: &TaskStatus) -> Option<String> {
     let container = status.live_container()?;
     match &input.observed {
-        Observed::Container(ContainerState::Absent) | Observed::CreateFailed { .. } => None,
+        Observed::Container(ContainerState::Absent) => None,
+        // A failed create may still have left a container behind: delete to be sure.
         _ => Some(container.to_string()),
     }
 }
@@ -182,8 +183,15 @@ fn decide_absent(input: &Input<'_>) -> Decision {
         };
     };
     match container_may_exist(input, status) {
-        // The status is left as it is: it goes away as soon as the container has.
-        Some(container) => Decision::act(status.clone(), Action::DeleteContainer { container }, SOON),
+        // Recorded, so that a manifest restored meanwhile does not count this as a failure.
+        Some(container) => stop_attempt(
+            status.clone(),
+            container,
+            CompletedBy::Cancel,
+            Reason::Cancelled,
+            "the manifest was deleted; stopping the attempt".into(),
+            input.now,
+        ),
         None => Decision {
             status: None,
             actions: vec![Action::RemoveStatus],
@@ -208,8 +216,9 @@ fn decide_invalid(input: &Input<'_>, name: &str, message: &str) -> Decision {
             input.now,
         );
     }
+    // The spec hash is kept: if the same spec becomes valid again, what it already
+    // did still counts (invariant 3).
     status.name = name.to_string();
-    status.spec_hash = String::new();
     status.phase = Phase::Invalid;
     status.reason = None;
     status.message = Some(message.to_string());
@@ -224,8 +233,12 @@ fn decide_valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
         status.message = notes(spec);
         status
     };
+    let mut stale_containers = Vec::new();
     let mut status = match input.status {
-        Some(status) if status.spec_hash == spec.spec_hash && status.phase != Phase::Invalid => status.clone(),
+        Some(status) if status.spec_hash == spec.spec_hash && status.phase == Phase::Invalid => {
+            resume_after_invalid(status, spec)
+        }
+        Some(status) if status.spec_hash == spec.spec_hash => status.clone(),
         Some(status) => {
             // A new desired state: stop what runs for the old one, then start afresh.
             if let Some(container) = container_may_exist(input, status) {
@@ -238,19 +251,73 @@ fn decide_valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
                     now,
                 );
             }
+            // Containers that `cleanup` kept belong to the old spec, and the new run
+            // would reuse their names: they go first.
+            stale_containers = status.attempts.iter().map(|a| a.container.clone()).collect();
             fresh()
         }
         None => fresh(),
     };
     status.name = spec.name.clone();
 
-    match status.phase {
+    let mut decision = match status.phase {
         // Invariant 3: done for this spec hash, whatever happens.
         Phase::Succeeded | Phase::Failed | Phase::Invalid => Decision::keep(status, None),
         Phase::Pending => pending(input, spec, status),
         Phase::Creating | Phase::Running => active(input, spec, status),
         Phase::Deleting => deleting(input, spec, status),
+    };
+    if !stale_containers.is_empty() {
+        let deletes = stale_containers
+            .into_iter()
+            .map(|container| Action::DeleteContainer { container });
+        decision.actions.splice(0..0, deletes);
     }
+    decision
+}
+
+/// An attempt stopped from outside (spec change, invalid or deleted manifest) is not
+/// the container's failure: it is forgotten, and the task is Pending again.
+fn stopped_from_outside(record: &AttemptRecord) -> bool {
+    matches!(
+        record.reason,
+        Some(Reason::SpecChanged | Reason::ManifestInvalid | Reason::Cancelled)
+    )
+}
+
+fn forget_stopped_attempt(mut status: TaskStatus) -> TaskStatus {
+    if status.current().is_some_and(stopped_from_outside) {
+        let number = status.attempt;
+        status.attempts.retain(|a| a.number != number);
+        status.attempt = number.saturating_sub(1);
+    }
+    status.phase = Phase::Pending;
+    status.reason = None;
+    status.message = None;
+    status.next_attempt_at = None;
+    status
+}
+
+/// The same spec is valid again after a spell of Invalid: pick up where it was.
+fn resume_after_invalid(status: &TaskStatus, spec: &TaskSpec) -> TaskStatus {
+    let mut status = status.clone();
+    let Some(current) = status.current().cloned() else {
+        return forget_stopped_attempt(status);
+    };
+    if current.succeeded() {
+        status.phase = Phase::Succeeded;
+        status.reason = Some(Reason::Completed);
+        status.message = Some("succeeded".into());
+        return status;
+    }
+    let failed_for_good = current.reason.is_some() && !stopped_from_outside(&current) && status.attempt > spec.retries;
+    if failed_for_good {
+        status.phase = Phase::Failed;
+        status.reason = current.reason;
+        status.message = current.message.clone();
+        return status;
+    }
+    forget_stopped_attempt(status)
 }
 
 fn notes(spec: &TaskSpec) -> Option<String> {
@@ -338,7 +405,11 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
             record.finished_at = Some(now);
             record.reason = Some(*reason);
             record.message = Some(message.clone());
-            after_attempt(input, spec, status)
+            status.phase = Phase::Deleting;
+            status.reason = Some(*reason);
+            status.message = Some(message.clone());
+            // Whatever an earlier, half-done create made must go before the attempt ends.
+            Decision::act(status, Action::DeleteContainer { container }, SOON)
         }
         Observed::Container(ContainerState::Running { started_at }) => {
             let started = started_at.or(current.started_at).or(current.created_at).unwrap_or(now);
@@ -351,7 +422,13 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
             let Some(timeout) = spec.timeout else {
                 return Decision::keep(status, Some(spec.poll_interval));
             };
-            let deadline = started + chrono::Duration::from_std(timeout).unwrap_or(chrono::TimeDelta::MAX);
+            // A timeout so long that the deadline does not fit in a date is no deadline.
+            let deadline = chrono::Duration::from_std(timeout)
+                .ok()
+                .and_then(|timeout| started.checked_add_signed(timeout));
+            let Some(deadline) = deadline else {
+                return Decision::keep(status, Some(spec.poll_interval));
+            };
             if now < deadline {
                 let left = (deadline - now).to_std().unwrap_or(SOON);
                 return Decision::keep(status, Some(left.min(spec.poll_interval)));
@@ -427,7 +504,7 @@ fn deleting(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decis
         return pending(input, spec, status);
     };
     match &input.observed {
-        Observed::Container(ContainerState::Absent) | Observed::CreateFailed { .. } => {
+        Observed::Container(ContainerState::Absent) => {
             if input.log_tail.is_some() {
                 status.log_tail = input.log_tail.clone();
             }
@@ -445,6 +522,9 @@ fn after_attempt(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> 
         status.phase = Phase::Pending;
         return Decision::keep(status, Some(SOON));
     };
+    if stopped_from_outside(&current) {
+        return pending(input, spec, forget_stopped_attempt(status));
+    }
     status.observed_at = Some(now);
     if current.succeeded() {
         status.phase = Phase::Succeeded;

@@ -5,6 +5,9 @@ use serde::Deserialize;
 
 /// Manifests are small; anything larger is a mistake (or an attack), not a task.
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
+/// Deepest `[`/`{` nesting accepted. A manifest needs three or four levels; deeper
+/// input makes the YAML scanner work in quadratic time, so it is refused up front.
+pub const MAX_FLOW_DEPTH: usize = 64;
 
 /// A user's mistake in one manifest, phrased for that user: file, place, and fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,7 +90,15 @@ pub fn parse_manifest(file: &str, bytes: &[u8]) -> Result<ContainerTask, Manifes
         ));
     }
 
-    let header: Header = from_text(format, text).map_err(|detail| ManifestError::new(file, detail))?;
+    if let Some((line, column)) = too_deep(text) {
+        return Err(ManifestError::new(
+            file,
+            format!(
+                "line {line} column {column}: brackets nest deeper than {MAX_FLOW_DEPTH} levels; a manifest needs only a few"
+            ),
+        ));
+    }
+    let header: Header = from_text(format, text).map_err(|detail| ManifestError::new(file, explain(text, detail)))?;
     match header.kind.as_ref() {
         Some(serde_json::Value::String(kind)) if kind == KIND => {}
         Some(other) => {
@@ -121,7 +132,83 @@ pub fn parse_manifest(file: &str, bytes: &[u8]) -> Result<ContainerTask, Manifes
             ));
         }
     }
-    from_text(format, text).map_err(|detail| ManifestError::new(file, detail))
+    from_text(format, text).map_err(|detail| ManifestError::new(file, explain(text, detail)))
+}
+
+/// Gives a place to the parsers' messages that have none, and says what they mean.
+fn explain(text: &str, detail: String) -> String {
+    if detail.contains("expected struct") && !detail.contains(" at line ") {
+        return "line 1 column 1: the document is not a map of fields; a manifest starts with `apiVersion: skiff/v1` and `kind: ContainerTask`".into();
+    }
+    if detail.contains("more than one document") {
+        let line = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("---") || l.starts_with("..."))
+            .map(|(i, _)| i + 1)
+            .find(|&n| {
+                text.lines()
+                    .take(n - 1)
+                    .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            })
+            .unwrap_or(1);
+        return format!("line {line} column 1: a second YAML document starts here; put one task in each file");
+    }
+    if let Some(field) = detail
+        .strip_prefix("duplicate field `")
+        .and_then(|rest| rest.split('`').next())
+        && !detail.contains(" at line ")
+    {
+        let key = format!("{field}:");
+        let mut places = text.lines().enumerate().filter_map(|(i, l)| {
+            let column = l.len() - l.trim_start().len() + 1;
+            (l.trim_start().starts_with(&key) || l.trim_start().starts_with(&format!("\"{field}\"")))
+                .then_some((i + 1, column))
+        });
+        if let Some((line, column)) = places.nth(1) {
+            return format!("line {line} column {column}: `{field}` is given twice; keep one");
+        }
+        return format!("`{field}` is given twice; keep one");
+    }
+    detail
+}
+
+/// The line and column where `[`/`{` nesting first exceeds [`MAX_FLOW_DEPTH`],
+/// outside quotes and comments.
+fn too_deep(text: &str) -> Option<(usize, usize)> {
+    let (mut depth, mut line, mut column) = (0usize, 1usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut comment = false;
+    let mut previous = '\n';
+    for ch in text.chars() {
+        column += 1;
+        if ch == '\n' {
+            line += 1;
+            column = 0;
+            comment = false;
+            previous = ch;
+            continue;
+        }
+        match quote {
+            Some(q) if ch == q => quote = None,
+            Some(_) => {}
+            None if comment => {}
+            None => match ch {
+                '#' if previous.is_whitespace() => comment = true,
+                '"' | '\'' => quote = Some(ch),
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Some((line, column));
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        previous = ch;
+    }
+    None
 }
 
 fn from_text<T: for<'de> Deserialize<'de>>(format: Format, text: &str) -> Result<T, String> {
@@ -205,5 +292,45 @@ mod tests {
         assert!(err("u.yaml", b"kind: x\nname: \xff\xfe").contains("line 2 column 7: the file is not UTF-8"));
         let big = vec![b'#'; MAX_MANIFEST_BYTES + 1];
         assert!(err("big.yaml", &big).contains("at most"));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_quickly_with_its_place() {
+        let text = format!(
+            "{}{}",
+            "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: ",
+            "[".repeat(100_000)
+        );
+        let started = std::time::Instant::now();
+        let message = err("d.yaml", text.as_bytes());
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(message.contains("line 4 column 76: brackets nest deeper"), "{message}");
+        // Brackets in quotes and comments do not count.
+        let fine = format!(
+            "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: ['{}'] # {}\n",
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert!(parse_manifest("f.yaml", fine.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn whole_document_errors_get_a_place() {
+        let message = err(
+            "m.yaml",
+            b"apiVersion: skiff/v1\nkind: ContainerTask\nspec: {}\n---\nkind: ContainerTask\n",
+        );
+        assert!(message.contains("line 4 column 1: a second YAML document"), "{message}");
+        let message = err("s.yaml", b"just some words\n");
+        assert!(
+            message.contains("line 1 column 1: the document is not a map"),
+            "{message}"
+        );
+        assert!(!message.contains("Header"), "{message}");
+        let message = err(
+            "k.yaml",
+            b"apiVersion: skiff/v1\nkind: ContainerTask\nspec: {}\nspec: {}\n",
+        );
+        assert!(message.contains("line 4 column 1: `spec` is given twice"), "{message}");
     }
 }

@@ -16,6 +16,9 @@ pub const LABEL_TASK: &str = "skiff.task";
 pub const LABEL_ATTEMPT: &str = "skiff.attempt";
 pub const LABEL_INDEX: &str = "skiff.index";
 pub const LABEL_SPEC_HASH: &str = "skiff.spec-hash";
+/// When the attempt was recorded (its `createdAt`): a container of the right name but
+/// another attempt id is a stale one, never to be adopted.
+pub const LABEL_ATTEMPT_ID: &str = "skiff.attempt-id";
 
 /// Everything a runtime needs to run one attempt. Secret values are resolved here, in
 /// memory, and never written anywhere the user can read.

@@ -1,17 +1,18 @@
 //! The process runtime, the embedded default: a "container" is a host process run
-//! under a detached [supervisor](super::supervisor), with its files in the state folder:
+//! under a detached [supervisor](super::supervisor). Its files, in the state folder:
 //!
 //! ```text
-//! <state>/containers/<name>/{meta.json,claim,started.json,output.log}
-//! <state>/exits/<name>.json        exit record, watched for `completedBy: engine`
-//! <state>/logs/<name>.log          output kept after the container is deleted
+//! <state>/containers/<name>.state   the supervisor's append-only record; the container
+//!                                   exists exactly while this file does
+//! <state>/logs/<name>.log           its output, kept after the container is deleted
 //! ```
 //!
-//! A container exists exactly while its folder exists, which is what `ensure` adopts
-//! and `delete` removes.
+//! The containers folder is flat and watched, so that an exit is reported at once
+//! (`completedBy: engine`), whether the supervisor was started by this controller or
+//! adopted after a restart.
 
-use super::supervisor::{self, CLAIM_FILE, ExitRecord, LOG_FILE, STARTED_FILE, Started};
-use super::{ContainerSpec, ContainerState, ContainerSummary, Runtime, RuntimeError};
+use super::supervisor::{self, Entry, State};
+use super::{ContainerSpec, ContainerState, ContainerSummary, LABEL_ATTEMPT_ID, Runtime, RuntimeError};
 use crate::fsutil;
 use crate::manifest::RuntimeKind;
 use crate::status::LOG_TAIL_BYTES;
@@ -19,9 +20,7 @@ use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use notify::{EventKind, RecursiveMode, Watcher};
-use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -30,10 +29,11 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 /// How long a supervisor may take to start its command before `ensure` gives up
-/// (and retries: the claim file keeps a second start from running it twice).
+/// (and retries: the exclusive state file keeps a second start from running it twice).
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `delete` waits for a killed child's supervisor to record the exit.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+const STATE_SUFFIX: &str = ".state";
 
 pub struct ProcessRuntime {
     layout: Arc<Layout>,
@@ -42,23 +42,18 @@ pub struct ProcessRuntime {
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
 }
 
-/// Where the runtime's files are; shared with blocking tasks.
+/// Where the runtime's files are; shared with blocking tasks and the CLI.
 pub struct Layout {
     containers: PathBuf,
-    exits: PathBuf,
     logs: PathBuf,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Meta {
-    labels: BTreeMap<String, String>,
-    created_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl ProcessRuntime {
     pub fn new(state_dir: &Path, supervisor_exe: PathBuf) -> std::io::Result<Self> {
-        let layout = Layout::new(state_dir);
-        for dir in [&layout.containers, &layout.exits, &layout.logs] {
+        std::fs::create_dir_all(state_dir)?;
+        // Supervisors get absolute paths: they do not share the controller's directory.
+        let layout = Layout::new(&std::fs::canonicalize(state_dir)?);
+        for dir in [&layout.containers, &layout.logs] {
             std::fs::create_dir_all(dir)?;
         }
         Ok(ProcessRuntime {
@@ -73,14 +68,15 @@ impl ProcessRuntime {
     }
 
     async fn start_supervisor(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        let dir = self.layout.dir(&spec.name);
         let mut command = tokio::process::Command::new(&self.supervisor_exe);
         command
             .arg("__supervise")
-            .arg("--container-dir")
-            .arg(&dir)
-            .arg("--exit-file")
-            .arg(self.layout.exit_file(&spec.name));
+            .arg("--state-file")
+            .arg(self.layout.state_file(&spec.name))
+            .arg("--log-file")
+            .arg(self.layout.log_path(&spec.name))
+            .arg("--labels")
+            .arg(serde_json::to_string(&spec.labels).unwrap_or_default());
         if let Some(working_dir) = &spec.working_dir {
             command.arg("--working-dir").arg(working_dir);
         }
@@ -92,15 +88,6 @@ impl ProcessRuntime {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(false);
-        // SAFETY: setsid is async-signal-safe; it detaches the supervisor from the
-        // controller's session so that neither a terminal's Ctrl+C nor the controller's
-        // death reaches it.
-        unsafe {
-            command.as_std_mut().pre_exec(|| {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                Ok(())
-            });
-        }
         let mut child = command.spawn().map_err(|err| {
             RuntimeError::Transient(format!(
                 "cannot start the supervisor {}: {err}",
@@ -137,153 +124,120 @@ impl Layout {
     pub fn new(state_dir: &Path) -> Self {
         Layout {
             containers: state_dir.join("containers"),
-            exits: state_dir.join("exits"),
             logs: state_dir.join("logs"),
         }
     }
 
-    fn dir(&self, name: &str) -> PathBuf {
-        self.containers.join(name)
+    fn state_file(&self, name: &str) -> PathBuf {
+        self.containers.join(format!("{name}{STATE_SUFFIX}"))
     }
 
-    fn exit_file(&self, name: &str) -> PathBuf {
-        self.exits.join(format!("{name}.json"))
-    }
-
-    fn archived_log(&self, name: &str) -> PathBuf {
+    /// The container's output, while it runs and after it was deleted.
+    pub fn log_path(&self, name: &str) -> PathBuf {
         self.logs.join(format!("{name}.log"))
     }
 
-    /// The log file of a container: live while it exists, archived after.
-    pub fn log_path(&self, name: &str) -> PathBuf {
-        let live = self.dir(name).join(LOG_FILE);
-        if live.exists() { live } else { self.archived_log(name) }
+    /// `None` when the container does not exist.
+    fn read_state(&self, name: &str) -> Option<State> {
+        let text = std::fs::read_to_string(self.state_file(name)).ok()?;
+        Some(State::parse(&text))
     }
 
-    fn read_exit(&self, name: &str) -> Option<ExitRecord> {
-        let bytes = std::fs::read(self.exit_file(name)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    fn read_started(&self, name: &str) -> Option<Started> {
-        let bytes = std::fs::read(self.dir(name).join(STARTED_FILE)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    /// The pid of the supervisor that claimed the container, if it still runs. The
-    /// command line is checked too, so that a recycled pid is not mistaken for it.
-    fn live_supervisor(&self, name: &str) -> Option<Pid> {
-        let text = std::fs::read_to_string(self.dir(name).join(CLAIM_FILE)).ok()?;
-        let pid: i32 = text.trim().parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let needle = name.as_bytes();
-        cmdline
-            .windows(needle.len())
-            .any(|w| w == needle)
-            .then_some(Pid::from_raw(pid))
-    }
-
-    /// Creates the container's folder atomically: a half-made folder is never seen.
-    fn create_dir(&self, spec: &ContainerSpec) -> std::io::Result<()> {
-        let dir = self.dir(&spec.name);
-        if dir.exists() {
-            return Ok(());
-        }
-        let temp = self
-            .containers
-            .join(format!(".{}.{}.tmp", spec.name, std::process::id()));
-        let _ = std::fs::remove_dir_all(&temp);
-        std::fs::create_dir(&temp)?;
-        let meta = Meta {
-            labels: spec.labels.clone(),
-            created_at: chrono::Utc::now(),
+    /// Whether the supervisor recorded in `state` still runs. Its command line is checked
+    /// too, so that a recycled pid is not mistaken for it.
+    fn supervisor_alive(&self, name: &str, state: &State) -> bool {
+        let Some(pid) = state.supervisor else {
+            return false;
         };
-        fsutil::write_atomic(&temp.join("meta.json"), &serde_json::to_vec(&meta).unwrap_or_default())?;
-        match std::fs::rename(&temp, &dir) {
-            Ok(()) => fsutil::sync_dir(&self.containers),
-            // Another ensure won the race: adopt its folder.
-            Err(_) if dir.exists() => {
-                let _ = std::fs::remove_dir_all(&temp);
-                Ok(())
-            }
-            Err(err) => Err(err),
-        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let needle = name.as_bytes();
+        cmdline.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// A container of this name exists but was made for another attempt.
+    fn is_stale(&self, spec: &ContainerSpec) -> bool {
+        let Some(wanted) = spec.labels.get(LABEL_ATTEMPT_ID) else {
+            return false;
+        };
+        self.read_state(&spec.name)
+            .is_some_and(|state| state.supervisor.is_some() && state.labels.get(LABEL_ATTEMPT_ID) != Some(wanted))
     }
 
     fn inspect_sync(&self, name: &str) -> ContainerState {
-        let dir = self.dir(name);
-        if !dir.exists() {
+        let Some(state) = self.read_state(name) else {
             return ContainerState::Absent;
-        }
-        let exited = |record: ExitRecord| ContainerState::Exited {
-            exit_code: Some(record.exit_code),
-            started_at: record.started_at,
-            finished_at: Some(record.finished_at),
-            message: record.message,
         };
-        if let Some(record) = self.read_exit(name) {
-            return exited(record);
+        let exited = |state: &State| match &state.exited {
+            Some(Entry::Exited {
+                exit_code,
+                finished_at,
+                message,
+                ..
+            }) => Some(ContainerState::Exited {
+                exit_code: Some(*exit_code),
+                started_at: state.started_at,
+                finished_at: Some(*finished_at),
+                message: message.clone(),
+            }),
+            _ => None,
+        };
+        if let Some(done) = exited(&state) {
+            return done;
         }
-        let claimed = dir.join(CLAIM_FILE).exists();
-        if !claimed {
-            return ContainerState::Created;
-        }
-        let started = self.read_started(name);
-        if self.live_supervisor(name).is_some() {
+        // An empty file is a supervisor between its create and its first write.
+        if state.supervisor.is_none() || self.supervisor_alive(name, &state) {
             return ContainerState::Running {
-                started_at: started.map(|s| s.started_at),
+                started_at: state.started_at,
             };
         }
-        // The supervisor may have written the record and exited since we looked.
-        if let Some(record) = self.read_exit(name) {
-            return exited(record);
+        // The supervisor may have recorded the exit and ended since we read.
+        if let Some(done) = self.read_state(name).as_ref().and_then(exited) {
+            return done;
         }
         ContainerState::Exited {
             exit_code: None,
-            started_at: started.map(|s| s.started_at),
+            started_at: state.started_at,
             finished_at: None,
             message: Some("its supervisor process died (was it killed?)".into()),
         }
     }
 
     fn delete_sync(&self, name: &str) -> std::io::Result<()> {
-        let dir = self.dir(name);
-        if dir.exists() {
-            self.stop(name);
-            let live_log = dir.join(LOG_FILE);
-            if live_log.exists() {
-                std::fs::rename(&live_log, self.archived_log(name))?;
-            }
-            std::fs::remove_dir_all(&dir)?;
-            fsutil::sync_dir(&self.containers)?;
+        if let Some(state) = self.read_state(name) {
+            self.stop(name, state);
         }
-        fsutil::remove_durably(&self.exit_file(name))
+        match std::fs::remove_file(self.state_file(name)) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+            _ => Ok(()),
+        }
     }
 
-    /// Kills the container's whole process group, then makes sure its supervisor is
-    /// gone too, giving it a moment to record the exit.
-    fn stop(&self, name: &str) {
-        let kill_group = |started: &Option<Started>| {
-            if let Some(started) = started {
+    /// Kills the container's whole process group, then makes sure its supervisor is gone
+    /// too, giving it a moment to record the exit.
+    fn stop(&self, name: &str, mut state: State) {
+        let kill_group = |state: &State| {
+            if let Some(child) = state.child {
                 // ESRCH (the group is already empty) is the usual, fine answer.
-                let _ = killpg(Pid::from_raw(started.pid), Signal::SIGKILL);
+                let _ = killpg(Pid::from_raw(child), Signal::SIGKILL);
             }
         };
-        let started = self.read_started(name);
-        kill_group(&started);
+        kill_group(&state);
         let deadline = std::time::Instant::now() + STOP_GRACE;
-        while let Some(pid) = self.live_supervisor(name) {
+        while state.exited.is_none() && self.supervisor_alive(name, &state) {
             if std::time::Instant::now() >= deadline {
-                let _ = kill(pid, Signal::SIGKILL);
+                if let Some(pid) = state.supervisor {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
                 std::thread::sleep(Duration::from_millis(20));
-                // It may have started the command just before it died.
-                kill_group(&self.read_started(name));
-                break;
             }
-            if started.is_none() {
-                kill_group(&self.read_started(name));
+            std::thread::sleep(Duration::from_millis(5));
+            // It may have started the command since we read.
+            if let Some(now) = self.read_state(name) {
+                state = now;
+                kill_group(&state);
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
@@ -319,9 +273,15 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn ensure(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        self.layout.create_dir(spec)?;
-        let dir = self.layout.dir(&spec.name);
-        if dir.join(CLAIM_FILE).exists() || self.layout.exit_file(&spec.name).exists() {
+        if self.layout.is_stale(spec) {
+            // Same name, other attempt: a container an earlier run kept (`cleanup`), or one
+            // left from before its status file was deleted. Never adopt it.
+            let layout = self.layout.clone();
+            let name = spec.name.clone();
+            blocking(move || layout.delete_sync(&name)).await?;
+            let _ = std::fs::remove_file(self.layout.log_path(&spec.name));
+        }
+        if self.layout.state_file(&spec.name).exists() {
             return Ok(());
         }
         self.start_supervisor(spec).await
@@ -345,16 +305,15 @@ impl Runtime for ProcessRuntime {
         let mut found = Vec::new();
         for entry in std::fs::read_dir(&self.layout.containers)? {
             let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if fsutil::is_ignored_name(&name) {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(name) = file.strip_suffix(STATE_SUFFIX) else {
                 continue;
-            }
-            let labels = std::fs::read(entry.path().join("meta.json"))
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<Meta>(&bytes).ok())
-                .map(|meta| meta.labels)
-                .unwrap_or_default();
-            found.push(ContainerSummary { name, labels });
+            };
+            let labels = self.layout.read_state(name).map(|s| s.labels).unwrap_or_default();
+            found.push(ContainerSummary {
+                name: name.to_string(),
+                labels,
+            });
         }
         Ok(found)
     }
@@ -373,23 +332,30 @@ impl Runtime for ProcessRuntime {
         let (tx, rx) = mpsc::unbounded_channel();
         let handler = move |result: notify::Result<notify::Event>| {
             let Ok(event) = result else { return };
-            if !matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_)) {
+            // Supervisors append to state files; a write is news, an open or a read is not.
+            let written = matches!(
+                event.kind,
+                EventKind::Modify(_)
+                    | EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
+            );
+            if !written {
                 return;
             }
             for path in event.paths {
                 let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
                     continue;
                 };
-                if fsutil::is_ignored_name(file) {
-                    continue;
-                }
-                if let Some(name) = file.strip_suffix(".json") {
+                if let Some(name) = file.strip_suffix(STATE_SUFFIX)
+                    && !fsutil::is_ignored_name(file)
+                {
                     let _ = tx.send(name.to_string());
                 }
             }
         };
         let mut watcher = notify::recommended_watcher(handler).ok()?;
-        watcher.watch(&self.layout.exits, RecursiveMode::NonRecursive).ok()?;
+        watcher
+            .watch(&self.layout.containers, RecursiveMode::NonRecursive)
+            .ok()?;
         if let Ok(mut slot) = self.watcher.lock() {
             *slot = Some(watcher);
         }

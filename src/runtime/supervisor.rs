@@ -1,106 +1,200 @@
 //! The supervisor: the skiff binary in a hidden mode, one per process "container".
 //!
-//! The controller starts it detached (its own session), so it outlives a controller
-//! killed with SIGKILL, as containerd's shim outlives containerd. It owns the child,
-//! captures its output, and writes the exit status atomically where the controller
-//! will find it after any restart.
+//! The controller starts it, and it detaches into its own session, so it outlives a
+//! controller killed with SIGKILL, as containerd's shim outlives containerd. It owns the
+//! child, sends its output to the log file, and records what happens in the
+//! container's state file, where the controller finds it after any restart.
 //!
-//! Files, all in the container's folder unless said otherwise:
-//! - `claim`: created exclusively first, so that two supervisors started for the same
-//!   container (a controller that crashed mid-start and started it again) never both
-//!   run the command (invariant 2). Holds the supervisor's pid.
-//! - `started.json`: the child's pid (also its process group) and start time.
-//! - `output.log`: the child's stdout and stderr.
-//! - the exit record (a path given by the controller): exit code and finish time.
+//! The state file is append-only, one JSON [`Entry`] per line:
+//! 1. `claimed`: written with the exclusive create of the file, so that two supervisors
+//!    started for the same container (a controller that crashed mid-start and started
+//!    it again) never both run the command (invariant 2);
+//! 2. `started`: the child's pid (also its process group) and start time;
+//! 3. `exited`: its exit code and finish time.
+//!
+//! Each entry is one `write`, so a reader sees whole lines. The file is not fsynced: it
+//! must outlive the controller, not the machine, whose crash ends the processes too.
+//! One file per container, not one per fact: creating files is the dearest thing the
+//! process runtime does.
 
-use crate::fsutil::write_atomic;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use std::fs::OpenOptions;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-pub const CLAIM_FILE: &str = "claim";
-pub const STARTED_FILE: &str = "started.json";
-pub const LOG_FILE: &str = "output.log";
-/// What the supervisor prints on stdout once the command runs (or could not).
+/// What the supervisor prints on stdout once the command runs (or could not start).
 pub const READY_LINE: &str = "started";
 /// What it prints when another supervisor already owns the container.
 pub const CLAIMED_LINE: &str = "claimed";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Started {
-    /// The child's pid, which is also its process group id.
-    pub pid: i32,
-    pub started_at: chrono::DateTime<Utc>,
+pub enum Entry {
+    #[serde(rename_all = "camelCase")]
+    Claimed {
+        /// The supervisor's pid.
+        pid: i32,
+        labels: BTreeMap<String, String>,
+        created_at: chrono::DateTime<Utc>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Started {
+        /// The child's pid, which is also its process group id.
+        pid: i32,
+        started_at: chrono::DateTime<Utc>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Exited {
+        exit_code: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        finished_at: chrono::DateTime<Utc>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExitRecord {
-    pub exit_code: i32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signal: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+/// A state file, read back.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub supervisor: Option<i32>,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: Option<chrono::DateTime<Utc>>,
+    pub child: Option<i32>,
     pub started_at: Option<chrono::DateTime<Utc>>,
-    pub finished_at: chrono::DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
+    pub exited: Option<Entry>,
+}
+
+impl State {
+    /// Parses the complete lines of a state file; a line still being written is skipped.
+    pub fn parse(text: &str) -> State {
+        let mut state = State::default();
+        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            match serde_json::from_str::<Entry>(line) {
+                Ok(Entry::Claimed {
+                    pid,
+                    labels,
+                    created_at,
+                }) => {
+                    state.supervisor = Some(pid);
+                    state.labels = labels;
+                    state.created_at = Some(created_at);
+                }
+                Ok(Entry::Started { pid, started_at }) => {
+                    state.child = Some(pid);
+                    state.started_at = Some(started_at);
+                }
+                Ok(exited @ Entry::Exited { .. }) => state.exited = Some(exited),
+                Err(_) => {}
+            }
+        }
+        state
+    }
 }
 
 pub struct SuperviseArgs {
-    pub container_dir: PathBuf,
-    pub exit_file: PathBuf,
+    pub state_file: PathBuf,
+    pub log_file: PathBuf,
+    pub labels: BTreeMap<String, String>,
     pub working_dir: Option<PathBuf>,
     pub command: Vec<String>,
 }
 
-/// Runs the supervisor to completion; returns the process exit code of the supervisor
-/// itself (not of the child, which goes into the exit record).
+/// `skiff __supervise --state-file S --log-file L --labels JSON [--working-dir W] -- CMD...`,
+/// read straight from argv (this starts once per container, so it skips the command-line
+/// machinery); `None` when this is not a supervisor's command line.
+pub fn args_from_argv() -> Option<SuperviseArgs> {
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next()? != "__supervise" {
+        return None;
+    }
+    let (mut state_file, mut log_file, mut working_dir, mut labels) = (None, None, None, BTreeMap::new());
+    while let Some(flag) = argv.next() {
+        match flag.to_str()? {
+            "--state-file" => state_file = argv.next().map(PathBuf::from),
+            "--log-file" => log_file = argv.next().map(PathBuf::from),
+            "--working-dir" => working_dir = argv.next().map(PathBuf::from),
+            "--labels" => labels = serde_json::from_str(argv.next()?.to_str()?).ok()?,
+            "--" => break,
+            _ => return None,
+        }
+    }
+    Some(SuperviseArgs {
+        state_file: state_file?,
+        log_file: log_file?,
+        labels,
+        working_dir,
+        command: argv.map(|a| a.to_string_lossy().into_owned()).collect(),
+    })
+}
+
+fn append(file: &mut File, entry: &Entry) {
+    // One write per entry, so that a reader sees the whole line or none of it.
+    let mut line = serde_json::to_vec(entry).unwrap_or_default();
+    line.push(b'\n');
+    let _ = file.write_all(&line);
+}
+
+/// Runs the supervisor to completion; returns the supervisor's own exit code (the
+/// child's goes into the state file).
 pub fn supervise(args: SuperviseArgs) -> i32 {
+    // Its own session: neither a terminal's Ctrl+C nor the controller's death reaches it.
+    // Done here rather than between fork and exec so that the controller can spawn
+    // supervisors with posix_spawn, without copying its own address space.
+    let _ = nix::unistd::setsid();
     let mut ready = std::io::stdout();
-    let claim = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(args.container_dir.join(CLAIM_FILE));
-    let mut claim = match claim {
+    let mut state = match OpenOptions::new().append(true).create_new(true).open(&args.state_file) {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
             let _ = writeln!(ready, "{CLAIMED_LINE}");
             return 0;
         }
         Err(err) => {
-            eprintln!("skiff supervisor: cannot claim {}: {err}", args.container_dir.display());
+            eprintln!("skiff supervisor: cannot claim {}: {err}", args.state_file.display());
             return 1;
         }
     };
-    let _ = write!(claim, "{}", std::process::id());
-    let _ = claim.sync_all();
-
-    let log = match OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(args.container_dir.join(LOG_FILE))
-    {
+    append(
+        &mut state,
+        &Entry::Claimed {
+            pid: std::process::id() as i32,
+            labels: args.labels.clone(),
+            created_at: Utc::now(),
+        },
+    );
+    let exited = |code: i32, signal: Option<i32>, message: Option<String>| Entry::Exited {
+        exit_code: code,
+        signal,
+        finished_at: Utc::now(),
+        message,
+    };
+    let log = OpenOptions::new().create(true).append(true).open(&args.log_file);
+    let log = match log {
         Ok(log) => log,
-        Err(err) => return finish_without_child(&args, &mut ready, format!("cannot open the log file: {err}"), 1),
+        Err(err) => {
+            append(
+                &mut state,
+                &exited(1, None, Some(format!("cannot open the log file: {err}"))),
+            );
+            let _ = writeln!(ready, "{READY_LINE}");
+            return 0;
+        }
     };
     let Some((program, rest)) = args.command.split_first() else {
-        return finish_without_child(&args, &mut ready, "no command given".into(), 127);
+        append(&mut state, &exited(127, None, Some("no command given".into())));
+        let _ = writeln!(ready, "{READY_LINE}");
+        return 0;
     };
     let mut command = Command::new(program);
     command.args(rest).stdin(Stdio::null()).process_group(0);
     match (log.try_clone(), log.try_clone()) {
-        (Ok(out), Ok(err)) => {
-            command.stdout(out).stderr(err);
-        }
-        _ => {
-            command.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-    }
+        (Ok(out), Ok(err)) => command.stdout(out).stderr(err),
+        _ => command.stdout(Stdio::null()).stderr(Stdio::null()),
+    };
     if let Some(dir) = &args.working_dir {
         command.current_dir(dir);
     }
@@ -113,74 +207,71 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
             } else {
                 126
             };
-            let where_ = args
+            let place = args
                 .working_dir
                 .as_ref()
                 .map(|d| format!(" in {}", d.display()))
                 .unwrap_or_default();
-            let message = format!("cannot start `{program}`{where_}: {err}");
+            let message = format!("cannot start `{program}`{place}: {err}");
             let _ = writeln!(&log, "skiff: {message}");
-            return finish_without_child(&args, &mut ready, message, code);
+            append(&mut state, &exited(code, None, Some(message)));
+            let _ = writeln!(ready, "{READY_LINE}");
+            return 0;
         }
     };
-    let started = Started {
-        pid: child.id() as i32,
-        started_at: Utc::now(),
-    };
-    let started_json = serde_json::to_vec(&started).unwrap_or_default();
-    let _ = write_atomic(&args.container_dir.join(STARTED_FILE), &started_json);
+    append(
+        &mut state,
+        &Entry::Started {
+            pid: child.id() as i32,
+            started_at: Utc::now(),
+        },
+    );
     let _ = writeln!(ready, "{READY_LINE}");
     let _ = ready.flush();
     // The controller may die at any time; nothing more is written to its pipe.
-    close_stdout();
-
-    let status = child.wait();
-    let (exit_code, signal, message) = match status {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => (code, None, None),
-            (None, Some(signal)) => (128 + signal, Some(signal), Some(format!("killed by signal {signal}"))),
-            (None, None) => (1, None, None),
-        },
-        Err(err) => (1, None, Some(format!("lost the child: {err}"))),
-    };
-    write_exit(
-        &args.exit_file,
-        &ExitRecord {
-            exit_code,
-            signal,
-            started_at: Some(started.started_at),
-            finished_at: Utc::now(),
-            message,
-        },
-    );
-    0
-}
-
-fn finish_without_child(args: &SuperviseArgs, ready: &mut std::io::Stdout, message: String, code: i32) -> i32 {
-    write_exit(
-        &args.exit_file,
-        &ExitRecord {
-            exit_code: code,
-            signal: None,
-            started_at: None,
-            finished_at: Utc::now(),
-            message: Some(message),
-        },
-    );
-    let _ = writeln!(ready, "{READY_LINE}");
-    0
-}
-
-fn write_exit(path: &Path, record: &ExitRecord) {
-    let bytes = serde_json::to_vec(record).unwrap_or_default();
-    if let Err(err) = write_atomic(path, &bytes) {
-        eprintln!("skiff supervisor: cannot write {}: {err}", path.display());
-    }
-}
-
-fn close_stdout() {
-    // Replace fd 1 so that the pipe to the controller is closed.
-    if let Ok(devnull) = std::fs::File::open("/dev/null") {
+    if let Ok(devnull) = File::open("/dev/null") {
         let _ = nix::unistd::dup2_stdout(&devnull);
+    }
+
+    let entry = match child.wait() {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => exited(code, None, None),
+            (None, Some(signal)) => exited(128 + signal, Some(signal), Some(format!("killed by signal {signal}"))),
+            (None, None) => exited(1, None, None),
+        },
+        Err(err) => exited(1, None, Some(format!("lost the child: {err}"))),
+    };
+    append(&mut state, &entry);
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_file_reads_back_and_ignores_a_torn_last_line() {
+        let now = Utc::now();
+        let mut text = String::new();
+        for entry in [
+            Entry::Claimed {
+                pid: 10,
+                labels: BTreeMap::from([("skiff.task".into(), "a".into())]),
+                created_at: now,
+            },
+            Entry::Started {
+                pid: 11,
+                started_at: now,
+            },
+        ] {
+            text.push_str(&serde_json::to_string(&entry).unwrap());
+            text.push('\n');
+        }
+        text.push_str("{\"exited\":{\"exitCode\":0");
+        let state = State::parse(&text);
+        assert_eq!(state.supervisor, Some(10));
+        assert_eq!(state.child, Some(11));
+        assert_eq!(state.labels["skiff.task"], "a");
+        assert!(state.exited.is_none());
     }
 }

@@ -40,6 +40,11 @@ enum PathRole {
 impl DirStore {
     pub fn new(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
+        // Absolute, so that the paths in notifications and in listings agree.
+        let root = std::fs::canonicalize(&root).map_err(|source| StoreError::Io {
+            path: root.display().to_string(),
+            source,
+        })?;
         let meta = std::fs::metadata(&root).map_err(|source| StoreError::Io {
             path: root.display().to_string(),
             source,
@@ -184,7 +189,7 @@ impl Store for DirStore {
         let mut stamps = Vec::new();
         let mut has_manifest = false;
         for (_, path) in self.manifest_candidates(key) {
-            if std::fs::symlink_metadata(&path).is_ok() {
+            if std::fs::symlink_metadata(&path).is_ok() && !path.is_dir() {
                 has_manifest = true;
                 stamps.push(std::fs::metadata(&path).map(|m| stamp(&m)).unwrap_or((0, 0)));
             }
@@ -202,8 +207,9 @@ impl Store for DirStore {
     async fn read_manifest(&self, key: &TaskKey) -> Result<ManifestRead, StoreError> {
         let mut found = Vec::new();
         for (rel, path) in self.manifest_candidates(key) {
-            // symlink_metadata: a dangling or looping link still "exists" and is reported.
-            if std::fs::symlink_metadata(&path).is_ok() {
+            // symlink_metadata: a dangling or looping link still "exists" and is reported;
+            // a folder named `x.yaml` is a folder of tasks, not a manifest.
+            if std::fs::symlink_metadata(&path).is_ok() && !path.is_dir() {
                 found.push((rel, path));
             }
         }
