@@ -28,6 +28,10 @@ pub struct DirStore {
 struct Watching {
     watcher: notify::RecommendedWatcher,
     folders: HashSet<PathBuf>,
+    /// Files may land in a new folder between the listing that found it and its watch:
+    /// one more listing, asked for here, picks them up.
+    rescan: mpsc::UnboundedSender<StoreEvent>,
+    listed_once: bool,
 }
 
 /// What a path in the tree means to skiff.
@@ -85,13 +89,19 @@ impl DirStore {
         let present: HashSet<PathBuf> = folders.into_iter().collect();
         // A folder that was removed and made again needs a new watch.
         watching.folders.retain(|f| present.contains(f));
+        let mut added = false;
         for folder in present {
             if !watching.folders.contains(&folder)
                 && watching.watcher.watch(&folder, RecursiveMode::NonRecursive).is_ok()
             {
                 watching.folders.insert(folder);
+                added = true;
             }
         }
+        if added && watching.listed_once {
+            let _ = watching.rescan.send(StoreEvent::Rescan);
+        }
+        watching.listed_once = true;
     }
 
     fn io_error(path: &Path, source: std::io::Error) -> StoreError {
@@ -298,6 +308,7 @@ impl Store for DirStore {
 
     fn watch(&self) -> Result<mpsc::UnboundedReceiver<StoreEvent>, StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let rescan = tx.clone();
         let root = self.root.clone();
         let handler = move |result: notify::Result<notify::Event>| {
             let event = match result {
@@ -361,6 +372,8 @@ impl Store for DirStore {
             *slot = Some(Watching {
                 watcher,
                 folders: HashSet::from([self.root.clone()]),
+                rescan,
+                listed_once: false,
             });
         }
         // Subfolders are watched by each listing, which the caller makes next.
