@@ -607,14 +607,15 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
 
     // Observe the container the status says may exist, on the runtime it was made on.
     let current = status.as_ref().and_then(|s| {
-        s.live_container()
-            .and_then(|_| s.current())
-            .map(|a| (a.container.clone(), a.runtime))
+        s.live_container().and_then(|_| s.current()).map(|a| {
+            let attempt_id = a.created_at.map(|t| crate::status::format_time(&t));
+            (a.container.clone(), a.runtime, attempt_id)
+        })
     });
     let mut log_tail = None;
     let observed = match &current {
         None => Observed::NotApplicable,
-        Some((container, kind)) => {
+        Some((container, kind, attempt_id)) => {
             if let Ok(mut map) = shared.containers.lock() {
                 map.insert(container.clone(), key.clone());
             }
@@ -626,11 +627,15 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
                 (Some((_, reason, message)), _) => Observed::CreateFailed { reason, message },
                 (None, None) => Observed::Unreachable(format!("the {kind} runtime is not enabled in this controller")),
                 (None, Some(runtime)) => match runtime.inspect(container).await {
-                    Ok(state) => {
+                    Ok(inspection) => {
+                        // A container of this name made for another attempt (kept by an
+                        // earlier run's `cleanup`) is not this attempt's: as if absent.
+                        let stale = matches!((&inspection.attempt_id, attempt_id), (Some(found), Some(wanted)) if found != wanted);
+                        let state = if stale { ContainerState::Absent } else { inspection.state };
                         let finished = matches!(state, ContainerState::Exited { .. })
                             || (state == ContainerState::Absent
                                 && status.as_ref().is_some_and(|s| s.phase == Phase::Deleting));
-                        if finished {
+                        if finished && !stale {
                             log_tail = runtime.log_tail(container).await.ok().flatten();
                         }
                         Observed::Container(state)

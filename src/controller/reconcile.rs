@@ -216,6 +216,17 @@ fn decide_invalid(input: &Input<'_>, name: &str, message: &str) -> Decision {
             input.now,
         );
     }
+    // An attempt left without an end (its container never made, or gone) ends here, as
+    // stopped from outside: if the spec comes back, it does not count against retries.
+    if status.phase.has_container()
+        && let Some(current) = status.current_mut()
+        && current.reason.is_none()
+    {
+        current.finished_at = Some(input.now);
+        current.completed_by = Some(CompletedBy::Cancel);
+        current.reason = Some(Reason::ManifestInvalid);
+        current.message = Some("the manifest became invalid before the attempt ended".into());
+    }
     // The spec hash is kept: if the same spec becomes valid again, what it already
     // did still counts (invariant 3).
     status.name = name.to_string();
@@ -286,7 +297,11 @@ fn stopped_from_outside(record: &AttemptRecord) -> bool {
 }
 
 fn forget_stopped_attempt(mut status: TaskStatus) -> TaskStatus {
-    if status.current().is_some_and(stopped_from_outside) {
+    // An attempt with no end at all never ran to an outcome of its own either.
+    if status
+        .current()
+        .is_some_and(|a| stopped_from_outside(a) || a.reason.is_none())
+    {
         let number = status.attempt;
         status.attempts.retain(|a| a.number != number);
         status.attempt = number.saturating_sub(1);

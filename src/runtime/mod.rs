@@ -66,6 +66,12 @@ pub enum ContainerState {
     },
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    pub state: ContainerState,
+    pub attempt_id: Option<String>,
+}
+
 /// A container that carries skiff's labels, found by listing the runtime.
 #[derive(Debug, Clone)]
 pub struct ContainerSummary {
@@ -100,7 +106,10 @@ pub trait Runtime: Send + Sync {
     /// name. Idempotent: calling it again never makes a second container (invariant 2).
     async fn ensure(&self, spec: &ContainerSpec) -> Result<(), RuntimeError>;
 
-    async fn inspect(&self, name: &str) -> Result<ContainerState, RuntimeError>;
+    /// The container's state, and the attempt id it was made for (label
+    /// [`LABEL_ATTEMPT_ID`]), so that a stale container of the same name is not taken
+    /// for the current attempt's.
+    async fn inspect(&self, name: &str) -> Result<Inspection, RuntimeError>;
 
     /// Stops (killing everything it started) and removes the container, keeping its
     /// logs readable. Idempotent: deleting an absent container succeeds.

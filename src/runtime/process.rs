@@ -12,7 +12,7 @@
 //! adopted after a restart.
 
 use super::supervisor::{self, Entry, State};
-use super::{ContainerSpec, ContainerState, ContainerSummary, LABEL_ATTEMPT_ID, Runtime, RuntimeError};
+use super::{ContainerSpec, ContainerState, ContainerSummary, Inspection, LABEL_ATTEMPT_ID, Runtime, RuntimeError};
 use crate::fsutil;
 use crate::manifest::RuntimeKind;
 use crate::status::LOG_TAIL_BYTES;
@@ -287,8 +287,15 @@ impl Runtime for ProcessRuntime {
         self.start_supervisor(spec).await
     }
 
-    async fn inspect(&self, name: &str) -> Result<ContainerState, RuntimeError> {
-        Ok(self.layout.inspect_sync(name))
+    async fn inspect(&self, name: &str) -> Result<Inspection, RuntimeError> {
+        let attempt_id = self
+            .layout
+            .read_state(name)
+            .and_then(|state| state.labels.get(LABEL_ATTEMPT_ID).cloned());
+        Ok(Inspection {
+            state: self.layout.inspect_sync(name),
+            attempt_id,
+        })
     }
 
     async fn delete(&self, name: &str) -> Result<(), RuntimeError> {
