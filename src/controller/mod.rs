@@ -867,6 +867,19 @@ fn container_spec(
         labels,
         image: spec.image.clone(),
         command: spec.command.clone(),
+        args: spec.args.clone(),
+        network: spec.network.clone(),
+        mounts: spec
+            .volumes
+            .iter()
+            .filter_map(|v| {
+                Some(runtime::Mount {
+                    host_path: PathBuf::from(v.host_path.as_ref()?),
+                    mount_path: v.mount_path.clone(),
+                    read_only: v.read_only,
+                })
+            })
+            .collect(),
         working_dir,
         env,
         cpu: spec.cpu,

@@ -88,6 +88,10 @@ pub struct Spec {
     pub depends_on: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aci: Option<AciSpec>,
+    /// docker only: the network mode (`host`, `none`, or a network's name), overriding
+    /// the controller's `--docker-network`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

@@ -71,8 +71,13 @@ pub struct TaskSpec {
     pub spec_hash: String,
     pub runtime: RuntimeKind,
     pub image: Option<String>,
-    /// `command` followed by `args`.
+    /// The program and its first arguments (docker: the entrypoint); empty means the
+    /// image's own.
     pub command: Vec<String>,
+    /// Further arguments (docker: the image's cmd is replaced by these).
+    pub args: Vec<String>,
+    /// docker only: the network mode, overriding `--docker-network`.
+    pub network: Option<String>,
     pub working_dir: Option<String>,
     pub env: Vec<(String, EnvValue)>,
     pub cpu: Option<f64>,
@@ -156,6 +161,13 @@ pub fn validate(
                     "spec.image: the {runtime} runtime needs an image; add e.g. `image: busybox`"
                 ));
             }
+        }
+    }
+    if let Some(network) = &spec.network {
+        if runtime != RuntimeKind::Docker {
+            fail(format!("spec.network: is for the docker runtime only; remove it (this task runs on {runtime})"));
+        } else if network.trim().is_empty() {
+            fail("spec.network: is empty; write host, none, or a network's name".into());
         }
     }
     if spec.command.iter().chain(&spec.args).any(|part| part.contains('\0')) {
@@ -373,7 +385,9 @@ pub fn validate(
         spec_hash: spec_hash(task),
         runtime,
         image: spec.image.clone(),
-        command: spec.command.iter().chain(&spec.args).cloned().collect(),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        network: spec.network.clone(),
         working_dir: spec.working_dir.clone(),
         env,
         cpu,
@@ -505,7 +519,8 @@ mod tests {
     #[test]
     fn defaults_are_filled() {
         let spec = check("  command: [echo]\n  args: [hi]\n").unwrap();
-        assert_eq!(spec.command, vec!["echo", "hi"]);
+        assert_eq!(spec.command, vec!["echo"]);
+        assert_eq!(spec.args, vec!["hi"]);
         assert_eq!(spec.name, "t");
         assert_eq!(spec.retries, 0);
         assert_eq!(spec.cleanup, Cleanup::Always);

@@ -27,8 +27,15 @@ pub struct ContainerSpec {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub image: Option<String>,
-    /// Empty means the image's default command.
+    /// The program (docker: entrypoint); empty means the image's own.
     pub command: Vec<String>,
+    /// Its arguments (docker: cmd); with an empty `command`, the image's cmd is replaced.
+    pub args: Vec<String>,
+    /// docker: network mode.
+    pub network: Option<String>,
+    /// Host folders mounted into the container (docker); already checked against
+    /// `--allow-host-path`.
+    pub mounts: Vec<Mount>,
     pub working_dir: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub cpu: Option<f64>,
@@ -42,9 +49,17 @@ impl std::fmt::Debug for ContainerSpec {
             .field("name", &self.name)
             .field("image", &self.image)
             .field("command", &self.command)
+            .field("args", &self.args)
             .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub mount_path: String,
+    pub read_only: bool,
 }
 
 /// What the runtime says about one container.

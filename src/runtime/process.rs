@@ -82,7 +82,7 @@ impl ProcessRuntime {
         }
         command
             .arg("--")
-            .args(&spec.command)
+            .args(spec.command.iter().chain(&spec.args))
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
