@@ -1,10 +1,13 @@
 //! skiff: a reconciling controller for container tasks, a Kubernetes-style operator
 //! with no Kubernetes. See ARCHITECTURE.md for the map of modules.
 
+pub mod api;
+pub mod callback;
 pub mod cli;
 pub mod controller;
 pub mod fsutil;
 pub mod manifest;
+pub mod metrics;
 pub mod runtime;
 pub mod status;
 pub mod store;

@@ -2,7 +2,9 @@
 //! turns SIGTERM / Ctrl+C into a graceful stop.
 
 use super::{ControllerArgs, UsageError, open_dir_store, state_dir, tokio_runtime};
-use crate::controller::{Controller, ControllerConfig, Outcome};
+use crate::api::{self, ApiState};
+use crate::callback::{CallbackSecret, Inbox};
+use crate::controller::{Callbacks, Controller, ControllerConfig, Outcome};
 use crate::manifest::RuntimeKind;
 use crate::runtime::Runtime;
 use crate::runtime::process::ProcessRuntime;
@@ -20,18 +22,28 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    for (flag, given) in [
-        ("--listen", args.listen.is_some()),
-        ("--callback-url", args.callback_url.is_some()),
-        ("--docker-network", args.docker_network.is_some()),
-    ] {
-        if given {
-            return Err(UsageError(format!(
-                "{flag} is not supported yet by this version of skiff; remove it"
-            ))
-            .into());
-        }
+    if args.docker_network.is_some() {
+        return Err(UsageError("--docker-network is not supported yet by this version of skiff; remove it".into()).into());
     }
+    if args.listen.is_none() && (args.callback_url.is_some() || args.api_token_file.is_some()) {
+        return Err(UsageError("--callback-url and --api-token-file need --listen ADDRESS:PORT".into()).into());
+    }
+    let api_token = match &args.api_token_file {
+        None => None,
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .map_err(|err| UsageError(format!("--api-token-file {}: {err}", path.display())))?;
+            let token = token.trim().to_string();
+            if token.is_empty() {
+                return Err(UsageError(format!(
+                    "--api-token-file {}: the file is empty; put a token in it",
+                    path.display()
+                ))
+                .into());
+            }
+            Some(Arc::<str>::from(token))
+        }
+    };
     if args.max_running == Some(0) {
         return Err(UsageError("--max-running 0 would never run anything; give at least 1".into()).into());
     }
@@ -59,18 +71,67 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         allow_host_paths: args.allow_host_path.clone(),
         ..ControllerConfig::default()
     };
-    let controller = Controller::new(Arc::new(store), runtimes, config);
+    let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    let controller = Controller::new(store.clone(), runtimes, config);
 
     let runtime = tokio_runtime()?;
+    // Bind before anything runs, so that a taken port is a usage error, not a late failure.
+    let listener = match &args.listen {
+        None => None,
+        Some(address) => {
+            let listener = std::net::TcpListener::bind(address)
+                .map_err(|err| UsageError(format!("--listen {address}: {err}; pick a free port, e.g. 127.0.0.1:8466")))?;
+            listener.set_nonblocking(true)?;
+            Some(listener)
+        }
+    };
+    let (controller, api) = match &listener {
+        None => (controller, None),
+        Some(listener) => {
+            let local = listener.local_addr()?;
+            let base_url = args.callback_url.clone().unwrap_or_else(|| format!("http://{local}"));
+            let callbacks = Callbacks {
+                base_url,
+                secret: Arc::new(CallbackSecret::load_or_create(&state)?),
+                inbox: Arc::new(Inbox::new(&state)?),
+            };
+            let metrics = controller.metrics();
+            let health = controller.health();
+            let (controller, control) = controller.with_api(Some(callbacks.clone()));
+            let state = ApiState {
+                store: store.clone(),
+                secret: callbacks.secret.clone(),
+                inbox: callbacks.inbox.clone(),
+                metrics,
+                health,
+                control,
+                api_token: api_token.clone(),
+            };
+            tracing::info!("serving the API on http://{local}");
+            (controller, Some(api::router(state)))
+        }
+    };
     let outcome = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        if let (Some(listener), Some(router)) = (listener, api) {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(err) = served {
+                    tracing::error!("the API stopped: {err}");
+                }
+            });
+        }
         let trigger = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("stopping: finishing the status writes in flight; containers keep running");
             trigger.cancel();
         });
-        controller.run(shutdown).await
+        controller.run(shutdown).await.map_err(anyhow::Error::from)
     })?;
     // Reaper tasks of finished supervisors may still be parked; do not wait for them.
     runtime.shutdown_background();

@@ -72,9 +72,12 @@ pub struct ControllerArgs {
     /// Serve the HTTP API here (loopback by default).
     #[arg(long, env = "SKIFF_LISTEN")]
     pub listen: Option<String>,
-    /// The URL containers use to reach the callback route.
+    /// The URL containers use to reach the callback route (default: http://<--listen>).
     #[arg(long, env = "SKIFF_CALLBACK_URL")]
     pub callback_url: Option<String>,
+    /// A file holding the bearer token that management routes require.
+    #[arg(long, env = "SKIFF_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
     /// At most this many containers at once.
     #[arg(long, env = "SKIFF_MAX_RUNNING")]
     pub max_running: Option<usize>,

@@ -10,7 +10,10 @@ pub mod limits;
 pub mod queue;
 pub mod reconcile;
 
-use crate::manifest::{self, EnvValue, Features, RuntimeKind, TaskSpec, ValidationContext};
+use crate::callback::{self, CallbackSecret, Inbox};
+use crate::status::CompletedBy;
+use crate::manifest::{self, CompletionMode, EnvValue, Features, RuntimeKind, TaskSpec, ValidationContext};
+use crate::metrics::Metrics;
 use crate::runtime::{self, ContainerSpec, ContainerState, Runtime, RuntimeError};
 use crate::status::{Phase, Reason, TaskStatus};
 use crate::store::{Fingerprint, ManifestRead, Store, StoreError, StoreEvent};
@@ -66,6 +69,72 @@ impl Default for ControllerConfig {
     }
 }
 
+/// Requests from the HTTP API to the controller loop.
+#[derive(Debug)]
+pub enum Control {
+    /// Stop the task's current attempt and fail it with reason Terminated.
+    Terminate(TaskKey),
+    /// A completion event was recorded for the task (at this instant): look now.
+    Event(TaskKey, std::time::Instant),
+}
+
+/// Whether the controller is making progress, for `/healthz`.
+#[derive(Debug)]
+pub struct Health {
+    started: std::time::Instant,
+    /// Milliseconds since `started` of the loop's last turn.
+    last_turn: std::sync::atomic::AtomicU64,
+    store_error: Mutex<Option<String>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthReport {
+    pub healthy: bool,
+    /// Seconds since the controller loop last turned.
+    pub last_progress_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
+}
+
+/// The loop turns at least this often when healthy; three missed turns is unhealthy.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            started: std::time::Instant::now(),
+            last_turn: std::sync::atomic::AtomicU64::new(0),
+            store_error: Mutex::new(None),
+        }
+    }
+}
+
+impl Health {
+    fn turn(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_turn.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn store_result<T, E: std::fmt::Display>(&self, result: &Result<T, E>) {
+        if let Ok(mut slot) = self.store_error.lock() {
+            *slot = result.as_ref().err().map(ToString::to_string);
+        }
+    }
+
+    pub fn report(&self) -> HealthReport {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_turn.load(std::sync::atomic::Ordering::Relaxed);
+        let since = Duration::from_millis(now.saturating_sub(last));
+        let store_error = self.store_error.lock().ok().and_then(|e| e.clone());
+        HealthReport {
+            healthy: since < HEARTBEAT * 3 && store_error.is_none(),
+            last_progress_seconds: since.as_secs_f64(),
+            store_error,
+        }
+    }
+}
+
 /// How a controller run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -96,6 +165,19 @@ struct Memory {
     /// The last manifest that validated, with its bytes: a task is reconciled several
     /// times per run and its manifest seldom changes in between.
     validated: Option<(Vec<u8>, Box<TaskSpec>)>,
+    /// A terminate request from the API, not yet persisted.
+    terminate: bool,
+    /// When the last completion event was accepted, for the latency metric.
+    event_at: Option<std::time::Instant>,
+}
+
+/// What the HTTP side shares with the controller, when it is served.
+#[derive(Clone)]
+pub struct Callbacks {
+    /// Where containers reach the callback route, e.g. `http://127.0.0.1:8466`.
+    pub base_url: String,
+    pub secret: Arc<CallbackSecret>,
+    pub inbox: Arc<Inbox>,
 }
 
 struct Shared {
@@ -112,6 +194,9 @@ struct Shared {
     names: Mutex<HashMap<String, (u64, TaskKey)>>,
     /// Every task listed at start-up has been reconciled once.
     caught_up: std::sync::atomic::AtomicBool,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    callbacks: Option<Callbacks>,
 }
 
 /// What one reconcile reports back to the loop.
@@ -123,6 +208,8 @@ struct Reconciled {
     displaced: Option<TaskKey>,
     /// Held back until the controller has caught up after start-up.
     deferred: bool,
+    /// The phase written (or kept), and the runtime of its current attempt.
+    phase: Option<(Phase, RuntimeKind)>,
 }
 
 /// A task's standing, as far as `--once` and resync are concerned.
@@ -136,6 +223,7 @@ enum TaskState {
 pub struct Controller {
     shared: Arc<Shared>,
     woken: mpsc::UnboundedReceiver<TaskKey>,
+    control: Option<mpsc::UnboundedReceiver<Control>>,
 }
 
 impl Controller {
@@ -153,9 +241,32 @@ impl Controller {
                 containers: Mutex::new(HashMap::new()),
                 names: Mutex::new(HashMap::new()),
                 caught_up: std::sync::atomic::AtomicBool::new(false),
+                metrics: Arc::new(Metrics::new()),
+                health: Arc::new(Health::default()),
+                callbacks: None,
             }),
             woken,
+            control: None,
         }
+    }
+
+    /// Serves completion callbacks: containers in event mode get a callback URL, and
+    /// the API's requests arrive on the returned sender.
+    pub fn with_api(mut self, callbacks: Option<Callbacks>) -> (Self, mpsc::UnboundedSender<Control>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.callbacks = callbacks;
+        }
+        self.control = Some(rx);
+        (self, tx)
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    pub fn health(&self) -> Arc<Health> {
+        self.shared.health.clone()
     }
 
     /// Runs until `shutdown` fires, or with `once`, until every task is final.
@@ -195,8 +306,13 @@ impl Controller {
         let mut resync =
             tokio::time::interval_at(tokio::time::Instant::now() + shared.config.resync, shared.config.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut control = self.control.take();
+        let mut phases: HashMap<TaskKey, (Phase, RuntimeKind)> = HashMap::new();
 
         let outcome = loop {
+            shared.health.turn();
+            shared.metrics.queue_depth.set(queue.len() as i64);
             if !caught_up && unobserved.is_empty() && running.is_empty() {
                 caught_up = true;
                 shared.caught_up.store(true, std::sync::atomic::Ordering::Release);
@@ -228,11 +344,12 @@ impl Controller {
                             // A reconcile that panicked is a bug; the task is retried, not lost.
                             let Some(key) = in_flight.remove(&err.id()) else { continue };
                             tracing::error!(task = %key, "reconcile failed: {err}");
-                            Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, displaced: None, deferred: false }
+                            Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, displaced: None, deferred: false, phase: None }
                         }
                     };
                     queue.done(&done.key);
                     unobserved.remove(&done.key);
+                    update_gauges(&shared.metrics, &mut phases, &done);
                     match done.state {
                         TaskState::Removed => {
                             known.remove(&done.key);
@@ -280,8 +397,21 @@ impl Controller {
                     }
                 }
                 Some(key) = self.woken.recv() => queue.schedule(key, Duration::ZERO),
+                Some(request) = next_control(&mut control) => match request {
+                    Control::Terminate(key) => {
+                        shared.memory(&key, |m| m.terminate = true);
+                        queue.schedule(key, Duration::ZERO);
+                    }
+                    Control::Event(key, at) => {
+                        shared.memory(&key, |m| m.event_at = Some(at));
+                        queue.schedule(key, Duration::ZERO);
+                    }
+                },
+                _ = heartbeat.tick() => {}
                 _ = resync.tick() => {
-                    if let Err(err) = self.relist(&mut queue, &mut known, &settled).await {
+                    let relisted = self.relist(&mut queue, &mut known, &settled).await;
+                    shared.health.store_result(&relisted);
+                    if let Err(err) = relisted {
                         tracing::warn!("resync of {} failed, will retry: {err}", shared.store.location());
                     }
                     self.collect_orphans();
@@ -291,11 +421,16 @@ impl Controller {
                     let task_key = key.clone();
                     let handle = running.spawn(async move {
                         let timeout = shared.config.reconcile_timeout;
-                        match tokio::time::timeout(timeout, reconcile_task(&shared, &key)).await {
+                        let started = std::time::Instant::now();
+                        let result = tokio::time::timeout(timeout, reconcile_task(&shared, &key)).await;
+                        shared.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+                        let outcome = if result.is_ok() { "success" } else { "error" };
+                        shared.metrics.reconciles.get_or_create(&Metrics::label("result", outcome)).inc();
+                        match result {
                             Ok(done) => done,
                             Err(_) => {
                                 tracing::warn!(task = %key, "reconcile took longer than {}s; retrying", timeout.as_secs());
-                                Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, displaced: None, deferred: false }
+                                Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, displaced: None, deferred: false, phase: None }
                             }
                         }
                     });
@@ -375,6 +510,37 @@ impl Controller {
     }
 }
 
+async fn next_control(control: &mut Option<mpsc::UnboundedReceiver<Control>>) -> Option<Control> {
+    match control {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Keeps the task and live-container gauges in step with the phases just written.
+fn update_gauges(metrics: &Metrics, phases: &mut HashMap<TaskKey, (Phase, RuntimeKind)>, done: &Reconciled) {
+    let old = match (&done.phase, done.state) {
+        (_, TaskState::Removed) => phases.remove(&done.key),
+        (Some(new), _) => phases.insert(done.key.clone(), *new),
+        (None, _) => return,
+    };
+    let apply = |(phase, runtime): (Phase, RuntimeKind), delta: i64| {
+        metrics.tasks.get_or_create(&Metrics::label("phase", phase.as_str())).inc_by(delta);
+        if phase.has_container() {
+            metrics
+                .live_containers
+                .get_or_create(&Metrics::label("runtime", runtime.as_str()))
+                .inc_by(delta);
+        }
+    };
+    if let Some(old) = old {
+        apply(old, -1);
+    }
+    if let Some(new) = phases.get(&done.key) {
+        apply(*new, 1);
+    }
+}
+
 fn once_outcome(known: &HashMap<TaskKey, TaskState>) -> Option<Outcome> {
     let mut all_succeeded = true;
     for state in known.values() {
@@ -410,6 +576,16 @@ impl Shared {
         });
         let raw = Duration::from_millis(250).saturating_mul(1 << failures.min(10));
         raw.min(MAX_INFRA_BACKOFF).mul_f64(0.8 + 0.4 * rand::random::<f64>())
+    }
+
+    /// What this controller can run: what is built, what is enabled, what is served.
+    fn features(&self) -> Features {
+        Features {
+            docker: self.runtimes.contains_key(&RuntimeKind::Docker),
+            aci: self.runtimes.contains_key(&RuntimeKind::Aci),
+            event_completion: self.callbacks.is_some(),
+            ..Features::CURRENT
+        }
     }
 
     fn runtime(&self, kind: RuntimeKind) -> Option<&Arc<dyn Runtime>> {
@@ -497,6 +673,7 @@ async fn read_desired(shared: &Shared, key: &TaskKey) -> Result<Option<DesiredRe
     // Parsing is CPU work on untrusted input: keep it off the async workers.
     let default_runtime = shared.config.default_runtime;
     let allow_host_paths = shared.config.allow_host_paths.clone();
+    let features = shared.features();
     let name_file = file.clone();
     let parsed_bytes = bytes.clone();
     let judged = tokio::task::spawn_blocking(move || {
@@ -505,7 +682,7 @@ async fn read_desired(shared: &Shared, key: &TaskKey) -> Result<Option<DesiredRe
         let ctx = ValidationContext {
             default_runtime,
             allow_host_paths: &allow_host_paths,
-            features: Features::CURRENT,
+            features,
             env_is_set: Some(&env_is_set),
         };
         manifest::validate(&name_file, &stem, &task, &ctx).map_err(|errors| {
@@ -565,6 +742,7 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
                 requeue: Some(shared.infra_backoff(key)),
                 displaced: None,
                 deferred: false,
+                phase: None,
             }
         }
     }
@@ -584,6 +762,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
             requeue: Some(SETTLE_TIME),
             displaced: None,
             deferred: false,
+            phase: None,
         });
     };
     let mut displaced = None;
@@ -645,7 +824,14 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
             }
         }
     };
-    let seen_by_engine = shared.memory(key, |m| std::mem::take(&mut m.engine_seen));
+    // Read after the container: an event recorded before the container exited is then
+    // always seen, so a container that called back is never judged ExitedWithoutEvent.
+    let event = match (&current, &shared.callbacks) {
+        (Some((container, _, _)), Some(callbacks)) => callbacks.inbox.read(container),
+        _ => None,
+    };
+    let (seen_by_engine, terminate) =
+        shared.memory(key, |m| (std::mem::take(&mut m.engine_seen), std::mem::take(&mut m.terminate)));
     let now = chrono::Utc::now();
     let input = Input {
         key,
@@ -657,6 +843,8 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         slot: Slot::Granted,
         now,
         jitter: rand::random::<f64>(),
+        event,
+        terminate,
     };
     // Ask for a slot only when the decision would start an attempt with one.
     let mut decision = reconcile::decide(input.clone());
@@ -670,6 +858,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
                 requeue: None,
                 displaced,
                 deferred: true,
+                phase: None,
             });
         }
         let slot = shared.limits.try_acquire(key, order);
@@ -693,12 +882,17 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
     if state == TaskState::Removed {
         shared.release_names(key);
     }
+    let phase = decision.status.as_ref().map(|s| {
+        let runtime = s.current().map(|a| a.runtime).unwrap_or(shared.config.default_runtime);
+        (s.phase, runtime)
+    });
     Ok(Reconciled {
         key: key.clone(),
         state,
         requeue,
         displaced,
         deferred: false,
+        phase,
     })
 }
 
@@ -718,6 +912,7 @@ async fn execute(
             new.updated_at = chrono::Utc::now();
             shared.store.write_status(key, &new).await?;
             log_transition(key, before, &new);
+            record_event_consumed(shared, key, before, &new);
         }
     }
     let mut requeue = decision.requeue_after;
@@ -749,7 +944,15 @@ async fn execute(
                     .and_then(|a| a.created_at)
                     .map(|t| crate::status::format_time(&t))
                     .unwrap_or_default();
-                let result = match container_spec(key, spec, *attempt, &attempt_id, container, local_dir.clone()) {
+                let result = match container_spec(
+                    key,
+                    spec,
+                    *attempt,
+                    &attempt_id,
+                    container,
+                    local_dir.clone(),
+                    shared.callbacks.as_ref(),
+                ) {
                     Ok(container_spec) => runtime.ensure(&container_spec).await,
                     Err(message) => Err(RuntimeError::Permanent {
                         reason: Reason::CreateFailed,
@@ -789,6 +992,9 @@ async fn execute(
                 for runtime in shared.runtimes.values() {
                     let _ = runtime.forget(&key.container_prefix()).await;
                 }
+                if let Some(callbacks) = &shared.callbacks {
+                    callbacks.inbox.forget(&key.container_prefix());
+                }
                 if let Ok(mut map) = shared.containers.lock() {
                     map.retain(|_, owner| owner != key);
                 }
@@ -800,6 +1006,23 @@ async fn execute(
         }
     }
     Ok(requeue)
+}
+
+/// Once the status records a completion event durably, its inbox copy can go.
+fn record_event_consumed(shared: &Shared, key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus) {
+    let by_event = |s: Option<&TaskStatus>| {
+        s.and_then(|s| s.attempts.iter().find(|a| a.number == after.attempt))
+            .is_some_and(|a| a.completed_by == Some(CompletedBy::Event))
+    };
+    if !by_event(Some(after)) || by_event(before) {
+        return;
+    }
+    if let (Some(callbacks), Some(current)) = (&shared.callbacks, after.current()) {
+        callbacks.inbox.remove(&current.container);
+    }
+    if let Some(at) = shared.memory(key, |m| m.event_at.take()) {
+        shared.metrics.event_to_status_seconds.observe(at.elapsed().as_secs_f64());
+    }
 }
 
 fn log_transition(key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus) {
@@ -835,12 +1058,21 @@ fn container_spec(
     attempt_id: &str,
     container: &str,
     local_dir: Option<PathBuf>,
+    callbacks: Option<&Callbacks>,
 ) -> Result<ContainerSpec, String> {
     let mut env = vec![
         ("SKIFF_TASK".to_string(), key.to_string()),
         ("SKIFF_ATTEMPT".to_string(), attempt.to_string()),
         ("SKIFF_INDEX".to_string(), "0".to_string()),
     ];
+    if spec.completion_mode == CompletionMode::Event {
+        let Some(callbacks) = callbacks else {
+            return Err("event completion needs the HTTP API: start the controller with --listen".into());
+        };
+        let token = callbacks.secret.token(key.as_str(), attempt, 0, &spec.spec_hash);
+        let url = callback::callback_url(&callbacks.base_url, key.as_str(), attempt, 0, &token);
+        env.push(("SKIFF_CALLBACK_URL".to_string(), url));
+    }
     for (name, value) in &spec.env {
         let value = match value {
             EnvValue::Value(value) => value.clone(),

@@ -6,7 +6,8 @@
 //! status names a container before that container is created (invariant 2), and a
 //! terminal phase is only returned once the container is observed gone (invariant 1).
 
-use crate::manifest::{Cleanup, TaskSpec};
+use crate::callback::CallbackEvent;
+use crate::manifest::{Cleanup, CompletionMode, TaskSpec};
 use crate::runtime::ContainerState;
 use crate::status::{AttemptRecord, CompletedBy, Phase, Reason, TaskStatus, Timestamp};
 use crate::task::TaskKey;
@@ -73,6 +74,10 @@ pub struct Input<'a> {
     pub now: Timestamp,
     /// A number in [0, 1) that spreads retry delays.
     pub jitter: f64,
+    /// The completion event recorded for the current attempt's container, if any.
+    pub event: Option<CallbackEvent>,
+    /// Someone asked, through the API, to stop the task and fail it.
+    pub terminate: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +276,18 @@ fn decide_valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
     };
     status.name = spec.name.clone();
 
+    if input.terminate && !status.phase.is_final() {
+        let message = "terminated through the API".to_string();
+        if let Some(container) = container_may_exist(input, &status) {
+            return stop_attempt(status, container, CompletedBy::Terminate, Reason::Terminated, message, now);
+        }
+        status.phase = Phase::Failed;
+        status.reason = Some(Reason::Terminated);
+        status.message = Some(message);
+        status.next_attempt_at = None;
+        return Decision::keep(status, None);
+    }
+
     let mut decision = match status.phase {
         // Invariant 3: done for this spec hash, whatever happens.
         Phase::Succeeded | Phase::Failed | Phase::Invalid => Decision::keep(status, None),
@@ -391,6 +408,11 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
         return pending(input, spec, status);
     };
     let container = current.container.clone();
+    if spec.completion_mode == CompletionMode::Event
+        && let Some(event) = &input.event
+    {
+        return finish_with_event(input, spec, status, event, container);
+    }
     let ensure = Action::EnsureContainer {
         container: container.clone(),
         attempt: current.number,
@@ -480,6 +502,11 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
             record.exit_code = *exit_code;
             record.completed_by = Some(completed_by);
             let (reason, text) = match exit_code {
+                // In event mode, only the callback says "done": an exit without it fails.
+                Some(code) if spec.completion_mode == CompletionMode::Event => (
+                    Reason::ExitedWithoutEvent,
+                    Some(format!("exited with code {code} without calling back")),
+                ),
                 Some(0) => (Reason::Completed, None),
                 Some(code) => (Reason::ExitCode, Some(format!("exited with code {code}"))),
                 None => (
@@ -511,6 +538,55 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
             Decision::act(status, Action::DeleteContainer { container }, SOON)
         }
     }
+}
+
+/// The container called back: the attempt is done, whatever the container does next.
+fn finish_with_event(
+    input: &Input<'_>,
+    spec: &TaskSpec,
+    mut status: TaskStatus,
+    event: &CallbackEvent,
+    container: String,
+) -> Decision {
+    let now = input.now;
+    let code = event.exit_code.unwrap_or(0);
+    let started = match &input.observed {
+        Observed::Container(ContainerState::Running { started_at }) => *started_at,
+        Observed::Container(ContainerState::Exited { started_at, .. }) => *started_at,
+        _ => None,
+    };
+    let Some(record) = status.current_mut() else {
+        return Decision::keep(status, Some(SOON));
+    };
+    record.started_at = record.started_at.or(started).or(record.created_at);
+    record.finished_at = Some(event.received_at.unwrap_or(now));
+    record.exit_code = Some(code);
+    record.completed_by = Some(CompletedBy::Event);
+    record.reason = Some(if code == 0 { Reason::Completed } else { Reason::ExitCode });
+    record.message = event
+        .message
+        .clone()
+        .or_else(|| (code != 0).then(|| format!("reported exit code {code}")));
+    let reason = record.reason;
+    status.result = event.result.clone();
+    status.observed_at = Some(now);
+    if input.log_tail.is_some() {
+        status.log_tail = input.log_tail.clone();
+    }
+    let exited = matches!(input.observed, Observed::Container(ContainerState::Exited { .. }));
+    let keep_container = exited
+        && match spec.cleanup {
+            Cleanup::Always => false,
+            Cleanup::OnSuccess => code != 0,
+            Cleanup::Never => true,
+        };
+    if input.observed == Observed::Container(ContainerState::Absent) || keep_container {
+        return after_attempt(input, spec, status);
+    }
+    status.phase = Phase::Deleting;
+    status.reason = reason;
+    status.message = status.current().and_then(|r| r.message.clone());
+    Decision::act(status, Action::DeleteContainer { container }, SOON)
 }
 
 fn deleting(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decision {
@@ -558,7 +634,7 @@ fn after_attempt(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> 
     // Every recorded attempt was a container's own failure: infrastructure errors
     // never create an attempt, so they never use up `retries` (invariant 4).
     let failed = status.attempt;
-    if failed <= spec.retries {
+    if failed <= spec.retries && current.reason != Some(Reason::Terminated) {
         let delay = retry_delay(spec.backoff, failed, input.jitter);
         let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
         status.phase = Phase::Pending;

@@ -337,6 +337,7 @@ impl Runtime for ProcessRuntime {
 
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let layout = self.layout.clone();
         let handler = move |result: notify::Result<notify::Event>| {
             let Ok(event) = result else { return };
             // Supervisors append to state files; a write is news, an open or a read is not.
@@ -352,8 +353,10 @@ impl Runtime for ProcessRuntime {
                 let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
                     continue;
                 };
+                // Only an exit is news: `ensure` already waited for the start.
                 if let Some(name) = file.strip_suffix(STATE_SUFFIX)
                     && !fsutil::is_ignored_name(file)
+                    && layout.read_state(name).is_some_and(|state| state.exited.is_some())
                 {
                     let _ = tx.send(name.to_string());
                 }
