@@ -199,3 +199,11 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     }
     found
 }
+
+/// A free loopback port for a controller's `--listen`.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
