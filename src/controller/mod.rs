@@ -1021,7 +1021,9 @@ fn record_event_consumed(shared: &Shared, key: &TaskKey, before: Option<&TaskSta
         callbacks.inbox.remove(&current.container);
     }
     if let Some(at) = shared.memory(key, |m| m.event_at.take()) {
-        shared.metrics.event_to_status_seconds.observe(at.elapsed().as_secs_f64());
+        let latency = at.elapsed();
+        shared.metrics.event_to_status_seconds.observe(latency.as_secs_f64());
+        tracing::debug!(task = %key, latency_us = latency.as_micros() as u64, "completion event recorded in the status");
     }
 }
 
