@@ -11,10 +11,10 @@ pub mod queue;
 pub mod reconcile;
 
 use crate::callback::{self, CallbackSecret, Inbox};
-use crate::status::CompletedBy;
 use crate::manifest::{self, CompletionMode, EnvValue, Features, RuntimeKind, TaskSpec, ValidationContext};
 use crate::metrics::Metrics;
 use crate::runtime::{self, ContainerSpec, ContainerState, Runtime, RuntimeError};
+use crate::status::CompletedBy;
 use crate::status::{Phase, Reason, TaskStatus};
 use crate::store::{Fingerprint, ManifestRead, Store, StoreError, StoreEvent};
 use crate::task::TaskKey;
@@ -525,7 +525,10 @@ fn update_gauges(metrics: &Metrics, phases: &mut HashMap<TaskKey, (Phase, Runtim
         (None, _) => return,
     };
     let apply = |(phase, runtime): (Phase, RuntimeKind), delta: i64| {
-        metrics.tasks.get_or_create(&Metrics::label("phase", phase.as_str())).inc_by(delta);
+        metrics
+            .tasks
+            .get_or_create(&Metrics::label("phase", phase.as_str()))
+            .inc_by(delta);
         if phase.has_container() {
             metrics
                 .live_containers
@@ -807,17 +810,27 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
                 (None, None) => Observed::Unreachable(format!("the {kind} runtime is not enabled in this controller")),
                 (None, Some(runtime)) => match runtime.inspect(container).await {
                     Ok(inspection) => {
-                        // A container of this name made for another attempt (kept by an
-                        // earlier run's `cleanup`) is not this attempt's: as if absent.
                         let stale = matches!((&inspection.attempt_id, attempt_id), (Some(found), Some(wanted)) if found != wanted);
-                        let state = if stale { ContainerState::Absent } else { inspection.state };
-                        let finished = matches!(state, ContainerState::Exited { .. })
-                            || (state == ContainerState::Absent
-                                && status.as_ref().is_some_and(|s| s.phase == Phase::Deleting));
-                        if finished && !stale {
-                            log_tail = runtime.log_tail(container).await.ok().flatten();
+                        if stale {
+                            // The name belongs to the current attempt: anything else under it
+                            // is a leftover that nothing else would ever remove.
+                            tracing::info!(task = %key, container, "removing a stale container of another attempt");
                         }
-                        Observed::Container(state)
+                        match (stale, inspection.state) {
+                            (true, _) => match runtime.delete(container).await {
+                                Ok(()) => Observed::Container(ContainerState::Absent),
+                                Err(err) => Observed::Unreachable(format!("cannot remove a stale container: {err}")),
+                            },
+                            (false, state) => {
+                                let finished = matches!(state, ContainerState::Exited { .. })
+                                    || (state == ContainerState::Absent
+                                        && status.as_ref().is_some_and(|s| s.phase == Phase::Deleting));
+                                if finished {
+                                    log_tail = runtime.log_tail(container).await.ok().flatten();
+                                }
+                                Observed::Container(state)
+                            }
+                        }
                     }
                     Err(err) => Observed::Unreachable(err.to_string()),
                 },
@@ -830,8 +843,9 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         (Some((container, _, _)), Some(callbacks)) => callbacks.inbox.read(container),
         _ => None,
     };
-    let (seen_by_engine, terminate) =
-        shared.memory(key, |m| (std::mem::take(&mut m.engine_seen), std::mem::take(&mut m.terminate)));
+    let (seen_by_engine, terminate) = shared.memory(key, |m| {
+        (std::mem::take(&mut m.engine_seen), std::mem::take(&mut m.terminate))
+    });
     let now = chrono::Utc::now();
     let input = Input {
         key,
