@@ -7,6 +7,7 @@ use crate::callback::{CallbackSecret, Inbox};
 use crate::controller::{Callbacks, Controller, ControllerConfig, Outcome};
 use crate::manifest::RuntimeKind;
 use crate::runtime::Runtime;
+use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use std::os::unix::fs::DirBuilderExt;
 use std::process::ExitCode;
@@ -16,14 +17,11 @@ use tokio_util::sync::CancellationToken;
 pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.log)?;
     let default_runtime = RuntimeKind::from(args.runtime);
-    if default_runtime != RuntimeKind::Process {
+    if default_runtime == RuntimeKind::Aci {
         return Err(UsageError(format!(
-            "--runtime {default_runtime} is not supported yet by this version of skiff; use --runtime process"
+            "--runtime {default_runtime} is not supported yet by this version of skiff; use --runtime process or docker"
         ))
         .into());
-    }
-    if args.docker_network.is_some() {
-        return Err(UsageError("--docker-network is not supported yet by this version of skiff; remove it".into()).into());
     }
     if args.listen.is_none() && (args.callback_url.is_some() || args.api_token_file.is_some()) {
         return Err(UsageError("--callback-url and --api-token-file need --listen ADDRESS:PORT".into()).into());
@@ -62,7 +60,11 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let process = ProcessRuntime::new(&state, exe)
         .map_err(|err| UsageError(format!("--state-dir {}: {err}", state.display())))?;
-    let runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(process)];
+    // The docker runtime costs nothing until a task uses it; an engine that does not
+    // answer is an infrastructure error, retried, never a reason not to start.
+    let docker = DockerRuntime::connect(&state, args.docker_network.clone())
+        .map_err(|err| UsageError(format!("--state-dir {}: {err}", state.display())))?;
+    let runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(process), Arc::new(docker)];
     let config = ControllerConfig {
         default_runtime,
         max_running: args.max_running,
@@ -79,8 +81,11 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let listener = match &args.listen {
         None => None,
         Some(address) => {
-            let listener = std::net::TcpListener::bind(address)
-                .map_err(|err| UsageError(format!("--listen {address}: {err}; pick a free port, e.g. 127.0.0.1:8466")))?;
+            let listener = std::net::TcpListener::bind(address).map_err(|err| {
+                UsageError(format!(
+                    "--listen {address}: {err}; pick a free port, e.g. 127.0.0.1:8466"
+                ))
+            })?;
             listener.set_nonblocking(true)?;
             Some(listener)
         }

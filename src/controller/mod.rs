@@ -1097,9 +1097,11 @@ fn container_spec(
         };
         env.push((name.clone(), value));
     }
+    // On the host, a relative workingDir is the manifest's folder's; in a container it
+    // is the container's own path, passed as written.
     let working_dir = match (&spec.working_dir, local_dir) {
-        (Some(dir), Some(base)) => Some(base.join(dir)),
-        (Some(dir), None) => Some(PathBuf::from(dir)),
+        (Some(dir), Some(base)) if spec.runtime == RuntimeKind::Process => Some(base.join(dir)),
+        (Some(dir), _) => Some(PathBuf::from(dir)),
         (None, base) if spec.runtime == RuntimeKind::Process => base,
         (None, _) => None,
     };

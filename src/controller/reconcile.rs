@@ -279,7 +279,14 @@ fn decide_valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
     if input.terminate && !status.phase.is_final() {
         let message = "terminated through the API".to_string();
         if let Some(container) = container_may_exist(input, &status) {
-            return stop_attempt(status, container, CompletedBy::Terminate, Reason::Terminated, message, now);
+            return stop_attempt(
+                status,
+                container,
+                CompletedBy::Terminate,
+                Reason::Terminated,
+                message,
+                now,
+            );
         }
         status.phase = Phase::Failed;
         status.reason = Some(Reason::Terminated);

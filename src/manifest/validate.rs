@@ -27,9 +27,10 @@ pub struct Features {
 impl Features {
     /// What this version of skiff implements.
     pub const CURRENT: Features = Features {
-        docker: false,
+        docker: true,
         aci: false,
-        event_completion: false,
+        // The controller narrows this to whether it serves the callback route.
+        event_completion: true,
         fan_out: false,
         depends_on: false,
     };
@@ -165,7 +166,9 @@ pub fn validate(
     }
     if let Some(network) = &spec.network {
         if runtime != RuntimeKind::Docker {
-            fail(format!("spec.network: is for the docker runtime only; remove it (this task runs on {runtime})"));
+            fail(format!(
+                "spec.network: is for the docker runtime only; remove it (this task runs on {runtime})"
+            ));
         } else if network.trim().is_empty() {
             fail("spec.network: is empty; write host, none, or a network's name".into());
         }
@@ -557,12 +560,26 @@ mod tests {
             ("  command: [x]\n  completions: 5\n", "spec.completions"),
             ("  command: [x]\n  dependsOn: [a]\n", "spec.dependsOn"),
             ("  runtime: aci\n  image: x\n", "spec.runtime"),
-            ("  runtime: docker\n  image: x\n", "spec.runtime"),
-            ("  command: [x]\n  completion: {mode: event}\n", "spec.completion.mode"),
         ] {
             let err = check(yaml).unwrap_err();
             assert!(err.contains(needle) && err.contains("not supported yet"), "{err}");
         }
+    }
+
+    #[test]
+    fn event_mode_needs_the_api() {
+        let text = "apiVersion: skiff/v1\nkind: ContainerTask\nspec: {command: [x], completion: {mode: event}}\n";
+        let task = parse_manifest("e.yaml", text.as_bytes()).unwrap();
+        let without_api = ValidationContext {
+            features: Features {
+                event_completion: false,
+                ..Features::CURRENT
+            },
+            ..ctx()
+        };
+        let err = validate("e.yaml", "e", &task, &without_api).unwrap_err();
+        assert!(err[0].to_string().contains("--listen"), "{err:?}");
+        assert!(validate("e.yaml", "e", &task, &ctx()).is_ok());
     }
 
     #[test]

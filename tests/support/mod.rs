@@ -207,3 +207,41 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+pub const DOCKER_IMAGE: &str = "skiff-busybox:test";
+
+/// Whether a Docker Engine answers. Without one, a docker test fails when
+/// `SKIFF_REQUIRE_SERVICES=1` (CI sets it), and otherwise says loudly that it did not run.
+pub fn docker_or_skip(test: &str) -> bool {
+    let answers = Command::new("docker")
+        .args(["image", "inspect", DOCKER_IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if answers {
+        return true;
+    }
+    let why = format!(
+        "no Docker Engine with the image {DOCKER_IMAGE}; run `source scripts/services.sh && ensure_docker && build_test_image`"
+    );
+    if std::env::var("SKIFF_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+        panic!("{test}: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}
+
+/// Containers (any state) that carry skiff's labels for this workspace's state folder.
+pub fn skiff_containers(state_dir: &Path) -> Vec<String> {
+    let canonical = std::fs::canonicalize(state_dir).unwrap_or(state_dir.to_path_buf());
+    let output = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
+        .arg(format!("label=skiff.state-dir={}", canonical.display()))
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

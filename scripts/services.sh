@@ -1,0 +1,117 @@
+# shellcheck shell=bash
+# The services skiff's tests need, made ready. Source this file (scripts/test does), then
+# call the functions:
+#
+#   ensure_docker       a Docker Engine answering on its socket (installed and started if need be)
+#   build_test_image    the registry-free busybox image skiff-busybox:test (see ../Dockerfile)
+#
+# Each says what it does and fails loudly (non-zero, with the reason) rather than leaving a
+# half-ready service behind for the tests to trip over. The docker CLI is fine here; only
+# skiff's runtime itself must talk to the engine's API directly.
+
+SKIFF_TEST_IMAGE="${SKIFF_TEST_IMAGE:-skiff-busybox:test}"
+# Where the engine's own output goes when this script starts it.
+SKIFF_DOCKERD_LOG="${SKIFF_DOCKERD_LOG:-${TMPDIR:-/tmp}/skiff-dockerd.log}"
+_SKIFF_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+_skiff_say() { printf 'services: %s\n' "$*" >&2; }
+_skiff_fail() {
+    printf 'services: ERROR: %s\n' "$*" >&2
+    return 1
+}
+
+# Runs a command as root: directly when we are root, else through sudo when it is there.
+_skiff_as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        _skiff_fail "need root (or sudo) to run: $*"
+    fi
+}
+
+_skiff_docker_answers() {
+    command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1
+}
+
+# Installs Debian's docker.io and busybox-static when the engine or the busybox binary
+# is missing, starts dockerd when none answers, and waits up to 60 s for it.
+ensure_docker() {
+    local missing=()
+    command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+    [ -x /bin/busybox ] || missing+=(busybox-static)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        command -v apt-get >/dev/null 2>&1 ||
+            _skiff_fail "missing ${missing[*]} and there is no apt-get to install them; install them by hand" ||
+            return 1
+        _skiff_say "installing ${missing[*]} with apt-get"
+        _skiff_as_root apt-get update -q || _skiff_fail "apt-get update failed" || return 1
+        _skiff_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" ||
+            _skiff_fail "apt-get install ${missing[*]} failed" || return 1
+    fi
+
+    if _skiff_docker_answers; then
+        _skiff_say "docker engine answers ($(docker version --format '{{.Server.Version}}, API {{.Server.APIVersion}}' 2>/dev/null))"
+        return 0
+    fi
+
+    # An engine may be starting already (a socket without answers yet): give it a
+    # moment before starting a second one, which would fight it over the socket.
+    if pgrep -x dockerd >/dev/null 2>&1; then
+        _skiff_say "dockerd is running but does not answer yet; waiting for it"
+    else
+        # vfs: works on any filesystem (overlay inside containers often does not).
+        # No bridge, iptables or masquerading: this machine may not allow them, and tests
+        # use the host network (callbacks to 127.0.0.1) or none.
+        _skiff_say "starting dockerd (its log: $SKIFF_DOCKERD_LOG)"
+        mkdir -p "$(dirname "$SKIFF_DOCKERD_LOG")" || _skiff_fail "cannot create the folder of $SKIFF_DOCKERD_LOG" || return 1
+        # setsid: the engine must outlive this script and not receive its terminal's signals.
+        _skiff_as_root setsid dockerd --storage-driver=vfs --bridge=none --iptables=false --ip-masq=false \
+            >>"$SKIFF_DOCKERD_LOG" 2>&1 </dev/null &
+        disown 2>/dev/null || true
+    fi
+
+    local waited=0
+    until _skiff_docker_answers; do
+        if [ "$waited" -ge 60 ]; then
+            _skiff_say "last lines of $SKIFF_DOCKERD_LOG:"
+            tail -n 20 "$SKIFF_DOCKERD_LOG" >&2 2>/dev/null || true
+            _skiff_fail "the docker engine did not answer within 60 s"
+            return 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    _skiff_say "docker engine answers after ${waited}s ($(docker version --format '{{.Server.Version}}, API {{.Server.APIVersion}}' 2>/dev/null))"
+}
+
+# Builds $SKIFF_TEST_IMAGE from ../Dockerfile and the host's /bin/busybox, with no
+# registry. Skipped when the image exists and was built from the same busybox (its
+# checksum is kept in the image's label skiff.busybox-sha256).
+build_test_image() {
+    [ -x /bin/busybox ] || _skiff_fail "/bin/busybox is missing; install busybox-static (ensure_docker does)" || return 1
+    [ -f "$_SKIFF_REPO_ROOT/Dockerfile" ] || _skiff_fail "$_SKIFF_REPO_ROOT/Dockerfile is missing" || return 1
+    local sum have
+    sum="$(sha256sum /bin/busybox | cut -d' ' -f1)" || _skiff_fail "cannot checksum /bin/busybox" || return 1
+    have="$(docker image inspect --format '{{ index .Config.Labels "skiff.busybox-sha256" }}' "$SKIFF_TEST_IMAGE" 2>/dev/null || true)"
+    if [ "$have" = "$sum" ]; then
+        _skiff_say "$SKIFF_TEST_IMAGE is current (busybox sha256 ${sum:0:12})"
+        return 0
+    fi
+
+    local context
+    context="$(mktemp -d "${TMPDIR:-/tmp}/skiff-image.XXXXXX")" || _skiff_fail "cannot make a build folder" || return 1
+    # -L: /bin may be a link into /usr; the image needs the file itself.
+    cp -L /bin/busybox "$context/busybox" && cp "$_SKIFF_REPO_ROOT/Dockerfile" "$context/Dockerfile" ||
+        { rm -rf "$context"; _skiff_fail "cannot fill the build folder $context"; return 1; }
+    _skiff_say "building $SKIFF_TEST_IMAGE from $_SKIFF_REPO_ROOT/Dockerfile (busybox sha256 ${sum:0:12})"
+    # The classic builder: it needs no buildx plugin and its RUN step needs no network.
+    if ! DOCKER_BUILDKIT=0 docker build --quiet --label "skiff.busybox-sha256=$sum" -t "$SKIFF_TEST_IMAGE" "$context" >&2; then
+        rm -rf "$context"
+        _skiff_fail "docker build of $SKIFF_TEST_IMAGE failed"
+        return 1
+    fi
+    rm -rf "$context"
+    _skiff_say "built $SKIFF_TEST_IMAGE"
+}

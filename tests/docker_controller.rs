@@ -1,0 +1,91 @@
+//! The controller on a real Docker Engine: poll and event completion side by side.
+
+mod support;
+
+use std::time::Duration;
+use support::{DOCKER_IMAGE, Workspace, docker_or_skip, free_port, skiff_containers};
+
+const LONG: Duration = Duration::from_secs(180);
+
+#[test]
+fn thirty_docker_tasks_in_poll_and_event_modes_all_succeed_and_leave_no_container() {
+    if !docker_or_skip("thirty_docker_tasks") {
+        return;
+    }
+    let ws = Workspace::new();
+    for i in 0..30 {
+        let (script, extra) = if i % 2 == 0 {
+            ("echo poll-$SKIFF_ATTEMPT; sleep 0.2".to_string(), String::new())
+        } else {
+            (
+                format!(
+                    "sleep 0.2; wget -q -O- --post-data '{{\"result\":{{\"frames\":{i}}}}}' \"$SKIFF_CALLBACK_URL\"; sleep 5"
+                ),
+                "  completion: {mode: event, pollInterval: 2s}\n".to_string(),
+            )
+        };
+        ws.write(
+            &format!("d{i:02}.yaml"),
+            &format!(
+                "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  runtime: docker\n  image: {DOCKER_IMAGE}\n  command: [sh, -c, '{}']\n{extra}",
+                script.replace('\'', "''")
+            ),
+        );
+    }
+    let listen = format!("127.0.0.1:{}", free_port());
+    let code = ws
+        .controller(&[
+            "--once",
+            "--listen",
+            &listen,
+            "--docker-network",
+            "host",
+            "--max-running",
+            "8",
+        ])
+        .wait(LONG);
+    assert_eq!(code, Some(0), "all Succeeded\n{}", ws.controller_log());
+    for i in 0..30 {
+        let status = ws.status(&format!("d{i:02}")).unwrap();
+        assert_eq!(status["phase"], "Succeeded", "d{i:02}: {status:#}");
+        let attempt = &status["attempts"][0];
+        assert_eq!(attempt["runtime"], "docker");
+        if i % 2 == 0 {
+            assert_eq!(
+                attempt["completedBy"], "engine",
+                "d{i:02}: exits are seen on the event stream"
+            );
+            assert!(
+                status["logTail"].as_str().unwrap().contains("poll-1"),
+                "logs read before removal"
+            );
+        } else {
+            assert_eq!(attempt["completedBy"], "event");
+            assert_eq!(status["result"]["frames"], i);
+        }
+    }
+    assert!(
+        skiff_containers(&ws.root().join(".skiff")).is_empty(),
+        "no container left"
+    );
+    // `skiff logs` reads the copy saved at deletion.
+    let out = ws.skiff(&["logs", "d00", "--dir", &ws.root().display().to_string()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("poll-1"));
+}
+
+#[test]
+fn an_image_that_cannot_be_had_fails_the_attempt_with_image_pull_failed() {
+    if !docker_or_skip("an_image_that_cannot_be_had") {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.write(
+        "nope.yaml",
+        "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  runtime: docker\n  image: 127.0.0.1:1/skiff/nope:1\n  command: [true]\n",
+    );
+    assert_eq!(ws.controller(&["--once"]).wait(LONG), Some(1));
+    let status = ws.status("nope").unwrap();
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(status["reason"], "ImagePullFailed", "{status:#}");
+    assert!(skiff_containers(&ws.root().join(".skiff")).is_empty());
+}
