@@ -480,6 +480,15 @@ impl Inner {
                         message: format!("docker: cannot start {name}: {}", engine_message(&err)),
                     })
                 }
+                // An engine killed in the middle of a start can leave the container
+                // "created" while containerd still holds its task: every later start then
+                // fails with "already exists". The container never ran as far as the engine
+                // knows; remove it, and the next ensure creates it afresh.
+                Some(500) if engine_message(&err).contains("already exists") => {
+                    tracing::warn!(container = name, "removing a container the engine can no longer start");
+                    self.remove(docker, name).await?;
+                    Err(transient(&format!("start {name}"), err))
+                }
                 _ => Err(transient(&format!("start {name}"), err)),
             },
         }

@@ -220,6 +220,7 @@ pub fn docker_or_skip(test: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if answers {
+        remove_containers_of_vanished_workspaces();
         return true;
     }
     let why = format!(
@@ -244,4 +245,31 @@ pub fn skiff_containers(state_dir: &Path) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// Containers left by earlier test runs that died before cleaning up: their workspace
+/// is gone, and their names would otherwise stay taken.
+fn remove_containers_of_vanished_workspaces() {
+    let Ok(output) = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "label=skiff.state-dir",
+            "--format",
+            "{{.Names}} {{.Label \"skiff.state-dir\"}}",
+        ])
+        .output()
+    else {
+        return;
+    };
+    let temp = std::env::temp_dir().join("skiff-test-");
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Some((name, state)) = line.split_once(' ') else {
+            continue;
+        };
+        if state.starts_with(&*temp.to_string_lossy()) && !Path::new(state).exists() {
+            let _ = Command::new("docker").args(["rm", "-f", name]).output();
+        }
+    }
 }
