@@ -163,7 +163,10 @@ mod tests {
     fn tokens_bind_task_attempt_index_and_spec() {
         let dir = tempfile::tempdir().unwrap();
         let secret = CallbackSecret::load_or_create(dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join("secret")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("secret"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let token = secret.token("jobs/a", 2, 0, "sha256:x");
         assert!(secret.verify(&token, "jobs/a", 2, 0, "sha256:x"));

@@ -47,8 +47,16 @@ impl Metrics {
             "Time a reconcile took",
             reconcile_seconds.clone(),
         );
-        registry.register("workqueue_depth", "Tasks waiting in the work queue", queue_depth.clone());
-        registry.register("live_containers", "Containers that may exist, by runtime", live_containers.clone());
+        registry.register(
+            "workqueue_depth",
+            "Tasks waiting in the work queue",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "live_containers",
+            "Containers that may exist, by runtime",
+            live_containers.clone(),
+        );
         registry.register("tasks", "Tasks by phase", tasks.clone());
         registry.register("callbacks", "Completion callbacks by HTTP answer", callbacks.clone());
         registry.register(

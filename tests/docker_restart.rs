@@ -43,12 +43,14 @@ fn kill_and_restart_dockerd() {
         .append(true)
         .open(std::env::temp_dir().join("skiff-dockerd.log"))
         .unwrap();
+    // --fork: setsid itself exits at once, leaving dockerd detached in its own session.
     Command::new("setsid")
+        .arg("--fork")
         .args(&args)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
-        .spawn()
+        .status()
         .expect("start dockerd again");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !engine_answers() {

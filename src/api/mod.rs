@@ -51,7 +51,10 @@ pub fn router(state: ApiState) -> Router {
         .merge(management)
         // The body limit answers 413 by itself; one extra byte tells "too large" apart.
         .layer(DefaultBodyLimit::max(MAX_EVENT_BYTES))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .with_state(state)
 }
 
@@ -72,7 +75,10 @@ async fn require_bearer(State(state): State<ApiState>, request: Request, next: N
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-            return problem(StatusCode::UNAUTHORIZED, "a bearer token is required (see --api-token-file)");
+            return problem(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required (see --api-token-file)",
+            );
         }
     }
     next.run(request).await
@@ -90,7 +96,10 @@ async fn healthz(State(state): State<ApiState>) -> Response {
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
@@ -137,10 +146,17 @@ async fn post_task(
     }
     if let Some(task) = path.strip_suffix("/events") {
         let code = callback(&state, task, query, body).await;
-        state.metrics.callbacks.get_or_create(&Metrics::label("code", code.0.as_str())).inc();
+        state
+            .metrics
+            .callbacks
+            .get_or_create(&Metrics::label("code", code.0.as_str()))
+            .inc();
         return problem_or_accept(code);
     }
-    problem(StatusCode::NOT_FOUND, "POST /v1/tasks/{task}/terminate or /v1/tasks/{task}/events")
+    problem(
+        StatusCode::NOT_FOUND,
+        "POST /v1/tasks/{task}/terminate or /v1/tasks/{task}/events",
+    )
 }
 
 fn problem_or_accept((code, message): (StatusCode, String)) -> Response {
@@ -199,7 +215,9 @@ async fn callback(state: &ApiState, task: &str, query: CallbackQuery, body: Byte
             Err(err) => {
                 return (
                     StatusCode::BAD_REQUEST,
-                    format!("the body is not a completion event ({err}); send {{\"result\": ..., \"exitCode\": 0, \"message\": \"...\"}} or nothing"),
+                    format!(
+                        "the body is not a completion event ({err}); send {{\"result\": ..., \"exitCode\": 0, \"message\": \"...\"}} or nothing"
+                    ),
                 );
             }
         }
@@ -214,7 +232,13 @@ async fn callback(state: &ApiState, task: &str, query: CallbackQuery, body: Byte
             tracing::info!(task, attempt, "completion event accepted");
             (StatusCode::ACCEPTED, String::new())
         }
-        Ok(Err(err)) => (StatusCode::SERVICE_UNAVAILABLE, format!("cannot record the event: {err}")),
-        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, format!("cannot record the event: {err}")),
+        Ok(Err(err)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot record the event: {err}"),
+        ),
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot record the event: {err}"),
+        ),
     }
 }
