@@ -291,7 +291,7 @@ pub fn validate(
     let completion_mode = completion.mode.unwrap_or(CompletionMode::Poll);
     if completion_mode == CompletionMode::Event && !ctx.features.event_completion {
         fail(
-            "spec.completion.mode: event completion is not supported yet by this version of skiff; use `mode: poll`"
+            "spec.completion.mode: event completion needs the controller's HTTP API; start it with --listen 127.0.0.1:PORT (and --callback-url if containers reach it at another address), or use `mode: poll`"
                 .into(),
         );
     }
