@@ -1,0 +1,208 @@
+//! The command line (DESIGN.md §9): get, describe, logs, validate, wait, exit codes,
+//! environment variables and the config file.
+
+mod support;
+
+use std::time::Duration;
+use support::Workspace;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn finished_workspace() -> Workspace {
+    let ws = Workspace::new();
+    ws.task("jobs/ok.yaml", "echo hello from ok", "");
+    ws.task("bad.yaml", "echo oops; exit 2", "");
+    assert_eq!(ws.controller(&["--once"]).wait(LONG), Some(1));
+    ws
+}
+
+#[test]
+fn get_prints_a_table_json_and_yaml() {
+    let ws = finished_workspace();
+    let dir = ws.root().display().to_string();
+    let table = ws.skiff(&["get", "--dir", &dir]);
+    assert!(table.status.success());
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(table.lines().next().unwrap().starts_with("TASK"), "{table}");
+    assert!(table.contains("jobs/ok") && table.contains("Succeeded"), "{table}");
+    assert!(
+        table.contains("bad") && table.contains("Failed") && table.contains("ExitCode"),
+        "{table}"
+    );
+
+    let json = ws.skiff(&["get", "--dir", &dir, "-o", "json"]);
+    let statuses: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).expect("a JSON array");
+    assert_eq!(statuses.len(), 2);
+    assert!(statuses.iter().all(|s| s["kind"] == "ContainerTaskStatus"));
+
+    let yaml = ws.skiff(&["get", "jobs/ok", "--dir", &dir, "-o", "yaml"]);
+    let parsed: Vec<serde_json::Value> = yaml_serde::from_slice(&yaml.stdout).expect("YAML");
+    assert_eq!(parsed[0]["phase"], "Succeeded");
+
+    let missing = ws.skiff(&["get", "nope", "--dir", &dir]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing).contains("no task nope"), "{}", text(&missing));
+}
+
+#[test]
+fn describe_and_logs_show_the_attempts_and_the_output() {
+    let ws = finished_workspace();
+    let dir = ws.root().display().to_string();
+    let described = text(&ws.skiff(&["describe", "bad", "--dir", &dir]));
+    for needle in [
+        "Phase:        Failed",
+        "Reason:       ExitCode",
+        "#1 process skiff-bad-",
+        "exit 2",
+        "oops",
+    ] {
+        assert!(described.contains(needle), "{needle} missing from\n{described}");
+    }
+    let logs = ws.skiff(&["logs", "jobs/ok", "--dir", &dir]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "hello from ok\n");
+    // A manifest's path works as well as the task's name.
+    let logs = ws.skiff(&["logs", "jobs/ok.yaml", "--dir", &dir, "--follow"]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "hello from ok\n");
+}
+
+#[test]
+fn logs_follow_streams_until_the_task_ends() {
+    let ws = Workspace::new();
+    ws.task("slow.yaml", "for i in 1 2 3; do echo line $i; sleep 0.3; done", "");
+    let _controller = ws.controller(&[]);
+    ws.wait_phase("slow", "Running", LONG);
+    let dir = ws.root().display().to_string();
+    let logs = ws.skiff(&["logs", "slow", "--dir", &dir, "--follow"]);
+    assert!(logs.status.success());
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "line 1\nline 2\nline 3\n");
+}
+
+#[test]
+fn wait_exits_0_on_success_1_on_failure_and_1_on_timeout() {
+    let ws = Workspace::new();
+    ws.task("quick.yaml", "true", "");
+    ws.task("fails.yaml", "exit 1", "");
+    ws.task("long.yaml", "sleep 300", "");
+    let _controller = ws.controller(&[]);
+    let dir = ws.root().display().to_string();
+    let ok = ws.skiff(&["wait", "quick", "--dir", &dir, "--for", "succeeded", "--timeout", "30s"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    let failed = ws.skiff(&["wait", "fails", "--dir", &dir, "--for", "succeeded", "--timeout", "30s"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(text(&failed).contains("fails is Failed"), "{}", text(&failed));
+    let terminal = ws.skiff(&[
+        "wait",
+        "fails",
+        "quick",
+        "--dir",
+        &dir,
+        "--for",
+        "terminal",
+        "--timeout",
+        "30s",
+    ]);
+    assert_eq!(terminal.status.code(), Some(0));
+    let timeout = ws.skiff(&["wait", "long", "--dir", &dir, "--timeout", "1s"]);
+    assert_eq!(timeout.status.code(), Some(1));
+    assert!(text(&timeout).contains("timed out"), "{}", text(&timeout));
+}
+
+#[test]
+fn validate_prints_every_error_and_exits_1() {
+    let ws = Workspace::new();
+    ws.write(
+        "bad.yaml",
+        "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  timeout: ten minutes\n  backoff: soon\n",
+    );
+    ws.task("good.yaml", "true", "");
+    let bad = ws.root().join("bad.yaml").display().to_string();
+    let good = ws.root().join("good.yaml").display().to_string();
+    let out = ws.skiff(&["validate", &bad, &good]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = text(&out);
+    assert!(
+        out.contains("spec.timeout: \"ten minutes\" is not a duration; write e.g. 10m or 1h30m"),
+        "{out}"
+    );
+    assert!(out.contains("spec.backoff"), "{out}");
+    assert!(out.contains("spec.command"), "{out}");
+    assert!(out.contains("good.yaml: ok"), "{out}");
+    assert_eq!(ws.skiff(&["validate", &good]).status.code(), Some(0));
+}
+
+#[test]
+fn usage_errors_exit_2_and_name_the_fix() {
+    let ws = Workspace::new();
+    let missing = ws.skiff(&["controller", "--dir", "/nonexistent/skiff", "--once"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        text(&missing).contains("--dir /nonexistent/skiff"),
+        "{}",
+        text(&missing)
+    );
+    let dir = ws.root().display().to_string();
+    let zero = ws.skiff(&["controller", "--dir", &dir, "--max-running", "0"]);
+    assert_eq!(zero.status.code(), Some(2));
+    let typo = ws.skiff(&["controller", "--dir", &dir, "--max-runing", "3"]);
+    assert_eq!(typo.status.code(), Some(2));
+    let bad_duration = ws.skiff(&["controller", "--dir", &dir, "--resync", "often"]);
+    assert_eq!(bad_duration.status.code(), Some(2));
+    assert!(text(&bad_duration).contains("write e.g."), "{}", text(&bad_duration));
+}
+
+#[test]
+fn flags_beat_the_environment_which_beats_the_config_file() {
+    let ws = Workspace::new();
+    let ledger = ws.ledger().display().to_string();
+    for i in 0..6 {
+        ws.task(
+            &format!("t{i}.yaml"),
+            &format!("echo start >> {ledger}; sleep 0.3; echo end >> {ledger}"),
+            "",
+        );
+    }
+    let config = ws.root().join(".skiff.yaml");
+    std::fs::write(&config, "max-running: 1\nonce: true\n").unwrap();
+    let dir = ws.root().display().to_string();
+    // The most tasks that ran at once, from the ledger's start and end lines.
+    let run = |env: &[(&str, &str)], flags: &[&str]| {
+        let _ = std::fs::remove_dir_all(ws.root().join(".skiff"));
+        let _ = std::fs::remove_file(ws.ledger());
+        for i in 0..6 {
+            let _ = std::fs::remove_file(ws.status_path(&format!("t{i}")));
+        }
+        let mut command = std::process::Command::new(support::SKIFF);
+        command
+            .args(["controller", "--dir", &dir, "--config", &config.display().to_string()])
+            .args(flags);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let (mut now, mut most) = (0i32, 0i32);
+        for line in ws.ledger_lines() {
+            now += if line == "start" { 1 } else { -1 };
+            most = most.max(now);
+        }
+        most
+    };
+    // The file alone: one at a time (and `once: true` came from it too).
+    assert_eq!(run(&[], &[]), 1);
+    // The environment beats the file; a flag beats the environment.
+    assert!(run(&[("SKIFF_MAX_RUNNING", "6")], &[]) > 1);
+    assert!(run(&[("SKIFF_MAX_RUNNING", "1")], &["--max-running", "6"]) > 1);
+    assert_eq!(run(&[("SKIFF_MAX_RUNNING", "1")], &[]), 1);
+    std::fs::write(&config, "max-runing: 1\n").unwrap();
+    let bad = ws.skiff(&["controller", "--dir", &dir, "--config", &config.display().to_string()]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad).contains("unknown setting `max-runing`"), "{}", text(&bad));
+}
