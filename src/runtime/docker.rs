@@ -275,7 +275,7 @@ impl Inner {
         };
         // A little more than the tail, so that it can start on a line boundary.
         let limit = (tail != "all").then_some(LOG_TAIL_BYTES as u64 + 256);
-        match read_end(&self.log_path(name), limit).await {
+        match super::read_end(&self.log_path(name), limit).await {
             Ok(bytes) => Ok(Some(bytes)),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => match engine_error {
                 Some(err) => Err(err),
@@ -779,19 +779,6 @@ enum Followed {
         reason: String,
         healthy: bool,
     },
-}
-
-/// The file's last `limit` bytes, or all of it.
-async fn read_end(path: &Path, limit: Option<u64>) -> std::io::Result<Vec<u8>> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = tokio::fs::File::open(path).await?;
-    if let Some(limit) = limit {
-        let len = file.metadata().await?.len();
-        file.seek(std::io::SeekFrom::Start(len.saturating_sub(limit))).await?;
-    }
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).await?;
-    Ok(bytes)
 }
 
 /// The HTTP status of an engine's error answer.

@@ -144,3 +144,17 @@ pub trait Runtime: Send + Sync {
     /// (`completedBy: engine`). Polling remains the safety net.
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>>;
 }
+
+/// The end of a file (its last `limit` bytes), or all of it: how runtimes read the logs
+/// they keep after a container is gone.
+pub(crate) async fn read_end(path: &std::path::Path, limit: Option<u64>) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await?;
+    if let Some(limit) = limit {
+        let len = file.metadata().await?.len();
+        file.seek(std::io::SeekFrom::Start(len.saturating_sub(limit))).await?;
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).await?;
+    Ok(bytes)
+}

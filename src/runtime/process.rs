@@ -20,7 +20,6 @@ use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use notify::{EventKind, RecursiveMode, Watcher};
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -242,21 +241,6 @@ impl Layout {
     }
 }
 
-fn tail_of(path: &Path) -> std::io::Result<Option<String>> {
-    let mut file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err),
-    };
-    let len = file.metadata()?.len();
-    // Read a little more than the tail so that it can start on a line boundary.
-    let start = len.saturating_sub(LOG_TAIL_BYTES as u64 + 256);
-    file.seek(SeekFrom::Start(start))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    Ok(Some(crate::status::log_tail(&bytes)))
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, RuntimeError> {
@@ -305,7 +289,12 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn log_tail(&self, name: &str) -> Result<Option<String>, RuntimeError> {
-        Ok(tail_of(&self.layout.log_path(name))?)
+        // A little more than the tail, so that it can start on a line boundary.
+        match super::read_end(&self.layout.log_path(name), Some(LOG_TAIL_BYTES as u64 + 256)).await {
+            Ok(bytes) => Ok(Some(crate::status::log_tail(&bytes))),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err.into()),
+        }
     }
 
     async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
