@@ -3,28 +3,36 @@
 //! - [`queue`] decides *when* a task is reconciled (keyed, delayed, never twice at once);
 //! - [`reconcile`] decides *what* to do, as a pure function;
 //! - [`limits`] decides *whether* a new container may start;
-//! - this module does the I/O around them: read the manifest and the status, observe the
-//!   container, persist the decision, then act.
+//! - this module runs the loop and one reconcile: read ([`desired`]) the manifest and
+//!   the status, observe the container, decide, then persist and act ([`act`]);
+//! - [`health`] tells `/healthz` whether the loop still turns.
 
+mod act;
+mod desired;
+mod health;
 pub mod limits;
 pub mod queue;
 pub mod reconcile;
 
-use crate::callback::{self, CallbackSecret, Inbox};
-use crate::manifest::{self, CompletionMode, EnvValue, Features, RuntimeKind, TaskSpec, ValidationContext};
+use act::execute;
+use desired::{DesiredRead, read_desired};
+use health::HEARTBEAT;
+pub use health::{Health, HealthReport};
+
+use crate::callback::{CallbackSecret, Inbox};
+use crate::manifest::{Features, RuntimeKind, TaskSpec};
 use crate::metrics::Metrics;
-use crate::runtime::{self, ContainerSpec, ContainerState, Runtime, RuntimeError};
-use crate::status::CompletedBy;
-use crate::status::{Phase, Reason, TaskStatus};
+use crate::runtime::{self, ContainerState, Runtime};
+use crate::status::{Phase, Reason};
 use crate::store::{Fingerprint, ManifestRead, Store, StoreError, StoreEvent};
 use crate::task::TaskKey;
 use limits::{Limits, Standing};
 use queue::WorkQueue;
-use reconcile::{Action, Decision, Desired, Input, Observed, Slot};
-use std::collections::{BTreeMap, HashMap};
+use reconcile::{Desired, Input, Observed, Slot};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -76,63 +84,6 @@ pub enum Control {
     Terminate(TaskKey),
     /// A completion event was recorded for the task (at this instant): look now.
     Event(TaskKey, std::time::Instant),
-}
-
-/// Whether the controller is making progress, for `/healthz`.
-#[derive(Debug)]
-pub struct Health {
-    started: std::time::Instant,
-    /// Milliseconds since `started` of the loop's last turn.
-    last_turn: std::sync::atomic::AtomicU64,
-    store_error: Mutex<Option<String>>,
-}
-
-#[derive(Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HealthReport {
-    pub healthy: bool,
-    /// Seconds since the controller loop last turned.
-    pub last_progress_seconds: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub store_error: Option<String>,
-}
-
-/// The loop turns at least this often when healthy; three missed turns is unhealthy.
-const HEARTBEAT: Duration = Duration::from_secs(1);
-
-impl Default for Health {
-    fn default() -> Self {
-        Health {
-            started: std::time::Instant::now(),
-            last_turn: std::sync::atomic::AtomicU64::new(0),
-            store_error: Mutex::new(None),
-        }
-    }
-}
-
-impl Health {
-    fn turn(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
-        self.last_turn.store(now, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn store_result<T, E: std::fmt::Display>(&self, result: &Result<T, E>) {
-        if let Ok(mut slot) = self.store_error.lock() {
-            *slot = result.as_ref().err().map(ToString::to_string);
-        }
-    }
-
-    pub fn report(&self) -> HealthReport {
-        let now = self.started.elapsed().as_millis() as u64;
-        let last = self.last_turn.load(std::sync::atomic::Ordering::Relaxed);
-        let since = Duration::from_millis(now.saturating_sub(last));
-        let store_error = self.store_error.lock().ok().and_then(|e| e.clone());
-        HealthReport {
-            healthy: since < HEARTBEAT * 3 && store_error.is_none(),
-            last_progress_seconds: since.as_secs_f64(),
-            store_error,
-        }
-    }
 }
 
 /// How a controller run ended.
@@ -619,112 +570,6 @@ impl Shared {
     }
 }
 
-/// What the manifest asks for, and where it came from.
-struct DesiredRead {
-    desired: Desired,
-    /// The manifest's file, as the user names it.
-    file: Option<String>,
-    /// The manifest's folder on this machine: the process runtime's default working dir.
-    local_dir: Option<PathBuf>,
-}
-
-/// Reads what the manifest asks for. `None`: the file is probably still being written.
-async fn read_desired(shared: &Shared, key: &TaskKey) -> Result<Option<DesiredRead>, StoreError> {
-    let stem = key.as_str().rsplit('/').next().unwrap_or(key.as_str()).to_string();
-    let plain = |desired: Desired| {
-        Ok(Some(DesiredRead {
-            desired,
-            file: None,
-            local_dir: None,
-        }))
-    };
-    let (file, bytes, modified, local_dir) = match shared.store.read_manifest(key).await? {
-        ManifestRead::Missing => return plain(Desired::Absent),
-        ManifestRead::Conflict { files } => {
-            return plain(Desired::Invalid {
-                name: stem,
-                message: format!(
-                    "{}: these files all define task {key}; keep one of them (rename or delete the others)",
-                    files.join(", ")
-                ),
-            });
-        }
-        ManifestRead::Unreadable { file, message } => {
-            return plain(Desired::Invalid {
-                name: stem,
-                message: format!("{file}: {message}"),
-            });
-        }
-        ManifestRead::Found {
-            file,
-            bytes,
-            modified,
-            local_dir,
-        } => (file, bytes, modified, local_dir),
-    };
-    let cached = shared.memory(key, |m| match &m.validated {
-        Some((seen, spec)) if *seen == bytes => Some(spec.clone()),
-        _ => None,
-    });
-    if let Some(spec) = cached {
-        return Ok(Some(DesiredRead {
-            desired: Desired::Valid(spec),
-            file: Some(file),
-            local_dir,
-        }));
-    }
-    // Parsing is CPU work on untrusted input: keep it off the async workers.
-    let default_runtime = shared.config.default_runtime;
-    let allow_host_paths = shared.config.allow_host_paths.clone();
-    let features = shared.features();
-    let name_file = file.clone();
-    let parsed_bytes = bytes.clone();
-    let judged = tokio::task::spawn_blocking(move || {
-        let task = manifest::parse_manifest(&name_file, &bytes).map_err(|err| (stem.clone(), err.to_string()))?;
-        let env_is_set = |var: &str| std::env::var_os(var).is_some();
-        let ctx = ValidationContext {
-            default_runtime,
-            allow_host_paths: &allow_host_paths,
-            features,
-            env_is_set: Some(&env_is_set),
-        };
-        manifest::validate(&name_file, &stem, &task, &ctx).map_err(|errors| {
-            let name = task.metadata.name.clone().unwrap_or(stem.clone());
-            (
-                name,
-                errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
-            )
-        })
-    })
-    .await
-    .map_err(|err| StoreError::Io {
-        path: file.clone(),
-        source: std::io::Error::other(err.to_string()),
-    })?;
-    let desired = match judged {
-        Ok(spec) => {
-            let spec = Box::new(spec);
-            shared.memory(key, |m| m.validated = Some((parsed_bytes, spec.clone())));
-            Desired::Valid(spec)
-        }
-        Err((name, message)) => {
-            // A file saved in pieces may not parse, or may lack a field, for a moment.
-            let fresh = modified
-                .and_then(|m| SystemTime::now().duration_since(m).ok())
-                .is_some_and(|age| age < SETTLE_TIME);
-            if fresh {
-                return Ok(None);
-            }
-            Desired::Invalid { name, message }
-        }
-    };
-    Ok(Some(DesiredRead {
-        desired,
-        file: Some(file),
-        local_dir,
-    }))
-}
-
 async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
     match try_reconcile(shared, key).await {
         Ok(done) => {
@@ -907,232 +752,5 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         displaced,
         deferred: false,
         phase,
-    })
-}
-
-/// Persists the decision, then performs its actions. Returns when to look again.
-async fn execute(
-    shared: &Arc<Shared>,
-    key: &TaskKey,
-    before: Option<&TaskStatus>,
-    desired: &Desired,
-    local_dir: Option<PathBuf>,
-    decision: &Decision,
-) -> Result<Option<Duration>, StoreError> {
-    if let Some(new) = &decision.status {
-        let changed = before.is_none_or(|old| !old.same_state(new) || old.observed_at != new.observed_at);
-        if changed {
-            let mut new = new.clone();
-            new.updated_at = chrono::Utc::now();
-            shared.store.write_status(key, &new).await?;
-            log_transition(key, before, &new);
-            record_event_consumed(shared, key, before, &new);
-        }
-    }
-    let mut requeue = decision.requeue_after;
-    let soon = |requeue: &mut Option<Duration>, delay: Duration| {
-        *requeue = Some(requeue.map_or(delay, |r| r.min(delay)));
-    };
-    for action in &decision.actions {
-        match action {
-            Action::EnsureContainer { container, attempt } => {
-                let Desired::Valid(spec) = desired else { continue };
-                let Some(runtime) = shared.runtime(spec.runtime) else {
-                    shared.memory(key, |m| {
-                        m.create_failure = Some((
-                            container.clone(),
-                            Reason::CreateFailed,
-                            format!("the {} runtime is not enabled in this controller", spec.runtime),
-                        ))
-                    });
-                    soon(&mut requeue, Duration::ZERO);
-                    continue;
-                };
-                if let Ok(mut map) = shared.containers.lock() {
-                    map.insert(container.clone(), key.clone());
-                }
-                let attempt_id = decision
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.attempts.iter().find(|a| a.number == *attempt))
-                    .and_then(|a| a.created_at)
-                    .map(|t| crate::status::format_time(&t))
-                    .unwrap_or_default();
-                let result = match container_spec(
-                    key,
-                    spec,
-                    *attempt,
-                    &attempt_id,
-                    container,
-                    local_dir.clone(),
-                    shared.callbacks.as_ref(),
-                ) {
-                    Ok(container_spec) => runtime.ensure(&container_spec).await,
-                    Err(message) => Err(RuntimeError::Permanent {
-                        reason: Reason::CreateFailed,
-                        message,
-                    }),
-                };
-                match result {
-                    // The runtime reports the exit of a short task by itself; looking a little
-                    // later spares it a Running write it would hold for a few milliseconds.
-                    Ok(()) => soon(&mut requeue, FIRST_LOOK),
-                    Err(RuntimeError::Permanent { reason, message }) => {
-                        shared.memory(key, |m| m.create_failure = Some((container.clone(), reason, message)));
-                        soon(&mut requeue, Duration::ZERO);
-                    }
-                    Err(RuntimeError::Transient(message)) => {
-                        tracing::warn!(task = %key, container, "create failed, will retry: {message}");
-                        requeue = Some(shared.infra_backoff(key));
-                    }
-                }
-            }
-            Action::DeleteContainer { container } => {
-                let kind = before
-                    .and_then(|s| s.current())
-                    .map(|a| a.runtime)
-                    .unwrap_or(shared.config.default_runtime);
-                let Some(runtime) = shared.runtime(kind) else { continue };
-                match runtime.delete(container).await {
-                    Ok(()) => soon(&mut requeue, Duration::ZERO),
-                    Err(err) => {
-                        tracing::warn!(task = %key, container, "delete failed, will retry: {err}");
-                        requeue = Some(shared.infra_backoff(key));
-                    }
-                }
-            }
-            Action::RemoveStatus => {
-                shared.store.delete_status(key).await?;
-                for runtime in shared.runtimes.values() {
-                    let _ = runtime.forget(&key.container_prefix()).await;
-                }
-                if let Some(callbacks) = &shared.callbacks {
-                    callbacks.inbox.forget(&key.container_prefix());
-                }
-                if let Ok(mut map) = shared.containers.lock() {
-                    map.retain(|_, owner| owner != key);
-                }
-                if let Ok(mut memory) = shared.memory.lock() {
-                    memory.remove(key);
-                }
-                tracing::info!(task = %key, "manifest removed; task cleaned up");
-            }
-        }
-    }
-    Ok(requeue)
-}
-
-/// Once the status records a completion event durably, its inbox copy can go.
-fn record_event_consumed(shared: &Shared, key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus) {
-    let by_event = |s: Option<&TaskStatus>| {
-        s.and_then(|s| s.attempts.iter().find(|a| a.number == after.attempt))
-            .is_some_and(|a| a.completed_by == Some(CompletedBy::Event))
-    };
-    if !by_event(Some(after)) || by_event(before) {
-        return;
-    }
-    if let (Some(callbacks), Some(current)) = (&shared.callbacks, after.current()) {
-        callbacks.inbox.remove(&current.container);
-    }
-    if let Some(at) = shared.memory(key, |m| m.event_at.take()) {
-        let latency = at.elapsed();
-        shared.metrics.event_to_status_seconds.observe(latency.as_secs_f64());
-        tracing::debug!(task = %key, latency_us = latency.as_micros() as u64, "completion event recorded in the status");
-    }
-}
-
-fn log_transition(key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus) {
-    let old = before.map(|s| s.phase);
-    if old == Some(after.phase) {
-        return;
-    }
-    let reason = after.reason.map(|r| format!(" ({r:?})")).unwrap_or_default();
-    match after.phase {
-        Phase::Failed | Phase::Invalid => tracing::warn!(
-            task = %key,
-            attempt = after.attempt,
-            "{} -> {}{reason}: {}",
-            old.map_or("new", Phase::as_str),
-            after.phase,
-            after.message.as_deref().unwrap_or("")
-        ),
-        _ => tracing::info!(
-            task = %key,
-            attempt = after.attempt,
-            "{} -> {}{reason}",
-            old.map_or("new", Phase::as_str),
-            after.phase
-        ),
-    }
-}
-
-/// What the runtime is asked to run for one attempt; secrets are resolved here.
-fn container_spec(
-    key: &TaskKey,
-    spec: &TaskSpec,
-    attempt: u32,
-    attempt_id: &str,
-    container: &str,
-    local_dir: Option<PathBuf>,
-    callbacks: Option<&Callbacks>,
-) -> Result<ContainerSpec, String> {
-    let mut env = vec![
-        ("SKIFF_TASK".to_string(), key.to_string()),
-        ("SKIFF_ATTEMPT".to_string(), attempt.to_string()),
-        ("SKIFF_INDEX".to_string(), "0".to_string()),
-    ];
-    if spec.completion_mode == CompletionMode::Event {
-        let Some(callbacks) = callbacks else {
-            return Err("event completion needs the HTTP API: start the controller with --listen".into());
-        };
-        let token = callbacks.secret.token(key.as_str(), attempt, 0, &spec.spec_hash);
-        let url = callback::callback_url(&callbacks.base_url, key.as_str(), attempt, 0, &token);
-        env.push(("SKIFF_CALLBACK_URL".to_string(), url));
-    }
-    for (name, value) in &spec.env {
-        let value = match value {
-            EnvValue::Value(value) => value.clone(),
-            EnvValue::FromEnv(var) => std::env::var(var)
-                .map_err(|_| format!("env {name}: valueFrom.env {var} is not set in the controller's environment"))?,
-        };
-        env.push((name.clone(), value));
-    }
-    // On the host, a relative workingDir is the manifest's folder's; in a container it
-    // is the container's own path, passed as written.
-    let working_dir = match (&spec.working_dir, local_dir) {
-        (Some(dir), Some(base)) if spec.runtime == RuntimeKind::Process => Some(base.join(dir)),
-        (Some(dir), _) => Some(PathBuf::from(dir)),
-        (None, base) if spec.runtime == RuntimeKind::Process => base,
-        (None, _) => None,
-    };
-    let labels = BTreeMap::from([
-        (runtime::LABEL_TASK.to_string(), key.to_string()),
-        (runtime::LABEL_ATTEMPT.to_string(), attempt.to_string()),
-        (runtime::LABEL_INDEX.to_string(), "0".to_string()),
-        (runtime::LABEL_SPEC_HASH.to_string(), spec.spec_hash.clone()),
-        (runtime::LABEL_ATTEMPT_ID.to_string(), attempt_id.to_string()),
-    ]);
-    Ok(ContainerSpec {
-        name: container.to_string(),
-        labels,
-        image: spec.image.clone(),
-        command: spec.command.clone(),
-        args: spec.args.clone(),
-        network: spec.network.clone(),
-        mounts: spec
-            .volumes
-            .iter()
-            .filter_map(|v| {
-                Some(runtime::Mount {
-                    host_path: PathBuf::from(v.host_path.as_ref()?),
-                    mount_path: v.mount_path.clone(),
-                    read_only: v.read_only,
-                })
-            })
-            .collect(),
-        working_dir,
-        env,
-        cpu: spec.cpu,
-        memory_bytes: spec.memory_bytes,
     })
 }

@@ -1,0 +1,242 @@
+//! Persisting a decision, then acting on it: status writes, container creates and
+//! deletes, and what each container is given to run (secrets resolved here).
+
+use super::{Callbacks, FIRST_LOOK, Shared};
+use crate::callback;
+use crate::controller::reconcile::{Action, Decision, Desired};
+use crate::manifest::{CompletionMode, EnvValue, RuntimeKind, TaskSpec};
+use crate::runtime::{self, ContainerSpec, RuntimeError};
+use crate::status::{CompletedBy, Phase, Reason, TaskStatus};
+use crate::store::StoreError;
+use crate::task::TaskKey;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Persists the decision, then performs its actions. Returns when to look again.
+pub(super) async fn execute(
+    shared: &Arc<Shared>,
+    key: &TaskKey,
+    before: Option<&TaskStatus>,
+    desired: &Desired,
+    local_dir: Option<PathBuf>,
+    decision: &Decision,
+) -> Result<Option<Duration>, StoreError> {
+    if let Some(new) = &decision.status {
+        let changed = before.is_none_or(|old| !old.same_state(new) || old.observed_at != new.observed_at);
+        if changed {
+            let mut new = new.clone();
+            new.updated_at = chrono::Utc::now();
+            shared.store.write_status(key, &new).await?;
+            log_transition(key, before, &new);
+            record_event_consumed(shared, key, before, &new);
+        }
+    }
+    let mut requeue = decision.requeue_after;
+    let soon = |requeue: &mut Option<Duration>, delay: Duration| {
+        *requeue = Some(requeue.map_or(delay, |r| r.min(delay)));
+    };
+    for action in &decision.actions {
+        match action {
+            Action::EnsureContainer { container, attempt } => {
+                let Desired::Valid(spec) = desired else { continue };
+                let Some(runtime) = shared.runtime(spec.runtime) else {
+                    shared.memory(key, |m| {
+                        m.create_failure = Some((
+                            container.clone(),
+                            Reason::CreateFailed,
+                            format!("the {} runtime is not enabled in this controller", spec.runtime),
+                        ))
+                    });
+                    soon(&mut requeue, Duration::ZERO);
+                    continue;
+                };
+                if let Ok(mut map) = shared.containers.lock() {
+                    map.insert(container.clone(), key.clone());
+                }
+                let attempt_id = decision
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.attempts.iter().find(|a| a.number == *attempt))
+                    .and_then(|a| a.created_at)
+                    .map(|t| crate::status::format_time(&t))
+                    .unwrap_or_default();
+                let result = match container_spec(
+                    key,
+                    spec,
+                    *attempt,
+                    &attempt_id,
+                    container,
+                    local_dir.clone(),
+                    shared.callbacks.as_ref(),
+                ) {
+                    Ok(container_spec) => runtime.ensure(&container_spec).await,
+                    Err(message) => Err(RuntimeError::Permanent {
+                        reason: Reason::CreateFailed,
+                        message,
+                    }),
+                };
+                match result {
+                    // The runtime reports the exit of a short task by itself; looking a little
+                    // later spares it a Running write it would hold for a few milliseconds.
+                    Ok(()) => soon(&mut requeue, FIRST_LOOK),
+                    Err(RuntimeError::Permanent { reason, message }) => {
+                        shared.memory(key, |m| m.create_failure = Some((container.clone(), reason, message)));
+                        soon(&mut requeue, Duration::ZERO);
+                    }
+                    Err(RuntimeError::Transient(message)) => {
+                        tracing::warn!(task = %key, container, "create failed, will retry: {message}");
+                        requeue = Some(shared.infra_backoff(key));
+                    }
+                }
+            }
+            Action::DeleteContainer { container } => {
+                let kind = before
+                    .and_then(|s| s.current())
+                    .map(|a| a.runtime)
+                    .unwrap_or(shared.config.default_runtime);
+                let Some(runtime) = shared.runtime(kind) else { continue };
+                match runtime.delete(container).await {
+                    Ok(()) => soon(&mut requeue, Duration::ZERO),
+                    Err(err) => {
+                        tracing::warn!(task = %key, container, "delete failed, will retry: {err}");
+                        requeue = Some(shared.infra_backoff(key));
+                    }
+                }
+            }
+            Action::RemoveStatus => {
+                shared.store.delete_status(key).await?;
+                for runtime in shared.runtimes.values() {
+                    let _ = runtime.forget(&key.container_prefix()).await;
+                }
+                if let Some(callbacks) = &shared.callbacks {
+                    callbacks.inbox.forget(&key.container_prefix());
+                }
+                if let Ok(mut map) = shared.containers.lock() {
+                    map.retain(|_, owner| owner != key);
+                }
+                if let Ok(mut memory) = shared.memory.lock() {
+                    memory.remove(key);
+                }
+                tracing::info!(task = %key, "manifest removed; task cleaned up");
+            }
+        }
+    }
+    Ok(requeue)
+}
+
+/// Once the status records a completion event durably, its inbox copy can go.
+fn record_event_consumed(shared: &Shared, key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus) {
+    let by_event = |s: Option<&TaskStatus>| {
+        s.and_then(|s| s.attempts.iter().find(|a| a.number == after.attempt))
+            .is_some_and(|a| a.completed_by == Some(CompletedBy::Event))
+    };
+    if !by_event(Some(after)) || by_event(before) {
+        return;
+    }
+    if let (Some(callbacks), Some(current)) = (&shared.callbacks, after.current()) {
+        callbacks.inbox.remove(&current.container);
+    }
+    if let Some(at) = shared.memory(key, |m| m.event_at.take()) {
+        let latency = at.elapsed();
+        shared.metrics.event_to_status_seconds.observe(latency.as_secs_f64());
+        tracing::debug!(task = %key, latency_us = latency.as_micros() as u64, "completion event recorded in the status");
+    }
+}
+
+fn log_transition(key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus) {
+    let old = before.map(|s| s.phase);
+    if old == Some(after.phase) {
+        return;
+    }
+    let reason = after.reason.map(|r| format!(" ({r:?})")).unwrap_or_default();
+    match after.phase {
+        Phase::Failed | Phase::Invalid => tracing::warn!(
+            task = %key,
+            attempt = after.attempt,
+            "{} -> {}{reason}: {}",
+            old.map_or("new", Phase::as_str),
+            after.phase,
+            after.message.as_deref().unwrap_or("")
+        ),
+        _ => tracing::info!(
+            task = %key,
+            attempt = after.attempt,
+            "{} -> {}{reason}",
+            old.map_or("new", Phase::as_str),
+            after.phase
+        ),
+    }
+}
+
+/// What the runtime is asked to run for one attempt; secrets are resolved here.
+fn container_spec(
+    key: &TaskKey,
+    spec: &TaskSpec,
+    attempt: u32,
+    attempt_id: &str,
+    container: &str,
+    local_dir: Option<PathBuf>,
+    callbacks: Option<&Callbacks>,
+) -> Result<ContainerSpec, String> {
+    let mut env = vec![
+        ("SKIFF_TASK".to_string(), key.to_string()),
+        ("SKIFF_ATTEMPT".to_string(), attempt.to_string()),
+        ("SKIFF_INDEX".to_string(), "0".to_string()),
+    ];
+    if spec.completion_mode == CompletionMode::Event {
+        let Some(callbacks) = callbacks else {
+            return Err("event completion needs the HTTP API: start the controller with --listen".into());
+        };
+        let token = callbacks.secret.token(key.as_str(), attempt, 0, &spec.spec_hash);
+        let url = callback::callback_url(&callbacks.base_url, key.as_str(), attempt, 0, &token);
+        env.push(("SKIFF_CALLBACK_URL".to_string(), url));
+    }
+    for (name, value) in &spec.env {
+        let value = match value {
+            EnvValue::Value(value) => value.clone(),
+            EnvValue::FromEnv(var) => std::env::var(var)
+                .map_err(|_| format!("env {name}: valueFrom.env {var} is not set in the controller's environment"))?,
+        };
+        env.push((name.clone(), value));
+    }
+    // On the host, a relative workingDir is the manifest's folder's; in a container it
+    // is the container's own path, passed as written.
+    let working_dir = match (&spec.working_dir, local_dir) {
+        (Some(dir), Some(base)) if spec.runtime == RuntimeKind::Process => Some(base.join(dir)),
+        (Some(dir), _) => Some(PathBuf::from(dir)),
+        (None, base) if spec.runtime == RuntimeKind::Process => base,
+        (None, _) => None,
+    };
+    let labels = BTreeMap::from([
+        (runtime::LABEL_TASK.to_string(), key.to_string()),
+        (runtime::LABEL_ATTEMPT.to_string(), attempt.to_string()),
+        (runtime::LABEL_INDEX.to_string(), "0".to_string()),
+        (runtime::LABEL_SPEC_HASH.to_string(), spec.spec_hash.clone()),
+        (runtime::LABEL_ATTEMPT_ID.to_string(), attempt_id.to_string()),
+    ]);
+    Ok(ContainerSpec {
+        name: container.to_string(),
+        labels,
+        image: spec.image.clone(),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        network: spec.network.clone(),
+        mounts: spec
+            .volumes
+            .iter()
+            .filter_map(|v| {
+                Some(runtime::Mount {
+                    host_path: PathBuf::from(v.host_path.as_ref()?),
+                    mount_path: v.mount_path.clone(),
+                    read_only: v.read_only,
+                })
+            })
+            .collect(),
+        working_dir,
+        env,
+        cpu: spec.cpu,
+        memory_bytes: spec.memory_bytes,
+    })
+}
