@@ -89,3 +89,40 @@ fn an_image_that_cannot_be_had_fails_the_attempt_with_image_pull_failed() {
     assert_eq!(status["reason"], "ImagePullFailed", "{status:#}");
     assert!(skiff_containers(&ws.root().join(".skiff")).is_empty());
 }
+
+#[test]
+fn containers_of_tasks_that_no_longer_exist_are_removed_at_start_up() {
+    if !docker_or_skip("containers_of_tasks_that_no_longer_exist") {
+        return;
+    }
+    let ws = Workspace::new();
+    let state = ws.root().join(".skiff");
+    std::fs::create_dir_all(&state).unwrap();
+    let canonical = std::fs::canonicalize(&state).unwrap();
+    let name = format!("skiff-ghost-{}-1", std::process::id());
+    let created = std::process::Command::new("docker")
+        .args(["create", "--name", &name, "--label", "skiff.task=ghost", "--label"])
+        .arg(format!("skiff.state-dir={}", canonical.display()))
+        .args([DOCKER_IMAGE, "true"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    // A task that does exist keeps its container.
+    ws.write(
+        "alive.yaml",
+        &format!("apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  runtime: docker\n  image: {DOCKER_IMAGE}\n  command: [sleep, '300']\n  network: none\n"),
+    );
+    let _controller = ws.controller(&[]);
+    ws.wait_until(LONG, "the orphan to be removed", || {
+        !skiff_containers(&state).contains(&name)
+    });
+    ws.wait_phase("alive", "Running", LONG);
+    let left = skiff_containers(&state);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with("skiff-alive-"), "{left:?}");
+    // Cancel it, which also leaves the engine clean.
+    std::fs::remove_file(ws.root().join("alive.yaml")).unwrap();
+    ws.wait_until(LONG, "the cancelled task's container to go", || {
+        skiff_containers(&state).is_empty()
+    });
+}
