@@ -285,3 +285,36 @@ fn crash_safety_under_repeated_sigkill() {
         processes_mentioning(&ws.root().display().to_string()).is_empty()
     });
 }
+
+#[test]
+fn a_runtime_cap_holds_tasks_back_under_the_global_limit() {
+    let ws = Workspace::new();
+    let ledger = ws.ledger().display().to_string();
+    for i in 0..8 {
+        ws.task(
+            &format!("p{i}.yaml"),
+            &format!("echo start >> {ledger}; sleep 0.3; echo end >> {ledger}"),
+            "",
+        );
+    }
+    let controller = ws.controller(&["--once", "--max-running", "6", "--max-running-process", "2"]);
+    let mut saw_cap = false;
+    let deadline = Instant::now() + LONG;
+    while Instant::now() < deadline && !(0..8).all(|i| ws.phase(&format!("p{i}")).as_deref() == Some("Succeeded")) {
+        saw_cap |= (0..8).any(|i| {
+            ws.status(&format!("p{i}")).is_some_and(|s| {
+                s["reason"] == "WaitingForSlot"
+                    && s["message"].as_str().unwrap_or("").contains("max-running-process 2/2")
+            })
+        });
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(controller.wait(LONG), Some(0));
+    let (mut now, mut most) = (0i32, 0i32);
+    for line in ws.ledger_lines() {
+        now += if line == "start" { 1 } else { -1 };
+        most = most.max(now);
+    }
+    assert_eq!(most, 2, "the process cap, not the global limit, held them");
+    assert!(saw_cap, "a waiting task names the cap that holds it");
+}

@@ -42,8 +42,27 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             Some(Arc::<str>::from(token))
         }
     };
-    if args.max_running == Some(0) {
-        return Err(UsageError("--max-running 0 would never run anything; give at least 1".into()).into());
+    let mut per_runtime = std::collections::HashMap::new();
+    for (flag, kind, value) in [
+        ("--max-running", None, args.max_running),
+        (
+            "--max-running-process",
+            Some(RuntimeKind::Process),
+            args.max_running_process,
+        ),
+        (
+            "--max-running-docker",
+            Some(RuntimeKind::Docker),
+            args.max_running_docker,
+        ),
+        ("--max-running-aci", Some(RuntimeKind::Aci), args.max_running_aci),
+    ] {
+        if value == Some(0) {
+            return Err(UsageError(format!("{flag} 0 would never run anything; give at least 1")).into());
+        }
+        if let (Some(kind), Some(max)) = (kind, value) {
+            per_runtime.insert(kind, max);
+        }
     }
     for prefix in &args.allow_host_path {
         if !prefix.is_absolute() {
@@ -68,6 +87,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let config = ControllerConfig {
         default_runtime,
         max_running: args.max_running,
+        max_running_per_runtime: per_runtime,
         resync: args.resync,
         once: args.once,
         allow_host_paths: args.allow_host_path.clone(),

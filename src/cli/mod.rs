@@ -81,6 +81,15 @@ pub struct ControllerArgs {
     /// At most this many containers at once.
     #[arg(long, env = "SKIFF_MAX_RUNNING")]
     pub max_running: Option<usize>,
+    /// At most this many host processes at once (on top of --max-running).
+    #[arg(long, env = "SKIFF_MAX_RUNNING_PROCESS")]
+    pub max_running_process: Option<usize>,
+    /// At most this many Docker containers at once (on top of --max-running).
+    #[arg(long, env = "SKIFF_MAX_RUNNING_DOCKER")]
+    pub max_running_docker: Option<usize>,
+    /// At most this many ACI container groups at once (on top of --max-running).
+    #[arg(long, env = "SKIFF_MAX_RUNNING_ACI")]
+    pub max_running_aci: Option<usize>,
     /// Full relist interval (heals missed file notifications).
     #[arg(long, env = "SKIFF_RESYNC", default_value = "60s", value_parser = parse_duration)]
     pub resync: Duration,

@@ -1,13 +1,15 @@
-//! Concurrency limits: `--max-running`, a slot per live container, served first come,
-//! first served by the time each task was first seen (DESIGN.md §8).
+//! Concurrency limits: `--max-running` and the per-runtime caps (`--max-running-docker`,
+//! ...), a slot per live container, served first come, first served by the time each
+//! task was first seen (DESIGN.md §8).
 //!
 //! A task holds its slot from the moment it decides to create a container until that
 //! container is gone. A freed slot is offered to the longest-waiting task, and a newer
 //! task cannot take it first, so no task starves behind a stream of new ones.
 
 use super::reconcile::Slot;
+use crate::manifest::RuntimeKind;
 use crate::task::TaskKey;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use tokio::sync::mpsc;
 
@@ -40,13 +42,16 @@ struct State {
 impl Limits {
     pub fn new(name: &str, max: Option<usize>) -> (Self, mpsc::UnboundedReceiver<TaskKey>) {
         let (wake, woken) = mpsc::unbounded_channel();
-        let limits = Limits {
+        (Self::with_wake(name, max, wake), woken)
+    }
+
+    fn with_wake(name: &str, max: Option<usize>, wake: mpsc::UnboundedSender<TaskKey>) -> Self {
+        Limits {
             name: name.to_string(),
             max,
             state: Mutex::new(State::default()),
             wake,
-        };
-        (limits, woken)
+        }
     }
 
     /// Reserves a slot for `key` if one is free and no earlier task waits for it.
@@ -114,6 +119,63 @@ impl Limits {
     }
 }
 
+/// The global limit and each runtime's own: a task holds a slot in both, or in neither.
+pub struct Slots {
+    global: Limits,
+    runtimes: HashMap<RuntimeKind, Limits>,
+}
+
+impl Slots {
+    pub fn new(
+        global: Option<usize>,
+        per_runtime: &HashMap<RuntimeKind, usize>,
+    ) -> (Self, mpsc::UnboundedReceiver<TaskKey>) {
+        let (wake, woken) = mpsc::unbounded_channel();
+        let runtimes = per_runtime
+            .iter()
+            .map(|(kind, max)| {
+                (
+                    *kind,
+                    Limits::with_wake(&format!("max-running-{kind}"), Some(*max), wake.clone()),
+                )
+            })
+            .collect();
+        let global = Limits::with_wake("max-running", global, wake);
+        (Slots { global, runtimes }, woken)
+    }
+
+    /// The runtime's cap first, then the global one; a task refused by the second gives
+    /// back what it got from the first.
+    pub fn try_acquire(&self, key: &TaskKey, order: u64, runtime: RuntimeKind) -> Slot {
+        let own = self.runtimes.get(&runtime);
+        if let Some(own) = own {
+            let slot = own.try_acquire(key, order);
+            if slot != Slot::Granted {
+                return slot;
+            }
+        }
+        let slot = self.global.try_acquire(key, order);
+        if slot != Slot::Granted
+            && let Some(own) = own
+        {
+            own.settle(key, Standing::Idle, order);
+        }
+        slot
+    }
+
+    /// See [`Limits::settle`]; a live task holds a slot of its container's runtime.
+    pub fn settle(&self, key: &TaskKey, standing: Standing, order: u64, runtime: Option<RuntimeKind>) {
+        self.global.settle(key, standing, order);
+        for (kind, limits) in &self.runtimes {
+            let standing = match standing {
+                Standing::Live if Some(*kind) != runtime => Standing::Idle,
+                other => other,
+            };
+            limits.settle(key, standing, order);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +203,37 @@ mod tests {
         assert!(matches!(limits.try_acquire(&key("c"), 3), Slot::Full { .. }));
         assert_eq!(limits.try_acquire(&key("b"), 2), Slot::Granted);
         assert_eq!(limits.in_use(), 1);
+    }
+
+    #[test]
+    fn a_runtime_cap_holds_a_task_back_and_names_itself() {
+        let caps = HashMap::from([(RuntimeKind::Docker, 1)]);
+        let (slots, _woken) = Slots::new(Some(10), &caps);
+        assert_eq!(slots.try_acquire(&key("a"), 1, RuntimeKind::Docker), Slot::Granted);
+        assert_eq!(
+            slots.try_acquire(&key("b"), 2, RuntimeKind::Docker),
+            Slot::Full {
+                limit: "max-running-docker 1/1".into()
+            }
+        );
+        // Other runtimes are not held back by docker's cap.
+        assert_eq!(slots.try_acquire(&key("c"), 3, RuntimeKind::Process), Slot::Granted);
+        slots.settle(&key("a"), Standing::Idle, 1, None);
+        assert_eq!(slots.try_acquire(&key("b"), 2, RuntimeKind::Docker), Slot::Granted);
+    }
+
+    #[test]
+    fn a_task_refused_by_the_global_limit_gives_back_its_runtime_slot() {
+        let caps = HashMap::from([(RuntimeKind::Docker, 5)]);
+        let (slots, _woken) = Slots::new(Some(1), &caps);
+        assert_eq!(slots.try_acquire(&key("a"), 1, RuntimeKind::Process), Slot::Granted);
+        assert_eq!(
+            slots.try_acquire(&key("b"), 2, RuntimeKind::Docker),
+            Slot::Full {
+                limit: "max-running 1/1".into()
+            }
+        );
+        assert_eq!(slots.runtimes[&RuntimeKind::Docker].in_use(), 0);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::runtime::{self, ContainerState, Runtime};
 use crate::status::{Phase, Reason};
 use crate::store::{Fingerprint, ManifestRead, Store, StoreError, StoreEvent};
 use crate::task::TaskKey;
-use limits::{Limits, Standing};
+use limits::{Slots, Standing};
 use queue::WorkQueue;
 use reconcile::{Desired, Input, Observed, Slot};
 use std::collections::HashMap;
@@ -52,6 +52,8 @@ pub struct ControllerConfig {
     pub default_runtime: RuntimeKind,
     /// `--max-running`: live containers across all runtimes.
     pub max_running: Option<usize>,
+    /// `--max-running-process`, `--max-running-docker`, `--max-running-aci`.
+    pub max_running_per_runtime: HashMap<RuntimeKind, usize>,
     /// Full relist interval, healing missed notifications.
     pub resync: Duration,
     /// Stop once every task is final.
@@ -68,6 +70,7 @@ impl Default for ControllerConfig {
         ControllerConfig {
             default_runtime: RuntimeKind::Process,
             max_running: None,
+            max_running_per_runtime: HashMap::new(),
             resync: Duration::from_secs(60),
             once: false,
             allow_host_paths: Vec::new(),
@@ -135,7 +138,7 @@ struct Shared {
     store: Arc<dyn Store>,
     runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
     config: ControllerConfig,
-    limits: Limits,
+    limits: Slots,
     memory: Mutex<HashMap<TaskKey, Memory>>,
     /// First-seen order of each task, for first come, first served.
     order: Mutex<HashMap<TaskKey, u64>>,
@@ -179,7 +182,7 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(store: Arc<dyn Store>, runtimes: Vec<Arc<dyn Runtime>>, config: ControllerConfig) -> Self {
-        let (limits, woken) = Limits::new("max-running", config.max_running);
+        let (limits, woken) = Slots::new(config.max_running, &config.max_running_per_runtime);
         let runtimes = runtimes.into_iter().map(|r| (r.kind(), r)).collect();
         Controller {
             shared: Arc::new(Shared {
@@ -720,7 +723,11 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
                 phase: None,
             });
         }
-        let slot = shared.limits.try_acquire(key, order);
+        let runtime = match &desired {
+            Desired::Valid(spec) => spec.runtime,
+            _ => shared.config.default_runtime,
+        };
+        let slot = shared.limits.try_acquire(key, order, runtime);
         if slot != Slot::Granted {
             decision = reconcile::decide(Input { slot, ..input });
         }
@@ -730,7 +737,8 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         Some(s) if s.phase == Phase::Pending && s.reason == Some(Reason::WaitingForSlot) => Standing::Waiting,
         _ => Standing::Idle,
     };
-    shared.limits.settle(key, standing, order);
+    let live_runtime = decision.status.as_ref().and_then(|s| s.current()).map(|a| a.runtime);
+    shared.limits.settle(key, standing, order, live_runtime);
 
     let requeue = execute(shared, key, status.as_ref(), &desired, local_dir, &decision).await?;
     let state = match &decision.status {
