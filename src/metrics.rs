@@ -23,6 +23,10 @@ pub struct Metrics {
     pub callbacks: Family<Labels, Counter>,
     /// Event latency: callback accepted to status written, in seconds.
     pub event_to_status_seconds: Histogram,
+    /// ARM's `x-ms-ratelimit-remaining-*` headers, by header.
+    pub aci_ratelimit_remaining: Family<Labels, Gauge>,
+    /// Creates the ACI create quota allows now, by window.
+    pub aci_create_tokens: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -41,6 +45,18 @@ impl Metrics {
         let tasks = Family::<Labels, Gauge>::default();
         let callbacks = Family::<Labels, Counter>::default();
         let event_to_status_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        let aci_ratelimit_remaining = Family::<Labels, Gauge>::default();
+        let aci_create_tokens = Family::<Labels, Gauge>::default();
+        registry.register(
+            "aci_ratelimit_remaining",
+            "ARM's x-ms-ratelimit-remaining-* headers, as last answered",
+            aci_ratelimit_remaining.clone(),
+        );
+        registry.register(
+            "aci_create_tokens",
+            "Container group creates the ACI create quota allows now, by window",
+            aci_create_tokens.clone(),
+        );
         registry.register("reconcile", "Reconciles by result", reconciles.clone());
         registry.register(
             "reconcile_time_seconds",
@@ -73,6 +89,8 @@ impl Metrics {
             tasks,
             callbacks,
             event_to_status_seconds,
+            aci_ratelimit_remaining,
+            aci_create_tokens,
         }
     }
 

@@ -391,10 +391,12 @@ fn corpus() -> Vec<Bad> {
             alone: true,
         },
         Bad {
-            file: "later-aci.yaml",
-            task: "later-aci",
-            content: head("spec:\n  runtime: aci\n  image: busybox\n  command: [sh, -c, 'exit 0']\n"),
-            expect: &["spec.runtime", "not supported yet"],
+            file: "aci-too-big.yaml",
+            task: "aci-too-big",
+            content: head(
+                "spec:\n  runtime: aci\n  image: busybox\n  command: [sh, -c, 'exit 0']\n  resources: {cpu: 8}\n",
+            ),
+            expect: &["spec.resources.cpu", "at most 4"],
             alone: true,
         },
         // --- Files that cannot be read: no line or column exists, so the message says

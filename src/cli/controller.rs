@@ -7,9 +7,11 @@ use crate::callback::{CallbackSecret, Inbox};
 use crate::controller::{Callbacks, Controller, ControllerConfig, Outcome};
 use crate::manifest::RuntimeKind;
 use crate::runtime::Runtime;
+use crate::runtime::aci::{AciConfig, AciCredential, AciRuntime, CredentialKind};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -17,12 +19,6 @@ use tokio_util::sync::CancellationToken;
 pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.log)?;
     let default_runtime = RuntimeKind::from(args.runtime);
-    if default_runtime == RuntimeKind::Aci {
-        return Err(UsageError(format!(
-            "--runtime {default_runtime} is not supported yet by this version of skiff; use --runtime process or docker"
-        ))
-        .into());
-    }
     if args.listen.is_none() && (args.callback_url.is_some() || args.api_token_file.is_some()) {
         return Err(UsageError("--callback-url and --api-token-file need --listen ADDRESS:PORT".into()).into());
     }
@@ -83,7 +79,11 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     // answer is an infrastructure error, retried, never a reason not to start.
     let docker = DockerRuntime::connect(&state, args.docker_network.clone())
         .map_err(|err| UsageError(format!("--state-dir {}: {err}", state.display())))?;
-    let runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(process), Arc::new(docker)];
+    let mut runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(process), Arc::new(docker)];
+    let aci = aci_runtime(&args, &state, default_runtime)?;
+    if let Some(aci) = &aci {
+        runtimes.push(aci.clone());
+    }
     let config = ControllerConfig {
         default_runtime,
         max_running: args.max_running,
@@ -136,8 +136,31 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             (controller, Some(api::router(state)))
         }
     };
+    let metrics = controller.metrics();
     let outcome = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        if let Some(aci) = aci {
+            // ARM's remaining-request headers and the create bucket, for /metrics.
+            tokio::spawn(async move {
+                loop {
+                    for (header, remaining) in aci.rate_limit_remaining() {
+                        let labels = crate::metrics::Metrics::label("header", header);
+                        metrics
+                            .aci_ratelimit_remaining
+                            .get_or_create(&labels)
+                            .set(remaining as i64);
+                    }
+                    for (window, available) in aci.create_tokens_available() {
+                        let labels = crate::metrics::Metrics::label("window", window);
+                        metrics
+                            .aci_create_tokens
+                            .get_or_create(&labels)
+                            .set(i64::from(available));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
+            });
+        }
         if let (Some(listener), Some(router)) = (listener, api) {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             let stop = shutdown.clone();
@@ -164,6 +187,59 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         Outcome::AllSucceeded | Outcome::Shutdown => ExitCode::SUCCESS,
         Outcome::SomeFailed => ExitCode::from(1),
     })
+}
+
+/// The aci runtime, when it is configured. `--runtime aci` needs it; otherwise it is made
+/// when the subscription, resource group and location are all given, so that single
+/// tasks can say `runtime: aci`.
+fn aci_runtime(
+    args: &ControllerArgs,
+    state: &Path,
+    default_runtime: RuntimeKind,
+) -> anyhow::Result<Option<Arc<AciRuntime>>> {
+    let given = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+    let subscription = given(&args.aci_subscription_id).or_else(|| given(&std::env::var("AZURE_SUBSCRIPTION_ID").ok()));
+    let (Some(subscription), Some(group), Some(location)) =
+        (subscription, given(&args.aci_resource_group), given(&args.aci_location))
+    else {
+        if default_runtime == RuntimeKind::Aci {
+            let mut missing = Vec::new();
+            if given(&args.aci_subscription_id).is_none() && std::env::var("AZURE_SUBSCRIPTION_ID").is_err() {
+                missing.push("--aci-subscription-id (or AZURE_SUBSCRIPTION_ID)");
+            }
+            if given(&args.aci_resource_group).is_none() {
+                missing.push("--aci-resource-group");
+            }
+            if given(&args.aci_location).is_none() {
+                missing.push("--aci-location");
+            }
+            return Err(UsageError(format!("--runtime aci needs {}", missing.join(", "))).into());
+        }
+        return Ok(None);
+    };
+    let kind = args.azure_credential.unwrap_or_else(guess_credential);
+    let mut config = AciConfig::new(subscription, group, location, AciCredential::Azure(kind));
+    config.arm_endpoint = args.arm_endpoint.clone();
+    config.create_quota = args.aci_create_quota.clone();
+    let aci = AciRuntime::new(state, config).map_err(|err| UsageError(err.to_string()))?;
+    tracing::info!("aci: containers run as container groups; tokens from the {kind} credential");
+    Ok(Some(Arc::new(aci)))
+}
+
+/// The credential the environment points at, in DefaultAzureCredential's order (without
+/// its probing): workload identity, a service principal's secret, a managed identity's
+/// endpoint; else the Azure CLI.
+fn guess_credential() -> CredentialKind {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    if set("AZURE_FEDERATED_TOKEN_FILE") {
+        CredentialKind::Workload
+    } else if set("AZURE_CLIENT_SECRET") {
+        CredentialKind::Secret
+    } else if set("IDENTITY_ENDPOINT") || set("MSI_ENDPOINT") {
+        CredentialKind::Managed
+    } else {
+        CredentialKind::Cli
+    }
 }
 
 async fn wait_for_signal() {

@@ -27,6 +27,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per run: the size of the controller's flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Watch a folder of ContainerTask manifests and run them.
@@ -102,6 +104,26 @@ pub struct ControllerArgs {
     /// Log filter, e.g. `info` or `skiff=debug`.
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     pub log: String,
+    /// ACI: the subscription container groups are made in (default: AZURE_SUBSCRIPTION_ID).
+    #[arg(long, env = "SKIFF_ACI_SUBSCRIPTION_ID")]
+    pub aci_subscription_id: Option<String>,
+    /// ACI: the resource group container groups are made in.
+    #[arg(long, env = "SKIFF_ACI_RESOURCE_GROUP")]
+    pub aci_resource_group: Option<String>,
+    /// ACI: the region of container groups, e.g. westus2.
+    #[arg(long, env = "SKIFF_ACI_LOCATION")]
+    pub aci_location: Option<String>,
+    /// ACI: at most COUNT creates in any DURATION, per window.
+    #[arg(long, env = "SKIFF_ACI_CREATE_QUOTA", default_value = crate::runtime::aci::DEFAULT_CREATE_QUOTA,
+          value_parser = parse_create_quota)]
+    pub aci_create_quota: crate::runtime::aci::CreateQuota,
+    /// Azure Resource Manager's URL (a sovereign cloud's, or a simulator's).
+    #[arg(long, env = "SKIFF_ARM_ENDPOINT", default_value = crate::runtime::aci::DEFAULT_ARM_ENDPOINT)]
+    pub arm_endpoint: String,
+    /// Where Azure tokens come from: managed, workload, secret or cli (default: guessed
+    /// from the environment, else cli).
+    #[arg(long, env = "SKIFF_AZURE_CREDENTIAL", value_parser = parse_credential)]
+    pub azure_credential: Option<crate::runtime::aci::CredentialKind>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -188,6 +210,14 @@ pub struct WaitArgs {
     pub wait_for: WaitFor,
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+fn parse_create_quota(text: &str) -> Result<crate::runtime::aci::CreateQuota, String> {
+    text.parse()
+}
+
+fn parse_credential(text: &str) -> Result<crate::runtime::aci::CredentialKind, String> {
+    text.parse()
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

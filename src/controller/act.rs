@@ -170,6 +170,43 @@ fn log_transition(key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus
     }
 }
 
+/// What the aci runtime reads from labels, for want of fields in `ContainerSpec`: which
+/// variables are secrets (sent as `secureValue`), the azureFile volumes (their keys named,
+/// not given), and the task's own location. None of these become tags.
+fn aci_labels(spec: &TaskSpec, labels: &mut BTreeMap<String, String>) {
+    use crate::runtime::aci;
+    let secrets: Vec<&str> = spec
+        .env
+        .iter()
+        .filter(|(_, value)| matches!(value, EnvValue::FromEnv(_)))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !secrets.is_empty() {
+        labels.insert(aci::LABEL_SECRET_ENV.to_string(), aci::secret_env_label(secrets));
+    }
+    let files: Vec<aci::AzureFileMount> = spec
+        .volumes
+        .iter()
+        .filter_map(|volume| {
+            let file = volume.azure_file.as_ref()?;
+            Some(aci::AzureFileMount {
+                name: volume.name.clone(),
+                mount_path: volume.mount_path.clone(),
+                read_only: volume.read_only,
+                share_name: file.share_name.clone(),
+                storage_account_name: file.storage_account_name.clone(),
+                storage_account_key_env: file.storage_account_key_from.env.clone(),
+            })
+        })
+        .collect();
+    if !files.is_empty() {
+        labels.insert(aci::LABEL_AZURE_FILES.to_string(), aci::azure_files_label(&files));
+    }
+    if let Some(location) = &spec.aci_location {
+        labels.insert(aci::LABEL_LOCATION.to_string(), location.clone());
+    }
+}
+
 /// What the runtime is asked to run for one attempt; secrets are resolved here.
 fn container_spec(
     key: &TaskKey,
@@ -209,13 +246,16 @@ fn container_spec(
         (None, base) if spec.runtime == RuntimeKind::Process => base,
         (None, _) => None,
     };
-    let labels = BTreeMap::from([
+    let mut labels = BTreeMap::from([
         (runtime::LABEL_TASK.to_string(), key.to_string()),
         (runtime::LABEL_ATTEMPT.to_string(), attempt.to_string()),
         (runtime::LABEL_INDEX.to_string(), "0".to_string()),
         (runtime::LABEL_SPEC_HASH.to_string(), spec.spec_hash.clone()),
         (runtime::LABEL_ATTEMPT_ID.to_string(), attempt_id.to_string()),
     ]);
+    if spec.runtime == RuntimeKind::Aci {
+        aci_labels(spec, &mut labels);
+    }
     Ok(ContainerSpec {
         name: container.to_string(),
         labels,

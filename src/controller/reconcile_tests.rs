@@ -58,6 +58,7 @@ fn spec() -> TaskSpec {
         cpu: None,
         memory_bytes: None,
         volumes: Vec::new(),
+        aci_location: None,
         completion_mode: CompletionMode::Poll,
         poll_interval: secs(10),
         timeout: None,

@@ -28,7 +28,7 @@ impl Features {
     /// What this version of skiff implements.
     pub const CURRENT: Features = Features {
         docker: true,
-        aci: false,
+        aci: true,
         // The controller narrows this to whether it serves the callback route.
         event_completion: true,
         fan_out: false,
@@ -84,6 +84,8 @@ pub struct TaskSpec {
     pub cpu: Option<f64>,
     pub memory_bytes: Option<u64>,
     pub volumes: Vec<Volume>,
+    /// aci only: `spec.aci.location`, overriding the controller's `--aci-location`.
+    pub aci_location: Option<String>,
     pub completion_mode: CompletionMode,
     pub poll_interval: Duration,
     pub timeout: Option<Duration>,
@@ -132,7 +134,12 @@ pub fn validate(
         RuntimeKind::Docker => ctx.features.docker,
         RuntimeKind::Aci => ctx.features.aci,
     };
-    if !runtime_ready {
+    if !runtime_ready && runtime == RuntimeKind::Aci && Features::CURRENT.aci {
+        fail(
+            "spec.runtime: the aci runtime is not configured in this controller; start it with --aci-resource-group, --aci-location and --aci-subscription-id (or AZURE_SUBSCRIPTION_ID)"
+                .into(),
+        );
+    } else if !runtime_ready {
         fail(format!(
             "spec.runtime: the {runtime} runtime is not supported yet by this version of skiff; use `runtime: process`"
         ));
@@ -287,6 +294,76 @@ pub fn validate(
         }
     }
 
+    let mut aci_location = None;
+    if runtime == RuntimeKind::Aci {
+        // What ARM would refuse with an opaque 400, or ACI cannot do at all, is said here.
+        for problem in crate::runtime::aci::resource_problems(cpu, memory_bytes) {
+            fail(problem);
+        }
+        if spec.working_dir.is_some() {
+            fail("spec.workingDir: ACI cannot set a container's working directory; remove it and cd in the command, e.g. [sh, -c, \"cd /work && ...\"]".into());
+        }
+        if spec.command.is_empty() && !spec.args.is_empty() {
+            fail("spec.args: ACI replaces the image's entrypoint and arguments together; give spec.command too".into());
+        }
+        for (i, volume) in spec.volumes.iter().enumerate() {
+            let Some(file) = &volume.azure_file else { continue };
+            let at = format!("spec.volumes[{i}].azureFile");
+            let account = &file.storage_account_name;
+            if !(3..=24).contains(&account.len())
+                || !account.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            {
+                fail(format!(
+                    "{at}.storageAccountName: {account:?} is not a storage account name (3 to 24 lowercase letters and digits)"
+                ));
+            }
+            let share = &file.share_name;
+            if !(3..=63).contains(&share.len())
+                || !share
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                || share.starts_with('-')
+                || share.ends_with('-')
+                || share.contains("--")
+            {
+                fail(format!(
+                    "{at}.shareName: {share:?} is not a file share name (3 to 63 lowercase letters, digits and single dashes)"
+                ));
+            }
+            let key = &file.storage_account_key_from.env;
+            if !is_env_name(key) {
+                fail(format!(
+                    "{at}.storageAccountKeyFrom.env: {key:?} is not a valid variable name"
+                ));
+            } else if let Some(is_set) = ctx.env_is_set
+                && !is_set(key)
+            {
+                fail(format!(
+                    "{at}.storageAccountKeyFrom.env: {key} is not set in the controller's environment; export it before starting skiff"
+                ));
+            }
+        }
+    }
+    if let Some(aci) = &spec.aci {
+        if runtime != RuntimeKind::Aci {
+            fail(format!(
+                "spec.aci: is for the aci runtime only; remove it (this task runs on {runtime})"
+            ));
+        }
+        if aci.subscription_id.is_some() || aci.resource_group.is_some() {
+            fail("spec.aci: subscriptionId and resourceGroup are the controller's (--aci-subscription-id, --aci-resource-group); per-task values are not supported yet, remove them".into());
+        }
+        if let Some(location) = &aci.location {
+            if location.is_empty() || !location.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                fail(format!(
+                    "spec.aci.location: {location:?} is not an Azure region name, e.g. westus2"
+                ));
+            } else {
+                aci_location = Some(location.to_ascii_lowercase());
+            }
+        }
+    }
+
     let completion = spec.completion.clone().unwrap_or_default();
     let completion_mode = completion.mode.unwrap_or(CompletionMode::Poll);
     if completion_mode == CompletionMode::Event && !ctx.features.event_completion {
@@ -396,6 +473,7 @@ pub fn validate(
         cpu,
         memory_bytes,
         volumes: spec.volumes.clone(),
+        aci_location,
         completion_mode,
         poll_interval,
         timeout,
@@ -555,11 +633,31 @@ mod tests {
     }
 
     #[test]
+    fn aci_requests_beyond_aci_are_invalid_before_any_call() {
+        let aci = |yaml: &str| check(&format!("  runtime: aci\n  image: busybox\n  command: [true]\n{yaml}"));
+        assert!(aci("  resources: {cpu: 2, memory: 4Gi}\n").is_ok());
+        let err = aci("  resources: {cpu: 8}\n").unwrap_err();
+        assert!(err.contains("spec.resources.cpu") && err.contains("at most 4"), "{err}");
+        let err = aci("  resources: {memory: 64Gi}\n").unwrap_err();
+        assert!(
+            err.contains("spec.resources.memory") && err.contains("at most 16Gi"),
+            "{err}"
+        );
+        let err = aci("  workingDir: /work\n").unwrap_err();
+        assert!(err.contains("spec.workingDir"), "{err}");
+        let err = aci("  volumes: [{name: v, mountPath: /v, azureFile: {shareName: S, storageAccountName: a, storageAccountKeyFrom: {env: K}}}]\n").unwrap_err();
+        assert!(err.contains("shareName") && err.contains("storageAccountName"), "{err}");
+        let err = aci("  aci: {resourceGroup: other}\n").unwrap_err();
+        assert!(err.contains("spec.aci"), "{err}");
+        let spec = aci("  aci: {location: eastus}\n").unwrap();
+        assert_eq!(spec.aci_location.as_deref(), Some("eastus"));
+    }
+
+    #[test]
     fn later_features_are_invalid_not_ignored() {
         for (yaml, needle) in [
             ("  command: [x]\n  completions: 5\n", "spec.completions"),
             ("  command: [x]\n  dependsOn: [a]\n", "spec.dependsOn"),
-            ("  runtime: aci\n  image: x\n", "spec.runtime"),
         ] {
             let err = check(yaml).unwrap_err();
             assert!(err.contains(needle) && err.contains("not supported yet"), "{err}");

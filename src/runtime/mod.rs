@@ -1,6 +1,7 @@
 //! Runtimes: where containers run. The controller sees only the [`Runtime`] trait; each
 //! implementation lives in its own file and knows nothing of tasks or statuses.
 
+pub mod aci;
 pub mod docker;
 pub mod process;
 pub mod supervisor;

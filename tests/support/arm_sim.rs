@@ -1,0 +1,1174 @@
+//! An in-process simulator of Azure Resource Manager for
+//! `Microsoft.ContainerInstance/containerGroups`, api-version 2026-05-01, on
+//! `127.0.0.1:0`. There is no ACI emulator; this follows the spec
+//! (`specification/containerinstance/.../stable/2026-05-01/containerInstance.json`) in
+//! what skiff relies on:
+//!
+//! - PUT answers 201 on create and 200 on update, with `Azure-AsyncOperation`; a PUT with
+//!   `If-None-Match: *` on an existing group answers 412 (ARM's conditional semantics).
+//! - `provisioningState` runs Pending → Creating → Succeeded (or Failed, for an image whose
+//!   name contains `doesnotexist`, with ACI's Failed/Warning event and `ErrImagePull`);
+//!   the container's `instanceView.currentState` runs Waiting → Running → Terminated.
+//! - The container "runs" its command, read as a tiny shell: `sleep S`, `echo TEXT`
+//!   (its output), `exit N`, `false`, and a `wget ... --post-data 'BODY' "$SKIFF_CALLBACK_URL"`,
+//!   which POSTs BODY to the URL (given as a `secureValue`) as busybox would. Statements
+//!   are separated by `;`, `&&` or new lines; anything else is ignored.
+//! - DELETE answers 202 (with `Location` and `Retry-After`), then the GET answers 404 after
+//!   a while; DELETE of an absent group answers 204.
+//! - `containers/{name}/logs` answers `{"content"}` (`tail` lines); ACI keeps 16 KB of a
+//!   stopped container's output.
+//! - The listing of a resource group carries tags, no `instanceView`, and pages with
+//!   `nextLink`.
+//! - Every answer carries `x-ms-ratelimit-remaining-subscription-{reads,writes,deletes}`;
+//!   creates also `...-resource-requests-pt5m/-pt1h`.
+//! - `secureValue`s and storage keys are never returned.
+//! - Requests need `Authorization: Bearer sim-token-...`; revoked tokens get 401.
+//! - Faults: injected 429s (with `Retry-After`) and 5xx answers, latency, slow
+//!   provisioning, and `400 ProviderFailed` for cpu or memory beyond the configured limits.
+//!
+//! It counts what the tests check: the most groups alive at once, creates per window,
+//! 201s per name, and requests that came before a `Retry-After` had passed.
+//!
+//! [`identity`] is a token endpoint in the App Service managed-identity protocol
+//! (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`), which `azure_identity`'s
+//! `ManagedIdentityCredential` talks to; it is one per test process and sets those
+//! variables once.
+#![allow(dead_code)]
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const API_VERSION: &str = "2026-05-01";
+pub const SUBSCRIPTION: &str = "00000000-0000-0000-0000-00000000cafe";
+pub const RESOURCE_GROUP: &str = "rg-skiff";
+pub const LOCATION: &str = "westus2";
+/// Tokens the simulator accepts start with this.
+pub const TOKEN_PREFIX: &str = "sim-token-";
+/// ACI keeps this much of a stopped container's output.
+const STOPPED_LOG_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Pending → Creating.
+    pub pending: Duration,
+    /// Creating → Succeeded, when the container starts.
+    pub creating: Duration,
+    /// DELETE accepted → the GET answers 404.
+    pub deleting: Duration,
+    /// Added before every answer.
+    pub latency: Duration,
+    /// Groups per page of a listing.
+    pub page_size: usize,
+    /// Beyond these, a PUT answers 400 ProviderFailed.
+    pub max_cpu: f64,
+    pub max_memory_gb: f64,
+    /// What the `-pt5m` and `-pt1h` quota headers count down from.
+    pub quota_pt5m: u32,
+    pub quota_pt1h: u32,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            pending: Duration::from_millis(40),
+            creating: Duration::from_millis(80),
+            deleting: Duration::from_millis(80),
+            latency: Duration::ZERO,
+            page_size: 50,
+            max_cpu: 4.0,
+            max_memory_gb: 16.0,
+            quota_pt5m: 100,
+            quota_pt1h: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// 429 with this `Retry-After` in seconds.
+    Throttle { retry_after: u64 },
+    /// An answer with this status (e.g. 500, 503) and ARM's error body.
+    Status(u16),
+}
+
+/// The next `times` requests (of `method`, or of any) get `fault`, before anything else.
+#[derive(Debug, Clone)]
+pub struct FaultRule {
+    pub method: Option<Method>,
+    pub fault: Fault,
+    pub times: usize,
+}
+
+/// What the simulator saw.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub requests: usize,
+    /// By kind: `PUT create`, `PUT update`, `GET`, `DELETE`, `LIST`, `LOGS`, `OPERATION`.
+    pub by_kind: BTreeMap<String, usize>,
+    /// Every 201, in order.
+    pub created: Vec<(String, Instant)>,
+    /// PUTs that reached ACI for a name that did not exist (ProviderFailed ones too).
+    pub create_attempts: Vec<Instant>,
+    pub created_per_name: HashMap<String, usize>,
+    pub max_live: usize,
+    pub deleted: Vec<String>,
+    /// 429s answered.
+    pub throttled: usize,
+    /// Requests on a path that came before the `Retry-After` of a 429 on it had passed.
+    pub early_retries: Vec<String>,
+    pub faults_answered: usize,
+    pub unauthorized: usize,
+    pub tokens_seen: HashSet<String>,
+    /// Callbacks the simulated containers made: group name and the answer's status.
+    pub callbacks: Vec<(String, u16)>,
+}
+
+impl Stats {
+    /// The most 201s in any window of this length (half-open, on the simulator's clock).
+    pub fn max_creates_in(&self, window: Duration) -> usize {
+        max_in_window(self.created.iter().map(|(_, t)| *t).collect(), window)
+    }
+
+    pub fn max_create_attempts_in(&self, window: Duration) -> usize {
+        max_in_window(self.create_attempts.clone(), window)
+    }
+
+    pub fn count(&self, kind: &str) -> usize {
+        self.by_kind.get(kind).copied().unwrap_or(0)
+    }
+}
+
+fn max_in_window(mut times: Vec<Instant>, window: Duration) -> usize {
+    times.sort();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end].duration_since(times[start]) >= window {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+#[derive(Debug, Clone)]
+struct ContainerRun {
+    state: &'static str,
+    exit_code: Option<i32>,
+    start: Option<String>,
+    finish: Option<String>,
+    detail: String,
+}
+
+#[derive(Debug, Clone)]
+struct SimGroup {
+    generation: u64,
+    location: String,
+    tags: BTreeMap<String, String>,
+    /// The container as PUT, with every `secureValue` taken out.
+    container: Value,
+    /// The volumes as PUT, storage keys taken out.
+    volumes: Option<Value>,
+    restart_policy: String,
+    env: HashMap<String, String>,
+    image: String,
+    command: Vec<String>,
+    provisioning: &'static str,
+    group_state: &'static str,
+    run: ContainerRun,
+    events: Vec<Value>,
+    logs: String,
+}
+
+struct World {
+    config: SimConfig,
+    groups: BTreeMap<String, SimGroup>,
+    faults: VecDeque<FaultRule>,
+    stats: Stats,
+    /// Per path: no request should come before this (a 429's Retry-After).
+    retry_marks: HashMap<String, Instant>,
+    revoked: HashSet<String>,
+    operations: HashMap<String, (String, u64, &'static str)>,
+    next_generation: u64,
+    reads: u64,
+    writes: u64,
+    deletes: u64,
+}
+
+pub struct ArmSim {
+    /// Where ARM is: pass as the runtime's `arm_endpoint`.
+    pub endpoint: String,
+    sim: Arc<Sim>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+struct Sim {
+    endpoint: String,
+    world: Mutex<World>,
+    http: reqwest::Client,
+}
+
+impl Drop for ArmSim {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl ArmSim {
+    /// Starts a simulator on the current tokio runtime.
+    pub async fn start(config: SimConfig) -> ArmSim {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the simulator");
+        let endpoint = format!("http://{}", listener.local_addr().expect("simulator address"));
+        let sim = Arc::new(Sim {
+            endpoint: endpoint.clone(),
+            world: Mutex::new(World {
+                config,
+                groups: BTreeMap::new(),
+                faults: VecDeque::new(),
+                stats: Stats::default(),
+                retry_marks: HashMap::new(),
+                revoked: HashSet::new(),
+                operations: HashMap::new(),
+                next_generation: 1,
+                reads: 12_000,
+                writes: 1_200,
+                deletes: 15_000,
+            }),
+            http: reqwest::Client::new(),
+        });
+        let router = Router::new().fallback(handle).with_state(sim.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        ArmSim { endpoint, sim, server }
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.sim.world().stats.clone()
+    }
+
+    pub fn configure(&self, change: impl FnOnce(&mut SimConfig)) {
+        change(&mut self.sim.world().config);
+    }
+
+    pub fn inject(&self, rule: FaultRule) {
+        self.sim.world().faults.push_back(rule);
+    }
+
+    /// Every token seen so far now answers 401 (as an expired one would).
+    pub fn revoke_tokens(&self) {
+        let mut world = self.sim.world();
+        let seen: Vec<String> = world.stats.tokens_seen.iter().cloned().collect();
+        world.revoked.extend(seen);
+    }
+
+    /// Names of the groups that exist (being deleted included).
+    pub fn live(&self) -> Vec<String> {
+        self.sim.world().groups.keys().cloned().collect()
+    }
+
+    /// The group as a GET returns it.
+    pub fn view(&self, name: &str) -> Option<Value> {
+        let world = self.sim.world();
+        world.groups.get(name).map(|g| self.sim.view(name, g, true))
+    }
+
+    /// Makes a group directly, as another tool (or another controller) would.
+    pub fn put_foreign(&self, name: &str, tags: &[(&str, &str)]) {
+        let mut world = self.sim.world();
+        let generation = world.next_generation;
+        world.next_generation += 1;
+        let group = SimGroup {
+            generation,
+            location: LOCATION.into(),
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            container: json!({"image": "busybox"}),
+            volumes: None,
+            restart_policy: "Never".into(),
+            env: HashMap::new(),
+            image: "busybox".into(),
+            command: Vec::new(),
+            provisioning: "Succeeded",
+            group_state: "Running",
+            run: ContainerRun {
+                state: "Running",
+                exit_code: None,
+                start: Some(now_text()),
+                finish: None,
+                detail: String::new(),
+            },
+            events: Vec::new(),
+            logs: String::new(),
+        };
+        world.groups.insert(name.to_string(), group);
+        let live = world.groups.len();
+        world.stats.max_live = world.stats.max_live.max(live);
+    }
+}
+
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+fn query(uri: &Uri) -> HashMap<String, String> {
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.replace("%20", " ")))
+        .collect()
+}
+
+impl Sim {
+    fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn group_id(name: &str) -> String {
+        format!(
+            "/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.ContainerInstance/containerGroups/{name}"
+        )
+    }
+
+    /// The group as ARM shows it; listings leave out the instance views.
+    fn view(&self, name: &str, g: &SimGroup, instance_view: bool) -> Value {
+        let mut container = g.container.clone();
+        if instance_view {
+            let mut current = json!({"state": g.run.state, "detailStatus": g.run.detail});
+            if let Some(code) = g.run.exit_code {
+                current["exitCode"] = json!(code);
+            }
+            if let Some(start) = &g.run.start {
+                current["startTime"] = json!(start);
+            }
+            if let Some(finish) = &g.run.finish {
+                current["finishTime"] = json!(finish);
+            }
+            container["instanceView"] = json!({"restartCount": 0, "currentState": current, "events": g.events});
+        }
+        let mut properties = json!({
+            "provisioningState": g.provisioning,
+            "osType": "Linux",
+            "restartPolicy": g.restart_policy,
+            "containers": [{"name": name, "properties": container}],
+        });
+        if let Some(volumes) = &g.volumes {
+            properties["volumes"] = volumes.clone();
+        }
+        if instance_view {
+            properties["instanceView"] = json!({"state": g.group_state, "events": []});
+        }
+        json!({
+            "id": Self::group_id(name),
+            "name": name,
+            "type": "Microsoft.ContainerInstance/containerGroups",
+            "location": g.location,
+            "tags": g.tags,
+            "properties": properties,
+        })
+    }
+
+    /// Applies `change` if the group is still the same one and not being deleted.
+    fn transition(&self, name: &str, generation: u64, change: impl FnOnce(&mut SimGroup)) -> bool {
+        let mut world = self.world();
+        match world.groups.get_mut(name) {
+            Some(g) if g.generation == generation && g.provisioning != "Deleting" => {
+                change(g);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn headers(&self, world: &mut World, method: &Method, create: bool) -> HeaderMap {
+        match *method {
+            Method::GET => world.reads = world.reads.saturating_sub(1),
+            Method::DELETE => {
+                world.deletes = world.deletes.saturating_sub(1);
+                world.writes = world.writes.saturating_sub(1);
+            }
+            _ => world.writes = world.writes.saturating_sub(1),
+        }
+        let mut headers = HeaderMap::new();
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        };
+        put("x-ms-ratelimit-remaining-subscription-reads", world.reads.to_string());
+        put("x-ms-ratelimit-remaining-subscription-writes", world.writes.to_string());
+        put(
+            "x-ms-ratelimit-remaining-subscription-deletes",
+            world.deletes.to_string(),
+        );
+        if create {
+            let now = Instant::now();
+            let recent = |window: Duration| {
+                world
+                    .stats
+                    .created
+                    .iter()
+                    .filter(|(_, t)| now.duration_since(*t) < window)
+                    .count() as u32
+            };
+            put(
+                "x-ms-ratelimit-remaining-subscription-resource-requests-pt5m",
+                world
+                    .config
+                    .quota_pt5m
+                    .saturating_sub(recent(Duration::from_secs(300)))
+                    .to_string(),
+            );
+            put(
+                "x-ms-ratelimit-remaining-subscription-resource-requests-pt1h",
+                world
+                    .config
+                    .quota_pt1h
+                    .saturating_sub(recent(Duration::from_secs(3600)))
+                    .to_string(),
+            );
+        }
+        headers
+    }
+}
+
+async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let latency = sim.world().config.latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let path = uri.path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let params = query(&uri);
+    let now = Instant::now();
+    let mut world = sim.world();
+    world.stats.requests += 1;
+    // Retry-After is checked first: a request that comes too early is noted even if it is
+    // then refused for another reason.
+    if let Some(until) = world.retry_marks.get(&path)
+        && now < *until
+    {
+        let early = format!("{method} {path} {} ms early", (*until - now).as_millis());
+        world.stats.early_retries.push(early);
+    }
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string();
+    if !token.starts_with(TOKEN_PREFIX) {
+        world.stats.unauthorized += 1;
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is missing or invalid.",
+        );
+    }
+    if world.revoked.contains(&token) {
+        world.stats.unauthorized += 1;
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "ExpiredAuthenticationToken",
+            "The access token expiry UTC time is earlier than current UTC time.",
+        );
+    }
+    world.stats.tokens_seen.insert(token);
+    if params.get("api-version").map(String::as_str) != Some(API_VERSION) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidApiVersionParameter",
+            &format!("The api-version is invalid. The supported versions are '{API_VERSION}'."),
+        );
+    }
+    let position = world
+        .faults
+        .iter()
+        .position(|rule| rule.times > 0 && rule.method.as_ref().is_none_or(|m| *m == method));
+    if let Some(position) = position {
+        let fault = world.faults[position].fault;
+        world.faults[position].times -= 1;
+        if world.faults[position].times == 0 {
+            world.faults.remove(position);
+        }
+        world.stats.faults_answered += 1;
+        return match fault {
+            Fault::Throttle { retry_after } => {
+                world.stats.throttled += 1;
+                world
+                    .retry_marks
+                    .insert(path.clone(), Instant::now() + Duration::from_secs(retry_after));
+                let mut response = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TooManyRequests",
+                    "The request is being throttled as the limit has been reached for operation type.",
+                );
+                response.headers_mut().insert(
+                    "retry-after",
+                    HeaderValue::from_str(&retry_after.to_string()).expect("a number"),
+                );
+                response
+            }
+            Fault::Status(status) => error(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "InternalServerError",
+                "Encountered internal server error. Please try again.",
+            ),
+        };
+    }
+
+    let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    match lower.as_slice() {
+        [
+            "subscriptions",
+            _,
+            "resourcegroups",
+            rg,
+            "providers",
+            "microsoft.containerinstance",
+            "containergroups",
+        ] if *rg == RESOURCE_GROUP.to_lowercase() && method == Method::GET => {
+            *world.stats.by_kind.entry("LIST".into()).or_default() += 1;
+            let skip: usize = params.get("$skipToken").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let size = world.config.page_size.max(1);
+            let names: Vec<String> = world.groups.keys().cloned().collect();
+            let value: Vec<Value> = names
+                .iter()
+                .skip(skip)
+                .take(size)
+                .filter_map(|n| world.groups.get(n).map(|g| sim.view(n, g, false)))
+                .collect();
+            let mut page = json!({"value": value});
+            if skip + size < names.len() {
+                page["nextLink"] = json!(format!(
+                    "{}{path}?api-version={API_VERSION}&$skipToken={}",
+                    sim.endpoint,
+                    skip + size
+                ));
+            }
+            let headers = sim.headers(&mut world, &method, false);
+            (StatusCode::OK, headers, axum::Json(page)).into_response()
+        }
+        [
+            "subscriptions",
+            _,
+            "resourcegroups",
+            rg,
+            "providers",
+            "microsoft.containerinstance",
+            "containergroups",
+            _,
+        ] if *rg == RESOURCE_GROUP.to_lowercase() => {
+            let name = segments[7].to_string();
+            match method {
+                Method::GET => {
+                    *world.stats.by_kind.entry("GET".into()).or_default() += 1;
+                    let headers = sim.headers(&mut world, &method, false);
+                    match world.groups.get(&name) {
+                        Some(g) => (StatusCode::OK, headers, axum::Json(sim.view(&name, g, true))).into_response(),
+                        None => not_found(&name),
+                    }
+                }
+                Method::PUT => put(&sim, world, &name, &headers, &body),
+                Method::DELETE => delete(&sim, world, &name),
+                _ => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not allowed"),
+            }
+        }
+        [
+            "subscriptions",
+            _,
+            "resourcegroups",
+            rg,
+            "providers",
+            "microsoft.containerinstance",
+            "containergroups",
+            _,
+            "containers",
+            _,
+            "logs",
+        ] if *rg == RESOURCE_GROUP.to_lowercase() && method == Method::GET => {
+            *world.stats.by_kind.entry("LOGS".into()).or_default() += 1;
+            let name = segments[7];
+            let headers = sim.headers(&mut world, &method, false);
+            let Some(g) = world.groups.get(name) else {
+                return not_found(name);
+            };
+            if segments[9] != name {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "ContainerNotFound",
+                    &format!(
+                        "The container '{}' is not found in container group '{name}'.",
+                        segments[9]
+                    ),
+                );
+            }
+            let mut content = g.logs.clone();
+            if let Some(tail) = params.get("tail").and_then(|t| t.parse::<usize>().ok()) {
+                let lines: Vec<&str> = content.lines().collect();
+                let keep = lines.len().saturating_sub(tail);
+                content = lines[keep..].iter().map(|l| format!("{l}\n")).collect();
+            }
+            (StatusCode::OK, headers, axum::Json(json!({"content": content}))).into_response()
+        }
+        [
+            "subscriptions",
+            _,
+            "providers",
+            "microsoft.containerinstance",
+            "locations",
+            _,
+            "operations",
+            id,
+        ] if method == Method::GET => {
+            *world.stats.by_kind.entry("OPERATION".into()).or_default() += 1;
+            let status = match world.operations.get(*id) {
+                None => return error(StatusCode::NOT_FOUND, "OperationNotFound", "no such operation"),
+                Some((name, generation, "create")) => match world.groups.get(name) {
+                    Some(g) if g.generation == *generation => match g.provisioning {
+                        "Succeeded" => "Succeeded",
+                        "Failed" => "Failed",
+                        _ => "InProgress",
+                    },
+                    _ => "Canceled",
+                },
+                Some((name, _, _)) => {
+                    if world.groups.contains_key(name) {
+                        "InProgress"
+                    } else {
+                        "Succeeded"
+                    }
+                }
+            };
+            (StatusCode::OK, axum::Json(json!({"name": id, "status": status}))).into_response()
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("The simulator has no route for {method} {path}"),
+        ),
+    }
+}
+
+fn not_found(name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFound",
+        &format!(
+            "The Resource 'Microsoft.ContainerInstance/containerGroups/{name}' under resource group '{RESOURCE_GROUP}' was not found."
+        ),
+    )
+}
+
+fn put(sim: &Arc<Sim>, mut world: MutexGuard<'_, World>, name: &str, headers: &HeaderMap, body: &Bytes) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            "The request content was invalid.",
+        );
+    };
+    let create_only = headers.get("if-none-match").and_then(|v| v.to_str().ok()) == Some("*");
+    if let Some(existing) = world.groups.get(name).cloned() {
+        if create_only {
+            return error(
+                StatusCode::PRECONDITION_FAILED,
+                "PreconditionFailed",
+                "The condition specified using HTTP conditional header(s) is not met.",
+            );
+        }
+        // An update: ACI lets tags change in place.
+        *world.stats.by_kind.entry("PUT update".into()).or_default() += 1;
+        let tags = request["tags"].as_object().cloned().unwrap_or_default();
+        let mut updated = existing;
+        updated.tags = tags
+            .into_iter()
+            .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string()))
+            .collect();
+        let view = sim.view(name, &updated, true);
+        world.groups.insert(name.to_string(), updated);
+        let headers = sim.headers(&mut world, &Method::PUT, false);
+        return (StatusCode::OK, headers, axum::Json(view)).into_response();
+    }
+    *world.stats.by_kind.entry("PUT create".into()).or_default() += 1;
+    world.stats.create_attempts.push(Instant::now());
+    let Some(location) = request["location"].as_str().filter(|l| !l.is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "LocationRequired",
+            "The location property is required for this definition.",
+        );
+    };
+    let mut tags = BTreeMap::new();
+    for (key, value) in request["tags"].as_object().cloned().unwrap_or_default() {
+        if key.contains(['<', '>', '%', '&', '\\', '?', '/']) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidTagNameCharacters",
+                &format!("The tag names '{key}' have reserved characters '<,>,%,&,\\,?,/' or control characters."),
+            );
+        }
+        let value = value.as_str().unwrap_or_default().to_string();
+        if value.chars().count() > 256 {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidTagValueLength",
+                "A tag value is longer than 256.",
+            );
+        }
+        tags.insert(key, value);
+    }
+    let properties = &request["properties"];
+    let Some(spec) = properties["containers"].as_array().and_then(|c| c.first()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidContainerGroup",
+            "A container group needs a container.",
+        );
+    };
+    let mut container = spec["properties"].clone();
+    let Some(image) = container["image"].as_str().map(str::to_string) else {
+        return error(StatusCode::BAD_REQUEST, "InvalidImage", "The container needs an image.");
+    };
+    let cpu = container["resources"]["requests"]["cpu"].as_f64().unwrap_or(0.0);
+    let memory = container["resources"]["requests"]["memoryInGB"].as_f64().unwrap_or(0.0);
+    if cpu <= 0.0 || memory <= 0.0 || cpu > world.config.max_cpu || memory > world.config.max_memory_gb {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ProviderFailed",
+            &format!(
+                "The requested resource is not available in the location '{location}' at this moment. Please retry with a different resource request or in another location. Resource requested: '{cpu}' CPU '{memory}' memory 'Linux' OS"
+            ),
+        );
+    }
+    let mut env = HashMap::new();
+    if let Some(vars) = container["environmentVariables"].as_array_mut() {
+        for var in vars.iter_mut() {
+            let key = var["name"].as_str().unwrap_or_default().to_string();
+            let value = var["value"]
+                .as_str()
+                .or_else(|| var["secureValue"].as_str())
+                .unwrap_or_default();
+            env.insert(key, value.to_string());
+            if let Some(object) = var.as_object_mut() {
+                // Never returned.
+                object.remove("secureValue");
+            }
+        }
+    }
+    let mut volumes = properties.get("volumes").cloned();
+    if let Some(list) = volumes.as_mut().and_then(Value::as_array_mut) {
+        for volume in list {
+            if let Some(file) = volume["azureFile"].as_object_mut() {
+                file.remove("storageAccountKey");
+            }
+        }
+    }
+    let command: Vec<String> = container["command"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|p| p.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let generation = world.next_generation;
+    world.next_generation += 1;
+    let group = SimGroup {
+        generation,
+        location: location.to_string(),
+        tags,
+        container,
+        volumes,
+        restart_policy: properties["restartPolicy"].as_str().unwrap_or("Always").to_string(),
+        env,
+        image,
+        command,
+        provisioning: "Pending",
+        group_state: "Pending",
+        run: ContainerRun {
+            state: "Waiting",
+            exit_code: None,
+            start: None,
+            finish: None,
+            detail: String::new(),
+        },
+        events: Vec::new(),
+        logs: String::new(),
+    };
+    let view = sim.view(name, &group, true);
+    world.groups.insert(name.to_string(), group);
+    let live = world.groups.len();
+    world.stats.max_live = world.stats.max_live.max(live);
+    world.stats.created.push((name.to_string(), Instant::now()));
+    *world.stats.created_per_name.entry(name.to_string()).or_default() += 1;
+    let operation = format!("op-{generation}");
+    world
+        .operations
+        .insert(operation.clone(), (name.to_string(), generation, "create"));
+    let mut headers = sim.headers(&mut world, &Method::PUT, true);
+    let async_operation = format!(
+        "{}/subscriptions/{SUBSCRIPTION}/providers/Microsoft.ContainerInstance/locations/{location}/operations/{operation}?api-version={API_VERSION}",
+        sim.endpoint
+    );
+    if let Ok(value) = HeaderValue::from_str(&async_operation) {
+        headers.insert("azure-asyncoperation", value);
+    }
+    drop(world);
+    tokio::spawn(lifecycle(sim.clone(), name.to_string(), generation));
+    (StatusCode::CREATED, headers, axum::Json(view)).into_response()
+}
+
+fn delete(sim: &Arc<Sim>, mut world: MutexGuard<'_, World>, name: &str) -> Response {
+    *world.stats.by_kind.entry("DELETE".into()).or_default() += 1;
+    let headers = sim.headers(&mut world, &Method::DELETE, false);
+    let Some(group) = world.groups.get_mut(name) else {
+        return (StatusCode::NO_CONTENT, headers).into_response();
+    };
+    let generation = group.generation;
+    if group.provisioning != "Deleting" {
+        group.provisioning = "Deleting";
+        if group.run.state == "Running" {
+            group.run = ContainerRun {
+                state: "Terminated",
+                exit_code: Some(137),
+                start: group.run.start.clone(),
+                finish: Some(now_text()),
+                detail: "Killed".into(),
+            };
+        }
+        let delay = world.config.deleting;
+        let sim = sim.clone();
+        let gone = name.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut world = sim.world();
+            if world.groups.get(&gone).is_some_and(|g| g.generation == generation) {
+                world.groups.remove(&gone);
+                world.stats.deleted.push(gone);
+            }
+        });
+    }
+    let operation = format!("del-{generation}");
+    world
+        .operations
+        .insert(operation.clone(), (name.to_string(), generation, "delete"));
+    let mut headers = headers;
+    let location = format!(
+        "{}/subscriptions/{SUBSCRIPTION}/providers/Microsoft.ContainerInstance/locations/{LOCATION}/operations/{operation}?api-version={API_VERSION}",
+        sim.endpoint
+    );
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        headers.insert("location", value);
+    }
+    headers.insert("retry-after", HeaderValue::from_static("1"));
+    (StatusCode::ACCEPTED, headers).into_response()
+}
+
+/// One statement of a simulated container's script.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Sleep(Duration),
+    Echo(String),
+    Exit(i32),
+    Callback(String),
+}
+
+/// Reads a command as the tiny shell the simulated containers speak.
+fn script_steps(command: &[String], env: &HashMap<String, String>) -> Vec<Step> {
+    let script = match command {
+        [shell, flag, script, ..] if shell.ends_with("sh") && flag == "-c" => script.clone(),
+        other => other.join(" "),
+    };
+    let expand = |text: &str| {
+        let mut out = text.to_string();
+        for (key, value) in env {
+            if key != "SKIFF_CALLBACK_URL" {
+                out = out
+                    .replace(&format!("${{{key}}}"), value)
+                    .replace(&format!("${key}"), value);
+            }
+        }
+        out
+    };
+    let mut steps = Vec::new();
+    for statement in script.split(['\n', ';']).flat_map(|s| s.split("&&")) {
+        let statement = statement.trim();
+        if let Some(rest) = statement.strip_prefix("sleep ") {
+            if let Ok(seconds) = rest.trim().parse::<f64>() {
+                steps.push(Step::Sleep(Duration::from_secs_f64(seconds.max(0.0))));
+            }
+        } else if let Some(rest) = statement.strip_prefix("echo ") {
+            let text = rest.trim().trim_matches('"').trim_matches('\'');
+            steps.push(Step::Echo(expand(text)));
+        } else if let Some(rest) = statement.strip_prefix("exit") {
+            steps.push(Step::Exit(rest.trim().parse().unwrap_or(0)));
+            break;
+        } else if statement == "false" {
+            steps.push(Step::Exit(1));
+            break;
+        } else if statement.starts_with("wget") && statement.contains("SKIFF_CALLBACK_URL") {
+            let body = statement
+                .split_once("--post-data")
+                .and_then(|(_, rest)| {
+                    let rest = rest.trim_start();
+                    let quote = rest.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+                    rest[1..].split_once(quote).map(|(body, _)| body.to_string())
+                })
+                .unwrap_or_default();
+            steps.push(Step::Callback(body));
+        }
+    }
+    steps
+}
+
+/// Drives one group: provisioning, the container's run, its end.
+async fn lifecycle(sim: Arc<Sim>, name: String, generation: u64) {
+    let (pending, creating) = {
+        let world = sim.world();
+        (world.config.pending, world.config.creating)
+    };
+    tokio::time::sleep(pending).await;
+    let event = |name: &str, kind: &str, message: String| json!({"name": name, "type": kind, "count": 1, "firstTimestamp": now_text(), "lastTimestamp": now_text(), "message": message});
+    let mut image = String::new();
+    if !sim.transition(&name, generation, |g| {
+        g.provisioning = "Creating";
+        image = g.image.clone();
+        g.events
+            .push(event("Pulling", "Normal", format!("pulling image \"{}\"", g.image)));
+    }) {
+        return;
+    }
+    tokio::time::sleep(creating).await;
+    if image.contains("doesnotexist") {
+        sim.transition(&name, generation, |g| {
+            g.provisioning = "Failed";
+            g.group_state = "Failed";
+            g.run.detail = "ErrImagePull".into();
+            g.events.push(event(
+                "Failed",
+                "Warning",
+                format!("Failed to pull image \"{}\": manifest unknown", g.image),
+            ));
+        });
+        return;
+    }
+    let mut steps = Vec::new();
+    let mut callback_url = None;
+    if !sim.transition(&name, generation, |g| {
+        g.provisioning = "Succeeded";
+        g.group_state = "Running";
+        g.run.state = "Running";
+        g.run.start = Some(now_text());
+        g.events.push(event(
+            "Pulled",
+            "Normal",
+            format!("Successfully pulled image \"{}\"", g.image),
+        ));
+        g.events.push(event("Started", "Normal", "Started container".into()));
+        steps = script_steps(&g.command, &g.env);
+        callback_url = g.env.get("SKIFF_CALLBACK_URL").cloned();
+    }) {
+        return;
+    }
+    let mut code = 0;
+    for step in steps {
+        match step {
+            Step::Sleep(pause) => tokio::time::sleep(pause).await,
+            Step::Echo(text) => {
+                if !sim.transition(&name, generation, |g| {
+                    g.logs.push_str(&text);
+                    g.logs.push('\n');
+                }) {
+                    return;
+                }
+            }
+            Step::Exit(n) => {
+                code = n;
+                break;
+            }
+            Step::Callback(body) => {
+                let Some(url) = callback_url.clone() else { continue };
+                let answered = sim
+                    .http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                sim.world().stats.callbacks.push((name.clone(), answered));
+                if !(200..300).contains(&answered) {
+                    // busybox wget fails on an error status, and so does `&&`-less scripts' exit.
+                    code = 1;
+                }
+            }
+        }
+        let alive = sim
+            .world()
+            .groups
+            .get(&name)
+            .is_some_and(|g| g.generation == generation);
+        if !alive {
+            return;
+        }
+    }
+    sim.transition(&name, generation, |g| {
+        g.run.state = "Terminated";
+        g.run.exit_code = Some(code);
+        g.run.finish = Some(now_text());
+        g.run.detail = if code == 0 { "Completed".into() } else { "Error".into() };
+        g.group_state = if code == 0 { "Succeeded" } else { "Failed" };
+        g.events.push(event("Killing", "Normal", "Killing container".into()));
+        if g.logs.len() > STOPPED_LOG_BYTES {
+            let cut = g.logs.len() - STOPPED_LOG_BYTES;
+            g.logs = g.logs[cut..].to_string();
+        }
+    });
+}
+
+/// The token endpoint, one per test process.
+pub struct Identity {
+    /// `IDENTITY_ENDPOINT`.
+    pub url: String,
+    /// `IDENTITY_HEADER`.
+    pub header: String,
+}
+
+/// A variable [`identity`] also sets, holding a (fake) storage account key, for azureFile
+/// volumes whose key the runtime reads from its environment.
+pub const STORAGE_KEY_ENV: &str = "SKIFF_SIM_STORAGE_KEY";
+
+static ISSUED: AtomicUsize = AtomicUsize::new(0);
+static LIFETIME_SECS: AtomicU64 = AtomicU64::new(3600);
+
+impl Identity {
+    /// Tokens issued so far (by every test of the process).
+    pub fn issued(&self) -> usize {
+        ISSUED.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts the token endpoint and points `IDENTITY_ENDPOINT` / `IDENTITY_HEADER` at it
+/// (and sets [`STORAGE_KEY_ENV`]), once. Call it first thing in every test of a binary that uses it: the variables are
+/// set while no other test thread runs anything else.
+pub fn identity() -> &'static Identity {
+    static CELL: OnceLock<Identity> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the token endpoint");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let url = format!("http://{}/msi/token", listener.local_addr().expect("address"));
+        let header = format!("skiff-sim-{}", std::process::id());
+        let expected = header.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the token endpoint");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let router = Router::new().route(
+                    "/msi/token",
+                    axum::routing::get(move |uri: Uri, headers: HeaderMap| {
+                        let expected = expected.clone();
+                        async move { token(uri, headers, &expected) }
+                    }),
+                );
+                let _ = axum::serve(listener, router).await;
+            });
+        });
+        // SAFETY: set once, inside the OnceLock's initialisation, which every test calls
+        // before it starts anything; no other thread of the process reads the environment
+        // meanwhile.
+        unsafe {
+            std::env::set_var("IDENTITY_ENDPOINT", &url);
+            std::env::set_var("IDENTITY_HEADER", &header);
+            std::env::set_var(STORAGE_KEY_ENV, "c2ltdWxhdGVkIHN0b3JhZ2Uga2V5");
+        }
+        Identity { url, header }
+    })
+}
+
+/// The App Service managed-identity protocol: GET with `api-version=2019-08-01`,
+/// `resource`, and the `x-identity-header`; `expires_on` is epoch seconds as a string.
+fn token(uri: Uri, headers: HeaderMap, expected: &str) -> Response {
+    let params = query(&uri);
+    if headers.get("x-identity-header").and_then(|v| v.to_str().ok()) != Some(expected) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "missing or wrong x-identity-header"})),
+        )
+            .into_response();
+    }
+    if params.get("api-version").map(String::as_str) != Some("2019-08-01") {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "api-version must be 2019-08-01"})),
+        )
+            .into_response();
+    }
+    let Some(resource) = params.get("resource") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "resource is required"})),
+        )
+            .into_response();
+    };
+    let n = ISSUED.fetch_add(1, Ordering::SeqCst) + 1;
+    let expires = chrono::Utc::now().timestamp() + LIFETIME_SECS.load(Ordering::SeqCst) as i64;
+    axum::Json(json!({
+        "access_token": format!("{TOKEN_PREFIX}mi-{n}"),
+        "expires_on": expires.to_string(),
+        "resource": resource.replace("%3A", ":").replace("%2F", "/"),
+        "token_type": "Bearer",
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_read_as_a_tiny_shell() {
+        let env = HashMap::from([("SKIFF_TASK".to_string(), "a/b".to_string())]);
+        let steps = script_steps(
+            &[
+                "sh".into(),
+                "-c".into(),
+                "echo hi $SKIFF_TASK; sleep 0.5 && wget -q -O- --post-data '{\"result\":1}' \"$SKIFF_CALLBACK_URL\"; exit 3; echo never"
+                    .into(),
+            ],
+            &env,
+        );
+        assert_eq!(
+            steps,
+            vec![
+                Step::Echo("hi a/b".into()),
+                Step::Sleep(Duration::from_millis(500)),
+                Step::Callback("{\"result\":1}".into()),
+                Step::Exit(3),
+            ]
+        );
+    }
+
+    #[test]
+    fn windows_are_half_open() {
+        let t = Instant::now();
+        let times = vec![t, t + Duration::from_secs(1), t + Duration::from_secs(2)];
+        assert_eq!(max_in_window(times.clone(), Duration::from_secs(1)), 1);
+        assert_eq!(max_in_window(times, Duration::from_millis(1001)), 2);
+    }
+}
