@@ -126,3 +126,49 @@ fn containers_of_tasks_that_no_longer_exist_are_removed_at_start_up() {
         skiff_containers(&state).is_empty()
     });
 }
+
+#[test]
+fn on_docker_a_silent_exit_fails_and_a_wrong_token_changes_nothing() {
+    if !docker_or_skip("on_docker_a_silent_exit_fails") {
+        return;
+    }
+    let ws = Workspace::new();
+    let event = "  completion: {mode: event, pollInterval: 2s}\n";
+    let manifest = |script: &str| {
+        format!(
+            "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  runtime: docker\n  image: {DOCKER_IMAGE}\n  command: [sh, -c, '{script}']\n{event}"
+        )
+    };
+    ws.write("quiet.yaml", &manifest("exit 0"));
+    // Prints its callback URL to its log, then waits to be told.
+    ws.write("waits.yaml", &manifest("echo \"url=$SKIFF_CALLBACK_URL\"; sleep 60"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _controller = ws.controller(&["--listen", &listen, "--docker-network", "host"]);
+    ws.wait_phase("quiet", "Failed", LONG);
+    assert_eq!(ws.status("quiet").unwrap()["reason"], "ExitedWithoutEvent");
+
+    ws.wait_phase("waits", "Running", LONG);
+    let dir = ws.root().display().to_string();
+    let mut url = String::new();
+    ws.wait_until(LONG, "the container's callback URL in its log", || {
+        let logs = String::from_utf8_lossy(&ws.skiff(&["logs", "waits", "--dir", &dir]).stdout).to_string();
+        url = logs
+            .lines()
+            .find_map(|l| l.strip_prefix("url="))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        !url.is_empty()
+    });
+    let http = reqwest::blocking::Client::new();
+    let (base, _) = url.split_once("&token=").unwrap();
+    let wrong = http.post(format!("{base}&token=AAAAAAAA")).send().unwrap();
+    assert_eq!(wrong.status(), reqwest::StatusCode::UNAUTHORIZED);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ws.phase("waits").as_deref(), Some("Running"), "nothing changed");
+    let right = http.post(&url).body(r#"{"result":{"ok":true}}"#).send().unwrap();
+    assert_eq!(right.status(), reqwest::StatusCode::ACCEPTED);
+    ws.wait_phase("waits", "Succeeded", LONG);
+    assert_eq!(ws.status("waits").unwrap()["result"]["ok"], true);
+    assert!(skiff_containers(&ws.root().join(".skiff")).is_empty());
+}
