@@ -178,8 +178,7 @@ fn spec(name: &str, script: &str) -> ContainerSpec {
         mounts: Vec::new(),
         working_dir: None,
         env: Vec::new(),
-        cpu: None,
-        memory_bytes: None,
+        ..Default::default()
     }
 }
 

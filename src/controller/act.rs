@@ -170,43 +170,6 @@ fn log_transition(key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus
     }
 }
 
-/// What the aci runtime reads from labels, for want of fields in `ContainerSpec`: which
-/// variables are secrets (sent as `secureValue`), the azureFile volumes (their keys named,
-/// not given), and the task's own location. None of these become tags.
-fn aci_labels(spec: &TaskSpec, labels: &mut BTreeMap<String, String>) {
-    use crate::runtime::aci;
-    let secrets: Vec<&str> = spec
-        .env
-        .iter()
-        .filter(|(_, value)| matches!(value, EnvValue::FromEnv(_)))
-        .map(|(name, _)| name.as_str())
-        .collect();
-    if !secrets.is_empty() {
-        labels.insert(aci::LABEL_SECRET_ENV.to_string(), aci::secret_env_label(secrets));
-    }
-    let files: Vec<aci::AzureFileMount> = spec
-        .volumes
-        .iter()
-        .filter_map(|volume| {
-            let file = volume.azure_file.as_ref()?;
-            Some(aci::AzureFileMount {
-                name: volume.name.clone(),
-                mount_path: volume.mount_path.clone(),
-                read_only: volume.read_only,
-                share_name: file.share_name.clone(),
-                storage_account_name: file.storage_account_name.clone(),
-                storage_account_key_env: file.storage_account_key_from.env.clone(),
-            })
-        })
-        .collect();
-    if !files.is_empty() {
-        labels.insert(aci::LABEL_AZURE_FILES.to_string(), aci::azure_files_label(&files));
-    }
-    if let Some(location) = &spec.aci_location {
-        labels.insert(aci::LABEL_LOCATION.to_string(), location.clone());
-    }
-}
-
 /// What the runtime is asked to run for one attempt; secrets are resolved here.
 fn container_spec(
     key: &TaskKey,
@@ -246,16 +209,39 @@ fn container_spec(
         (None, base) if spec.runtime == RuntimeKind::Process => base,
         (None, _) => None,
     };
-    let mut labels = BTreeMap::from([
+    let labels = BTreeMap::from([
         (runtime::LABEL_TASK.to_string(), key.to_string()),
         (runtime::LABEL_ATTEMPT.to_string(), attempt.to_string()),
         (runtime::LABEL_INDEX.to_string(), "0".to_string()),
         (runtime::LABEL_SPEC_HASH.to_string(), spec.spec_hash.clone()),
         (runtime::LABEL_ATTEMPT_ID.to_string(), attempt_id.to_string()),
     ]);
-    if spec.runtime == RuntimeKind::Aci {
-        aci_labels(spec, &mut labels);
-    }
+    let secret_env = spec
+        .env
+        .iter()
+        .filter(|(_, value)| matches!(value, EnvValue::FromEnv(_)))
+        .map(|(name, _)| name.clone())
+        .chain(
+            spec.completion_mode
+                .eq(&CompletionMode::Event)
+                .then(|| "SKIFF_CALLBACK_URL".to_string()),
+        )
+        .collect();
+    let azure_files = spec
+        .volumes
+        .iter()
+        .filter_map(|volume| {
+            let file = volume.azure_file.as_ref()?;
+            Some(runtime::AzureFileMount {
+                name: volume.name.clone(),
+                mount_path: volume.mount_path.clone(),
+                read_only: volume.read_only,
+                share_name: file.share_name.clone(),
+                storage_account_name: file.storage_account_name.clone(),
+                storage_account_key_env: file.storage_account_key_from.env.clone(),
+            })
+        })
+        .collect();
     Ok(ContainerSpec {
         name: container.to_string(),
         labels,
@@ -278,5 +264,46 @@ fn container_spec(
         env,
         cpu: spec.cpu,
         memory_bytes: spec.memory_bytes,
+        secret_env,
+        azure_files,
+        location: spec.aci_location.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Features, ValidationContext, parse_manifest, validate};
+
+    #[test]
+    fn secrets_are_resolved_and_named_but_never_labelled() {
+        let text = "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [x]\n  env:\n    - {name: PLAIN, value: v}\n    - {name: KEY, valueFrom: {env: PATH}}\n  completion: {mode: event}\n";
+        let task = parse_manifest("s.yaml", text.as_bytes()).unwrap();
+        let ctx = ValidationContext {
+            default_runtime: RuntimeKind::Process,
+            allow_host_paths: &[],
+            features: Features::CURRENT,
+            env_is_set: None,
+        };
+        let spec = validate("s.yaml", "s", &task, &ctx).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let callbacks = Callbacks {
+            base_url: "http://127.0.0.1:1".into(),
+            secret: Arc::new(crate::callback::CallbackSecret::load_or_create(dir.path()).unwrap()),
+            inbox: Arc::new(crate::callback::Inbox::new(dir.path()).unwrap()),
+        };
+        let key = TaskKey::new("s");
+        let made = container_spec(&key, &spec, 1, "id", "skiff-s-1", None, Some(&callbacks)).unwrap();
+        let env: BTreeMap<_, _> = made.env.iter().cloned().collect();
+        assert_eq!(env["KEY"], std::env::var("PATH").unwrap());
+        assert_eq!(env["PLAIN"], "v");
+        assert!(env["SKIFF_CALLBACK_URL"].contains("token="));
+        assert_eq!(
+            made.secret_env.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["KEY", "SKIFF_CALLBACK_URL"]
+        );
+        let labels = format!("{:?}", made.labels);
+        assert!(!labels.contains("token") && !labels.contains(&env["KEY"]), "{labels}");
+        assert!(!format!("{made:?}").contains(&env["KEY"]), "Debug hides values");
+    }
 }

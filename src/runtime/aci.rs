@@ -52,9 +52,8 @@
 //!   the next one will: waiting briefly keeps creates flowing at the quota's pace without
 //!   the controller's growing backoff, while a long wait must not hold a reconcile worker.
 //!
-//! What the manifest says but `ContainerSpec` has no field for travels in labels that are
-//! read here and never become tags: [`LABEL_SECRET_ENV`] (variables sent as
-//! `secureValue`), [`LABEL_AZURE_FILES`] (azureFile volumes) and [`LABEL_LOCATION`].
+//! `ContainerSpec::secret_env` names the variables sent as `secureValue` (which ARM never
+//! returns); `SKIFF_CALLBACK_URL`, which carries a token, always is.
 
 use super::{
     ContainerSpec, ContainerState, ContainerSummary, Inspection, LABEL_ATTEMPT_ID, LABEL_TASK, Runtime, RuntimeError,
@@ -64,7 +63,7 @@ use crate::manifest::RuntimeKind;
 use crate::status::{Reason, Timestamp};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -92,17 +91,6 @@ pub const MAX_MEMORY_GB: f64 = 16.0;
 
 /// The tag naming the controller that made a group (the id in `<state>/aci-owner`).
 pub const TAG_OWNER: &str = "skiff.owner";
-/// Label: the names of the variables in `env` whose values are secrets, comma-separated.
-/// They go to ACI as `secureValue`, which ARM never returns. `SKIFF_CALLBACK_URL` (it
-/// carries a token) is always sent that way. Not a tag.
-pub const LABEL_SECRET_ENV: &str = "skiff.secret-env";
-/// Label: the azureFile volumes, as JSON made by [`azure_files_label`]. Not a tag.
-pub const LABEL_AZURE_FILES: &str = "skiff.aci-azure-files";
-/// Label: the task's own location (`spec.aci.location`), overriding the runtime's. Not a tag.
-pub const LABEL_LOCATION: &str = "skiff.aci-location";
-
-/// Labels that instruct this runtime rather than describe the container.
-const DIRECTIVE_LABELS: [&str; 3] = [LABEL_SECRET_ENV, LABEL_AZURE_FILES, LABEL_LOCATION];
 /// Always a secret: the callback URL carries the task's token.
 const CALLBACK_ENV: &str = "SKIFF_CALLBACK_URL";
 /// ARM's limits on tags.
@@ -264,7 +252,7 @@ impl std::str::FromStr for CreateQuota {
 pub struct AciConfig {
     pub subscription_id: String,
     pub resource_group: String,
-    /// Where groups are made, unless a task names its own ([`LABEL_LOCATION`]).
+    /// Where groups are made, unless a task names its own (`ContainerSpec::location`).
     pub location: String,
     /// Resource Manager's base URL (`--arm-endpoint`): public Azure by default; a
     /// sovereign cloud's, or a simulator's (plain `http://` is accepted for loopback only).
@@ -331,32 +319,6 @@ pub enum AciError {
     Credential(String),
     #[error("the state folder {path}: {source}")]
     StateDir { path: PathBuf, source: std::io::Error },
-}
-
-/// One azureFile volume, as carried in [`LABEL_AZURE_FILES`]. The storage key is named,
-/// not given: it is read from the controller's environment when the group is created, so
-/// that it is never written into a label, a tag or a status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AzureFileMount {
-    pub name: String,
-    pub mount_path: String,
-    #[serde(default)]
-    pub read_only: bool,
-    pub share_name: String,
-    pub storage_account_name: String,
-    /// The variable of the controller's environment that holds the storage account key.
-    pub storage_account_key_env: String,
-}
-
-/// The value of [`LABEL_AZURE_FILES`] for these volumes.
-pub fn azure_files_label(mounts: &[AzureFileMount]) -> String {
-    serde_json::to_string(mounts).unwrap_or_default()
-}
-
-/// The value of [`LABEL_SECRET_ENV`] for these variable names.
-pub fn secret_env_label<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
-    names.into_iter().collect::<Vec<_>>().join(",")
 }
 
 /// What ACI cannot give one container of `cpu` cores and `memory_bytes` of memory
@@ -1471,12 +1433,10 @@ impl Inner {
         if !problems.is_empty() {
             return Err(permanent(name, problems.join("; ")));
         }
-        let label = |key: &str| spec.labels.get(key).map(String::as_str);
-        let secret: std::collections::HashSet<&str> = label(LABEL_SECRET_ENV)
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
+        let secret: std::collections::HashSet<&str> = spec
+            .secret_env
+            .iter()
+            .map(String::as_str)
             .chain([CALLBACK_ENV])
             .collect();
         let env: Vec<Value> = spec
@@ -1490,14 +1450,10 @@ impl Inner {
                 }
             })
             .collect();
-        let mounts: Vec<AzureFileMount> = match label(LABEL_AZURE_FILES) {
-            None => Vec::new(),
-            Some(text) => serde_json::from_str(text)
-                .map_err(|err| permanent(name, format!("the azureFile volumes do not parse: {err}")))?,
-        };
+        let mounts = &spec.azure_files;
         let mut volumes = Vec::new();
         let mut volume_mounts = Vec::new();
-        for mount in &mounts {
+        for mount in mounts {
             let key = std::env::var(&mount.storage_account_key_env).map_err(|_| {
                 permanent(
                     name,
@@ -1520,9 +1476,6 @@ impl Inner {
         }
         let mut tags = serde_json::Map::new();
         for (key, value) in &spec.labels {
-            if DIRECTIVE_LABELS.contains(&key.as_str()) {
-                continue;
-            }
             if value.chars().count() > MAX_TAG_VALUE {
                 return Err(permanent(
                     name,
@@ -1562,7 +1515,7 @@ impl Inner {
             properties["volumes"] = Value::Array(volumes);
         }
         Ok(json!({
-            "location": label(LABEL_LOCATION).map(str::trim).filter(|l| !l.is_empty()).unwrap_or(&self.location),
+            "location": spec.location.as_deref().map(str::trim).filter(|l| !l.is_empty()).unwrap_or(&self.location),
             "tags": tags,
             "properties": properties,
         }))

@@ -24,7 +24,7 @@ pub const LABEL_ATTEMPT_ID: &str = "skiff.attempt-id";
 
 /// Everything a runtime needs to run one attempt. Secret values are resolved here, in
 /// memory, and never written anywhere the user can read.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ContainerSpec {
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -38,6 +38,13 @@ pub struct ContainerSpec {
     /// Host folders mounted into the container (docker); already checked against
     /// `--allow-host-path`.
     pub mounts: Vec<Mount>,
+    /// Names of `env` entries whose values are secrets (from `valueFrom`, or the callback
+    /// URL's token): a runtime that can hide values (ACI's `secureValue`) hides these.
+    pub secret_env: std::collections::BTreeSet<String>,
+    /// Azure Files shares (aci).
+    pub azure_files: Vec<AzureFileMount>,
+    /// Where the container runs (aci), when the task names its own location.
+    pub location: Option<String>,
     pub working_dir: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub cpu: Option<f64>,
@@ -62,6 +69,22 @@ pub struct Mount {
     pub host_path: PathBuf,
     pub mount_path: String,
     pub read_only: bool,
+}
+
+/// One azureFile volume. The storage key is named, not given: the runtime reads it from
+/// the controller's environment when it creates the container, so that it is never
+/// written into a label, a tag or a status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureFileMount {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(default)]
+    pub read_only: bool,
+    pub share_name: String,
+    pub storage_account_name: String,
+    /// The variable of the controller's environment that holds the storage account key.
+    pub storage_account_key_env: String,
 }
 
 /// What the runtime says about one container.
