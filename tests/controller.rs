@@ -155,6 +155,9 @@ fn deleting_the_manifest_mid_run_kills_the_process_and_removes_the_status() {
         .unwrap()
         .collect();
     assert!(leftovers.is_empty(), "container folders left: {leftovers:?}");
+    // Its kept logs go with it.
+    let logs: Vec<_> = std::fs::read_dir(ws.root().join(".skiff/logs")).unwrap().collect();
+    assert!(logs.is_empty(), "logs left: {logs:?}");
 }
 
 #[test]

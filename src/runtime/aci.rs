@@ -1856,16 +1856,7 @@ impl Runtime for AciRuntime {
     }
 
     async fn forget(&self, container_prefix: &str) -> Result<(), RuntimeError> {
-        let mut entries = tokio::fs::read_dir(&self.inner.logs).await?;
-        while let Some(entry) = entries.next_entry().await? {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if file.starts_with(container_prefix)
-                || file.strip_prefix('.').is_some_and(|f| f.starts_with(container_prefix))
-            {
-                let _ = tokio::fs::remove_file(entry.path()).await;
-            }
-        }
-        Ok(())
+        super::forget_logs(&self.inner.logs, container_prefix).await
     }
 
     /// ARM has no event stream for container groups: completion is seen by polling (and

@@ -182,3 +182,17 @@ pub(crate) async fn read_end(path: &std::path::Path, limit: Option<u64>) -> std:
     file.read_to_end(&mut bytes).await?;
     Ok(bytes)
 }
+
+/// Removes the kept logs of a task's containers (`<logs>/<name>.log`, and the dot-prefixed
+/// temporary copies of a save that was interrupted): what `Runtime::forget` does for every
+/// runtime that keeps logs in the state folder.
+pub(crate) async fn forget_logs(logs: &std::path::Path, container_prefix: &str) -> Result<(), RuntimeError> {
+    let mut entries = tokio::fs::read_dir(logs).await?;
+    while let Some(entry) = entries.next_entry().await? {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.trim_start_matches('.').starts_with(container_prefix) {
+            let _ = tokio::fs::remove_file(entry.path()).await;
+        }
+    }
+    Ok(())
+}

@@ -315,13 +315,7 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn forget(&self, container_prefix: &str) -> Result<(), RuntimeError> {
-        for entry in std::fs::read_dir(&self.layout.logs)? {
-            let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(container_prefix) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        Ok(())
+        super::forget_logs(&self.layout.logs, container_prefix).await
     }
 
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>> {
