@@ -156,8 +156,11 @@ fn deleting_the_manifest_mid_run_kills_the_process_and_removes_the_status() {
         .collect();
     assert!(leftovers.is_empty(), "container folders left: {leftovers:?}");
     // Its kept logs go with it.
-    let logs: Vec<_> = std::fs::read_dir(ws.root().join(".skiff/logs")).unwrap().collect();
-    assert!(logs.is_empty(), "logs left: {logs:?}");
+    ws.wait_until(Duration::from_secs(5), "its logs to go", || {
+        std::fs::read_dir(ws.root().join(".skiff/logs"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(false)
+    });
 }
 
 #[test]
