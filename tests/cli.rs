@@ -206,3 +206,38 @@ fn flags_beat_the_environment_which_beats_the_config_file() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad).contains("unknown setting `max-runing`"), "{}", text(&bad));
 }
+
+#[test]
+fn get_watch_prints_again_when_something_changes() {
+    use std::io::BufRead;
+    let ws = Workspace::new();
+    ws.task("w.yaml", "sleep 0.5", "");
+    let dir = ws.root().display().to_string();
+    let mut watcher = std::process::Command::new(support::SKIFF)
+        .args(["get", "--dir", &dir, "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watcher.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let _controller = ws.controller(&[]);
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + LONG;
+    while std::time::Instant::now() < deadline && !seen.iter().any(|l: &String| l.contains("Succeeded")) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(line);
+        }
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let headers = seen.iter().filter(|l| l.starts_with("TASK")).count();
+    assert!(seen.iter().any(|l| l.contains("Succeeded")), "{seen:#?}");
+    assert!(headers >= 2, "the table is printed again on change: {seen:#?}");
+}
