@@ -161,13 +161,8 @@ fn usage_errors_exit_2_and_name_the_fix() {
 #[test]
 fn flags_beat_the_environment_which_beats_the_config_file() {
     let ws = Workspace::new();
-    let ledger = ws.ledger().display().to_string();
     for i in 0..6 {
-        ws.task(
-            &format!("t{i}.yaml"),
-            &format!("echo start >> {ledger}; sleep 0.3; echo end >> {ledger}"),
-            "",
-        );
+        ws.task(&format!("t{i}.yaml"), &ws.overlap_script(0.3), "");
     }
     let config = ws.root().join(".skiff.yaml");
     std::fs::write(&config, "max-running: 1\nonce: true\n").unwrap();
@@ -188,12 +183,7 @@ fn flags_beat_the_environment_which_beats_the_config_file() {
         }
         let out = command.output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        let (mut now, mut most) = (0i32, 0i32);
-        for line in ws.ledger_lines() {
-            now += if line == "start" { 1 } else { -1 };
-            most = most.max(now);
-        }
-        most
+        ws.most_at_once()
     };
     // The file alone: one at a time (and `once: true` came from it too).
     assert_eq!(run(&[], &[]), 1);

@@ -295,13 +295,8 @@ fn crash_safety_under_repeated_sigkill() {
 #[test]
 fn a_runtime_cap_holds_tasks_back_under_the_global_limit() {
     let ws = Workspace::new();
-    let ledger = ws.ledger().display().to_string();
     for i in 0..8 {
-        ws.task(
-            &format!("p{i}.yaml"),
-            &format!("echo start >> {ledger}; sleep 0.3; echo end >> {ledger}"),
-            "",
-        );
+        ws.task(&format!("p{i}.yaml"), &ws.overlap_script(0.3), "");
     }
     let controller = ws.controller(&["--once", "--max-running", "6", "--max-running-process", "2"]);
     let mut saw_cap = false;
@@ -316,11 +311,6 @@ fn a_runtime_cap_holds_tasks_back_under_the_global_limit() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(controller.wait(LONG), Some(0));
-    let (mut now, mut most) = (0i32, 0i32);
-    for line in ws.ledger_lines() {
-        now += if line == "start" { 1 } else { -1 };
-        most = most.max(now);
-    }
-    assert_eq!(most, 2, "the process cap, not the global limit, held them");
+    assert_eq!(ws.most_at_once(), 2, "the process cap, not the global limit, held them");
     assert!(saw_cap, "a waiting task names the cap that holds it");
 }

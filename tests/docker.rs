@@ -570,17 +570,10 @@ async fn subscribe_reports_an_exit() {
     }
     // Removal is news too (a container deleted behind the controller's back).
     engine.runtime.delete(&name).await.expect("delete");
-    let got = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match events.recv().await {
-                Some(got) if got == name => return,
-                Some(_) => {}
-                None => panic!("the event stream closed"),
-            }
-        }
-    })
-    .await;
-    assert!(got.is_ok(), "no report of {name}'s removal within 30 s");
+    assert!(
+        report_within(&mut events, &name, 30).await,
+        "no report of {name}'s removal within 30 s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -691,17 +684,10 @@ impl Drop for Proxy {
 
 /// Waits until `name` is reported.
 async fn reported(events: &mut tokio::sync::mpsc::UnboundedReceiver<String>, name: &str) {
-    let found = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            match events.recv().await {
-                Some(got) if got == name => return,
-                Some(_) => {}
-                None => panic!("the event stream closed"),
-            }
-        }
-    })
-    .await;
-    assert!(found.is_ok(), "{name} was not reported within 60 s");
+    assert!(
+        report_within(events, name, 60).await,
+        "{name} was not reported within 60 s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -758,4 +744,19 @@ async fn subscribe_reconnects_and_reports_what_it_missed() {
         .await
         .expect("log_tail from the kept copy");
     assert_eq!(tail.as_deref(), Some("missed\n"));
+}
+
+/// Whether the runtime's event stream names `name` within `secs` seconds.
+async fn report_within(events: &mut tokio::sync::mpsc::UnboundedReceiver<String>, name: &str, secs: u64) -> bool {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match events.recv().await {
+                Some(got) if got == name => return,
+                Some(_) => {}
+                None => panic!("the event stream closed"),
+            }
+        }
+    })
+    .await
+    .is_ok()
 }

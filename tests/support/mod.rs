@@ -54,6 +54,22 @@ impl Workspace {
         format!("echo \"$SKIFF_TASK $SKIFF_ATTEMPT\" >> {}", self.ledger().display())
     }
 
+    /// A script that marks its start and end in the ledger, around `sleep secs`.
+    pub fn overlap_script(&self, secs: f64) -> String {
+        let ledger = self.ledger().display().to_string();
+        format!("echo start >> {ledger}; sleep {secs}; echo end >> {ledger}")
+    }
+
+    /// The most tasks of [`Workspace::overlap_script`] that ran at once.
+    pub fn most_at_once(&self) -> i32 {
+        let (mut now, mut most) = (0i32, 0i32);
+        for line in self.ledger_lines() {
+            now += if line == "start" { 1 } else { -1 };
+            most = most.max(now);
+        }
+        most
+    }
+
     pub fn ledger_lines(&self) -> Vec<String> {
         std::fs::read_to_string(self.ledger())
             .unwrap_or_default()
