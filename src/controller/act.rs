@@ -138,15 +138,24 @@ pub(super) async fn execute(
 
 /// Once the status records a completion event durably, its inbox copy can go.
 fn record_event_consumed(shared: &Shared, key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus) {
-    let by_event = |s: Option<&TaskStatus>| {
-        s.and_then(|s| s.attempts.iter().find(|a| a.number == after.attempt))
+    let by_event = |s: Option<&TaskStatus>, container: &str| {
+        s.and_then(|s| s.attempts.iter().find(|a| a.container == container))
             .is_some_and(|a| a.completed_by == Some(CompletedBy::Event))
     };
-    if !by_event(Some(after)) || by_event(before) {
+    // Each index of a fan-out has its own container, and so its own event.
+    let consumed: Vec<&str> = after
+        .attempts
+        .iter()
+        .filter(|a| a.completed_by == Some(CompletedBy::Event) && !by_event(before, &a.container))
+        .map(|a| a.container.as_str())
+        .collect();
+    if consumed.is_empty() {
         return;
     }
-    if let (Some(callbacks), Some(current)) = (&shared.callbacks, after.current()) {
-        callbacks.inbox.remove(&current.container);
+    if let Some(callbacks) = &shared.callbacks {
+        for container in consumed {
+            callbacks.inbox.remove(container);
+        }
     }
     if let Some(at) = shared.memory(key, |m| m.event_at.take()) {
         let latency = at.elapsed();

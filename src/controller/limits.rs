@@ -138,6 +138,18 @@ impl Limits {
         }
     }
 
+    /// Puts the lane in line without asking for a slot yet.
+    fn enqueue(&self, key: &TaskKey, lane: Lane, order: u64) {
+        if self.max.is_none() {
+            return;
+        }
+        if let Ok(mut state) = self.state.lock()
+            && !state.holds(key, lane)
+        {
+            state.waiters.insert((order, lane, key.clone()));
+        }
+    }
+
     /// The lanes of `key` holding a slot or a place in line, to settle each.
     fn lanes_of(&self, key: &TaskKey, order: u64) -> BTreeSet<Lane> {
         let Ok(state) = self.state.lock() else {
@@ -303,6 +315,16 @@ impl Slots {
                 );
                 (Slot::Full { limit }, Some(wait))
             }
+        }
+    }
+
+    /// Puts a lane in line for its runtime's cap and the global limit before it asks:
+    /// at start-up every task is put in line in first-seen order before any asks, so
+    /// the order in which their reconciles happen to run does not matter.
+    pub fn enqueue(&self, key: &TaskKey, lane: Lane, order: u64, runtime: RuntimeKind) {
+        self.global.enqueue(key, lane, order);
+        if let Some(own) = self.runtimes.get(&runtime) {
+            own.enqueue(key, lane, order);
         }
     }
 
@@ -478,6 +500,27 @@ mod tests {
         assert_eq!(slots.global.in_use(), 2);
         assert_eq!(
             slots.try_acquire(&key("d"), 0, 4, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+    }
+
+    #[test]
+    fn lanes_put_in_line_before_asking_are_served_in_line_order() {
+        let (slots, _woken) = Slots::new(Some(1), &HashMap::new(), &HashMap::new());
+        for order in [3, 1, 2] {
+            slots.enqueue(&key(&format!("t{order}")), 0, order, RuntimeKind::Process);
+        }
+        // The reconciles run in any order; only the first in line gets the slot.
+        assert!(matches!(
+            slots.try_acquire(&key("t3"), 0, 3, RuntimeKind::Process).0,
+            Slot::Full { .. }
+        ));
+        assert!(matches!(
+            slots.try_acquire(&key("t2"), 0, 2, RuntimeKind::Process).0,
+            Slot::Full { .. }
+        ));
+        assert_eq!(
+            slots.try_acquire(&key("t1"), 0, 1, RuntimeKind::Process).0,
             Slot::Granted
         );
     }

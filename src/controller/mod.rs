@@ -718,9 +718,16 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
     let mut waiting_lane = None;
     let mut token_wait = None;
     if !started.is_empty() {
+        let runtime = match &desired {
+            Desired::Valid(spec) => spec.runtime,
+            _ => shared.config.default_runtime,
+        };
         if !shared.caught_up.load(std::sync::atomic::Ordering::Acquire) {
             // Start nothing before every task has been seen once: names are then known
             // and first come, first served has everyone in line.
+            for lane in &started {
+                shared.limits.enqueue(key, lane.unwrap_or(0), order, runtime);
+            }
             return Ok(Reconciled {
                 key: key.clone(),
                 state: TaskState::Active,
@@ -730,10 +737,6 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
                 phase: None,
             });
         }
-        let runtime = match &desired {
-            Desired::Valid(spec) => spec.runtime,
-            _ => shared.config.default_runtime,
-        };
         let mut granted = Vec::new();
         let mut refused = None;
         for lane in &started {

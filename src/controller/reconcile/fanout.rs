@@ -370,9 +370,7 @@ fn store_lane(status: &mut TaskStatus, index: u32, lane: TaskStatus) {
     }
     status.attempts.retain(|a| a.index != Some(index));
     status.attempts.extend(lane.attempts);
-    status
-        .attempts
-        .sort_by(|a, b| (a.created_at, a.index, a.number).cmp(&(b.created_at, b.index, b.number)));
+    status.attempts.sort_by_key(|a| (a.created_at, a.index, a.number));
     if lane.log_tail.is_some() {
         status.log_tail = lane.log_tail;
     }
@@ -455,7 +453,12 @@ fn summarize(status: &mut TaskStatus, spec: &TaskSpec, now: Timestamp) {
     } else if creating > 0 {
         (Phase::Creating, Some(Reason::ContainerCreated))
     } else if deleting > 0 {
-        (Phase::Deleting, status.reason)
+        let why = status
+            .indexes
+            .iter()
+            .find(|l| l.phase == Phase::Deleting)
+            .and_then(|l| l.reason);
+        (Phase::Deleting, why)
     } else if waiting.is_some() {
         (Phase::Pending, Some(Reason::WaitingForSlot))
     } else if status.next_attempt_at.is_some() {
