@@ -303,3 +303,44 @@ fn dependency_results_over_32_kib_fail_the_dependent_with_the_reason_said() {
         "{message}"
     );
 }
+
+#[test]
+fn the_create_rate_spreads_creates_and_says_so() {
+    let ws = Workspace::new();
+    for i in 0..6 {
+        ws.task(&format!("r{i}.yaml"), "true", "");
+    }
+    // A burst of 2, then one create every 500 ms.
+    let controller = ws.controller(&["--once", "--create-rate", "process=2/1s"]);
+    let mut said = false;
+    let started = std::time::Instant::now();
+    while started.elapsed() < LONG && !(0..6).all(|i| ws.phase(&format!("r{i}")).as_deref() == Some("Succeeded")) {
+        said |= (0..6).any(|i| {
+            ws.status(&format!("r{i}"))
+                .is_some_and(|s| s["message"].as_str().unwrap_or("").contains("create-rate-process 2/1s"))
+        });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(controller.wait(LONG), Some(0), "{}", ws.controller_log());
+    assert!(said, "a task held by the bucket names it");
+    let mut created: Vec<chrono::DateTime<chrono::Utc>> = (0..6)
+        .map(|i| {
+            let status = ws.status(&format!("r{i}")).unwrap();
+            status["attempts"][0]["createdAt"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    created.sort();
+    let spread = (created[5] - created[0]).to_std().unwrap();
+    assert!(
+        spread >= Duration::from_millis(1900),
+        "6 creates at 2 then 2/s took only {spread:?}"
+    );
+    // No 1 s window saw more than the burst plus what refills in it.
+    for (i, first) in created.iter().enumerate() {
+        let within = created[i..]
+            .iter()
+            .filter(|t| (**t - *first).to_std().unwrap() < Duration::from_secs(1))
+            .count();
+        assert!(within <= 4, "{within} creates within 1 s of {first}");
+    }
+}

@@ -180,7 +180,10 @@ fn describe_text(s: &TaskStatus) -> String {
                 lane.attempt,
                 lane.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
                 lane.message.as_ref().map(|m| format!("  {m}")).unwrap_or_default(),
-                lane.result.as_ref().map(|r| format!("  result {r}")).unwrap_or_default(),
+                lane.result
+                    .as_ref()
+                    .map(|r| format!("  result {r}"))
+                    .unwrap_or_default(),
             );
         }
     }

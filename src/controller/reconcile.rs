@@ -223,20 +223,6 @@ impl Decision {
             .collect()
     }
 
-    /// The containers that may exist once this decision is carried out, by lane.
-    pub fn live_lanes(&self) -> Vec<Option<u32>> {
-        match &self.status {
-            Some(s) if s.indexes.is_empty() => s.phase.has_container().then_some(None).into_iter().collect(),
-            Some(s) => s
-                .indexes
-                .iter()
-                .filter(|l| l.phase.has_container())
-                .map(|l| Some(l.index))
-                .collect(),
-            None => Vec::new(),
-        }
-    }
-
     /// Adds deletes of containers left by an earlier spec, before anything else.
     fn deleting_first(mut self, containers: Vec<String>) -> Self {
         let deletes = containers
