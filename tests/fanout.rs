@@ -279,6 +279,12 @@ fn a_dependency_that_reruns_reruns_its_dependent_after_it_with_the_new_results()
     ws.task("split.yaml", &split(2), "  completion: {mode: event}\n");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(ws.ledger_lines().len(), 4);
+    // Tidying the dependency away leaves the finished dependent as it is.
+    std::fs::remove_file(ws.root().join("split.yaml")).unwrap();
+    ws.wait_until(LONG, "split's status to go", || ws.status("split").is_none());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(ws.phase("merge").as_deref(), Some("Succeeded"));
+    assert_eq!(ws.ledger_lines().len(), 4);
     drop(controller);
 }
 

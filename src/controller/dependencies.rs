@@ -9,7 +9,7 @@
 use super::Shared;
 use super::reconcile::Dependencies;
 use crate::manifest::TaskSpec;
-use crate::status::Phase;
+use crate::status::{Phase, TaskStatus};
 use crate::store::StoreError;
 use crate::task::TaskKey;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -84,12 +84,17 @@ impl Graph {
 
 /// Where `spec.dependsOn` stands. `Err` holds why the manifest cannot run at all (a
 /// cycle, or a task that does not exist), naming the file and the fix.
+///
+/// A dependency that goes away once this task's run has begun (its manifest deleted to
+/// tidy up, say) changes nothing: the run was based on it, and stands.
 pub(super) async fn evaluate(
     shared: &Shared,
     key: &TaskKey,
     spec: &TaskSpec,
     file: &str,
+    status: Option<&TaskStatus>,
 ) -> Result<Result<Dependencies, String>, StoreError> {
+    let begun = status.is_some_and(|s| s.spec_hash == spec.spec_hash && !s.dependencies.is_empty());
     shared.graph.record(key, &spec.depends_on);
     if spec.depends_on.is_empty() {
         return Ok(Ok(Dependencies::None));
@@ -112,6 +117,9 @@ pub(super) async fn evaluate(
     let mut failed = Vec::new();
     for dep in &spec.depends_on {
         let has_manifest = shared.store.list_one(dep).await?.is_some_and(|l| l.has_manifest);
+        if !has_manifest && begun {
+            continue;
+        }
         if !has_manifest {
             return Ok(Err(format!(
                 "{file}: spec.dependsOn: there is no task {dep} (no manifest {dep}.yaml, .yml or .json in {}); name a task by its path without the extension",

@@ -169,8 +169,9 @@ struct Reconciled {
     wake: Vec<TaskKey>,
     /// Held back until the controller has caught up after start-up.
     deferred: bool,
-    /// The phase written (or kept), and the runtime of its current attempt.
-    phase: Option<(Phase, RuntimeKind)>,
+    /// The phase written (or kept), the runtime of its current attempt, and how many
+    /// of its containers may exist (a fan-out's live indexes).
+    phase: Option<(Phase, RuntimeKind, i64)>,
 }
 
 /// A task's standing, as far as `--once` and resync are concerned.
@@ -274,7 +275,7 @@ impl Controller {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut control = self.control.take();
-        let mut phases: HashMap<TaskKey, (Phase, RuntimeKind)> = HashMap::new();
+        let mut phases: HashMap<TaskKey, (Phase, RuntimeKind, i64)> = HashMap::new();
 
         let outcome = loop {
             shared.health.turn();
@@ -484,22 +485,22 @@ async fn next_control(control: &mut Option<mpsc::UnboundedReceiver<Control>>) ->
 }
 
 /// Keeps the task and live-container gauges in step with the phases just written.
-fn update_gauges(metrics: &Metrics, phases: &mut HashMap<TaskKey, (Phase, RuntimeKind)>, done: &Reconciled) {
+fn update_gauges(metrics: &Metrics, phases: &mut HashMap<TaskKey, (Phase, RuntimeKind, i64)>, done: &Reconciled) {
     let old = match (&done.phase, done.state) {
         (_, TaskState::Removed) => phases.remove(&done.key),
         (Some(new), _) => phases.insert(done.key.clone(), *new),
         (None, _) => return,
     };
-    let apply = |(phase, runtime): (Phase, RuntimeKind), delta: i64| {
+    let apply = |(phase, runtime, live): (Phase, RuntimeKind, i64), delta: i64| {
         metrics
             .tasks
             .get_or_create(&Metrics::label("phase", phase.as_str()))
             .inc_by(delta);
-        if phase.has_container() {
+        if live > 0 {
             metrics
                 .live_containers
                 .get_or_create(&Metrics::label("runtime", runtime.as_str()))
-                .inc_by(delta);
+                .inc_by(delta * live);
         }
     };
     if let Some(old) = old {
@@ -645,8 +646,9 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         },
         _ => shared.release_names(key),
     }
+    let status = shared.store.read_status(key).await?;
     let dependencies = match &desired {
-        Desired::Valid(spec) => match dependencies::evaluate(shared, key, spec, &file).await? {
+        Desired::Valid(spec) => match dependencies::evaluate(shared, key, spec, &file, status.as_ref()).await? {
             Ok(dependencies) => dependencies,
             Err(message) => {
                 desired = Desired::Invalid {
@@ -661,7 +663,6 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
             Dependencies::None
         }
     };
-    let status = shared.store.read_status(key).await?;
 
     // Observe the containers the status says may exist, on the runtime each was made on.
     let mut single = Lane::default();
@@ -824,7 +825,11 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
     }
     let phase = decision.status.as_ref().map(|s| {
         let runtime = s.current().map(|a| a.runtime).unwrap_or(shared.config.default_runtime);
-        (s.phase, runtime)
+        let live = standings
+            .iter()
+            .filter(|(_, standing, _)| *standing == Standing::Live)
+            .count();
+        (s.phase, runtime, live as i64)
     });
     Ok(Reconciled {
         key: key.clone(),
