@@ -691,7 +691,6 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
     for lane in lanes.values_mut() {
         lane.seen_by_engine = seen_by_engine;
     }
-    let fan_out = !lanes.is_empty() || status.as_ref().is_some_and(|s| !s.indexes.is_empty());
     let results = match &dependencies {
         Dependencies::Met { results, .. } => Some(results.clone()),
         _ => None,
@@ -753,17 +752,16 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
             }
         }
         if let Some(full) = refused {
-            if fan_out || decision.status.as_ref().is_some_and(|s| !s.indexes.is_empty()) {
-                // Every lane not granted waits, or a lane past the parallelism cut of
-                // the first decision could start without a slot.
-                let count = decision.status.as_ref().map_or(0, |s| s.indexes.len() as u32);
-                for index in 0..count {
-                    if !granted.contains(&Some(index)) {
-                        input.lanes.entry(index).or_default().slot = full.clone();
-                    }
+            // Hold back everything not granted: the single container (which a fan-out
+            // that became a task of one completion starts too), and every lane of a
+            // fan-out, or a lane past the parallelism cut of the first decision could
+            // start without a slot.
+            input.slot = full.clone();
+            let count = decision.status.as_ref().map_or(0, |s| s.indexes.len() as u32);
+            for index in 0..count {
+                if !granted.contains(&Some(index)) {
+                    input.lanes.entry(index).or_default().slot = full.clone();
                 }
-            } else {
-                input.slot = full;
             }
             decision = reconcile::decide(input);
         }
