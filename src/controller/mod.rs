@@ -11,6 +11,7 @@ mod act;
 mod desired;
 mod health;
 pub mod limits;
+mod ownership;
 pub mod queue;
 pub mod reconcile;
 
@@ -151,6 +152,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     callbacks: Option<Callbacks>,
+    /// Who owns which task, when replicas share the store (see [`ownership`]).
+    ownership: Option<Arc<dyn crate::store::ownership::Ownership>>,
 }
 
 /// What one reconcile reports back to the loop.
@@ -186,6 +189,7 @@ impl Controller {
         let runtimes = runtimes.into_iter().map(|r| (r.kind(), r)).collect();
         Controller {
             shared: Arc::new(Shared {
+                ownership: store.ownership(),
                 store,
                 runtimes,
                 config,
@@ -341,7 +345,14 @@ impl Controller {
                         settled.remove(&key);
                         queue.schedule(key, Duration::ZERO);
                     }
-                    StoreEvent::Rescan => self.relist(&mut queue, &mut known, &settled).await?,
+                    StoreEvent::Rescan => {
+                        let relisted = self.relist(&mut queue, &mut known, &settled).await;
+                        shared.health.store_result(&relisted);
+                        if let Err(err) = relisted {
+                            tracing::warn!("relist of {} failed, will retry: {err}", shared.store.location());
+                        }
+                    }
+                    StoreEvent::Reachable(error) => shared.health.store_result(&error.map_or(Ok(()), Err)),
                 },
                 Some(name) = runtime_events.recv() => {
                     let key = shared.containers.lock().ok().and_then(|m| m.get(&name).cloned());
@@ -394,6 +405,10 @@ impl Controller {
         };
         // Finish the status writes in flight; running containers are durable and left alone.
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while running.join_next().await.is_some() {} }).await;
+        // Hand the tasks over: other replicas take them at once rather than when leases lapse.
+        if let Some(owner) = &shared.ownership {
+            owner.release_all().await;
+        }
         Ok(outcome)
     }
 
@@ -579,8 +594,23 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
             shared.memory(key, |m| m.infra_failures = 0);
             done
         }
+        Err(StoreError::Conflict { path }) => {
+            // Someone changed the status since it was read: read it again now.
+            tracing::info!(task = %key, "{path} changed under this reconcile; re-reading");
+            Reconciled {
+                key: key.clone(),
+                state: TaskState::Active,
+                requeue: Some(Duration::ZERO),
+                displaced: None,
+                deferred: false,
+                phase: None,
+            }
+        }
         Err(err) => {
             let corrupt = matches!(err, StoreError::CorruptStatus { .. });
+            if matches!(err, StoreError::Unavailable { .. }) {
+                shared.health.store_result::<(), _>(&Err(&err));
+            }
             tracing::warn!(task = %key, "{err}");
             Reconciled {
                 key: key.clone(),
@@ -601,6 +631,9 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
 
 async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled, StoreError> {
     let order = shared.first_seen(key);
+    if let gate @ (ownership::Gate::Later(_) | ownership::Gate::Deferred) = ownership::before_read(shared, key) {
+        return Ok(ownership::not_acting(shared, key, order, gate));
+    }
     let Some(DesiredRead {
         mut desired,
         file,
@@ -634,6 +667,11 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         _ => shared.release_names(key),
     }
     let status = shared.store.read_status(key).await?;
+    if let gate @ (ownership::Gate::Later(_) | ownership::Gate::Deferred) =
+        ownership::claim(shared, key, &desired, status.as_ref()).await?
+    {
+        return Ok(ownership::not_acting(shared, key, order, gate));
+    }
 
     // Observe the container the status says may exist, on the runtime it was made on.
     let current = status.as_ref().and_then(|s| {
@@ -675,6 +713,11 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
                                         && status.as_ref().is_some_and(|s| s.phase == Phase::Deleting));
                                 if finished {
                                     log_tail = runtime.log_tail(container).await.ok().flatten();
+                                    if let Some(tail) = &log_tail
+                                        && let Err(err) = shared.store.save_log(container, tail).await
+                                    {
+                                        tracing::debug!(task = %key, "saving the output failed: {err}");
+                                    }
                                 }
                                 Observed::Container(state)
                             }
@@ -741,6 +784,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
     shared.limits.settle(key, standing, order, live_runtime);
 
     let requeue = execute(shared, key, status.as_ref(), &desired, local_dir, &decision).await?;
+    ownership::after(shared, key, decision.status.as_ref()).await;
     let state = match &decision.status {
         None => TaskState::Removed,
         Some(s) if s.phase.is_final() => TaskState::Final(s.phase),
