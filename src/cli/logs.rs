@@ -2,17 +2,16 @@
 //! Process output is read from its log file; Docker output from the engine while the
 //! container exists, and from the copy saved at deletion afterwards.
 
-use super::{LogsArgs, UsageError, inspect, open_dir_store, state_dir};
+use super::{LogsArgs, UsageError, inspect, open_store, state_dir};
 use crate::manifest::RuntimeKind;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::Layout;
-use crate::store::Store;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let store = open_dir_store(&args.source)?;
+    let store = open_store(&args.source)?;
     let state = state_dir(&args.source);
     let layout = Layout::new(&state);
     let docker = DockerRuntime::connect(&state, None).ok();
@@ -49,6 +48,11 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
                         None => None,
                     },
                     _ => std::fs::read(layout.log_path(container)).ok(),
+                };
+                // Another machine's container: the output its controller saved in the store.
+                let output = match output {
+                    Some(bytes) => Some(bytes),
+                    None => store.read_log(container).await.ok().flatten(),
                 };
                 if let Some(bytes) = output
                     && bytes.len() > offset
