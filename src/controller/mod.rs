@@ -667,10 +667,15 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         _ => shared.release_names(key),
     }
     let status = shared.store.read_status(key).await?;
-    if let gate @ (ownership::Gate::Later(_) | ownership::Gate::Deferred) =
-        ownership::claim(shared, key, &desired, status.as_ref()).await?
-    {
-        return Ok(ownership::not_acting(shared, key, order, gate));
+    match ownership::claim(shared, key, &desired, status.as_ref()).await? {
+        ownership::Gate::Proceed => {}
+        // What was read before the task was ours may be stale (its last owner may have
+        // moved it on since): start over, reading afresh as its owner.
+        ownership::Gate::Acquired => {
+            shared.store.refresh(key).await?;
+            return Box::pin(try_reconcile(shared, key)).await;
+        }
+        gate => return Ok(ownership::not_acting(shared, key, order, gate)),
     }
 
     // Observe the container the status says may exist, on the runtime it was made on.

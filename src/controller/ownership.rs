@@ -5,7 +5,9 @@
 //!   replica already holds as many tasks as `--max-running` allows, so that a replica
 //!   never claims work it cannot start and the other replicas idle (work sharing);
 //! - once the task is read: whether it needs an owner at all (a finished task whose spec
-//!   did not change needs none), and if so takes it, unless a live replica holds it;
+//!   did not change needs none), and if so takes it, unless a live replica holds it; a
+//!   task just taken is read again, from the store's freshest listing, before anything
+//!   is decided: its last owner may have moved it on since the first read;
 //! - once the reconcile is done: a task with no container left (finished, removed, or
 //!   waiting) is handed back, so that any replica with a free slot may take it next.
 //!
@@ -29,6 +31,8 @@ const FULL: Duration = Duration::from_secs(2);
 
 pub(super) enum Gate {
     Proceed,
+    /// Just taken: what was read before may be stale.
+    Acquired,
     /// Look again after this long, without acting.
     Later(Duration),
     /// Nothing may start before the controller has seen every task once.
@@ -81,7 +85,7 @@ pub(super) async fn claim(
         return Ok(Gate::Deferred);
     }
     Ok(if owner.acquire(key).await? {
-        Gate::Proceed
+        Gate::Acquired
     } else {
         Gate::Later(jitter(HELD_ELSEWHERE))
     })
@@ -94,7 +98,7 @@ pub(super) fn not_acting(shared: &Shared, key: &TaskKey, order: u64, gate: Gate)
     let (requeue, deferred) = match gate {
         Gate::Later(delay) => (Some(delay), false),
         Gate::Deferred => (None, true),
-        Gate::Proceed => (None, false),
+        Gate::Proceed | Gate::Acquired => (None, false),
     };
     Reconciled {
         key: key.clone(),

@@ -110,6 +110,11 @@ pub trait Store: Send + Sync {
     fn watch(&self) -> Result<mpsc::UnboundedReceiver<StoreEvent>, StoreError>;
     /// A human name for where the store is, for messages.
     fn location(&self) -> String;
+    /// Forgets what is cached of the task's files, so that the next reads are fresh (the
+    /// blob store lists the task's blobs again).
+    async fn refresh(&self, _key: &TaskKey) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Who owns which task, when several controllers may share the store; `None`: this
     /// controller owns every task.
     fn ownership(&self) -> Option<std::sync::Arc<dyn ownership::Ownership>> {

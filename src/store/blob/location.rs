@@ -79,7 +79,7 @@ impl BlobLocation {
         let host = url.host_str().ok_or_else(|| bad("there is no host"))?.to_string();
         let mut segments: Vec<String> = url
             .path_segments()
-            .map(|s| s.filter(|p| !p.is_empty()).map(|p| decode(p)).collect())
+            .map(|s| s.filter(|p| !p.is_empty()).map(decode).collect())
             .unwrap_or_default();
         let origin = match url.port() {
             Some(port) => format!("{}://{host}:{port}", url.scheme()),
@@ -280,7 +280,7 @@ mod tests {
             "https://a.blob.core.windows.net/",
             "https://a.blob.core.windows.net/Bad_Name",
             "http://127.0.0.1:10000/",
-            "https://a.blob.core.windows.net/c?x=1",
+            "https://a.blob.core.windows.net/tasks?x=1",
         ] {
             let err = BlobLocation::parse(bad).unwrap_err().to_string();
             assert!(
@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn a_sas_is_used_and_never_shown() {
-        let loc = BlobLocation::parse("https://a.blob.core.windows.net/c?sv=2024&sig=SECRET").unwrap();
+        let loc = BlobLocation::parse("https://a.blob.core.windows.net/tasks?sv=2024&sig=SECRET").unwrap();
         assert!(matches!(loc.auth(&|_| None), Ok(Auth::Sas)));
         assert!(loc.blob_url("x.yaml").ends_with("x.yaml?sv=2024&sig=SECRET"));
         assert!(!format!("{loc:?}").contains("SECRET"));
@@ -331,7 +331,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("AZURE_STORAGE_KEY"), "{err}");
-        let https = BlobLocation::parse("https://a.blob.core.windows.net/c").unwrap();
+        let https = BlobLocation::parse("https://a.blob.core.windows.net/tasks").unwrap();
         assert!(matches!(https.auth(&env(vec![])), Ok(Auth::Token)));
     }
 }

@@ -32,7 +32,7 @@ use futures_util::TryStreamExt;
 use location::{Auth, BlobLocation};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// The folder of skiff's own blobs, beside the manifests.
@@ -70,6 +70,9 @@ pub(crate) struct Inner {
     /// The ETag of each status as last read or written (`None`: it was absent).
     status_etags: Mutex<HashMap<TaskKey, Option<String>>>,
     leases: Arc<lease::Leases>,
+    /// A failpoint for tests (`SKIFF_TEST_STATUS_WRITE_DELAY`): a pause between reading a
+    /// status and writing it, wide enough for a concurrent writer to step in.
+    write_delay: Option<Duration>,
 }
 
 /// One blob as listed.
@@ -229,6 +232,9 @@ impl BlobStore {
             index: Mutex::default(),
             manifests: Mutex::default(),
             status_etags: Mutex::default(),
+            write_delay: std::env::var("SKIFF_TEST_STATUS_WRITE_DELAY")
+                .ok()
+                .and_then(|v| humantime::parse_duration(&v).ok()),
         });
         Ok(BlobStore { inner })
     }
@@ -323,7 +329,7 @@ impl Inner {
         bytes: Vec<u8>,
         if_match: Option<&str>,
         if_absent: bool,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<(String, u128)>, StoreError> {
         let blob = self.blob(rel)?;
         let options = BlockBlobClientUploadOptions {
             if_match: if_match.map(Etag::from),
@@ -343,7 +349,11 @@ impl Inner {
             .upload(RequestContent::from(bytes), Some(options))
             .await
             .map_err(|err| self.error(rel, &err))?;
-        Ok(result.etag.as_ref().map(ToString::to_string))
+        // The service's own ETag and time, exactly as the next listing will show them.
+        Ok(result
+            .etag
+            .as_ref()
+            .map(|etag| (etag.to_string(), nanos(result.last_modified))))
     }
 
     /// Every blob under the prefix, grouped by task.
@@ -409,15 +419,11 @@ impl Inner {
 
     /// Records a status this store wrote (or removed), so that the next listing does not
     /// take the controller's own write for a change.
-    fn note_status(&self, key: &TaskKey, etag: Option<String>, size: usize) {
-        lock(&self.status_etags).insert(key.clone(), etag.clone());
+    fn note_status(&self, key: &TaskKey, written: Option<(String, u128)>, size: usize) {
+        lock(&self.status_etags).insert(key.clone(), written.as_ref().map(|(etag, _)| etag.clone()));
         let mut index = lock(&self.index);
-        match etag {
-            Some(etag) => {
-                let modified_nanos = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0);
+        match written {
+            Some((etag, modified_nanos)) => {
                 index.entry(key.clone()).or_default().status = Some(Meta {
                     name: Self::status_rel(key),
                     etag,
@@ -479,6 +485,7 @@ async fn poll(inner: Arc<Inner>, tx: mpsc::UnboundedSender<StoreEvent>) {
                     downloads = after.1 - before.1,
                     other = after.2 - before.2,
                     changed = changed.len(),
+                    first = ?changed.first(),
                     micros = started.elapsed().as_micros() as u64,
                     "blob poll cycle"
                 );
@@ -598,6 +605,9 @@ impl Store for BlobStore {
         let known = lock(&inner.status_etags).get(key).cloned().flatten();
         let bytes = status.to_json();
         let size = bytes.len();
+        if let Some(delay) = inner.write_delay {
+            tokio::time::sleep(delay).await;
+        }
         match inner.upload(&rel, bytes, known.as_deref(), known.is_none()).await {
             Ok(etag) => {
                 inner.note_status(key, etag, size);
@@ -636,6 +646,10 @@ impl Store for BlobStore {
         lock(&inner.status_etags).remove(key);
         lock(&inner.manifests).remove(key);
         Ok(())
+    }
+
+    async fn refresh(&self, key: &TaskKey) -> Result<(), StoreError> {
+        self.inner.list_key(key).await.map(|_| ())
     }
 
     fn watch(&self) -> Result<mpsc::UnboundedReceiver<StoreEvent>, StoreError> {
