@@ -485,13 +485,13 @@ async fn poll(inner: Arc<Inner>, tx: mpsc::UnboundedSender<StoreEvent>) {
                     downloads = after.1 - before.1,
                     other = after.2 - before.2,
                     changed = changed.len(),
-                    first = ?changed.first(),
                     micros = started.elapsed().as_micros() as u64,
                     "blob poll cycle"
                 );
+                // Also clears an error a reconcile reported while the listing was fine.
+                let _ = tx.send(StoreEvent::Reachable(None));
                 if failing {
                     tracing::info!("{} answers again; relisting", inner.shown());
-                    let _ = tx.send(StoreEvent::Reachable(None));
                     let _ = tx.send(StoreEvent::Rescan);
                     failing = false;
                 }
