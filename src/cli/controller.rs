@@ -119,7 +119,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                 base_url,
                 // Replicas on a blob store share one secret, kept in the container.
                 secret: Arc::new(match &source.blob {
-                    Some(blob) => CallbackSecret::from_key(runtime.block_on(blob.shared_secret())?),
+                    Some(blob) => CallbackSecret::from_key(runtime.block_on(shared_secret(blob))?),
                     None => CallbackSecret::load_or_create(&state)?,
                 }),
                 inbox: Arc::new(Inbox::new(&state)?),
@@ -191,6 +191,23 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         Outcome::AllSucceeded | Outcome::Shutdown => ExitCode::SUCCESS,
         Outcome::SomeFailed => ExitCode::from(1),
     })
+}
+
+/// The callback secret the replicas share, waiting for a store that cannot be reached yet
+/// (a replica restarted during an outage starts once the store answers).
+async fn shared_secret(blob: &crate::store::blob::BlobStore) -> anyhow::Result<Vec<u8>> {
+    let mut wait = std::time::Duration::from_millis(250);
+    loop {
+        match blob.shared_secret().await {
+            Ok(key) => return Ok(key),
+            Err(err @ crate::store::StoreError::Unavailable { .. }) => {
+                tracing::warn!("cannot read the shared callback secret; retrying in {wait:?}: {err}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 /// The aci runtime, when it is configured. `--runtime aci` needs it; otherwise it is made

@@ -254,7 +254,24 @@ impl Controller {
         let mut in_flight: HashMap<tokio::task::Id, TaskKey> = HashMap::new();
 
         let started = std::time::Instant::now();
-        self.relist(&mut queue, &mut known, &settled).await?;
+        // A remote store may be unreachable at start: wait for it, saying why on /healthz.
+        let mut wait = Duration::from_millis(250);
+        loop {
+            match self.relist(&mut queue, &mut known, &settled).await {
+                Ok(()) => break,
+                Err(err @ StoreError::Unavailable { .. }) => {
+                    shared.health.store_result::<(), _>(&Err(&err));
+                    tracing::warn!("cannot list {}; retrying in {wait:?}: {err}", shared.store.location());
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(Outcome::Shutdown),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(MAX_INFRA_BACKOFF);
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        shared.health.store_result::<(), StoreError>(&Ok(()));
         // Tasks not yet reconciled since start-up; when none is left, the controller has
         // caught up with the world and says so once.
         let mut unobserved: std::collections::HashSet<TaskKey> = known.keys().cloned().collect();
