@@ -87,6 +87,25 @@ impl Leases {
         });
     }
 
+    /// A removed task's lease blob goes with it (while this replica holds the lease, so
+    /// that a blob another replica just leased is never deleted).
+    pub(super) async fn forget(&self, key: &TaskKey) {
+        if lock(&self.held).remove(key).is_none() {
+            return;
+        }
+        let Ok(inner) = self.inner() else { return };
+        let rel = Self::rel(key);
+        let options = azure_storage_blob::models::BlobClientDeleteOptions {
+            lease_id: Some(self.id.clone()),
+            ..Default::default()
+        };
+        if let Ok(blob) = inner.blob(&rel)
+            && let Err(err) = blob.delete(Some(options)).await
+        {
+            tracing::debug!(task = %key, "removing the lease blob failed: {}", inner.error(&rel, &err));
+        }
+    }
+
     async fn renew_all(&self) {
         let Ok(inner) = self.inner() else { return };
         let keys: Vec<TaskKey> = lock(&self.held).keys().cloned().collect();

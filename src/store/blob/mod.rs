@@ -645,6 +645,9 @@ impl Store for BlobStore {
         inner.note_status(key, None, 0);
         lock(&inner.status_etags).remove(key);
         lock(&inner.manifests).remove(key);
+        if lock(&inner.index).get(key).is_none_or(|entry| entry.manifests.is_empty()) {
+            inner.leases.forget(key).await;
+        }
         Ok(())
     }
 
