@@ -6,6 +6,7 @@
 use crate::manifest::RuntimeKind;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 pub const STATUS_KIND: &str = "ContainerTaskStatus";
 /// The status file's suffix, replacing the manifest's extension.
@@ -104,6 +105,10 @@ pub enum Reason {
     CreateFailed,
     ImagePullFailed,
     DependencyFailed,
+    /// The dependencies' results do not fit in `SKIFF_DEPENDENCY_RESULTS`.
+    DependencyResultsTooLarge,
+    /// A dependency runs again (its spec changed), so this task will run again after it.
+    DependencyChanged,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +153,12 @@ pub struct IndexStatus {
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +187,10 @@ pub struct TaskStatus {
     pub log_tail: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub indexes: Vec<IndexStatus>,
+    /// The spec hash of each dependency (`dependsOn`) when this run began: a dependency
+    /// whose spec changes since runs again, and this task after it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dependencies: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Timestamp>,
     pub updated_at: Timestamp,
@@ -199,6 +214,7 @@ impl TaskStatus {
             result: None,
             log_tail: None,
             indexes: Vec::new(),
+            dependencies: BTreeMap::new(),
             next_attempt_at: None,
             updated_at: now,
             observed_at: None,

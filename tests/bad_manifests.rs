@@ -384,10 +384,10 @@ fn corpus() -> Vec<Bad> {
             alone: true,
         },
         Bad {
-            file: "later-completions.yaml",
-            task: "later-completions",
-            content: head("spec:\n  command: [sh, -c, 'exit 0']\n  completions: 5\n"),
-            expect: &["spec.completions", "not supported yet"],
+            file: "too-many-completions.yaml",
+            task: "too-many-completions",
+            content: head("spec:\n  command: [sh, -c, 'exit 0']\n  completions: 5000\n"),
+            expect: &["spec.completions", "at most 1000", "split the work"],
             alone: true,
         },
         Bad {

@@ -173,7 +173,7 @@ fn a_status_changed_between_read_and_write_fails_the_write_and_is_read_again() {
         .unwrap();
     // The store's calls run on the runtime; the other writer's (blocking) calls outside it.
     let run = |f: std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>>| runtime.block_on(f);
-    let read = |store: &BlobStore| runtime.block_on(store.read_status(&key));
+    let read = |store: &BlobStore| runtime.block_on(store.read_status_for_update(&key));
     // Nothing there when read: the first write is If-None-Match: *.
     assert_eq!(read(&store).unwrap(), None);
     let mut ours = TaskStatus::new("jobs/a", "a", "h1", chrono::Utc::now());
@@ -200,6 +200,13 @@ fn a_status_changed_between_read_and_write_fails_the_write_and_is_read_again() {
     let lost = run(Box::pin(store.write_status(&key, &ours)));
     assert!(matches!(lost, Err(StoreError::Conflict { .. })), "{lost:?}");
     assert_eq!(box_.get("jobs/a.status.json").unwrap().0, b"{\"x\":1}");
+    // A read for anyone else (a dependent, the API) does not make the next write blind.
+    read(&store).ok();
+    let (_, etag) = box_.get("jobs/a.status.json").unwrap();
+    assert_eq!(box_.put_if_match("jobs/a.status.json", "{\"x\":2}", &etag), 201);
+    let _ = runtime.block_on(store.read_status(&key));
+    let lost = run(Box::pin(store.write_status(&key, &ours)));
+    assert!(matches!(lost, Err(StoreError::Conflict { .. })), "{lost:?}");
     // A delete is conditional too.
     read(&store).ok();
     assert!(!box_.put("jobs/a.status.json", "{\"y\":2}").is_empty());

@@ -199,12 +199,26 @@ async fn callback(state: &ApiState, task: &str, query: CallbackQuery, body: Byte
         tracing::warn!(task, attempt, "callback refused: wrong token");
         return (StatusCode::UNAUTHORIZED, "wrong token".into());
     }
-    let live = matches!(status.phase, Phase::Creating | Phase::Running);
-    let current = status.current().filter(|a| a.number == attempt && live);
+    let live = |phase: Phase| matches!(phase, Phase::Creating | Phase::Running);
+    let current = if status.indexes.is_empty() {
+        status.current().filter(|a| a.number == attempt && live(status.phase))
+    } else {
+        // A fan-out: the index's own attempt must be the one running.
+        status
+            .indexes
+            .iter()
+            .find(|l| l.index == index && l.attempt == attempt && live(l.phase))
+            .and_then(|_| {
+                status
+                    .attempts
+                    .iter()
+                    .find(|a| a.index == Some(index) && a.number == attempt)
+            })
+    };
     let Some(current) = current else {
         return (
             StatusCode::CONFLICT,
-            format!("attempt {attempt} of {task} is not the running attempt; its event is stale"),
+            format!("attempt {attempt} (index {index}) of {task} is not the running attempt; its event is stale"),
         );
     };
     let mut event: CallbackEvent = if body.iter().all(u8::is_ascii_whitespace) {

@@ -16,6 +16,45 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// `--create-rate 100/5m` for every runtime, `--create-rate docker=20/1m` for one; a
+/// runtime named on its own wins over the general rate.
+fn create_rates(
+    flags: &[String],
+) -> Result<std::collections::HashMap<RuntimeKind, crate::controller::limits::CreateRate>, UsageError> {
+    let all = [RuntimeKind::Process, RuntimeKind::Docker, RuntimeKind::Aci];
+    let mut general = None;
+    let mut own = std::collections::HashMap::new();
+    for flag in flags {
+        let (runtime, rate) = match flag.split_once('=') {
+            Some((runtime, rate)) => {
+                let runtime = all
+                    .into_iter()
+                    .find(|kind| kind.as_str() == runtime.trim())
+                    .ok_or_else(|| {
+                        UsageError(format!(
+                            "--create-rate {flag}: {runtime:?} is not a runtime; use process, docker or aci"
+                        ))
+                    })?;
+                (Some(runtime), rate)
+            }
+            None => (None, flag.as_str()),
+        };
+        let rate = rate
+            .parse()
+            .map_err(|err| UsageError(format!("--create-rate {flag}: {err}")))?;
+        match runtime {
+            Some(runtime) => {
+                own.insert(runtime, rate);
+            }
+            None => general = Some(rate),
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter_map(|kind| Some((kind, own.get(&kind).copied().or(general)?)))
+        .collect())
+}
+
 pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.log)?;
     let default_runtime = RuntimeKind::from(args.runtime);
@@ -60,6 +99,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             per_runtime.insert(kind, max);
         }
     }
+    let create_rates = create_rates(&args.create_rate)?;
     for prefix in &args.allow_host_path {
         if !prefix.is_absolute() {
             return Err(UsageError(format!("--allow-host-path {}: give an absolute path", prefix.display())).into());
@@ -88,6 +128,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         default_runtime,
         max_running: args.max_running,
         max_running_per_runtime: per_runtime,
+        create_rates,
         resync: args.resync,
         once: args.once,
         allow_host_paths: args.allow_host_path.clone(),
@@ -98,18 +139,16 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
 
     let runtime = tokio_runtime()?;
     // Bind before anything runs, so that a taken port is a usage error, not a late failure.
-    let listener = match &args.listen {
-        None => None,
-        Some(address) => {
-            let listener = std::net::TcpListener::bind(address).map_err(|err| {
-                UsageError(format!(
-                    "--listen {address}: {err}; pick a free port, e.g. 127.0.0.1:8466"
-                ))
-            })?;
-            listener.set_nonblocking(true)?;
-            Some(listener)
-        }
-    };
+    // Without --listen, the API still serves on an ephemeral loopback port: event-mode
+    // tasks on this machine (process, docker with the host network) then just work.
+    let listen = args.listen.clone().unwrap_or_else(|| "127.0.0.1:0".to_string());
+    let listener = std::net::TcpListener::bind(&listen).map_err(|err| {
+        UsageError(format!(
+            "--listen {listen}: {err}; pick a free port, e.g. 127.0.0.1:8466"
+        ))
+    })?;
+    listener.set_nonblocking(true)?;
+    let listener = Some(listener);
     let (controller, api) = match &listener {
         None => (controller, None),
         Some(listener) => {

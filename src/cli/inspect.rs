@@ -166,14 +166,36 @@ fn describe_text(s: &TaskStatus) -> String {
     if let Some(at) = &s.observed_at {
         let _ = writeln!(out, "Observed:     {}", format_time(at));
     }
+    for (task, hash) in &s.dependencies {
+        let _ = writeln!(out, "Depends on:   {task} (spec {hash})");
+    }
+    if !s.indexes.is_empty() {
+        let _ = writeln!(out, "Indexes:");
+        for lane in &s.indexes {
+            let _ = writeln!(
+                out,
+                "  {:>3}  {:<9}  attempt {}  exit {}{}{}",
+                lane.index,
+                lane.phase.as_str(),
+                lane.attempt,
+                lane.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                lane.message.as_ref().map(|m| format!("  {m}")).unwrap_or_default(),
+                lane.result
+                    .as_ref()
+                    .map(|r| format!("  result {r}"))
+                    .unwrap_or_default(),
+            );
+        }
+    }
     if !s.attempts.is_empty() {
         let _ = writeln!(out, "Attempts:");
         for a in &s.attempts {
             let time = |t: &Option<Timestamp>| t.as_ref().map(format_time).unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
-                "  #{} {} {}\n     created {}  started {}  finished {}\n     exit {}  completed by {}  reason {}{}",
+                "  #{}{} {} {}\n     created {}  started {}  finished {}\n     exit {}  completed by {}  reason {}{}",
                 a.number,
+                a.index.map(|i| format!(" index {i}")).unwrap_or_default(),
                 a.runtime,
                 a.container,
                 time(&a.created_at),

@@ -81,7 +81,8 @@ pub struct ControllerArgs {
     /// Reconcile until every task is final, then exit: 0 if all Succeeded, else 1.
     #[arg(long, env = "SKIFF_ONCE")]
     pub once: bool,
-    /// Serve the HTTP API here (loopback by default).
+    /// Serve the HTTP API here; without it, on an ephemeral port of 127.0.0.1, so that
+    /// completion callbacks from this machine work out of the box.
     #[arg(long, env = "SKIFF_LISTEN")]
     pub listen: Option<String>,
     /// The URL containers use to reach the callback route (default: http://<--listen>).
@@ -102,6 +103,10 @@ pub struct ControllerArgs {
     /// At most this many ACI container groups at once (on top of --max-running).
     #[arg(long, env = "SKIFF_MAX_RUNNING_ACI")]
     pub max_running_aci: Option<usize>,
+    /// Create-rate token bucket, CREATES/PERIOD (e.g. 100/5m): for every runtime, or for
+    /// one with RUNTIME=CREATES/PERIOD (e.g. docker=20/1m). Repeatable.
+    #[arg(long, env = "SKIFF_CREATE_RATE", value_delimiter = ',')]
+    pub create_rate: Vec<String>,
     /// Full relist interval (heals missed file notifications).
     #[arg(long, env = "SKIFF_RESYNC", default_value = "60s", value_parser = parse_duration)]
     pub resync: Duration,

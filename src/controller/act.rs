@@ -21,6 +21,7 @@ pub(super) async fn execute(
     before: Option<&TaskStatus>,
     desired: &Desired,
     local_dir: Option<PathBuf>,
+    dependency_results: Option<String>,
     decision: &Decision,
 ) -> Result<Option<Duration>, StoreError> {
     if let Some(new) = &decision.status {
@@ -39,15 +40,21 @@ pub(super) async fn execute(
     };
     for action in &decision.actions {
         match action {
-            Action::EnsureContainer { container, attempt } => {
+            Action::EnsureContainer {
+                container,
+                attempt,
+                index,
+            } => {
                 let Desired::Valid(spec) = desired else { continue };
                 let Some(runtime) = shared.runtime(spec.runtime) else {
                     shared.memory(key, |m| {
-                        m.create_failure = Some((
+                        m.create_failures.insert(
                             container.clone(),
-                            Reason::CreateFailed,
-                            format!("the {} runtime is not enabled in this controller", spec.runtime),
-                        ))
+                            (
+                                Reason::CreateFailed,
+                                format!("the {} runtime is not enabled in this controller", spec.runtime),
+                            ),
+                        )
                     });
                     soon(&mut requeue, Duration::ZERO);
                     continue;
@@ -58,19 +65,19 @@ pub(super) async fn execute(
                 let attempt_id = decision
                     .status
                     .as_ref()
-                    .and_then(|s| s.attempts.iter().find(|a| a.number == *attempt))
+                    .and_then(|s| s.attempts.iter().find(|a| a.container == *container))
                     .and_then(|a| a.created_at)
                     .map(|t| crate::status::format_time(&t))
                     .unwrap_or_default();
-                let result = match container_spec(
+                let made = Made {
                     key,
-                    spec,
-                    *attempt,
-                    &attempt_id,
+                    attempt: *attempt,
+                    index: *index,
+                    attempt_id: &attempt_id,
                     container,
-                    local_dir.clone(),
-                    shared.callbacks.as_ref(),
-                ) {
+                    dependency_results: dependency_results.as_deref(),
+                };
+                let result = match container_spec(&made, spec, local_dir.clone(), shared.callbacks.as_ref()) {
                     Ok(container_spec) => runtime.ensure(&container_spec).await,
                     Err(message) => Err(RuntimeError::Permanent {
                         reason: Reason::CreateFailed,
@@ -82,7 +89,7 @@ pub(super) async fn execute(
                     // later spares it a Running write it would hold for a few milliseconds.
                     Ok(()) => soon(&mut requeue, FIRST_LOOK),
                     Err(RuntimeError::Permanent { reason, message }) => {
-                        shared.memory(key, |m| m.create_failure = Some((container.clone(), reason, message)));
+                        shared.memory(key, |m| m.create_failures.insert(container.clone(), (reason, message)));
                         soon(&mut requeue, Duration::ZERO);
                     }
                     Err(RuntimeError::Transient(message)) => {
@@ -93,7 +100,10 @@ pub(super) async fn execute(
             }
             Action::DeleteContainer { container } => {
                 let kind = before
-                    .and_then(|s| s.current())
+                    .into_iter()
+                    .chain(decision.status.as_ref())
+                    .flat_map(|s| s.attempts.iter())
+                    .find(|a| a.container == *container)
                     .map(|a| a.runtime)
                     .unwrap_or(shared.config.default_runtime);
                 let Some(runtime) = shared.runtime(kind) else { continue };
@@ -128,15 +138,24 @@ pub(super) async fn execute(
 
 /// Once the status records a completion event durably, its inbox copy can go.
 fn record_event_consumed(shared: &Shared, key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus) {
-    let by_event = |s: Option<&TaskStatus>| {
-        s.and_then(|s| s.attempts.iter().find(|a| a.number == after.attempt))
+    let by_event = |s: Option<&TaskStatus>, container: &str| {
+        s.and_then(|s| s.attempts.iter().find(|a| a.container == container))
             .is_some_and(|a| a.completed_by == Some(CompletedBy::Event))
     };
-    if !by_event(Some(after)) || by_event(before) {
+    // Each index of a fan-out has its own container, and so its own event.
+    let consumed: Vec<&str> = after
+        .attempts
+        .iter()
+        .filter(|a| a.completed_by == Some(CompletedBy::Event) && !by_event(before, &a.container))
+        .map(|a| a.container.as_str())
+        .collect();
+    if consumed.is_empty() {
         return;
     }
-    if let (Some(callbacks), Some(current)) = (&shared.callbacks, after.current()) {
-        callbacks.inbox.remove(&current.container);
+    if let Some(callbacks) = &shared.callbacks {
+        for container in consumed {
+            callbacks.inbox.remove(container);
+        }
     }
     if let Some(at) = shared.memory(key, |m| m.event_at.take()) {
         let latency = at.elapsed();
@@ -170,27 +189,46 @@ fn log_transition(key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus
     }
 }
 
+/// Which container of which task is made.
+struct Made<'a> {
+    key: &'a TaskKey,
+    attempt: u32,
+    index: Option<u32>,
+    attempt_id: &'a str,
+    container: &'a str,
+    /// `SKIFF_DEPENDENCY_RESULTS`, for a task with `dependsOn`.
+    dependency_results: Option<&'a str>,
+}
+
 /// What the runtime is asked to run for one attempt; secrets are resolved here.
 fn container_spec(
-    key: &TaskKey,
+    made: &Made<'_>,
     spec: &TaskSpec,
-    attempt: u32,
-    attempt_id: &str,
-    container: &str,
     local_dir: Option<PathBuf>,
     callbacks: Option<&Callbacks>,
 ) -> Result<ContainerSpec, String> {
+    let Made {
+        key,
+        attempt,
+        attempt_id,
+        container,
+        ..
+    } = *made;
+    let index = made.index.unwrap_or(0);
     let mut env = vec![
         ("SKIFF_TASK".to_string(), key.to_string()),
         ("SKIFF_ATTEMPT".to_string(), attempt.to_string()),
-        ("SKIFF_INDEX".to_string(), "0".to_string()),
+        ("SKIFF_INDEX".to_string(), index.to_string()),
     ];
+    if let Some(results) = made.dependency_results {
+        env.push(("SKIFF_DEPENDENCY_RESULTS".to_string(), results.to_string()));
+    }
     if spec.completion_mode == CompletionMode::Event {
         let Some(callbacks) = callbacks else {
             return Err("event completion needs the HTTP API: start the controller with --listen".into());
         };
-        let token = callbacks.secret.token(key.as_str(), attempt, 0, &spec.spec_hash);
-        let url = callback::callback_url(&callbacks.base_url, key.as_str(), attempt, 0, &token);
+        let token = callbacks.secret.token(key.as_str(), attempt, index, &spec.spec_hash);
+        let url = callback::callback_url(&callbacks.base_url, key.as_str(), attempt, index, &token);
         env.push(("SKIFF_CALLBACK_URL".to_string(), url));
     }
     for (name, value) in &spec.env {
@@ -212,7 +250,7 @@ fn container_spec(
     let labels = BTreeMap::from([
         (runtime::LABEL_TASK.to_string(), key.to_string()),
         (runtime::LABEL_ATTEMPT.to_string(), attempt.to_string()),
-        (runtime::LABEL_INDEX.to_string(), "0".to_string()),
+        (runtime::LABEL_INDEX.to_string(), index.to_string()),
         (runtime::LABEL_SPEC_HASH.to_string(), spec.spec_hash.clone()),
         (runtime::LABEL_ATTEMPT_ID.to_string(), attempt_id.to_string()),
     ]);
@@ -293,7 +331,15 @@ mod tests {
             inbox: Arc::new(crate::callback::Inbox::new(dir.path()).unwrap()),
         };
         let key = TaskKey::new("s");
-        let made = container_spec(&key, &spec, 1, "id", "skiff-s-1", None, Some(&callbacks)).unwrap();
+        let which = Made {
+            key: &key,
+            attempt: 1,
+            index: None,
+            attempt_id: "id",
+            container: "skiff-s-1",
+            dependency_results: None,
+        };
+        let made = container_spec(&which, &spec, None, Some(&callbacks)).unwrap();
         let env: BTreeMap<_, _> = made.env.iter().cloned().collect();
         assert_eq!(env["KEY"], std::env::var("PATH").unwrap());
         assert_eq!(env["PLAIN"], "v");

@@ -9,11 +9,15 @@
 use super::reconcile::Slot;
 use crate::manifest::RuntimeKind;
 use crate::task::TaskKey;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use governor::clock::{Clock, DefaultClock};
+use governor::{Quota, RateLimiter};
+use std::collections::{BTreeSet, HashMap};
+use std::num::NonZeroU32;
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// A task's relation to the limit after a reconcile.
+/// A unit's relation to the limit after a reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Standing {
     /// Its container may exist: it holds a slot.
@@ -23,6 +27,10 @@ pub enum Standing {
     /// Neither: done, backing off, invalid or removed.
     Idle,
 }
+
+/// What holds a slot: one container of a task. A task of one completion is lane 0; a
+/// fan-out has a lane per index, all sharing the task's place in line.
+pub type Lane = u32;
 
 pub struct Limits {
     name: String,
@@ -34,9 +42,36 @@ pub struct Limits {
 
 #[derive(Default)]
 struct State {
-    holders: HashSet<TaskKey>,
-    /// (first-seen order, task)
-    waiters: BTreeSet<(u64, TaskKey)>,
+    holders: HashMap<TaskKey, BTreeSet<Lane>>,
+    held: usize,
+    /// (first-seen order, lane, task)
+    waiters: BTreeSet<(u64, Lane, TaskKey)>,
+}
+
+impl State {
+    fn holds(&self, key: &TaskKey, lane: Lane) -> bool {
+        self.holders.get(key).is_some_and(|lanes| lanes.contains(&lane))
+    }
+
+    fn hold(&mut self, key: &TaskKey, lane: Lane) {
+        if self.holders.entry(key.clone()).or_default().insert(lane) {
+            self.held += 1;
+        }
+    }
+
+    fn release(&mut self, key: &TaskKey, lane: Lane) -> bool {
+        let Some(lanes) = self.holders.get_mut(key) else {
+            return false;
+        };
+        let released = lanes.remove(&lane);
+        if lanes.is_empty() {
+            self.holders.remove(key);
+        }
+        if released {
+            self.held -= 1;
+        }
+        released
+    }
 }
 
 impl Limits {
@@ -54,81 +89,173 @@ impl Limits {
         }
     }
 
-    /// Reserves a slot for `key` if one is free and no earlier task waits for it.
-    pub fn try_acquire(&self, key: &TaskKey, order: u64) -> Slot {
+    /// Reserves a slot for the lane if one is free and no earlier lane waits for it.
+    pub fn try_acquire(&self, key: &TaskKey, lane: Lane, order: u64) -> Slot {
         let Ok(mut state) = self.state.lock() else {
             return Slot::Granted;
         };
-        if state.holders.contains(key) {
+        if state.holds(key, lane) {
             return Slot::Granted;
         }
         let Some(max) = self.max else {
-            state.holders.insert(key.clone());
+            state.hold(key, lane);
             return Slot::Granted;
         };
-        let free = max.saturating_sub(state.holders.len());
-        let me = (order, key.clone());
+        let free = max.saturating_sub(state.held);
+        let me = (order, lane, key.clone());
         let ahead = state.waiters.range(..&me).count();
         if ahead < free {
             state.waiters.remove(&me);
-            state.holders.insert(key.clone());
+            state.hold(key, lane);
             return Slot::Granted;
         }
         state.waiters.insert(me);
         Slot::Full {
-            limit: format!("{} {}/{max}", self.name, state.holders.len()),
+            limit: format!("{} {}/{max}", self.name, state.held),
         }
     }
 
-    /// Records where `key` stands after its reconcile. A live container always holds a
-    /// slot, even beyond the limit (one adopted after a restart, say); a waiting task
+    /// Records where a lane stands after its reconcile. A live container always holds a
+    /// slot, even beyond the limit (one adopted after a restart, say); a waiting lane
     /// keeps its place in the line; any other frees its slot or place for the next.
-    pub fn settle(&self, key: &TaskKey, standing: Standing, order: u64) {
+    pub fn settle(&self, key: &TaskKey, lane: Lane, standing: Standing, order: u64) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
         match standing {
             Standing::Live => {
-                state.waiters.remove(&(order, key.clone()));
-                state.holders.insert(key.clone());
+                state.waiters.remove(&(order, lane, key.clone()));
+                state.hold(key, lane);
                 return;
             }
             Standing::Waiting => return,
             Standing::Idle => {}
         }
-        let was_holding = state.holders.remove(key);
-        let was_waiting = state.waiters.remove(&(order, key.clone()));
+        let was_holding = state.release(key, lane);
+        let was_waiting = state.waiters.remove(&(order, lane, key.clone()));
         if was_holding || was_waiting {
             self.wake_waiters(&state);
         }
     }
 
+    /// Puts the lane in line without asking for a slot yet.
+    fn enqueue(&self, key: &TaskKey, lane: Lane, order: u64) {
+        if self.max.is_none() {
+            return;
+        }
+        if let Ok(mut state) = self.state.lock()
+            && !state.holds(key, lane)
+        {
+            state.waiters.insert((order, lane, key.clone()));
+        }
+    }
+
+    /// The lanes of `key` holding a slot or a place in line, to settle each.
+    fn lanes_of(&self, key: &TaskKey, order: u64) -> BTreeSet<Lane> {
+        let Ok(state) = self.state.lock() else {
+            return BTreeSet::new();
+        };
+        let mut lanes = state.holders.get(key).cloned().unwrap_or_default();
+        lanes.extend(
+            state
+                .waiters
+                .range((order, 0, key.clone())..)
+                .take_while(|(o, _, k)| *o == order && k == key)
+                .map(|(_, lane, _)| *lane),
+        );
+        lanes
+    }
+
     /// Slots in use, for metrics and status messages.
     pub fn in_use(&self) -> usize {
-        self.state.lock().map(|s| s.holders.len()).unwrap_or(0)
+        self.state.lock().map(|s| s.held).unwrap_or(0)
     }
 
     fn wake_waiters(&self, state: &State) {
         let free = match self.max {
-            Some(max) => max.saturating_sub(state.holders.len()),
+            Some(max) => max.saturating_sub(state.held),
             None => state.waiters.len(),
         };
-        for (_, key) in state.waiters.iter().take(free) {
+        for (_, _, key) in state.waiters.iter().take(free) {
             let _ = self.wake.send(key.clone());
         }
     }
 }
 
-/// The global limit and each runtime's own: a task holds a slot in both, or in neither.
+/// `--create-rate 100/5m`: at most that many creates per period, in a burst or spread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreateRate {
+    pub creates: NonZeroU32,
+    pub per: Duration,
+}
+
+impl std::str::FromStr for CreateRate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let fix = "write it as CREATES/PERIOD, e.g. 100/5m";
+        let (creates, per) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not a rate; {fix}"))?;
+        let creates = creates
+            .trim()
+            .parse::<NonZeroU32>()
+            .map_err(|_| format!("{creates:?} is not a positive number of creates; {fix}"))?;
+        let per =
+            humantime::parse_duration(per.trim()).map_err(|err| format!("{per:?} is not a period ({err}); {fix}"))?;
+        if per.is_zero() {
+            return Err(format!("the period cannot be zero; {fix}"));
+        }
+        Ok(CreateRate { creates, per })
+    }
+}
+
+impl std::fmt::Display for CreateRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.creates, humantime::format_duration(self.per))
+    }
+}
+
+/// A token bucket of [`CreateRate`]: full at first, refilled one token every `per /
+/// creates`. `governor` does the arithmetic (GCRA), which keeps no timer running.
+struct CreateBucket {
+    name: String,
+    limiter: RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock>,
+    clock: DefaultClock,
+}
+
+impl CreateBucket {
+    fn new(runtime: RuntimeKind, rate: CreateRate) -> Option<Self> {
+        let quota = Quota::with_period(rate.per / rate.creates.get())?.allow_burst(rate.creates);
+        let clock = DefaultClock::default();
+        Some(CreateBucket {
+            name: format!("create-rate-{runtime} {rate}"),
+            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
+            clock,
+        })
+    }
+
+    /// Takes a token, or says how long until the next one.
+    fn take(&self) -> Result<(), Duration> {
+        self.limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+}
+
+/// The global limit, each runtime's own cap, and each runtime's create rate: a lane
+/// holds a slot in both limits, or in neither, and takes a create token to start.
 pub struct Slots {
     global: Limits,
     runtimes: HashMap<RuntimeKind, Limits>,
+    rates: HashMap<RuntimeKind, CreateBucket>,
 }
 
 impl Slots {
     pub fn new(
         global: Option<usize>,
         per_runtime: &HashMap<RuntimeKind, usize>,
+        rates: &HashMap<RuntimeKind, CreateRate>,
     ) -> (Self, mpsc::UnboundedReceiver<TaskKey>) {
         let (wake, woken) = mpsc::unbounded_channel();
         let runtimes = per_runtime
@@ -140,40 +267,106 @@ impl Slots {
                 )
             })
             .collect();
+        let rates = rates
+            .iter()
+            .filter_map(|(kind, rate)| Some((*kind, CreateBucket::new(*kind, *rate)?)))
+            .collect();
         let global = Limits::with_wake("max-running", global, wake);
-        (Slots { global, runtimes }, woken)
+        (
+            Slots {
+                global,
+                runtimes,
+                rates,
+            },
+            woken,
+        )
     }
 
-    /// The runtime's cap first, then the global one; a task refused by the second gives
-    /// back what it got from the first.
-    pub fn try_acquire(&self, key: &TaskKey, order: u64, runtime: RuntimeKind) -> Slot {
+    /// The runtime's cap first, then the global one, then a create token; a lane
+    /// refused by a later one gives back what it got from the earlier. With a refusal
+    /// by the create rate comes the time until the next token.
+    pub fn try_acquire(&self, key: &TaskKey, lane: Lane, order: u64, runtime: RuntimeKind) -> (Slot, Option<Duration>) {
         let own = self.runtimes.get(&runtime);
         if let Some(own) = own {
-            let slot = own.try_acquire(key, order);
+            let slot = own.try_acquire(key, lane, order);
             if slot != Slot::Granted {
-                return slot;
+                return (slot, None);
             }
         }
-        let slot = self.global.try_acquire(key, order);
-        if slot != Slot::Granted
-            && let Some(own) = own
-        {
-            own.settle(key, Standing::Idle, order);
+        let slot = self.global.try_acquire(key, lane, order);
+        if slot != Slot::Granted {
+            if let Some(own) = own {
+                own.settle(key, lane, Standing::Idle, order);
+            }
+            return (slot, None);
         }
-        slot
+        let Some(bucket) = self.rates.get(&runtime) else {
+            return (Slot::Granted, None);
+        };
+        match bucket.take() {
+            Ok(()) => (Slot::Granted, None),
+            Err(wait) => {
+                // Given back without waking anyone: the next token is as far for them.
+                self.give_back(key, lane, order, own);
+                let limit = format!(
+                    "{} (next in {})",
+                    bucket.name,
+                    humantime::format_duration(round_up_to_ms(wait))
+                );
+                (Slot::Full { limit }, Some(wait))
+            }
+        }
     }
 
-    /// See [`Limits::settle`]; a live task holds a slot of its container's runtime.
-    pub fn settle(&self, key: &TaskKey, standing: Standing, order: u64, runtime: Option<RuntimeKind>) {
-        self.global.settle(key, standing, order);
-        for (kind, limits) in &self.runtimes {
-            let standing = match standing {
-                Standing::Live if Some(*kind) != runtime => Standing::Idle,
-                other => other,
-            };
-            limits.settle(key, standing, order);
+    /// Puts a lane in line for its runtime's cap and the global limit before it asks:
+    /// at start-up every task is put in line in first-seen order before any asks, so
+    /// the order in which their reconciles happen to run does not matter.
+    pub fn enqueue(&self, key: &TaskKey, lane: Lane, order: u64, runtime: RuntimeKind) {
+        self.global.enqueue(key, lane, order);
+        if let Some(own) = self.runtimes.get(&runtime) {
+            own.enqueue(key, lane, order);
         }
     }
+
+    fn give_back(&self, key: &TaskKey, lane: Lane, order: u64, own: Option<&Limits>) {
+        for limits in std::iter::once(&self.global).chain(own) {
+            if let Ok(mut state) = limits.state.lock() {
+                state.release(key, lane);
+                state.waiters.remove(&(order, lane, key.clone()));
+            }
+        }
+    }
+
+    /// Settles every lane of a task after its reconcile: the live ones hold a slot of
+    /// their container's runtime, the waiting ones keep their place, and any other lane
+    /// the task held or waited with is let go.
+    pub fn settle_task(&self, key: &TaskKey, order: u64, lanes: &[(Lane, Standing, Option<RuntimeKind>)]) {
+        let mut known: BTreeSet<Lane> = self.global.lanes_of(key, order);
+        for limits in self.runtimes.values() {
+            known.extend(limits.lanes_of(key, order));
+        }
+        for (lane, standing, runtime) in lanes {
+            known.remove(lane);
+            self.global.settle(key, *lane, *standing, order);
+            for (kind, limits) in &self.runtimes {
+                let standing = match standing {
+                    Standing::Live if Some(*kind) != *runtime => Standing::Idle,
+                    other => *other,
+                };
+                limits.settle(key, *lane, standing, order);
+            }
+        }
+        for lane in known {
+            self.global.settle(key, lane, Standing::Idle, order);
+            for limits in self.runtimes.values() {
+                limits.settle(key, lane, Standing::Idle, order);
+            }
+        }
+    }
+}
+
+fn round_up_to_ms(wait: Duration) -> Duration {
+    Duration::from_millis(wait.as_millis() as u64 + 1)
 }
 
 #[cfg(test)]
@@ -187,48 +380,54 @@ mod tests {
     #[test]
     fn slots_go_to_the_longest_waiting_task() {
         let (limits, mut woken) = Limits::new("max-running", Some(1));
-        assert_eq!(limits.try_acquire(&key("a"), 1), Slot::Granted);
+        assert_eq!(limits.try_acquire(&key("a"), 0, 1), Slot::Granted);
         assert_eq!(
-            limits.try_acquire(&key("b"), 2),
+            limits.try_acquire(&key("b"), 0, 2),
             Slot::Full {
                 limit: "max-running 1/1".into()
             }
         );
-        assert!(matches!(limits.try_acquire(&key("c"), 3), Slot::Full { .. }));
+        assert!(matches!(limits.try_acquire(&key("c"), 0, 3), Slot::Full { .. }));
         // A waiting task that stays waiting keeps its place.
-        limits.settle(&key("b"), Standing::Waiting, 2);
-        limits.settle(&key("a"), Standing::Idle, 1);
+        limits.settle(&key("b"), 0, Standing::Waiting, 2);
+        limits.settle(&key("a"), 0, Standing::Idle, 1);
         assert_eq!(woken.try_recv().unwrap(), key("b"));
         // "c" came later, so it cannot take the slot that "b" waits for.
-        assert!(matches!(limits.try_acquire(&key("c"), 3), Slot::Full { .. }));
-        assert_eq!(limits.try_acquire(&key("b"), 2), Slot::Granted);
+        assert!(matches!(limits.try_acquire(&key("c"), 0, 3), Slot::Full { .. }));
+        assert_eq!(limits.try_acquire(&key("b"), 0, 2), Slot::Granted);
         assert_eq!(limits.in_use(), 1);
     }
 
     #[test]
     fn a_runtime_cap_holds_a_task_back_and_names_itself() {
         let caps = HashMap::from([(RuntimeKind::Docker, 1)]);
-        let (slots, _woken) = Slots::new(Some(10), &caps);
-        assert_eq!(slots.try_acquire(&key("a"), 1, RuntimeKind::Docker), Slot::Granted);
+        let (slots, _woken) = Slots::new(Some(10), &caps, &HashMap::new());
+        assert_eq!(slots.try_acquire(&key("a"), 0, 1, RuntimeKind::Docker).0, Slot::Granted);
         assert_eq!(
-            slots.try_acquire(&key("b"), 2, RuntimeKind::Docker),
+            slots.try_acquire(&key("b"), 0, 2, RuntimeKind::Docker).0,
             Slot::Full {
                 limit: "max-running-docker 1/1".into()
             }
         );
         // Other runtimes are not held back by docker's cap.
-        assert_eq!(slots.try_acquire(&key("c"), 3, RuntimeKind::Process), Slot::Granted);
-        slots.settle(&key("a"), Standing::Idle, 1, None);
-        assert_eq!(slots.try_acquire(&key("b"), 2, RuntimeKind::Docker), Slot::Granted);
+        assert_eq!(
+            slots.try_acquire(&key("c"), 0, 3, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+        slots.settle_task(&key("a"), 1, &[]);
+        assert_eq!(slots.try_acquire(&key("b"), 0, 2, RuntimeKind::Docker).0, Slot::Granted);
     }
 
     #[test]
     fn a_task_refused_by_the_global_limit_gives_back_its_runtime_slot() {
         let caps = HashMap::from([(RuntimeKind::Docker, 5)]);
-        let (slots, _woken) = Slots::new(Some(1), &caps);
-        assert_eq!(slots.try_acquire(&key("a"), 1, RuntimeKind::Process), Slot::Granted);
+        let (slots, _woken) = Slots::new(Some(1), &caps, &HashMap::new());
         assert_eq!(
-            slots.try_acquire(&key("b"), 2, RuntimeKind::Docker),
+            slots.try_acquire(&key("a"), 0, 1, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+        assert_eq!(
+            slots.try_acquire(&key("b"), 0, 2, RuntimeKind::Docker).0,
             Slot::Full {
                 limit: "max-running 1/1".into()
             }
@@ -237,15 +436,115 @@ mod tests {
     }
 
     #[test]
+    fn lanes_of_a_fan_out_each_take_a_slot_in_the_tasks_place_in_line() {
+        let (slots, _woken) = Slots::new(Some(3), &HashMap::new(), &HashMap::new());
+        assert_eq!(
+            slots.try_acquire(&key("late"), 0, 5, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+        for lane in 0..2 {
+            assert_eq!(
+                slots.try_acquire(&key("fan"), lane, 1, RuntimeKind::Process).0,
+                Slot::Granted
+            );
+        }
+        // The line is full: the fan-out's third lane waits, ahead of a later task.
+        assert!(matches!(
+            slots.try_acquire(&key("fan"), 2, 1, RuntimeKind::Process).0,
+            Slot::Full { .. }
+        ));
+        assert!(matches!(
+            slots.try_acquire(&key("later"), 0, 6, RuntimeKind::Process).0,
+            Slot::Full { .. }
+        ));
+        slots.settle_task(&key("late"), 5, &[]);
+        assert!(matches!(
+            slots.try_acquire(&key("later"), 0, 6, RuntimeKind::Process).0,
+            Slot::Full { .. }
+        ));
+        assert_eq!(
+            slots.try_acquire(&key("fan"), 2, 1, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+        assert_eq!(slots.global.in_use(), 3);
+        // Settling the task with one live lane lets the other two go.
+        slots.settle_task(&key("fan"), 1, &[(1, Standing::Live, Some(RuntimeKind::Process))]);
+        assert_eq!(slots.global.in_use(), 1);
+        assert_eq!(
+            slots.try_acquire(&key("later"), 0, 6, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+    }
+
+    #[test]
+    fn the_create_rate_holds_back_the_next_create_and_says_when() {
+        let rates = HashMap::from([(RuntimeKind::Docker, "2/1h".parse::<CreateRate>().unwrap())]);
+        let (slots, _woken) = Slots::new(None, &HashMap::new(), &rates);
+        for (n, task) in ["a", "b"].iter().enumerate() {
+            assert_eq!(
+                slots.try_acquire(&key(task), 0, n as u64, RuntimeKind::Docker).0,
+                Slot::Granted
+            );
+        }
+        let (slot, wait) = slots.try_acquire(&key("c"), 0, 3, RuntimeKind::Docker);
+        let Slot::Full { limit } = slot else {
+            panic!("the bucket is empty")
+        };
+        assert!(limit.starts_with("create-rate-docker 2/1h"), "{limit}");
+        let wait = wait.expect("says when the next token comes");
+        assert!(
+            wait > Duration::from_secs(25 * 60) && wait <= Duration::from_secs(30 * 60),
+            "{wait:?}"
+        );
+        // It gave back the slot it could not use, and other runtimes are not held back.
+        assert_eq!(slots.global.in_use(), 2);
+        assert_eq!(
+            slots.try_acquire(&key("d"), 0, 4, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+    }
+
+    #[test]
+    fn lanes_put_in_line_before_asking_are_served_in_line_order() {
+        let (slots, _woken) = Slots::new(Some(1), &HashMap::new(), &HashMap::new());
+        for order in [3, 1, 2] {
+            slots.enqueue(&key(&format!("t{order}")), 0, order, RuntimeKind::Process);
+        }
+        // The reconciles run in any order; only the first in line gets the slot.
+        assert!(matches!(
+            slots.try_acquire(&key("t3"), 0, 3, RuntimeKind::Process).0,
+            Slot::Full { .. }
+        ));
+        assert!(matches!(
+            slots.try_acquire(&key("t2"), 0, 2, RuntimeKind::Process).0,
+            Slot::Full { .. }
+        ));
+        assert_eq!(
+            slots.try_acquire(&key("t1"), 0, 1, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+    }
+
+    #[test]
+    fn create_rates_parse_and_refuse_nonsense() {
+        let rate: CreateRate = "100/5m".parse().unwrap();
+        assert_eq!((rate.creates.get(), rate.per), (100, Duration::from_secs(300)));
+        for bad in ["100", "0/5m", "x/5m", "10/soon", "10/0s"] {
+            let err = bad.parse::<CreateRate>().unwrap_err();
+            assert!(err.contains("e.g. 100/5m"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn live_containers_always_hold_a_slot() {
         let (limits, _woken) = Limits::new("max-running", Some(1));
-        limits.settle(&key("a"), Standing::Live, 1);
-        limits.settle(&key("b"), Standing::Live, 2);
+        limits.settle(&key("a"), 0, Standing::Live, 1);
+        limits.settle(&key("b"), 0, Standing::Live, 2);
         assert_eq!(limits.in_use(), 2);
-        assert!(matches!(limits.try_acquire(&key("c"), 3), Slot::Full { .. }));
-        limits.settle(&key("a"), Standing::Idle, 1);
-        assert!(matches!(limits.try_acquire(&key("c"), 3), Slot::Full { .. }));
-        limits.settle(&key("b"), Standing::Idle, 2);
-        assert_eq!(limits.try_acquire(&key("c"), 3), Slot::Granted);
+        assert!(matches!(limits.try_acquire(&key("c"), 0, 3), Slot::Full { .. }));
+        limits.settle(&key("a"), 0, Standing::Idle, 1);
+        assert!(matches!(limits.try_acquire(&key("c"), 0, 3), Slot::Full { .. }));
+        limits.settle(&key("b"), 0, Standing::Idle, 2);
+        assert_eq!(limits.try_acquire(&key("c"), 0, 3), Slot::Granted);
     }
 }

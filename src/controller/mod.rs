@@ -8,6 +8,7 @@
 //! - [`health`] tells `/healthz` whether the loop still turns.
 
 mod act;
+mod dependencies;
 mod desired;
 mod health;
 pub mod limits;
@@ -27,10 +28,10 @@ use crate::runtime::{self, ContainerState, Runtime};
 use crate::status::{Phase, Reason};
 use crate::store::{Fingerprint, ManifestRead, Store, StoreError, StoreEvent};
 use crate::task::TaskKey;
-use limits::{Slots, Standing};
+use limits::{CreateRate, Slots, Standing};
 use queue::WorkQueue;
-use reconcile::{Desired, Input, Observed, Slot};
-use std::collections::HashMap;
+use reconcile::{Dependencies, Desired, Input, Lane, Observed, Slot};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,6 +56,8 @@ pub struct ControllerConfig {
     pub max_running: Option<usize>,
     /// `--max-running-process`, `--max-running-docker`, `--max-running-aci`.
     pub max_running_per_runtime: HashMap<RuntimeKind, usize>,
+    /// `--create-rate`: each runtime's token bucket for creates.
+    pub create_rates: HashMap<RuntimeKind, CreateRate>,
     /// Full relist interval, healing missed notifications.
     pub resync: Duration,
     /// Stop once every task is final.
@@ -72,6 +75,7 @@ impl Default for ControllerConfig {
             default_runtime: RuntimeKind::Process,
             max_running: None,
             max_running_per_runtime: HashMap::new(),
+            create_rates: HashMap::new(),
             resync: Duration::from_secs(60),
             once: false,
             allow_host_paths: Vec::new(),
@@ -113,8 +117,8 @@ pub enum ControllerError {
 struct Memory {
     /// The runtime reported a change of this task's container.
     engine_seen: bool,
-    /// A create that failed for good, to be recorded on the attempt.
-    create_failure: Option<(String, Reason, String)>,
+    /// Creates that failed for good, by container, to be recorded on their attempts.
+    create_failures: HashMap<String, (Reason, String)>,
     /// Consecutive infrastructure errors, for backoff.
     infra_failures: u32,
     /// The last manifest that validated, with its bytes: a task is reconciled several
@@ -147,6 +151,8 @@ struct Shared {
     containers: Mutex<HashMap<String, TaskKey>>,
     /// `metadata.name` → (first-seen order, task): names are unique.
     names: Mutex<HashMap<String, (u64, TaskKey)>>,
+    /// Who depends on whom (`dependsOn`).
+    graph: dependencies::Graph,
     /// Every task listed at start-up has been reconciled once.
     caught_up: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
@@ -161,12 +167,14 @@ struct Reconciled {
     key: TaskKey,
     state: TaskState,
     requeue: Option<Duration>,
-    /// Tasks whose name this one took over, to be reconciled again.
-    displaced: Option<TaskKey>,
+    /// Tasks to reconcile again: one whose name this one took over, and this one's
+    /// dependents when it changed.
+    wake: Vec<TaskKey>,
     /// Held back until the controller has caught up after start-up.
     deferred: bool,
-    /// The phase written (or kept), and the runtime of its current attempt.
-    phase: Option<(Phase, RuntimeKind)>,
+    /// The phase written (or kept), the runtime of its current attempt, and how many
+    /// of its containers may exist (a fan-out's live indexes).
+    phase: Option<(Phase, RuntimeKind, i64)>,
 }
 
 /// A task's standing, as far as `--once` and resync are concerned.
@@ -185,7 +193,11 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(store: Arc<dyn Store>, runtimes: Vec<Arc<dyn Runtime>>, config: ControllerConfig) -> Self {
-        let (limits, woken) = Slots::new(config.max_running, &config.max_running_per_runtime);
+        let (limits, woken) = Slots::new(
+            config.max_running,
+            &config.max_running_per_runtime,
+            &config.create_rates,
+        );
         let runtimes = runtimes.into_iter().map(|r| (r.kind(), r)).collect();
         Controller {
             shared: Arc::new(Shared {
@@ -198,6 +210,7 @@ impl Controller {
                 order: Mutex::new(HashMap::new()),
                 containers: Mutex::new(HashMap::new()),
                 names: Mutex::new(HashMap::new()),
+                graph: dependencies::Graph::default(),
                 caught_up: std::sync::atomic::AtomicBool::new(false),
                 metrics: Arc::new(Metrics::new()),
                 health: Arc::new(Health::default()),
@@ -283,7 +296,7 @@ impl Controller {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut control = self.control.take();
-        let mut phases: HashMap<TaskKey, (Phase, RuntimeKind)> = HashMap::new();
+        let mut phases: HashMap<TaskKey, (Phase, RuntimeKind, i64)> = HashMap::new();
 
         let outcome = loop {
             shared.health.turn();
@@ -319,7 +332,7 @@ impl Controller {
                             // A reconcile that panicked is a bug; the task is retried, not lost.
                             let Some(key) = in_flight.remove(&err.id()) else { continue };
                             tracing::error!(task = %key, "reconcile failed: {err}");
-                            Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, displaced: None, deferred: false, phase: None }
+                            Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, wake: Vec::new(), deferred: false, phase: None }
                         }
                     };
                     queue.done(&done.key);
@@ -351,7 +364,7 @@ impl Controller {
                             deferred.push(done.key.clone());
                         }
                     }
-                    if let Some(other) = done.displaced {
+                    for other in done.wake {
                         queue.schedule(other, Duration::ZERO);
                     }
                 }
@@ -412,7 +425,7 @@ impl Controller {
                             Ok(done) => done,
                             Err(_) => {
                                 tracing::warn!(task = %key, "reconcile took longer than {}s; retrying", timeout.as_secs());
-                                Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, displaced: None, deferred: false, phase: None }
+                                Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, wake: Vec::new(), deferred: false, phase: None }
                             }
                         }
                     });
@@ -504,22 +517,22 @@ async fn next_control(control: &mut Option<mpsc::UnboundedReceiver<Control>>) ->
 }
 
 /// Keeps the task and live-container gauges in step with the phases just written.
-fn update_gauges(metrics: &Metrics, phases: &mut HashMap<TaskKey, (Phase, RuntimeKind)>, done: &Reconciled) {
+fn update_gauges(metrics: &Metrics, phases: &mut HashMap<TaskKey, (Phase, RuntimeKind, i64)>, done: &Reconciled) {
     let old = match (&done.phase, done.state) {
         (_, TaskState::Removed) => phases.remove(&done.key),
         (Some(new), _) => phases.insert(done.key.clone(), *new),
         (None, _) => return,
     };
-    let apply = |(phase, runtime): (Phase, RuntimeKind), delta: i64| {
+    let apply = |(phase, runtime, live): (Phase, RuntimeKind, i64), delta: i64| {
         metrics
             .tasks
             .get_or_create(&Metrics::label("phase", phase.as_str()))
             .inc_by(delta);
-        if phase.has_container() {
+        if live > 0 {
             metrics
                 .live_containers
                 .get_or_create(&Metrics::label("runtime", runtime.as_str()))
-                .inc_by(delta);
+                .inc_by(delta * live);
         }
     };
     if let Some(old) = old {
@@ -618,7 +631,7 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
                 key: key.clone(),
                 state: TaskState::Active,
                 requeue: Some(Duration::ZERO),
-                displaced: None,
+                wake: Vec::new(),
                 deferred: false,
                 phase: None,
             }
@@ -638,7 +651,7 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
                     TaskState::Active
                 },
                 requeue: Some(shared.infra_backoff(key)),
-                displaced: None,
+                wake: Vec::new(),
                 deferred: false,
                 phase: None,
             }
@@ -661,21 +674,21 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
             key: key.clone(),
             state: TaskState::Active,
             requeue: Some(SETTLE_TIME),
-            displaced: None,
+            wake: Vec::new(),
             deferred: false,
             phase: None,
         });
     };
-    let mut displaced = None;
+    let file = file.unwrap_or_else(|| key.to_string());
+    let mut wake = Vec::new();
     match &desired {
         Desired::Valid(spec) => match shared.claim_name(&spec.name, key, order) {
-            Ok(other) => displaced = other,
+            Ok(other) => wake.extend(other),
             Err(owner) => {
                 desired = Desired::Invalid {
                     name: spec.name.clone(),
                     message: format!(
-                        "{}: metadata.name: {:?} is already the name of task {owner}; names must be unique, so rename one of them",
-                        file.as_deref().unwrap_or(key.as_str()),
+                        "{file}: metadata.name: {:?} is already the name of task {owner}; names must be unique, so rename one of them",
                         spec.name
                     ),
                 }
@@ -683,7 +696,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         },
         _ => shared.release_names(key),
     }
-    let status = shared.store.read_status(key).await?;
+    let status = shared.store.read_status_for_update(key).await?;
     match ownership::claim(shared, key, &desired, status.as_ref()).await? {
         ownership::Gate::Proceed => {}
         // What was read before the task was ours may be stale (its last owner may have
@@ -695,117 +708,165 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         gate => return Ok(ownership::not_acting(shared, key, order, gate)),
     }
 
-    // Observe the container the status says may exist, on the runtime it was made on.
-    let current = status.as_ref().and_then(|s| {
-        s.live_container().and_then(|_| s.current()).map(|a| {
-            let attempt_id = a.created_at.map(|t| crate::status::format_time(&t));
-            (a.container.clone(), a.runtime, attempt_id)
-        })
-    });
-    let mut log_tail = None;
-    let observed = match &current {
-        None => Observed::NotApplicable,
-        Some((container, kind, attempt_id)) => {
-            if let Ok(mut map) = shared.containers.lock() {
-                map.insert(container.clone(), key.clone());
+    let dependencies = match &desired {
+        Desired::Valid(spec) => match dependencies::evaluate(shared, key, spec, &file, status.as_ref()).await? {
+            Ok(dependencies) => dependencies,
+            Err(message) => {
+                desired = Desired::Invalid {
+                    name: spec.name.clone(),
+                    message,
+                };
+                Dependencies::None
             }
-            let failure = shared.memory(key, |m| match &m.create_failure {
-                Some((name, _, _)) if name == container => m.create_failure.take(),
-                _ => None,
-            });
-            match (failure, shared.runtime(*kind)) {
-                (Some((_, reason, message)), _) => Observed::CreateFailed { reason, message },
-                (None, None) => Observed::Unreachable(format!("the {kind} runtime is not enabled in this controller")),
-                (None, Some(runtime)) => match runtime.inspect(container).await {
-                    Ok(inspection) => {
-                        let stale = matches!((&inspection.attempt_id, attempt_id), (Some(found), Some(wanted)) if found != wanted);
-                        if stale {
-                            // The name belongs to the current attempt: anything else under it
-                            // is a leftover that nothing else would ever remove.
-                            tracing::info!(task = %key, container, "removing a stale container of another attempt");
-                        }
-                        match (stale, inspection.state) {
-                            (true, _) => match runtime.delete(container).await {
-                                Ok(()) => Observed::Container(ContainerState::Absent),
-                                Err(err) => Observed::Unreachable(format!("cannot remove a stale container: {err}")),
-                            },
-                            (false, state) => {
-                                let finished = matches!(state, ContainerState::Exited { .. })
-                                    || (state == ContainerState::Absent
-                                        && status.as_ref().is_some_and(|s| s.phase == Phase::Deleting));
-                                if finished {
-                                    log_tail = runtime.log_tail(container).await.ok().flatten();
-                                    if let Some(tail) = &log_tail
-                                        && let Err(err) = shared.store.save_log(container, tail).await
-                                    {
-                                        tracing::debug!(task = %key, "saving the output failed: {err}");
-                                    }
-                                }
-                                Observed::Container(state)
-                            }
-                        }
-                    }
-                    Err(err) => Observed::Unreachable(err.to_string()),
-                },
-            }
+        },
+        _ => {
+            shared.graph.forget(key);
+            Dependencies::None
         }
     };
-    // Read after the container: an event recorded before the container exited is then
-    // always seen, so a container that called back is never judged ExitedWithoutEvent.
-    let event = match (&current, &shared.callbacks) {
-        (Some((container, _, _)), Some(callbacks)) => callbacks.inbox.read(container),
-        _ => None,
-    };
+
+    // Observe the containers the status says may exist, on the runtime each was made on.
+    let mut single = Lane::default();
+    let mut lanes = BTreeMap::new();
+    if let Some(status) = &status {
+        if status.indexes.is_empty() {
+            if let Some(record) = status.live_container().and(status.current()) {
+                single = observe(shared, key, record, status.phase == Phase::Deleting).await;
+            }
+        } else {
+            for lane in status.indexes.iter().filter(|l| l.phase.has_container()) {
+                let record = status
+                    .attempts
+                    .iter()
+                    .find(|a| a.index == Some(lane.index) && a.number == lane.attempt);
+                if let Some(record) = record {
+                    let seen = observe(shared, key, record, lane.phase == Phase::Deleting).await;
+                    lanes.insert(lane.index, seen);
+                }
+            }
+        }
+    }
     let (seen_by_engine, terminate) = shared.memory(key, |m| {
         (std::mem::take(&mut m.engine_seen), std::mem::take(&mut m.terminate))
     });
+    for lane in lanes.values_mut() {
+        lane.seen_by_engine = seen_by_engine;
+    }
+    let fan_out = !lanes.is_empty() || status.as_ref().is_some_and(|s| !s.indexes.is_empty());
+    let results = match &dependencies {
+        Dependencies::Met { results, .. } => Some(results.clone()),
+        _ => None,
+    };
     let now = chrono::Utc::now();
-    let input = Input {
+    let mut input = Input {
         key,
         desired: &desired,
         status: status.as_ref(),
-        observed,
+        observed: single.observed,
         seen_by_engine,
-        log_tail,
+        log_tail: single.log_tail,
         slot: Slot::Granted,
         now,
         jitter: rand::random::<f64>(),
-        event,
+        event: single.event,
         terminate,
+        index: None,
+        lanes,
+        dependencies,
     };
-    // Ask for a slot only when the decision would start an attempt with one.
+    // Ask for slots only for the containers the decision would start.
     let mut decision = reconcile::decide(input.clone());
-    if decision.starts_attempt(status.as_ref()) {
-        if !shared.caught_up.load(std::sync::atomic::Ordering::Acquire) {
-            // Start nothing before every task has been seen once: names are then known
-            // and first come, first served has everyone in line.
-            return Ok(Reconciled {
-                key: key.clone(),
-                state: TaskState::Active,
-                requeue: None,
-                displaced,
-                deferred: true,
-                phase: None,
-            });
-        }
+    let started = decision.started_lanes(status.as_ref());
+    let mut waiting_lane = None;
+    let mut token_wait = None;
+    if !started.is_empty() {
         let runtime = match &desired {
             Desired::Valid(spec) => spec.runtime,
             _ => shared.config.default_runtime,
         };
-        let slot = shared.limits.try_acquire(key, order, runtime);
-        if slot != Slot::Granted {
-            decision = reconcile::decide(Input { slot, ..input });
+        if !shared.caught_up.load(std::sync::atomic::Ordering::Acquire) {
+            // Start nothing before every task has been seen once: names are then known
+            // and first come, first served has everyone in line.
+            for lane in &started {
+                shared.limits.enqueue(key, lane.unwrap_or(0), order, runtime);
+            }
+            return Ok(Reconciled {
+                key: key.clone(),
+                state: TaskState::Active,
+                requeue: None,
+                wake,
+                deferred: true,
+                phase: None,
+            });
+        }
+        let mut granted = Vec::new();
+        let mut refused = None;
+        for lane in &started {
+            let (slot, wait) = shared.limits.try_acquire(key, lane.unwrap_or(0), order, runtime);
+            if slot == Slot::Granted {
+                granted.push(*lane);
+            } else {
+                waiting_lane = Some(lane.unwrap_or(0));
+                token_wait = wait;
+                refused = Some(slot);
+                // The lanes after it are behind it in line.
+                break;
+            }
+        }
+        if let Some(full) = refused {
+            if fan_out || decision.status.as_ref().is_some_and(|s| !s.indexes.is_empty()) {
+                // Every lane not granted waits, or a lane past the parallelism cut of
+                // the first decision could start without a slot.
+                let count = decision.status.as_ref().map_or(0, |s| s.indexes.len() as u32);
+                for index in 0..count {
+                    if !granted.contains(&Some(index)) {
+                        input.lanes.entry(index).or_default().slot = full.clone();
+                    }
+                }
+            } else {
+                input.slot = full;
+            }
+            decision = reconcile::decide(input);
         }
     }
-    let standing = match &decision.status {
-        Some(s) if s.phase.has_container() => Standing::Live,
-        Some(s) if s.phase == Phase::Pending && s.reason == Some(Reason::WaitingForSlot) => Standing::Waiting,
-        _ => Standing::Idle,
+    let standings: Vec<(u32, Standing, Option<RuntimeKind>)> = match &decision.status {
+        None => Vec::new(),
+        Some(s) if s.indexes.is_empty() => {
+            let standing = if s.phase.has_container() {
+                Standing::Live
+            } else if waiting_lane.is_some() && s.reason == Some(Reason::WaitingForSlot) {
+                Standing::Waiting
+            } else {
+                Standing::Idle
+            };
+            vec![(0, standing, s.current().map(|a| a.runtime))]
+        }
+        Some(s) => s
+            .indexes
+            .iter()
+            .map(|lane| {
+                let standing = if lane.phase.has_container() {
+                    Standing::Live
+                } else if waiting_lane == Some(lane.index) {
+                    Standing::Waiting
+                } else {
+                    Standing::Idle
+                };
+                let runtime = s
+                    .attempts
+                    .iter()
+                    .find(|a| a.index == Some(lane.index) && a.number == lane.attempt)
+                    .map(|a| a.runtime);
+                (lane.index, standing, runtime)
+            })
+            .collect(),
     };
-    let live_runtime = decision.status.as_ref().and_then(|s| s.current()).map(|a| a.runtime);
-    shared.limits.settle(key, standing, order, live_runtime);
+    shared.limits.settle_task(key, order, &standings);
 
-    let requeue = execute(shared, key, status.as_ref(), &desired, local_dir, &decision).await?;
+    let mut requeue = execute(shared, key, status.as_ref(), &desired, local_dir, results, &decision).await?;
+    if let Some(wait) = token_wait {
+        requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+    }
     ownership::after(shared, key, decision.status.as_ref()).await;
     let state = match &decision.status {
         None => TaskState::Removed,
@@ -814,17 +875,88 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
     };
     if state == TaskState::Removed {
         shared.release_names(key);
+        shared.graph.forget(key);
+    }
+    let changed = match (status.as_ref(), decision.status.as_ref()) {
+        (Some(before), Some(after)) => before.phase != after.phase || before.spec_hash != after.spec_hash,
+        (None, None) => false,
+        _ => true,
+    };
+    if changed {
+        wake.extend(shared.graph.dependents(key));
     }
     let phase = decision.status.as_ref().map(|s| {
         let runtime = s.current().map(|a| a.runtime).unwrap_or(shared.config.default_runtime);
-        (s.phase, runtime)
+        let live = standings
+            .iter()
+            .filter(|(_, standing, _)| *standing == Standing::Live)
+            .count();
+        (s.phase, runtime, live as i64)
     });
     Ok(Reconciled {
         key: key.clone(),
         state,
         requeue,
-        displaced,
+        wake,
         deferred: false,
         phase,
     })
+}
+
+/// Looks at one container of the task: its state, its log tail once it has finished,
+/// and the completion event recorded for it.
+async fn observe(shared: &Shared, key: &TaskKey, record: &crate::status::AttemptRecord, deleting: bool) -> Lane {
+    let container = &record.container;
+    let kind = record.runtime;
+    let attempt_id = record.created_at.map(|t| crate::status::format_time(&t));
+    if let Ok(mut map) = shared.containers.lock() {
+        map.insert(container.clone(), key.clone());
+    }
+    let failure = shared.memory(key, |m| m.create_failures.remove(container));
+    let mut log_tail = None;
+    let observed = match (failure, shared.runtime(kind)) {
+        (Some((reason, message)), _) => Observed::CreateFailed { reason, message },
+        (None, None) => Observed::Unreachable(format!("the {kind} runtime is not enabled in this controller")),
+        (None, Some(runtime)) => match runtime.inspect(container).await {
+            Ok(inspection) => {
+                let stale =
+                    matches!((&inspection.attempt_id, &attempt_id), (Some(found), Some(wanted)) if found != wanted);
+                if stale {
+                    // The name belongs to the current attempt: anything else under it
+                    // is a leftover that nothing else would ever remove.
+                    tracing::info!(task = %key, container, "removing a stale container of another attempt");
+                }
+                match (stale, inspection.state) {
+                    (true, _) => match runtime.delete(container).await {
+                        Ok(()) => Observed::Container(ContainerState::Absent),
+                        Err(err) => Observed::Unreachable(format!("cannot remove a stale container: {err}")),
+                    },
+                    (false, state) => {
+                        let finished = matches!(state, ContainerState::Exited { .. })
+                            || (state == ContainerState::Absent && deleting);
+                        if finished {
+                            log_tail = runtime.log_tail(container).await.ok().flatten();
+                            if let Some(tail) = &log_tail
+                                && let Err(err) = shared.store.save_log(container, tail).await
+                            {
+                                tracing::debug!(task = %key, "saving the output failed: {err}");
+                            }
+                        }
+                        Observed::Container(state)
+                    }
+                }
+            }
+            Err(err) => Observed::Unreachable(err.to_string()),
+        },
+    };
+    // Read after the container: an event recorded before the container exited is then
+    // always seen, so a container that called back is never judged ExitedWithoutEvent.
+    let event = shared.callbacks.as_ref().and_then(|c| c.inbox.read(container));
+    Lane {
+        observed,
+        seen_by_engine: false,
+        log_tail,
+        event,
+        slot: Slot::Granted,
+    }
 }

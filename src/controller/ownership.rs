@@ -94,7 +94,7 @@ pub(super) async fn claim(
 /// What a reconcile that did not act reports.
 pub(super) fn not_acting(shared: &Shared, key: &TaskKey, order: u64, gate: Gate) -> Reconciled {
     // A slot this replica held for the task (before it lost the task) goes back.
-    shared.limits.settle(key, super::limits::Standing::Idle, order, None);
+    shared.limits.settle_task(key, order, &[]);
     let (requeue, deferred) = match gate {
         Gate::Later(delay) => (Some(delay), false),
         Gate::Deferred => (None, true),
@@ -104,7 +104,7 @@ pub(super) fn not_acting(shared: &Shared, key: &TaskKey, order: u64, gate: Gate)
         key: key.clone(),
         state: TaskState::Active,
         requeue,
-        displaced: None,
+        wake: Vec::new(),
         deferred,
         phase: None,
     }

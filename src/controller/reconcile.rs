@@ -11,7 +11,13 @@ use crate::manifest::{Cleanup, CompletionMode, TaskSpec};
 use crate::runtime::ContainerState;
 use crate::status::{AttemptRecord, CompletedBy, Phase, Reason, TaskStatus, Timestamp};
 use crate::task::TaskKey;
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+mod fanout;
+
+/// Largest `SKIFF_DEPENDENCY_RESULTS`, in bytes of JSON: environments are not for bulk data.
+pub const MAX_DEPENDENCY_RESULTS: usize = 32 * 1024;
 
 /// Longest delay between retries, whatever `backoff` and the attempt count say.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
@@ -36,9 +42,10 @@ pub enum Desired {
 }
 
 /// What the controller saw of the current attempt's container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Observed {
     /// The status names no live container, so nothing was looked at.
+    #[default]
     NotApplicable,
     Container(ContainerState),
     /// The runtime could not be asked (invariant 4: this never uses up `retries`).
@@ -51,13 +58,12 @@ pub enum Observed {
 }
 
 /// Whether a new container may start now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Slot {
+    #[default]
     Granted,
     /// Held back by a limit, named with its use, e.g. `max-running 32/32`.
-    Full {
-        limit: String,
-    },
+    Full { limit: String },
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +84,69 @@ pub struct Input<'a> {
     pub event: Option<CallbackEvent>,
     /// Someone asked, through the API, to stop the task and fail it.
     pub terminate: bool,
+    /// Which index of a fan-out this decision is for; `None` for a task of one completion.
+    pub index: Option<u32>,
+    /// A fan-out's observation of each index (`observed`, `event`, ... above are then
+    /// unused). An index missing here was not looked at.
+    pub lanes: BTreeMap<u32, Lane>,
+    /// Where the task's `dependsOn` stand.
+    pub dependencies: Dependencies,
+}
+
+/// What the controller saw of one index of a fan-out: the fields of [`Input`] that a
+/// task of one completion has once.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Lane {
+    pub observed: Observed,
+    pub seen_by_engine: bool,
+    pub log_tail: Option<String>,
+    pub event: Option<CallbackEvent>,
+    pub slot: Slot,
+}
+
+/// Where a task's dependencies stand. Each variant carries the spec hash of every
+/// dependency that has one, keyed by task: a change there re-runs this task.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Dependencies {
+    /// The task depends on nothing.
+    #[default]
+    None,
+    /// Every dependency has Succeeded; `results` is `SKIFF_DEPENDENCY_RESULTS`.
+    Met {
+        hashes: BTreeMap<String, String>,
+        results: String,
+    },
+    /// Some dependency has not Succeeded yet; each is named with what it is doing.
+    Waiting {
+        hashes: BTreeMap<String, String>,
+        waiting: Vec<String>,
+    },
+    /// A dependency Failed (or cannot run): this task cannot run either.
+    Failed {
+        hashes: BTreeMap<String, String>,
+        message: String,
+    },
+}
+
+impl Dependencies {
+    fn hashes(&self) -> Option<&BTreeMap<String, String>> {
+        match self {
+            Dependencies::None => None,
+            Dependencies::Met { hashes, .. }
+            | Dependencies::Waiting { hashes, .. }
+            | Dependencies::Failed { hashes, .. } => Some(hashes),
+        }
+    }
+
+    /// The first dependency whose spec changed since this run began, if any.
+    fn changed_since(&self, status: &TaskStatus) -> Option<String> {
+        let now = self.hashes()?;
+        status
+            .dependencies
+            .iter()
+            .find(|(task, then)| now.get(*task).is_some_and(|hash| hash != *then))
+            .map(|(task, _)| task.clone())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +155,8 @@ pub enum Action {
     EnsureContainer {
         container: String,
         attempt: u32,
+        /// The index of a fan-out's container (`SKIFF_INDEX`).
+        index: Option<u32>,
     },
     DeleteContainer {
         container: String,
@@ -122,9 +193,43 @@ impl Decision {
 
     /// The decision starts a new attempt, and so needs a concurrency slot.
     pub fn starts_attempt(&self, before: Option<&TaskStatus>) -> bool {
-        let was_live = before.is_some_and(|s| s.phase.has_container());
-        let now_live = self.status.as_ref().is_some_and(|s| s.phase.has_container());
-        now_live && !was_live
+        !self.started_lanes(before).is_empty()
+    }
+
+    /// Which containers this decision starts, each needing a concurrency slot: `None`
+    /// for a task of one completion, `Some(index)` for each index of a fan-out.
+    pub fn started_lanes(&self, before: Option<&TaskStatus>) -> Vec<Option<u32>> {
+        let Some(after) = &self.status else {
+            return Vec::new();
+        };
+        if after.indexes.is_empty() {
+            let was_live = before.is_some_and(|s| s.indexes.is_empty() && s.phase.has_container());
+            return if after.phase.has_container() && !was_live {
+                vec![None]
+            } else {
+                Vec::new()
+            };
+        }
+        let was_live = |index: u32| {
+            before.is_some_and(|s| {
+                s.spec_hash == after.spec_hash && s.indexes.iter().any(|l| l.index == index && l.phase.has_container())
+            })
+        };
+        after
+            .indexes
+            .iter()
+            .filter(|l| l.phase.has_container() && !was_live(l.index))
+            .map(|l| Some(l.index))
+            .collect()
+    }
+
+    /// Adds deletes of containers left by an earlier spec, before anything else.
+    fn deleting_first(mut self, containers: Vec<String>) -> Self {
+        let deletes = containers
+            .into_iter()
+            .map(|container| Action::DeleteContainer { container });
+        self.actions.splice(0..0, deletes);
+        self
     }
 }
 
@@ -138,6 +243,11 @@ pub fn retry_delay(base: Duration, failed: u32, jitter: f64) -> Duration {
 }
 
 pub fn decide(input: Input<'_>) -> Decision {
+    let fan_out = input.status.is_some_and(|s| !s.indexes.is_empty())
+        || matches!(input.desired, Desired::Valid(spec) if spec.completions > 1);
+    if fan_out {
+        return fanout::decide(&input);
+    }
     match input.desired {
         Desired::Absent => decide_absent(&input),
         Desired::Invalid { name, message } => decide_invalid(&input, name, message),
@@ -251,23 +361,20 @@ fn decide_valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
     };
     let mut stale_containers = Vec::new();
     let mut status = match input.status {
-        Some(status) if status.spec_hash == spec.spec_hash && status.phase == Phase::Invalid => {
-            resume_after_invalid(status, spec)
+        Some(status) if status.spec_hash == spec.spec_hash && input.dependencies.changed_since(status).is_none() => {
+            if status.phase == Phase::Invalid {
+                resume_after_invalid(status, spec)
+            } else {
+                status.clone()
+            }
         }
-        Some(status) if status.spec_hash == spec.spec_hash => status.clone(),
         Some(status) => {
             // A new desired state: stop what runs for the old one, then start afresh.
             if let Some(container) = container_may_exist(input, status) {
-                return stop_attempt(
-                    status.clone(),
-                    container,
-                    CompletedBy::Cancel,
-                    Reason::SpecChanged,
-                    "the spec changed; stopping this attempt to start again from attempt 1".into(),
-                    now,
-                );
+                let (reason, message) = why_run_again(input, status);
+                return stop_attempt(status.clone(), container, CompletedBy::Cancel, reason, message, now);
             }
-            // Containers that `cleanup` kept belong to the old spec, and the new run
+            // Containers that `cleanup` kept belong to the old run, and the new run
             // would reuse their names: they go first.
             stale_containers = status.attempts.iter().map(|a| a.container.clone()).collect();
             fresh()
@@ -294,21 +401,79 @@ fn decide_valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
         status.next_attempt_at = None;
         return Decision::keep(status, None);
     }
+    if let Some(held) = hold_for_dependencies(input, spec, &mut status) {
+        return held.deleting_first(stale_containers);
+    }
+    advance(input, spec, status).deleting_first(stale_containers)
+}
 
-    let mut decision = match status.phase {
+/// Why a task whose status is for another run must run again: its spec changed, or
+/// one of its dependencies did.
+fn why_run_again(input: &Input<'_>, status: &TaskStatus) -> (Reason, String) {
+    match input.dependencies.changed_since(status) {
+        Some(task) if matches!(input.desired, Desired::Valid(spec) if spec.spec_hash == status.spec_hash) => (
+            Reason::DependencyChanged,
+            format!("dependency {task} changed; stopping this attempt to run again after it"),
+        ),
+        _ => (
+            Reason::SpecChanged,
+            "the spec changed; stopping this attempt to start again from attempt 1".into(),
+        ),
+    }
+}
+
+/// Moves the task along from its phase, once the spec, the run and any terminate
+/// request are settled.
+fn advance(input: &Input<'_>, spec: &TaskSpec, status: TaskStatus) -> Decision {
+    match status.phase {
         // Invariant 3: done for this spec hash, whatever happens.
         Phase::Succeeded | Phase::Failed | Phase::Invalid => Decision::keep(status, None),
         Phase::Pending => pending(input, spec, status),
         Phase::Creating | Phase::Running => active(input, spec, status),
         Phase::Deleting => deleting(input, spec, status),
-    };
-    if !stale_containers.is_empty() {
-        let deletes = stale_containers
-            .into_iter()
-            .map(|container| Action::DeleteContainer { container });
-        decision.actions.splice(0..0, deletes);
     }
-    decision
+}
+
+/// Before a run's first container, its dependencies must all have Succeeded. Returns
+/// the decision when the task must wait or cannot run; records what the run is based on
+/// when it may go on.
+fn hold_for_dependencies(input: &Input<'_>, spec: &TaskSpec, status: &mut TaskStatus) -> Option<Decision> {
+    let started = status.attempt > 0 || status.indexes.iter().any(|l| l.attempt > 0);
+    if spec.depends_on.is_empty() || started || status.phase != Phase::Pending || !status.dependencies.is_empty() {
+        return None;
+    }
+    match &input.dependencies {
+        Dependencies::None => None,
+        Dependencies::Waiting { waiting, .. } => {
+            status.reason = Some(Reason::WaitingForDependencies);
+            status.message = Some(format!("waiting for {}", waiting.join(", ")));
+            // Each dependency wakes its dependents when it changes; this is a safety net.
+            Some(Decision::keep(status.clone(), Some(SLOT_RECHECK)))
+        }
+        Dependencies::Failed { hashes, message } => {
+            status.dependencies = hashes.clone();
+            status.phase = Phase::Failed;
+            status.reason = Some(Reason::DependencyFailed);
+            status.message = Some(message.clone());
+            status.next_attempt_at = None;
+            Some(Decision::keep(status.clone(), None))
+        }
+        Dependencies::Met { hashes, results } => {
+            status.dependencies = hashes.clone();
+            if results.len() <= MAX_DEPENDENCY_RESULTS {
+                return None;
+            }
+            status.phase = Phase::Failed;
+            status.reason = Some(Reason::DependencyResultsTooLarge);
+            status.message = Some(format!(
+                "the results of its dependencies take {} KiB as JSON, more than the {} KiB that SKIFF_DEPENDENCY_RESULTS carries; have the dependencies return less (a path or a URL to the data, say)",
+                results.len().div_ceil(1024),
+                MAX_DEPENDENCY_RESULTS / 1024
+            ));
+            status.next_attempt_at = None;
+            Some(Decision::keep(status.clone(), None))
+        }
+    }
 }
 
 /// An attempt stopped from outside (spec change, invalid or deleted manifest) is not
@@ -377,13 +542,13 @@ fn pending(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisi
         return Decision::keep(status, Some(SLOT_RECHECK));
     }
     let number = status.attempt + 1;
-    let container = input.key.container_name(number, None);
+    let container = input.key.container_name(number, input.index);
     status.attempt = number;
     status.attempts.push(AttemptRecord {
         number,
         runtime: spec.runtime,
         container: container.clone(),
-        index: None,
+        index: input.index,
         created_at: Some(now),
         started_at: None,
         finished_at: None,
@@ -401,6 +566,7 @@ fn pending(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisi
         Action::EnsureContainer {
             container,
             attempt: number,
+            index: input.index,
         },
         spec.poll_interval,
     )
@@ -423,6 +589,7 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
     let ensure = Action::EnsureContainer {
         container: container.clone(),
         attempt: current.number,
+        index: current.index,
     };
     match &input.observed {
         Observed::NotApplicable | Observed::Container(ContainerState::Created) => Decision::act(status, ensure, SOON),

@@ -327,6 +327,9 @@ impl Case {
             slot: self.slot.clone(),
             now: self.now,
             jitter: self.jitter,
+            index: None,
+            lanes: Default::default(),
+            dependencies: Dependencies::None,
         })
     }
 }
@@ -343,6 +346,7 @@ fn ensure(n: u32) -> Action {
     Action::EnsureContainer {
         container: container(n),
         attempt: n,
+        index: None,
     }
 }
 
@@ -2166,7 +2170,7 @@ fn ensures(d: &Decision) -> Vec<(&String, u32)> {
     d.actions
         .iter()
         .filter_map(|a| match a {
-            Action::EnsureContainer { container, attempt } => Some((container, *attempt)),
+            Action::EnsureContainer { container, attempt, .. } => Some((container, *attempt)),
             _ => None,
         })
         .collect()
@@ -2307,7 +2311,8 @@ fn check_inv2(case: &Case, d: &Decision) -> Result<(), TestCaseError> {
             d.actions.last(),
             Some(&Action::EnsureContainer {
                 container: container.clone(),
-                attempt
+                attempt,
+                index: None,
             }),
             "ensure comes last: {:?}",
             &d.actions
@@ -2956,6 +2961,9 @@ mod model {
                 slot: Slot::Granted,
                 now: self.now,
                 jitter: 0.5,
+                index: None,
+                lanes: Default::default(),
+                dependencies: Dependencies::None,
             };
             let mut decision = decide(input.clone());
             if slot_full && decision.starts_attempt(self.status.as_ref()) {
@@ -3148,7 +3156,7 @@ mod model {
         fn act(&mut self, d: &Decision, down: bool, create: Create) -> Result<(), TestCaseError> {
             for action in &d.actions {
                 match action {
-                    Action::EnsureContainer { container, attempt } => {
+                    Action::EnsureContainer { container, attempt, .. } => {
                         let status = self.status.as_ref().expect("ensure keeps a status");
                         let current = status.current().expect("ensure names the current attempt");
                         prop_assert_eq!(&current.container, container);

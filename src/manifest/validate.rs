@@ -11,6 +11,9 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_RETRIES: u32 = 100;
+/// Most indexes of one fan-out: each has its own entry in the status, which is rewritten
+/// whole at every step.
+const MAX_COMPLETIONS: u32 = 1000;
 const MAX_NAME_LEN: usize = 63;
 
 /// Which parts of the contract this build acts on. A manifest that needs a part that is
@@ -31,8 +34,8 @@ impl Features {
         aci: true,
         // The controller narrows this to whether it serves the callback route.
         event_completion: true,
-        fan_out: false,
-        depends_on: false,
+        fan_out: true,
+        depends_on: true,
     };
 }
 
@@ -427,6 +430,10 @@ pub fn validate(
     let parallelism = spec.parallelism.unwrap_or(1);
     if completions == 0 {
         fail("spec.completions: must be at least 1".into());
+    } else if completions > MAX_COMPLETIONS {
+        fail(format!(
+            "spec.completions: {completions} is too many for one task; at most {MAX_COMPLETIONS}, so split the work over several tasks"
+        ));
     } else if completions > 1 && !ctx.features.fan_out {
         fail(format!(
             "spec.completions: fan-out ({completions} completions) is not supported yet by this version of skiff; remove it or set 1"
@@ -654,13 +661,40 @@ mod tests {
     }
 
     #[test]
-    fn later_features_are_invalid_not_ignored() {
+    fn features_a_build_lacks_are_invalid_not_ignored() {
+        let without = ValidationContext {
+            features: Features {
+                fan_out: false,
+                depends_on: false,
+                ..Features::CURRENT
+            },
+            ..ctx()
+        };
         for (yaml, needle) in [
             ("  command: [x]\n  completions: 5\n", "spec.completions"),
             ("  command: [x]\n  dependsOn: [a]\n", "spec.dependsOn"),
         ] {
-            let err = check(yaml).unwrap_err();
+            let text = format!("apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n{yaml}");
+            let task = parse_manifest("t.yaml", text.as_bytes()).unwrap();
+            let err = validate("t.yaml", "t", &task, &without).unwrap_err()[0].to_string();
             assert!(err.contains(needle) && err.contains("not supported yet"), "{err}");
+            check(yaml).unwrap();
+        }
+    }
+
+    #[test]
+    fn fan_out_bounds_are_checked() {
+        let spec = check("  command: [x]\n  completions: 10\n  parallelism: 3\n  dependsOn: [jobs/split]\n").unwrap();
+        assert_eq!((spec.completions, spec.parallelism), (10, 3));
+        assert_eq!(spec.depends_on, [TaskKey::new("jobs/split")]);
+        for (yaml, needle) in [
+            ("  command: [x]\n  completions: 0\n", "at least 1"),
+            ("  command: [x]\n  completions: 5000\n", "at most 1000"),
+            ("  command: [x]\n  parallelism: 0\n", "at least 1"),
+            ("  command: [x]\n  dependsOn: [../up]\n", "path without extension"),
+        ] {
+            let err = check(yaml).unwrap_err();
+            assert!(err.contains(needle), "{yaml}: {err}");
         }
     }
 

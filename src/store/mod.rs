@@ -102,6 +102,12 @@ pub trait Store: Send + Sync {
     async fn list_one(&self, key: &TaskKey) -> Result<Option<Listed>, StoreError>;
     async fn read_manifest(&self, key: &TaskKey) -> Result<ManifestRead, StoreError>;
     async fn read_status(&self, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError>;
+    /// Reads the status that the next [`Store::write_status`] or [`Store::delete_status`]
+    /// of the task replaces: a store with conditional writes (the blob store) makes that
+    /// write conditional on what this read saw. Other readers use [`Store::read_status`].
+    async fn read_status_for_update(&self, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError> {
+        self.read_status(key).await
+    }
     /// Atomic: a reader sees the old status or the new one (DESIGN.md §3).
     async fn write_status(&self, key: &TaskKey, status: &TaskStatus) -> Result<(), StoreError>;
     async fn delete_status(&self, key: &TaskKey) -> Result<(), StoreError>;

@@ -413,6 +413,16 @@ impl Inner {
         }
     }
 
+    fn parse_status(&self, key: &TaskKey, bytes: Option<Vec<u8>>) -> Result<Option<TaskStatus>, StoreError> {
+        let Some(bytes) = bytes else { return Ok(None) };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|err| StoreError::CorruptStatus {
+                path: format!("{}/{}", self.shown(), Self::status_rel(key)),
+                message: err.to_string(),
+            })
+    }
+
     fn status_rel(key: &TaskKey) -> String {
         format!("{}{STATUS_SUFFIX}", key.as_str())
     }
@@ -584,18 +594,23 @@ impl Store for BlobStore {
 
     async fn read_status(&self, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError> {
         let inner = &self.inner;
-        let rel = Inner::status_rel(key);
-        let Some((bytes, etag)) = inner.download(&rel).await? else {
-            lock(&inner.status_etags).insert(key.clone(), None);
-            return Ok(None);
+        let read = inner.download(&Inner::status_rel(key)).await?;
+        inner.parse_status(key, read.map(|(bytes, _)| bytes))
+    }
+
+    async fn read_status_for_update(&self, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError> {
+        let inner = &self.inner;
+        let read = inner.download(&Inner::status_rel(key)).await?;
+        // Recorded only here, where the task's one reconcile reads before it writes: a
+        // read for anything else (a dependent, the API) must not make a write conditional
+        // on what its writer never saw. Recorded before parsing: a person fixing a status
+        // that is not valid JSON changes its ETag.
+        let (bytes, etag) = match read {
+            Some((bytes, etag)) => (Some(bytes), etag),
+            None => (None, None),
         };
         lock(&inner.status_etags).insert(key.clone(), etag);
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|err| StoreError::CorruptStatus {
-                path: format!("{}/{rel}", inner.shown()),
-                message: err.to_string(),
-            })
+        inner.parse_status(key, bytes)
     }
 
     async fn write_status(&self, key: &TaskKey, status: &TaskStatus) -> Result<(), StoreError> {
@@ -625,7 +640,13 @@ impl Store for BlobStore {
     async fn delete_status(&self, key: &TaskKey) -> Result<(), StoreError> {
         let inner = &self.inner;
         let rel = Inner::status_rel(key);
-        let known = lock(&inner.status_etags).get(key).cloned().flatten();
+        let known = lock(&inner.status_etags).get(key).cloned();
+        let known = match known {
+            Some(Some(etag)) => Some(etag),
+            // Absent when read: whatever is there now was written since, by someone else.
+            Some(None) => return Err(StoreError::Conflict { path: rel }),
+            None => None,
+        };
         let blob = inner.blob(&rel)?;
         let options = azure_storage_blob::models::BlobClientDeleteOptions {
             if_match: known.as_deref().map(Etag::from),
@@ -645,7 +666,10 @@ impl Store for BlobStore {
         inner.note_status(key, None, 0);
         lock(&inner.status_etags).remove(key);
         lock(&inner.manifests).remove(key);
-        if lock(&inner.index).get(key).is_none_or(|entry| entry.manifests.is_empty()) {
+        if lock(&inner.index)
+            .get(key)
+            .is_none_or(|entry| entry.manifests.is_empty())
+        {
             inner.leases.forget(key).await;
         }
         Ok(())
