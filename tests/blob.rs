@@ -221,25 +221,21 @@ fn a_status_changed_between_read_and_write_fails_the_write_and_is_read_again() {
     let log = ws.root().join("controller.log");
     box_.delete("jobs/a.status.json");
     box_.task("race.yaml", &marked(&ws, 0.5), "");
-    // Each status write waits 3 s after its read (a failpoint): the task exits while the
-    // Running status is written, and its next write (Deleting) is then 3 s away.
+    // Each status write is held 5 s after its read (a failpoint that logs when it holds):
+    // while the Deleting write is held, another writer rewrites the status (a new ETag,
+    // the same content).
     let controller = blob_controller_env(
         &box_,
         &ws.root().join("state"),
         &log,
         &[],
-        &[("SKIFF_TEST_STATUS_WRITE_DELAY", "3s")],
+        &[("SKIFF_TEST_STATUS_WRITE_DELAY", "5s")],
     );
-    wait_for(LONG, "race to run", &log, || {
-        box_.phase("race").as_deref() == Some("Running")
+    wait_for(LONG, "the Deleting write to be held", &log, || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("holding the Deleting write"))
     });
-    std::thread::sleep(Duration::from_millis(1000));
-    // Another writer rewrites the status meanwhile (a new ETag, the same content).
     let (bytes, etag) = box_.get("race.status.json").unwrap();
-    assert_eq!(
-        box_.put_if_match("race.status.json", &String::from_utf8(bytes).unwrap(), &etag),
-        201
-    );
+    assert_eq!(box_.put_if_match("race.status.json", &String::from_utf8(bytes).unwrap(), &etag), 201);
     wait_for(LONG, "race to succeed", &log, || {
         box_.phase("race").as_deref() == Some("Succeeded")
     });

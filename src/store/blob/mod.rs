@@ -621,6 +621,7 @@ impl Store for BlobStore {
         let bytes = status.to_json();
         let size = bytes.len();
         if let Some(delay) = inner.write_delay {
+            tracing::info!(task = %key, "failpoint: holding the {} write for {delay:?}", status.phase);
             tokio::time::sleep(delay).await;
         }
         match inner.upload(&rel, bytes, known.as_deref(), known.is_none()).await {
