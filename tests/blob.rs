@@ -57,7 +57,11 @@ fn a_hundred_blobs_succeed_beside_their_manifests_then_edits_rerun_and_deletes_c
     let log = ws.root().join("controller.log");
     let tasks: Vec<String> = (0..100).map(|i| format!("batch/t{i:03}")).collect();
     for task in &tasks {
-        box_.task(&format!("{task}.yaml"), &ws.ledger_line(), "");
+        box_.task(
+            &format!("{task}.yaml"),
+            &format!("echo hello from {task}; {}", ws.ledger_line()),
+            "",
+        );
     }
     let controller = blob_controller(&box_, &ws.root().join("state"), &log, &["--max-running", "16"]);
     wait_for(LONG, "100 tasks to succeed", &log, || {
@@ -105,12 +109,19 @@ fn a_hundred_blobs_succeed_beside_their_manifests_then_edits_rerun_and_deletes_c
     assert!(!String::from_utf8_lossy(&out.stdout).contains("AccountKey"));
     let out = skiff_blob(&box_, &["get", "--dir", "/tmp"]);
     assert_eq!(out.status.code(), Some(2), "--dir with --blob is a usage error");
+    // From another machine (no state folder here): the output saved in .skiff/logs/.
     let out = skiff_blob(&box_, &["logs", "batch/t003"]);
-    assert!(String::from_utf8_lossy(&out.stdout).is_empty() || out.status.success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello from batch/t003");
+    assert!(
+        box_.list()
+            .iter()
+            .any(|n| n.starts_with(".skiff/logs/skiff-batch-t003-"))
+    );
 
     // An edited manifest blob (a new spec) runs again, from attempt 1.
     let old_hash = box_.status("batch/t000").unwrap()["specHash"].clone();
-    box_.task("batch/t000.yaml", &format!("{} # v2", ws.ledger_line()), "");
+    box_.task("batch/t000.yaml", &format!("{}; # v2", ws.ledger_line()), "");
     wait_for(LONG, "the edited task to run again", &log, || {
         box_.status("batch/t000")
             .is_some_and(|s| s["phase"] == "Succeeded" && s["specHash"] != old_hash)
@@ -235,7 +246,10 @@ fn a_status_changed_between_read_and_write_fails_the_write_and_is_read_again() {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("holding the Deleting write"))
     });
     let (bytes, etag) = box_.get("race.status.json").unwrap();
-    assert_eq!(box_.put_if_match("race.status.json", &String::from_utf8(bytes).unwrap(), &etag), 201);
+    assert_eq!(
+        box_.put_if_match("race.status.json", &String::from_utf8(bytes).unwrap(), &etag),
+        201
+    );
     wait_for(LONG, "race to succeed", &log, || {
         box_.phase("race").as_deref() == Some("Succeeded")
     });

@@ -14,7 +14,14 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(&args.source)?;
     let state = state_dir(&args.source);
     let layout = Layout::new(&state);
-    let docker = DockerRuntime::connect(&state, None).ok();
+    // With --blob and no --state-dir there is no local state to read (nor to create):
+    // the output comes from what the controller saved in the store.
+    let local = args.source.blob.is_none() || args.source.state_dir.is_some();
+    let docker = if local {
+        DockerRuntime::connect(&state, None).ok()
+    } else {
+        None
+    };
     let key = inspect::task_key(&args.task);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -47,7 +54,8 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
                         Some(docker) => docker.output(container).await.ok().flatten(),
                         None => None,
                     },
-                    _ => std::fs::read(layout.log_path(container)).ok(),
+                    _ if local => std::fs::read(layout.log_path(container)).ok(),
+                    _ => None,
                 };
                 // Another machine's container: the output its controller saved in the store.
                 let output = match output {
