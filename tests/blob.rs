@@ -364,3 +364,66 @@ fn controllers_ride_out_azurite_stopped_for_ten_seconds() {
         assert_eq!(replica.terminate(), Some(0));
     }
 }
+
+#[test]
+fn a_lease_is_exclusive_renewed_while_held_released_on_hand_over_and_lapses_when_its_holder_dies() {
+    use skiff::store::Store;
+    use skiff::store::blob::location::BlobLocation;
+    use skiff::store::blob::{BlobConfig, BlobStore};
+    use skiff::task::TaskKey;
+    let Some(endpoint) = azurite_or_skip("blob leases") else {
+        return;
+    };
+    let box_ = Container::create(&endpoint, &unique_container("leases"));
+    let conn = azurite::connection_string(&endpoint);
+    let replica = || {
+        let location = BlobLocation::parse(&box_.url()).unwrap();
+        let auth = location
+            .auth(&|name| (name == "AZURE_STORAGE_CONNECTION_STRING").then(|| conn.clone()))
+            .unwrap();
+        BlobStore::new(BlobConfig {
+            location,
+            auth,
+            credential: None,
+            poll: Duration::from_secs(60),
+        })
+        .unwrap()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (a, b) = (replica(), replica());
+        let (own_a, own_b) = (a.ownership().unwrap(), b.ownership().unwrap());
+        let key = TaskKey::new("jobs/a");
+        assert!(own_a.acquire(&key).await.unwrap(), "a free task is taken");
+        assert!(!own_b.acquire(&key).await.unwrap(), "a live lease is never taken");
+        // Past a lease's 15 s: still held, because it is renewed.
+        tokio::time::sleep(Duration::from_secs(17)).await;
+        assert!(own_a.holds(&key), "renewed while held");
+        assert!(!own_b.acquire(&key).await.unwrap(), "still not taken");
+        assert_eq!(own_a.held(), 1);
+        // Hand-over: released, and taken at once.
+        own_a.release(&key).await;
+        assert!(!own_a.holds(&key));
+        assert!(own_b.acquire(&key).await.unwrap(), "taken at once after a release");
+        // B dies (no release, no renewal): A takes the task once the lease lapses.
+        drop((b, own_b));
+        let died = std::time::Instant::now();
+        assert!(
+            !own_a.acquire(&key).await.unwrap(),
+            "not while the dead holder's lease lives"
+        );
+        while !own_a.acquire(&key).await.unwrap() {
+            assert!(died.elapsed() < Duration::from_secs(25), "the lease never lapsed");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(
+            died.elapsed() >= Duration::from_secs(5),
+            "taken only after the lapse: {:?}",
+            died.elapsed()
+        );
+    });
+    assert!(box_.list().contains(&".skiff/leases/jobs/a.lease".to_string()));
+}
