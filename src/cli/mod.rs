@@ -52,12 +52,12 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct SourceArgs {
     /// The folder of manifests.
-    #[arg(long, env = "SKIFF_DIR", required_unless_present = "blob")]
+    #[arg(long, env = "SKIFF_DIR")]
     pub dir: Option<PathBuf>,
     /// An Azure Blob container of manifests: https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX]
     /// (credentials: a SAS in the URL, AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_KEY, or
     /// --azure-credential).
-    #[arg(long, env = "SKIFF_BLOB", conflicts_with = "dir")]
+    #[arg(long, env = "SKIFF_BLOB")]
     pub blob: Option<String>,
     /// How often the blob listing is compared for changes.
     #[arg(long, env = "SKIFF_BLOB_POLL", default_value = "10s", value_parser = parse_duration)]

@@ -19,7 +19,10 @@ pub(super) fn open_store(source: &SourceArgs) -> anyhow::Result<Arc<dyn Store>> 
 
 pub(super) fn open_source(source: &SourceArgs) -> anyhow::Result<Source> {
     match (&source.dir, &source.blob) {
-        (Some(_), Some(_)) => Err(UsageError("--dir and --blob name two stores; give one of them".into()).into()),
+        (Some(_), Some(_)) => Err(UsageError(
+            "--dir and --blob (or SKIFF_DIR and SKIFF_BLOB) name two stores; give only one of them".into(),
+        )
+        .into()),
         (None, None) => Err(UsageError("give --dir DIR or --blob URL (or set SKIFF_DIR or SKIFF_BLOB)".into()).into()),
         (Some(dir), None) => {
             let store = DirStore::new(dir).map_err(|err| {
