@@ -147,6 +147,22 @@ fn a_hundred_blobs_succeed_beside_their_manifests_then_edits_rerun_and_deletes_c
     wait_for(LONG, "t050's status blob to go", &log, || {
         box_.get("batch/t050.status.json").is_none()
     });
+    // With its lease and saved output: nothing of a removed task stays behind.
+    wait_for(
+        Duration::from_secs(10),
+        "t050's lease and log blobs to go",
+        &log,
+        || {
+            let names = box_.list();
+            !names
+                .iter()
+                .any(|n| n == ".skiff/leases/batch/t050.lease" || n.starts_with(".skiff/logs/skiff-batch-t050-"))
+        },
+    );
+    assert!(
+        box_.list().iter().any(|n| n == ".skiff/leases/batch/t051.lease"),
+        "the other tasks keep theirs"
+    );
     assert_eq!(controller.terminate(), Some(0));
     assert!(
         !std::fs::read_to_string(&log).unwrap().contains(azurite::KEY),

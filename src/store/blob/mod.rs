@@ -413,6 +413,27 @@ impl Inner {
         }
     }
 
+    /// Deletes the task's saved outputs (`.skiff/logs/<container prefix>*`); best effort.
+    async fn forget_logs(&self, key: &TaskKey) {
+        let folder = format!("{STATE_FOLDER}/logs/");
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: Some(self.location.blob_name(&format!("{folder}{}", key.container_prefix()))),
+            ..Default::default()
+        };
+        let Ok(mut pager) = self.container.list_blobs(Some(options)) else {
+            return;
+        };
+        let strip = self.location.list_prefix().unwrap_or_default();
+        while let Ok(Some(item)) = pager.try_next().await {
+            let Some(rel) = item.name.as_deref().and_then(|n| n.strip_prefix(&strip)) else {
+                continue;
+            };
+            if let Ok(blob) = self.blob(rel) {
+                let _ = blob.delete(None).await;
+            }
+        }
+    }
+
     fn parse_status(&self, key: &TaskKey, bytes: Option<Vec<u8>>) -> Result<Option<TaskStatus>, StoreError> {
         let Some(bytes) = bytes else { return Ok(None) };
         serde_json::from_slice(&bytes)
@@ -671,6 +692,8 @@ impl Store for BlobStore {
             .get(key)
             .is_none_or(|entry| entry.manifests.is_empty())
         {
+            // The task is gone: so are its saved outputs, then its lease blob.
+            inner.forget_logs(key).await;
             inner.leases.forget(key).await;
         }
         Ok(())
