@@ -443,3 +443,81 @@ fn a_lease_is_exclusive_renewed_while_held_released_on_hand_over_and_lapses_when
     });
     assert!(box_.list().contains(&".skiff/leases/jobs/a.lease".to_string()));
 }
+
+#[test]
+fn a_busy_store_answering_503_is_retried_with_backoff_and_reported_then_work_resumes() {
+    let Some(endpoint) = azurite_or_skip("blob busy") else {
+        return;
+    };
+    let ws = Workspace::new();
+    let name = unique_container("busy");
+    let direct = Container::create(&endpoint, &name);
+    let proxy = azurite::BusyProxy::start(&endpoint);
+    let via_proxy = Container::create(&proxy.endpoint(), &name);
+    let tasks: Vec<String> = (0..16).map(|i| format!("b/t{i:02}")).collect();
+    for task in &tasks {
+        direct.task(&format!("{task}.yaml"), &marked(&ws, 3.0), "");
+    }
+    let port = support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = ws.root().join("controller.log");
+    let controller = blob_controller(
+        &via_proxy,
+        &ws.root().join("state"),
+        &log,
+        &["--max-running", "4", "--listen", &listen],
+    );
+    let health = || -> Option<serde_json::Value> {
+        reqwest::blocking::get(format!("http://127.0.0.1:{port}/healthz"))
+            .ok()?
+            .json()
+            .ok()
+    };
+    wait_for(LONG, "the first tasks to run", &log, || {
+        ws.ledger_lines().iter().filter(|l| l.ends_with(" start")).count() >= 2
+    });
+    proxy.set_busy(true);
+    let running: Vec<String> = ledger_by_task(&ws)
+        .into_iter()
+        .filter(|(_, lines)| lines.len() == 1)
+        .map(|(task, _)| task)
+        .collect();
+    assert!(
+        !running.is_empty(),
+        "some tasks were running when the store turned busy"
+    );
+    wait_for(Duration::from_secs(10), "/healthz to report ServerBusy", &log, || {
+        health().is_some_and(|h| {
+            h["healthy"] == false && h["storeError"].as_str().is_some_and(|e| e.contains("503 ServerBusy"))
+        })
+    });
+    // Containers keep running meanwhile: those running then end while the store is busy.
+    std::thread::sleep(Duration::from_secs(6));
+    let by_task = ledger_by_task(&ws);
+    for task in &running {
+        assert_eq!(
+            by_task[task],
+            ["1 start", "1 end"],
+            "{task} ran on while the store was busy"
+        );
+    }
+    proxy.set_busy(false);
+    wait_for(Duration::from_secs(120), "every task to succeed", &log, || {
+        let phases = direct.phases();
+        tasks
+            .iter()
+            .all(|t| phases.get(t).map(String::as_str) == Some("Succeeded"))
+    });
+    assert_each_ran_once(&ws, &tasks);
+    for task in &tasks {
+        assert_eq!(
+            direct.status(task).unwrap()["attempt"],
+            1,
+            "{task}: no retry was used up"
+        );
+    }
+    wait_for(Duration::from_secs(30), "/healthz to be healthy again", &log, || {
+        health().is_some_and(|h| h["healthy"] == true)
+    });
+    assert_eq!(controller.terminate(), Some(0));
+}

@@ -416,3 +416,88 @@ pub fn wait_for(timeout: Duration, what: &str, log: &Path, mut check: impl FnMut
         tail.join("\n")
     );
 }
+
+/// A loopback proxy in front of Azurite that can turn busy: while busy, every request
+/// is answered `503 ServerBusy` (as Blob Storage answers when throttling), and the
+/// connections already open are cut, so that clients must come through it again.
+pub struct BusyProxy {
+    pub port: u16,
+    busy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl BusyProxy {
+    pub fn start(upstream: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let upstream: std::net::SocketAddr = upstream.trim_start_matches("http://").parse().expect("an ip:port");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (busy2, open2) = (busy.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if busy2.load(Ordering::SeqCst) {
+                    std::thread::spawn(move || answer_busy(client));
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let pipes = [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ];
+                open2.lock().unwrap().extend([client, server]);
+                for (mut from, mut to) in pipes {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        BusyProxy { port, busy, open }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set_busy(&self, on: bool) {
+        self.busy.store(on, std::sync::atomic::Ordering::SeqCst);
+        if on {
+            for stream in self.open.lock().unwrap().drain(..) {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// Reads one request (head and body) and answers 503 ServerBusy.
+fn answer_busy(mut client: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    let _ = client.read_exact(&mut body);
+    let xml = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>ServerBusy</Code><Message>The server is busy.</Message></Error>";
+    let _ = write!(
+        client,
+        "HTTP/1.1 503 The server is busy.\r\nContent-Type: application/xml\r\nx-ms-error-code: ServerBusy\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+        xml.len()
+    );
+}
