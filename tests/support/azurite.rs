@@ -163,6 +163,8 @@ impl Container {
             name: name.to_string(),
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(30))
+                // Azurite closes idle connections after 5 s.
+                .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .unwrap(),
             key: SharedKey::new(ACCOUNT, KEY).unwrap(),
@@ -189,6 +191,18 @@ impl Container {
         body: Vec<u8>,
         extra: &[(&str, &str)],
     ) -> Answer {
+        self.try_request(method, blob, query, body, extra)
+            .unwrap_or_else(|err| panic!("{method} {blob}: {err}"))
+    }
+
+    pub fn try_request(
+        &self,
+        method: &str,
+        blob: &str,
+        query: &[(&str, &str)],
+        body: Vec<u8>,
+        extra: &[(&str, &str)],
+    ) -> reqwest::Result<Answer> {
         let mut path = format!("/{ACCOUNT}/{}", self.name);
         if !blob.is_empty() {
             for part in blob.split('/') {
@@ -223,26 +237,33 @@ impl Container {
             url.push('?');
             url.push_str(&q.join("&"));
         }
-        let mut request = self
-            .http
-            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
-            .header("authorization", authorization)
-            .body(body);
-        for (name, value) in &headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        let response = request.send().unwrap_or_else(|err| panic!("{method} {blob}: {err}"));
+        // A busy emulator may drop a connection: each of these requests may be sent again.
+        let send = || {
+            let mut request = self
+                .http
+                .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url.clone())
+                .header("authorization", authorization.clone())
+                .body(body.clone());
+            for (name, value) in &headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            request.send()
+        };
+        let response = send().or_else(|_| {
+            std::thread::sleep(Duration::from_millis(200));
+            send()
+        })?;
         let status = response.status().as_u16();
         let etag = response
             .headers()
             .get("etag")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        Answer {
+        Ok(Answer {
             status,
             etag,
             body: response.bytes().map(|b| b.to_vec()).unwrap_or_default(),
-        }
+        })
     }
 
     pub fn put(&self, blob: &str, text: &str) -> String {
@@ -345,6 +366,13 @@ impl Container {
             }
         }
         out
+    }
+}
+
+impl Drop for Container {
+    // A long-lived Azurite (a developer's) slows down as test containers pile up in it.
+    fn drop(&mut self) {
+        let _ = self.try_request("DELETE", "", &[("restype", "container")], Vec::new(), &[]);
     }
 }
 

@@ -40,6 +40,9 @@ impl Transport {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
+            // Servers close idle connections (Azurite, on Node, after 5 s): a pooled one
+            // kept longer can fail its next request, which would be reported as an outage.
+            .pool_idle_timeout(Duration::from_secs(4))
             .build()?;
         Ok(Transport {
             client,
