@@ -4,6 +4,8 @@
 #
 #   ensure_docker       a Docker Engine answering on its socket (installed and started if need be)
 #   build_test_image    the registry-free busybox image skiff-busybox:test (see ../Dockerfile)
+#   ensure_azurite      Azurite's blob service (npm azurite@3.35.0) on a free loopback port,
+#                       exported as SKIFF_TEST_AZURITE; stop_azurite stops the one it started
 #
 # Each says what it does and fails loudly (non-zero, with the reason) rather than leaving a
 # half-ready service behind for the tests to trip over. The docker CLI is fine here; only
@@ -114,4 +116,66 @@ build_test_image() {
     fi
     rm -rf "$context"
     _skiff_say "built $SKIFF_TEST_IMAGE"
+}
+
+# Azurite, pinned: 3.36+ need Node 21, and this machine has Node 20.
+SKIFF_AZURITE_VERSION="${SKIFF_AZURITE_VERSION:-3.35.0}"
+SKIFF_AZURITE_PREFIX="${SKIFF_AZURITE_PREFIX:-$HOME/.cache/skiff/azurite}"
+SKIFF_AZURITE_LOG="${SKIFF_AZURITE_LOG:-${TMPDIR:-/tmp}/skiff-azurite.log}"
+
+_skiff_port_answers() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Installs azurite@$SKIFF_AZURITE_VERSION from the npm registry into $SKIFF_AZURITE_PREFIX
+# when it is missing (or another version), then starts its blob service in memory on a
+# free loopback port, unless SKIFF_TEST_AZURITE already names one that answers. Exports
+# SKIFF_TEST_AZURITE=http://127.0.0.1:PORT and SKIFF_AZURITE_BIN (tests that need their own
+# Azurite, with --location, start it from there).
+ensure_azurite() {
+    command -v npm >/dev/null 2>&1 || _skiff_fail "npm is missing; install Node.js 20 (e.g. apt-get install nodejs npm)" || return 1
+    local installed=""
+    installed="$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$SKIFF_AZURITE_PREFIX/node_modules/azurite/package.json" 2>/dev/null | head -n 1)"
+    if [ "$installed" != "$SKIFF_AZURITE_VERSION" ]; then
+        _skiff_say "installing azurite@$SKIFF_AZURITE_VERSION into $SKIFF_AZURITE_PREFIX"
+        mkdir -p "$SKIFF_AZURITE_PREFIX" || _skiff_fail "cannot create $SKIFF_AZURITE_PREFIX" || return 1
+        npm install --no-audit --no-fund --prefix "$SKIFF_AZURITE_PREFIX" "azurite@$SKIFF_AZURITE_VERSION" >&2 ||
+            _skiff_fail "npm install azurite@$SKIFF_AZURITE_VERSION failed" || return 1
+    fi
+    export SKIFF_AZURITE_BIN="$SKIFF_AZURITE_PREFIX/node_modules/.bin/azurite-blob"
+    [ -x "$SKIFF_AZURITE_BIN" ] || _skiff_fail "$SKIFF_AZURITE_BIN is missing after the install" || return 1
+
+    if [ -n "${SKIFF_TEST_AZURITE:-}" ] && _skiff_port_answers "${SKIFF_TEST_AZURITE##*:}"; then
+        _skiff_say "azurite answers at $SKIFF_TEST_AZURITE"
+        return 0
+    fi
+    local port
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')" ||
+        _skiff_fail "cannot find a free port" || return 1
+    _skiff_say "starting azurite-blob on 127.0.0.1:$port (its log: $SKIFF_AZURITE_LOG)"
+    # --disableTelemetry: otherwise it tries to reach the internet.
+    setsid "$SKIFF_AZURITE_BIN" --blobHost 127.0.0.1 --blobPort "$port" --inMemoryPersistence \
+        --skipApiVersionCheck --disableTelemetry >>"$SKIFF_AZURITE_LOG" 2>&1 </dev/null &
+    _SKIFF_AZURITE_PID=$!
+    local waited=0
+    until _skiff_port_answers "$port"; do
+        if [ "$waited" -ge 60 ] || ! kill -0 "$_SKIFF_AZURITE_PID" 2>/dev/null; then
+            tail -n 20 "$SKIFF_AZURITE_LOG" >&2 2>/dev/null || true
+            _skiff_fail "azurite did not answer on port $port"
+            return 1
+        fi
+        sleep 0.5
+        waited=$((waited + 1))
+    done
+    export SKIFF_TEST_AZURITE="http://127.0.0.1:$port"
+    _skiff_say "azurite answers at $SKIFF_TEST_AZURITE"
+}
+
+# Stops the Azurite that ensure_azurite started (none other).
+stop_azurite() {
+    if [ -n "${_SKIFF_AZURITE_PID:-}" ]; then
+        kill "$_SKIFF_AZURITE_PID" 2>/dev/null || true
+        wait "$_SKIFF_AZURITE_PID" 2>/dev/null || true
+        unset _SKIFF_AZURITE_PID
+    fi
 }

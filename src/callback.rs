@@ -66,6 +66,11 @@ impl CallbackSecret {
         })
     }
 
+    /// A secret kept elsewhere (the blob store's `.skiff/secret`, shared by replicas).
+    pub fn from_key(key: Vec<u8>) -> Self {
+        CallbackSecret { key }
+    }
+
     fn mac(&self, task: &str, attempt: u32, index: u32, spec_hash: &str) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
         mac.update(format!("skiff-callback\n{task}\n{attempt}\n{index}\n{spec_hash}").as_bytes());

@@ -1,7 +1,7 @@
 //! `skiff controller`: wires the store, the runtimes and the controller together, and
 //! turns SIGTERM / Ctrl+C into a graceful stop.
 
-use super::{ControllerArgs, UsageError, open_dir_store, state_dir, tokio_runtime};
+use super::{ControllerArgs, UsageError, state_dir, tokio_runtime};
 use crate::api::{self, ApiState};
 use crate::callback::{CallbackSecret, Inbox};
 use crate::controller::{Callbacks, Controller, ControllerConfig, Outcome};
@@ -105,7 +105,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             return Err(UsageError(format!("--allow-host-path {}: give an absolute path", prefix.display())).into());
         }
     }
-    let store = open_dir_store(&args.source)?;
+    let source = super::source::open_source(&args.source)?;
     let state = state_dir(&args.source);
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -134,7 +134,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         allow_host_paths: args.allow_host_path.clone(),
         ..ControllerConfig::default()
     };
-    let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    let store = source.store.clone();
     let controller = Controller::new(store.clone(), runtimes, config);
 
     let runtime = tokio_runtime()?;
@@ -156,7 +156,11 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             let base_url = args.callback_url.clone().unwrap_or_else(|| format!("http://{local}"));
             let callbacks = Callbacks {
                 base_url,
-                secret: Arc::new(CallbackSecret::load_or_create(&state)?),
+                // Replicas on a blob store share one secret, kept in the container.
+                secret: Arc::new(match &source.blob {
+                    Some(blob) => CallbackSecret::from_key(runtime.block_on(shared_secret(blob))?),
+                    None => CallbackSecret::load_or_create(&state)?,
+                }),
                 inbox: Arc::new(Inbox::new(&state)?),
             };
             let metrics = controller.metrics();
@@ -228,6 +232,23 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The callback secret the replicas share, waiting for a store that cannot be reached yet
+/// (a replica restarted during an outage starts once the store answers).
+async fn shared_secret(blob: &crate::store::blob::BlobStore) -> anyhow::Result<Vec<u8>> {
+    let mut wait = std::time::Duration::from_millis(250);
+    loop {
+        match blob.shared_secret().await {
+            Ok(key) => return Ok(key),
+            Err(err @ crate::store::StoreError::Unavailable { .. }) => {
+                tracing::warn!("cannot read the shared callback secret; retrying in {wait:?}: {err}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 /// The aci runtime, when it is configured. `--runtime aci` needs it; otherwise it is made
 /// when the subscription, resource group and location are all given, so that single
 /// tasks can say `runtime: aci`.
@@ -256,7 +277,7 @@ fn aci_runtime(
         }
         return Ok(None);
     };
-    let kind = args.azure_credential.unwrap_or_else(guess_credential);
+    let kind = args.source.azure_credential.unwrap_or_else(guess_credential);
     let mut config = AciConfig::new(subscription, group, location, AciCredential::Azure(kind));
     config.arm_endpoint = args.arm_endpoint.clone();
     config.create_quota = args.aci_create_quota.clone();
@@ -268,7 +289,7 @@ fn aci_runtime(
 /// The credential the environment points at, in DefaultAzureCredential's order (without
 /// its probing): workload identity, a service principal's secret, a managed identity's
 /// endpoint; else the Azure CLI.
-fn guess_credential() -> CredentialKind {
+pub(super) fn guess_credential() -> CredentialKind {
     let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
     if set("AZURE_FEDERATED_TOKEN_FILE") {
         CredentialKind::Workload

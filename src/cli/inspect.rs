@@ -1,6 +1,6 @@
 //! `skiff get` and `skiff describe`: read-only views of the status files.
 
-use super::{DescribeArgs, GetArgs, OutputFormat, UsageError, open_dir_store};
+use super::{DescribeArgs, GetArgs, OutputFormat, UsageError, open_store};
 use crate::status::{TaskStatus, Timestamp, format_time};
 use crate::store::Store;
 use crate::task::TaskKey;
@@ -42,12 +42,12 @@ pub(super) fn task_key(task: &str) -> TaskKey {
 }
 
 pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
-    let store = open_dir_store(&args.source)?;
+    let store = open_store(&args.source)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut last = String::new();
         loop {
-            let tasks = load(&store, args.task.as_deref()).await?;
+            let tasks = load(&*store, args.task.as_deref()).await?;
             let text = render(&tasks, args.output)?;
             if text != last {
                 if args.watch && !last.is_empty() {
@@ -130,9 +130,9 @@ fn short(delta: chrono::TimeDelta) -> String {
 }
 
 pub fn describe(args: DescribeArgs) -> anyhow::Result<ExitCode> {
-    let store = open_dir_store(&args.source)?;
+    let store = open_store(&args.source)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let tasks = runtime.block_on(load(&store, Some(&args.task)))?;
+    let tasks = runtime.block_on(load(&*store, Some(&args.task)))?;
     for (key, status) in tasks {
         match status {
             None => println!("Task:     {key}\nPhase:    - (not seen by a controller yet)"),

@@ -2,20 +2,26 @@
 //! Process output is read from its log file; Docker output from the engine while the
 //! container exists, and from the copy saved at deletion afterwards.
 
-use super::{LogsArgs, UsageError, inspect, open_dir_store, state_dir};
+use super::{LogsArgs, UsageError, inspect, open_store, state_dir};
 use crate::manifest::RuntimeKind;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::Layout;
-use crate::store::Store;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let store = open_dir_store(&args.source)?;
+    let store = open_store(&args.source)?;
     let state = state_dir(&args.source);
     let layout = Layout::new(&state);
-    let docker = DockerRuntime::connect(&state, None).ok();
+    // With --blob and no --state-dir there is no local state to read (nor to create):
+    // the output comes from what the controller saved in the store.
+    let local = args.source.blob.is_none() || args.source.state_dir.is_some();
+    let docker = if local {
+        DockerRuntime::connect(&state, None).ok()
+    } else {
+        None
+    };
     let key = inspect::task_key(&args.task);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -48,7 +54,13 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
                         Some(docker) => docker.output(container).await.ok().flatten(),
                         None => None,
                     },
-                    _ => std::fs::read(layout.log_path(container)).ok(),
+                    _ if local => std::fs::read(layout.log_path(container)).ok(),
+                    _ => None,
+                };
+                // Another machine's container: the output its controller saved in the store.
+                let output = match output {
+                    Some(bytes) => Some(bytes),
+                    None => store.read_log(container).await.ok().flatten(),
                 };
                 if let Some(bytes) = output
                     && bytes.len() > offset

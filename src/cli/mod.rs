@@ -5,6 +5,7 @@ mod config;
 mod controller;
 mod inspect;
 mod logs;
+mod source;
 mod validate;
 mod wait;
 
@@ -51,11 +52,20 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct SourceArgs {
     /// The folder of manifests.
-    #[arg(long, env = "SKIFF_DIR", required_unless_present = "blob")]
+    #[arg(long, env = "SKIFF_DIR")]
     pub dir: Option<PathBuf>,
-    /// An Azure Blob container of manifests.
-    #[arg(long, env = "SKIFF_BLOB", conflicts_with = "dir")]
+    /// An Azure Blob container of manifests: https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX]
+    /// (credentials: a SAS in the URL, AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_KEY, or
+    /// --azure-credential).
+    #[arg(long, env = "SKIFF_BLOB")]
     pub blob: Option<String>,
+    /// How often the blob listing is compared for changes.
+    #[arg(long, env = "SKIFF_BLOB_POLL", default_value = "10s", value_parser = parse_duration)]
+    pub blob_poll: Duration,
+    /// Where Azure tokens come from: managed, workload, secret or cli (default: guessed
+    /// from the environment, else cli).
+    #[arg(long, env = "SKIFF_AZURE_CREDENTIAL", value_parser = parse_credential)]
+    pub azure_credential: Option<crate::runtime::aci::CredentialKind>,
     /// Where skiff keeps its own state (default: `<dir>/.skiff`).
     #[arg(long, env = "SKIFF_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -125,10 +135,6 @@ pub struct ControllerArgs {
     /// Azure Resource Manager's URL (a sovereign cloud's, or a simulator's).
     #[arg(long, env = "SKIFF_ARM_ENDPOINT", default_value = crate::runtime::aci::DEFAULT_ARM_ENDPOINT)]
     pub arm_endpoint: String,
-    /// Where Azure tokens come from: managed, workload, secret or cli (default: guessed
-    /// from the environment, else cli).
-    #[arg(long, env = "SKIFF_AZURE_CREDENTIAL", value_parser = parse_credential)]
-    pub azure_credential: Option<crate::runtime::aci::CredentialKind>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -264,22 +270,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Opens the directory store named by `--dir`, or says why not.
-fn open_dir_store(source: &SourceArgs) -> anyhow::Result<crate::store::dir::DirStore> {
-    if source.blob.is_some() {
-        return Err(UsageError("--blob is not supported yet by this version of skiff; use --dir".into()).into());
-    }
-    let Some(dir) = &source.dir else {
-        return Err(UsageError("give --dir DIR (or set SKIFF_DIR)".into()).into());
-    };
-    crate::store::dir::DirStore::new(dir).map_err(|err| {
-        UsageError(format!(
-            "--dir {}: {err}; create the folder or fix the path",
-            dir.display()
-        ))
-        .into()
-    })
-}
+use source::open_store;
 
 fn state_dir(source: &SourceArgs) -> PathBuf {
     match (&source.state_dir, &source.dir) {

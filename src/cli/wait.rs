@@ -1,13 +1,12 @@
 //! `skiff wait TASK... --for succeeded|terminal [--timeout 5m]`.
 
-use super::{WaitArgs, WaitFor, inspect, open_dir_store};
+use super::{WaitArgs, WaitFor, inspect, open_store};
 use crate::status::Phase;
-use crate::store::Store;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 pub fn run(args: WaitArgs) -> anyhow::Result<ExitCode> {
-    let store = open_dir_store(&args.source)?;
+    let store = open_store(&args.source)?;
     let keys: Vec<_> = args.tasks.iter().map(|t| inspect::task_key(t)).collect();
     let deadline = Instant::now() + args.timeout;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

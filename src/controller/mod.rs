@@ -12,6 +12,7 @@ mod dependencies;
 mod desired;
 mod health;
 pub mod limits;
+mod ownership;
 pub mod queue;
 pub mod reconcile;
 
@@ -157,6 +158,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     callbacks: Option<Callbacks>,
+    /// Who owns which task, when replicas share the store (see [`ownership`]).
+    ownership: Option<Arc<dyn crate::store::ownership::Ownership>>,
 }
 
 /// What one reconcile reports back to the loop.
@@ -198,6 +201,7 @@ impl Controller {
         let runtimes = runtimes.into_iter().map(|r| (r.kind(), r)).collect();
         Controller {
             shared: Arc::new(Shared {
+                ownership: store.ownership(),
                 store,
                 runtimes,
                 config,
@@ -263,7 +267,24 @@ impl Controller {
         let mut in_flight: HashMap<tokio::task::Id, TaskKey> = HashMap::new();
 
         let started = std::time::Instant::now();
-        self.relist(&mut queue, &mut known, &settled).await?;
+        // A remote store may be unreachable at start: wait for it, saying why on /healthz.
+        let mut wait = Duration::from_millis(250);
+        loop {
+            match self.relist(&mut queue, &mut known, &settled).await {
+                Ok(()) => break,
+                Err(err @ StoreError::Unavailable { .. }) => {
+                    shared.health.store_result::<(), _>(&Err(&err));
+                    tracing::warn!("cannot list {}; retrying in {wait:?}: {err}", shared.store.location());
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(Outcome::Shutdown),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(MAX_INFRA_BACKOFF);
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        shared.health.store_result::<(), StoreError>(&Ok(()));
         // Tasks not yet reconciled since start-up; when none is left, the controller has
         // caught up with the world and says so once.
         let mut unobserved: std::collections::HashSet<TaskKey> = known.keys().cloned().collect();
@@ -354,7 +375,14 @@ impl Controller {
                         settled.remove(&key);
                         queue.schedule(key, Duration::ZERO);
                     }
-                    StoreEvent::Rescan => self.relist(&mut queue, &mut known, &settled).await?,
+                    StoreEvent::Rescan => {
+                        let relisted = self.relist(&mut queue, &mut known, &settled).await;
+                        shared.health.store_result(&relisted);
+                        if let Err(err) = relisted {
+                            tracing::warn!("relist of {} failed, will retry: {err}", shared.store.location());
+                        }
+                    }
+                    StoreEvent::Reachable(error) => shared.health.store_result(&error.map_or(Ok(()), Err)),
                 },
                 Some(name) = runtime_events.recv() => {
                     let key = shared.containers.lock().ok().and_then(|m| m.get(&name).cloned());
@@ -407,6 +435,10 @@ impl Controller {
         };
         // Finish the status writes in flight; running containers are durable and left alone.
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while running.join_next().await.is_some() {} }).await;
+        // Hand the tasks over: other replicas take them at once rather than when leases lapse.
+        if let Some(owner) = &shared.ownership {
+            owner.release_all().await;
+        }
         Ok(outcome)
     }
 
@@ -592,8 +624,23 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
             shared.memory(key, |m| m.infra_failures = 0);
             done
         }
+        Err(StoreError::Conflict { path }) => {
+            // Someone changed the status since it was read: read it again now.
+            tracing::info!(task = %key, "{path} changed under this reconcile; re-reading");
+            Reconciled {
+                key: key.clone(),
+                state: TaskState::Active,
+                requeue: Some(Duration::ZERO),
+                wake: Vec::new(),
+                deferred: false,
+                phase: None,
+            }
+        }
         Err(err) => {
             let corrupt = matches!(err, StoreError::CorruptStatus { .. });
+            if matches!(err, StoreError::Unavailable { .. }) {
+                shared.health.store_result::<(), _>(&Err(&err));
+            }
             tracing::warn!(task = %key, "{err}");
             Reconciled {
                 key: key.clone(),
@@ -614,6 +661,9 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
 
 async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled, StoreError> {
     let order = shared.first_seen(key);
+    if let gate @ (ownership::Gate::Later(_) | ownership::Gate::Deferred) = ownership::before_read(shared, key) {
+        return Ok(ownership::not_acting(shared, key, order, gate));
+    }
     let Some(DesiredRead {
         mut desired,
         file,
@@ -646,7 +696,18 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         },
         _ => shared.release_names(key),
     }
-    let status = shared.store.read_status(key).await?;
+    let status = shared.store.read_status_for_update(key).await?;
+    match ownership::claim(shared, key, &desired, status.as_ref()).await? {
+        ownership::Gate::Proceed => {}
+        // What was read before the task was ours may be stale (its last owner may have
+        // moved it on since): start over, reading afresh as its owner.
+        ownership::Gate::Acquired => {
+            shared.store.refresh(key).await?;
+            return Box::pin(try_reconcile(shared, key)).await;
+        }
+        gate => return Ok(ownership::not_acting(shared, key, order, gate)),
+    }
+
     let dependencies = match &desired {
         Desired::Valid(spec) => match dependencies::evaluate(shared, key, spec, &file, status.as_ref()).await? {
             Ok(dependencies) => dependencies,
@@ -804,6 +865,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
     if let Some(wait) = token_wait {
         requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
     }
+    ownership::after(shared, key, decision.status.as_ref()).await;
     let state = match &decision.status {
         None => TaskState::Removed,
         Some(s) if s.phase.is_final() => TaskState::Final(s.phase),
@@ -872,6 +934,11 @@ async fn observe(shared: &Shared, key: &TaskKey, record: &crate::status::Attempt
                             || (state == ContainerState::Absent && deleting);
                         if finished {
                             log_tail = runtime.log_tail(container).await.ok().flatten();
+                            if let Some(tail) = &log_tail
+                                && let Err(err) = shared.store.save_log(container, tail).await
+                            {
+                                tracing::debug!(task = %key, "saving the output failed: {err}");
+                            }
                         }
                         Observed::Container(state)
                     }

@@ -538,7 +538,10 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Builds the chosen `azure_identity` credential, its HTTP going through `http`.
-fn azure_credential(kind: CredentialKind, http: &reqwest::Client) -> Result<Arc<dyn TokenCredential>, AciError> {
+pub(crate) fn azure_credential(
+    kind: CredentialKind,
+    http: &reqwest::Client,
+) -> Result<Arc<dyn TokenCredential>, AciError> {
     use azure_core::http::{ClientOptions, Transport};
     use azure_identity::{
         AzureCliCredential, AzureCliCredentialOptions, ClientAssertionCredentialOptions, ClientSecretCredential,

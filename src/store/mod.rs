@@ -1,7 +1,10 @@
 //! Stores: where manifests come from and where statuses go. The controller sees only
-//! the [`Store`] trait; the directory store is in `dir.rs`.
+//! the [`Store`] trait; the directory store is in `dir.rs`, the Azure Blob store in
+//! `blob/`, and the ownership of tasks among replicas in `ownership.rs`.
 
+pub mod blob;
 pub mod dir;
+pub mod ownership;
 
 use crate::status::TaskStatus;
 use crate::task::TaskKey;
@@ -60,6 +63,9 @@ pub enum ManifestRead {
 pub enum StoreEvent {
     Changed(TaskKey),
     Rescan,
+    /// The store's own view of whether it can be reached: `Some(error)` while it cannot,
+    /// `None` once it can again (for `/healthz`).
+    Reachable(Option<String>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +80,18 @@ pub enum StoreError {
     CorruptStatus { path: String, message: String },
     #[error("watching {path}: {message}")]
     Watch { path: String, message: String },
+    /// A conditional write lost a race: someone changed the status since it was read.
+    /// Never overwritten blindly; the controller re-reads and reconciles again at once.
+    #[error("{path}: changed by someone else since it was read; re-reading")]
+    Conflict { path: String },
+    /// The store cannot be reached or is busy (a connection error, a timeout, 5xx, 503
+    /// ServerBusy): retried with backoff, never counted against `retries`.
+    #[error("{location}: {message}")]
+    Unavailable { location: String, message: String },
+    /// The store refused the request (authentication, a missing container, ...): a
+    /// person must fix the configuration; retried with backoff meanwhile.
+    #[error("{location}: {message}")]
+    Refused { location: String, message: String },
 }
 
 #[async_trait]
@@ -84,6 +102,12 @@ pub trait Store: Send + Sync {
     async fn list_one(&self, key: &TaskKey) -> Result<Option<Listed>, StoreError>;
     async fn read_manifest(&self, key: &TaskKey) -> Result<ManifestRead, StoreError>;
     async fn read_status(&self, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError>;
+    /// Reads the status that the next [`Store::write_status`] or [`Store::delete_status`]
+    /// of the task replaces: a store with conditional writes (the blob store) makes that
+    /// write conditional on what this read saw. Other readers use [`Store::read_status`].
+    async fn read_status_for_update(&self, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError> {
+        self.read_status(key).await
+    }
     /// Atomic: a reader sees the old status or the new one (DESIGN.md §3).
     async fn write_status(&self, key: &TaskKey, status: &TaskStatus) -> Result<(), StoreError>;
     async fn delete_status(&self, key: &TaskKey) -> Result<(), StoreError>;
@@ -92,4 +116,23 @@ pub trait Store: Send + Sync {
     fn watch(&self) -> Result<mpsc::UnboundedReceiver<StoreEvent>, StoreError>;
     /// A human name for where the store is, for messages.
     fn location(&self) -> String;
+    /// Forgets what is cached of the task's files, so that the next reads are fresh (the
+    /// blob store lists the task's blobs again).
+    async fn refresh(&self, _key: &TaskKey) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Who owns which task, when several controllers may share the store; `None`: this
+    /// controller owns every task.
+    fn ownership(&self) -> Option<std::sync::Arc<dyn ownership::Ownership>> {
+        None
+    }
+    /// Keeps a finished container's output where `skiff logs` can find it from any
+    /// machine; a store on the local disk has nothing to do.
+    async fn save_log(&self, _container: &str, _text: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// A saved output, see [`Store::save_log`].
+    async fn read_log(&self, _container: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
 }
