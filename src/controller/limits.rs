@@ -110,8 +110,10 @@ impl Limits {
             return Slot::Granted;
         }
         state.waiters.insert(me);
+        // Every slot is held, or promised to a lane ahead in line: the limit is in full use.
+        let in_use = state.held + ahead.min(free);
         Slot::Full {
-            limit: format!("{} {}/{max}", self.name, state.held),
+            limit: format!("{} {in_use}/{max}", self.name),
         }
     }
 
