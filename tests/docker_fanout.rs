@@ -10,23 +10,13 @@ use support::{DOCKER_IMAGE, Workspace, docker_or_skip, skiff_containers};
 
 const LONG: Duration = Duration::from_secs(180);
 
-/// Copies `examples/<name>` into the workspace, with the test image for `busybox`.
-fn copy_example(ws: &Workspace, name: &str) {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
-    for entry in std::fs::read_dir(&from).expect("the example exists").flatten() {
-        let text = std::fs::read_to_string(entry.path()).unwrap();
-        let text = text.replace("image: busybox", &format!("image: {DOCKER_IMAGE}"));
-        ws.write(&entry.file_name().to_string_lossy(), &text);
-    }
-}
-
 #[test]
 fn the_fan_out_example_merges_all_five_worker_results_on_docker() {
     if !docker_or_skip("the_fan_out_example_on_docker") {
         return;
     }
     let ws = Workspace::new();
-    copy_example(&ws, "fan-out");
+    ws.copy_example("fan-out", DOCKER_IMAGE);
     let code = ws
         .controller(&["--once", "--runtime", "docker", "--docker-network", "host"])
         .wait(LONG);

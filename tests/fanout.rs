@@ -3,23 +3,12 @@
 mod support;
 
 use serde_json::Value;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use support::{Workspace, processes_mentioning};
 
 const LONG: Duration = Duration::from_secs(120);
-
-/// Copies `examples/<name>` into the workspace, replacing `image: busybox` by `image`.
-pub fn copy_example(ws: &Workspace, name: &str, image: &str) {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
-    for entry in std::fs::read_dir(&from).expect("the example exists").flatten() {
-        let text = std::fs::read_to_string(entry.path()).unwrap();
-        let text = text.replace("image: busybox", &format!("image: {image}"));
-        ws.write(&entry.file_name().to_string_lossy(), &text);
-    }
-}
 
 fn results(status: &Value) -> Vec<Value> {
     status["result"].as_array().cloned().unwrap_or_default()
@@ -28,7 +17,7 @@ fn results(status: &Value) -> Vec<Value> {
 #[test]
 fn the_fan_out_example_merges_all_five_worker_results() {
     let ws = Workspace::new();
-    copy_example(&ws, "fan-out", "busybox");
+    ws.copy_example("fan-out", "busybox");
     // The README's main command: no --listen needed for callbacks from this machine.
     let code = ws.controller(&["--once"]).wait(LONG);
     assert_eq!(code, Some(0), "{}", ws.controller_log());

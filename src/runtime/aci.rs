@@ -606,68 +606,7 @@ impl azure_core::http::HttpClient for IdentityTransport {
         &self,
         request: &azure_core::http::Request,
     ) -> azure_core::Result<azure_core::http::AsyncRawResponse> {
-        use azure_core::error::{Error, ErrorKind};
-        use azure_core::http::headers::{HeaderName, HeaderValue, Headers};
-        use azure_core::http::{Body, Method};
-        let method = match request.method() {
-            Method::Get => reqwest::Method::GET,
-            Method::Post => reqwest::Method::POST,
-            Method::Put => reqwest::Method::PUT,
-            Method::Delete => reqwest::Method::DELETE,
-            Method::Patch => reqwest::Method::PATCH,
-            Method::Head => reqwest::Method::HEAD,
-            other => {
-                return Err(Error::with_message(
-                    ErrorKind::Other,
-                    format!("the identity transport cannot send {other:?}"),
-                ));
-            }
-        };
-        let mut outgoing = self.0.request(method, request.url().as_str());
-        for (name, value) in request.headers().iter() {
-            outgoing = outgoing.header(name.as_str(), value.as_str());
-        }
-        outgoing = match request.body() {
-            Body::Bytes(bytes) => outgoing.body(bytes.to_vec()),
-            // Token requests are small forms; nothing here streams.
-            _ => {
-                return Err(Error::with_message(
-                    ErrorKind::Other,
-                    "the identity transport does not send streamed bodies",
-                ));
-            }
-        };
-        let response = outgoing.send().await.map_err(|err| {
-            let kind = if err.is_connect() {
-                ErrorKind::Connection
-            } else {
-                ErrorKind::Io
-            };
-            Error::with_error(kind, err, "the token request failed")
-        })?;
-        let status = response.status().as_u16();
-        let headers: HashMap<HeaderName, HeaderValue> = response
-            .headers()
-            .iter()
-            .filter_map(|(name, value)| {
-                let value = value.to_str().ok()?;
-                Some((
-                    HeaderName::from(name.as_str().to_string()),
-                    HeaderValue::from(value.to_string()),
-                ))
-            })
-            .collect();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| Error::with_error(ErrorKind::Io, err, "reading the token response failed"))?;
-        let stream: azure_core::http::response::PinnedStream =
-            Box::pin(futures_util::stream::once(async move { Ok(body) }));
-        Ok(azure_core::http::AsyncRawResponse::new(
-            status.into(),
-            Headers::from(headers),
-            stream,
-        ))
+        crate::azure_http::send(&self.0, request, "identity").await
     }
 }
 

@@ -40,6 +40,17 @@ impl Workspace {
         std::fs::rename(&temp, &path).unwrap();
     }
 
+    /// Copies `examples/<name>` in, with `image` for the examples' `image: busybox`
+    /// (the test engine has no registry).
+    pub fn copy_example(&self, name: &str, image: &str) {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
+        for entry in std::fs::read_dir(&from).expect("the example exists").flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            let text = text.replace("image: busybox", &format!("image: {image}"));
+            self.write(&entry.file_name().to_string_lossy(), &text);
+        }
+    }
+
     /// A manifest that runs `script` with sh, on the process runtime.
     pub fn task(&self, rel: &str, script: &str, extra: &str) {
         let script = script.replace('\'', "''");
