@@ -174,13 +174,7 @@ fn max_running_caps_live_processes() {
     let started = Instant::now();
     let mut saw_waiting = false;
     while started.elapsed() < LONG {
-        let live = std::fs::read_dir(ws.root().join(".skiff/containers"))
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                    .count()
-            })
-            .unwrap_or(0);
+        let live = ws.live_process_containers();
         peak = peak.max(live);
         saw_waiting |= (0..12).any(|i| {
             ws.status(&format!("t{i:02}")).is_some_and(|s| {

@@ -165,13 +165,7 @@ fn an_index_out_of_retries_fails_the_task_and_leaves_no_index_running() {
     assert_eq!(status["indexes"][1]["attempt"], 2);
     let ledger = ws.ledger().display().to_string();
     assert!(processes_mentioning(&ledger).is_empty(), "no index left running");
-    let live = std::fs::read_dir(ws.root().join(".skiff/containers"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                .count()
-        })
-        .unwrap_or(0);
+    let live = ws.live_process_containers();
     assert_eq!(live, 0, "every index's container is deleted");
     // Some indexes were stopped mid-run or never started; none is left claiming to run.
     for lane in status["indexes"].as_array().unwrap() {

@@ -51,6 +51,17 @@ impl Workspace {
         }
     }
 
+    /// Containers of the process runtime that exist now: one state file each.
+    pub fn live_process_containers(&self) -> usize {
+        std::fs::read_dir(self.root().join(".skiff/containers"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// A manifest that runs `script` with sh, on the process runtime.
     pub fn task(&self, rel: &str, script: &str, extra: &str) {
         let script = script.replace('\'', "''");
