@@ -399,7 +399,8 @@ fn decide_valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
         status.reason = Some(Reason::Terminated);
         status.message = Some(message);
         status.next_attempt_at = None;
-        return Decision::keep(status, None);
+        // Containers that `cleanup` kept for an earlier spec go all the same.
+        return Decision::keep(status, None).deleting_first(stale_containers);
     }
     if let Some(held) = hold_for_dependencies(input, spec, &mut status) {
         return held.deleting_first(stale_containers);

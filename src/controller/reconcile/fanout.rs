@@ -123,7 +123,7 @@ fn valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
         status.reason = Some(Reason::Terminated);
         status.message = Some(message.to_string());
         status.next_attempt_at = None;
-        return Decision::keep(status, None);
+        return Decision::keep(status, None).deleting_first(stale_containers);
     }
     if let Some(held) = hold_for_dependencies(input, spec, &mut status) {
         return held.deleting_first(stale_containers);
