@@ -134,8 +134,13 @@ _skiff_port_answers() {
 # Azurite, with --location, start it from there).
 ensure_azurite() {
     command -v npm >/dev/null 2>&1 || _skiff_fail "npm is missing; install Node.js 20 (e.g. apt-get install nodejs npm)" || return 1
-    local installed=""
-    installed="$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$SKIFF_AZURITE_PREFIX/node_modules/azurite/package.json" 2>/dev/null | head -n 1)"
+    local installed="" manifest="$SKIFF_AZURITE_PREFIX/node_modules/azurite/package.json"
+    # Never `x="$(cmd | head)"` on a file that may be absent: under the caller's
+    # `set -e -o pipefail` a failing sed ends the whole script without a word.
+    if [ -f "$manifest" ]; then
+        installed="$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$manifest" 2>/dev/null || true)"
+        installed="${installed%%$'\n'*}"
+    fi
     if [ "$installed" != "$SKIFF_AZURITE_VERSION" ]; then
         _skiff_say "installing azurite@$SKIFF_AZURITE_VERSION into $SKIFF_AZURITE_PREFIX"
         mkdir -p "$SKIFF_AZURITE_PREFIX" || _skiff_fail "cannot create $SKIFF_AZURITE_PREFIX" || return 1
