@@ -56,7 +56,7 @@ fn create_rates(
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
-    init_logging(&args.log)?;
+    let _log_flush = super::logging::init(&args.log)?;
     let default_runtime = RuntimeKind::from(args.runtime);
     if args.listen.is_none() && (args.callback_url.is_some() || args.api_token_file.is_some()) {
         return Err(UsageError("--callback-url and --api-token-file need --listen ADDRESS:PORT".into()).into());
@@ -314,23 +314,4 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-}
-
-fn init_logging(filter: &str) -> anyhow::Result<()> {
-    // Other crates speak only when they have something worth a warning.
-    let filter = if filter.contains('=') || filter.contains(',') {
-        filter.to_string()
-    } else {
-        format!("warn,skiff={filter}")
-    };
-    let filter = filter.as_str();
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|err| UsageError(format!("--log {filter}: {err}; write e.g. info or skiff=debug")))?;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-    Ok(())
 }

@@ -4,6 +4,7 @@
 mod config;
 mod controller;
 mod inspect;
+mod logging;
 mod logs;
 mod source;
 mod validate;
@@ -244,10 +245,13 @@ pub fn main() -> ExitCode {
     let cli = match config::parse_with_config_file() {
         Ok(cli) => cli,
         Err(err) => {
-            eprintln!("error: {err}");
+            say_error(&err.to_string());
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if !matches!(cli.command, Command::Controller(_)) {
+        die_quietly_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::Schema => {
             print!("{}", crate::manifest::json_schema());
@@ -263,7 +267,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            say_error(&format!("{err:#}"));
             let usage = err.downcast_ref::<UsageError>().is_some();
             ExitCode::from(if usage { EXIT_USAGE } else { 1 })
         }
@@ -271,6 +275,22 @@ pub fn main() -> ExitCode {
 }
 
 use source::open_store;
+
+/// The last word of a failed command. Not `eprintln!`: it panics when stderr is closed,
+/// turning exit 1 or 2 into 101.
+fn say_error(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "error: {message}");
+}
+
+/// `skiff get | head -1`: like any Unix filter, a command whose reader went away ends
+/// there, silently, instead of panicking in `println!` (Rust ignores SIGPIPE). The
+/// controller keeps ignoring it: a closed pipe must never stop it.
+fn die_quietly_on_closed_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: done before any thread starts, and SIG_DFL installs no Rust code.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
 
 fn state_dir(source: &SourceArgs) -> PathBuf {
     match (&source.state_dir, &source.dir) {

@@ -1,0 +1,120 @@
+//! The controller's stderr is a pipe someone may close: it must neither crash the
+//! controller nor make it deaf to SIGTERM (issue 10, item 4). Get's stdout likewise.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{SKIFF, Workspace};
+
+fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// `skiff controller --dir d --once 2>&1 | head -1`: the reader leaves after one line,
+/// and the controller still runs every task and exits 0.
+#[test]
+fn once_with_stderr_closed_after_one_line_runs_every_task() {
+    let ws = Workspace::new();
+    for i in 0..5 {
+        ws.task(&format!("t{i}.yaml"), &format!("sleep 0.2; {}", ws.ledger_line()), "");
+    }
+    let mut child = Command::new(SKIFF)
+        .args(["controller", "--once", "--dir"])
+        .arg(ws.root())
+        .env("SKIFF_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start skiff");
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().expect("piped"))
+        .read_line(&mut first)
+        .expect("one line");
+    // The reader (and the only copy of the pipe's read end) is gone here.
+    let status = wait_exit(&mut child, Duration::from_secs(60)).expect("--once exits");
+    assert_eq!(status.code(), Some(0), "exit status {status:?} (101 is a panic)");
+    for i in 0..5 {
+        assert_eq!(ws.phase(&format!("t{i}")).as_deref(), Some("Succeeded"), "t{i}");
+    }
+    assert_eq!(ws.ledger_lines().len(), 5);
+}
+
+/// A long-running controller whose stderr closes later: it keeps running tasks, and
+/// SIGTERM still stops it with 0.
+#[test]
+fn a_controller_whose_stderr_closed_keeps_working_and_stops_on_sigterm() {
+    let ws = Workspace::new();
+    let mut child = Command::new(SKIFF)
+        .args(["controller", "--dir"])
+        .arg(ws.root())
+        .env("SKIFF_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start skiff");
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().expect("piped"))
+        .read_line(&mut first)
+        .expect("one line");
+    // Each task makes log lines, all written into the closed pipe.
+    for i in 0..3 {
+        ws.task(&format!("late{i}.yaml"), &ws.ledger_line(), "");
+    }
+    for i in 0..3 {
+        ws.wait_phase(&format!("late{i}"), "Succeeded", Duration::from_secs(30));
+    }
+    assert!(child.try_wait().expect("wait").is_none(), "the controller died");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal");
+    let status = wait_exit(&mut child, Duration::from_secs(15)).expect("SIGTERM stops it");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// `skiff get | head -1` over many tasks ends quietly, like any Unix filter: no panic
+/// message about a broken pipe.
+#[test]
+fn get_into_a_closed_pipe_does_not_panic() {
+    let ws = Workspace::new();
+    for i in 0..300 {
+        ws.task(&format!("g{i:03}.yaml"), "true", "");
+    }
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{SKIFF}' get --dir '{}' 2>&1 | head -c 1 >/dev/null; sleep 0.2; exit 0",
+            ws.root().display()
+        ))
+        .output()
+        .expect("run sh");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!text.contains("panicked"), "{text}");
+    let mut child = Command::new(SKIFF)
+        .args(["get", "--dir"])
+        .arg(ws.root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start get");
+    drop(child.stdout.take());
+    let status = wait_exit(&mut child, Duration::from_secs(20)).expect("get exits");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr).expect("stderr");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(status.code(), Some(101), "{status:?}: {stderr}");
+}
