@@ -114,11 +114,13 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         .map_err(|err| UsageError(format!("--state-dir {}: {err}", state.display())))?;
     let exe = std::env::current_exe()?;
     let process = ProcessRuntime::new(&state, exe)
-        .map_err(|err| UsageError(format!("--state-dir {}: {err}", state.display())))?;
+        .map_err(|err| UsageError(format!("--state-dir {}: {err}", state.display())))?
+        .with_max_log_bytes(args.max_log_size);
     // The docker runtime costs nothing until a task uses it; an engine that does not
     // answer is an infrastructure error, retried, never a reason not to start.
     let docker = DockerRuntime::connect(&state, args.docker_network.clone())
-        .map_err(|err| UsageError(format!("--state-dir {}: {err}", state.display())))?;
+        .map_err(|err| UsageError(format!("--state-dir {}: {err}", state.display())))?
+        .with_max_log_bytes(args.max_log_size);
     let mut runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(process), Arc::new(docker)];
     let aci = aci_runtime(&args, &state, default_runtime)?;
     if let Some(aci) = &aci {

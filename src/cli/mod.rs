@@ -117,6 +117,10 @@ pub struct ControllerArgs {
     /// Allow `hostPath` volumes under this prefix (repeatable).
     #[arg(long, env = "SKIFF_ALLOW_HOST_PATH", value_delimiter = ',')]
     pub allow_host_path: Vec<PathBuf>,
+    /// The most output kept of each container after it ends (process, docker): its first
+    /// and last bytes, with a line saying how much was cut between them.
+    #[arg(long, env = "SKIFF_MAX_LOG_SIZE", default_value = "10MiB", value_parser = parse_size)]
+    pub max_log_size: u64,
     /// Log filter, e.g. `info` or `skiff=debug`.
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     pub log: String,
@@ -230,6 +234,10 @@ fn parse_create_quota(text: &str) -> Result<crate::runtime::aci::CreateQuota, St
 
 fn parse_credential(text: &str) -> Result<crate::runtime::aci::CredentialKind, String> {
     text.parse()
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    crate::runtime::log_cap::parse_size(text)
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -34,6 +34,16 @@ pub(super) async fn execute(
             record_event_consumed(shared, key, before, &new);
         }
     }
+    if before.is_none() && decision.status.is_some() {
+        // A task without a status starts from attempt 1, under the container names an
+        // earlier run (whose status was deleted to re-run it) used: its kept output must
+        // not be shown as this run's, nor kept forever.
+        for runtime in shared.runtimes.values() {
+            if let Err(err) = runtime.forget_earlier_run(&key.container_prefix()).await {
+                tracing::debug!(task = %key, "cannot remove the earlier run's logs: {err}");
+            }
+        }
+    }
     let mut requeue = decision.requeue_after;
     let soon = |requeue: &mut Option<Duration>, delay: Duration| {
         *requeue = Some(requeue.map_or(delay, |r| r.min(delay)));

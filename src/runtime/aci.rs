@@ -1801,6 +1801,10 @@ impl Runtime for AciRuntime {
         super::forget_logs(&self.inner.logs, container_prefix).await
     }
 
+    async fn forget_earlier_run(&self, container_prefix: &str) -> Result<(), RuntimeError> {
+        super::forget_earlier_logs(&self.inner.logs, container_prefix).await
+    }
+
     /// ARM has no event stream for container groups: completion is seen by polling (and
     /// by callbacks in event mode, which do not go through the runtime).
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>> {

@@ -49,7 +49,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{OnceCell, mpsc, watch};
 
 /// The state folder of the controller that made a container: its owner.
@@ -102,6 +101,8 @@ struct Inner {
     owner: String,
     default_network: Option<String>,
     pull_timeout_ms: AtomicU64,
+    /// `--max-log-size`: the most of a container's output kept after it is deleted.
+    max_log_bytes: AtomicU64,
     /// Pulls in flight, and pulls that failed lately, by image reference.
     pulls: std::sync::Mutex<HashMap<String, Pull>>,
 }
@@ -167,6 +168,7 @@ impl DockerRuntime {
                 owner: state_dir.to_string_lossy().into_owned(),
                 default_network,
                 pull_timeout_ms: AtomicU64::new(DEFAULT_PULL_TIMEOUT.as_millis() as u64),
+                max_log_bytes: AtomicU64::new(super::log_cap::DEFAULT_MAX_LOG_BYTES),
                 pulls: std::sync::Mutex::new(HashMap::new()),
             }),
         })
@@ -176,6 +178,12 @@ impl DockerRuntime {
     pub fn with_pull_timeout(self, timeout: Duration) -> Self {
         let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         self.inner.pull_timeout_ms.store(millis, Ordering::Relaxed);
+        self
+    }
+
+    /// The most output kept per container (default 10 MiB): its head and its tail.
+    pub fn with_max_log_bytes(self, bytes: u64) -> Self {
+        self.inner.max_log_bytes.store(bytes, Ordering::Relaxed);
         self
     }
 
@@ -581,7 +589,8 @@ impl Inner {
         Ok(true)
     }
 
-    /// Streams the logs into `temp` (they may be large), fsynced.
+    /// Streams the logs into `temp`, fsynced, keeping the head and tail within
+    /// `--max-log-size` (they may be large). The file is written on a blocking thread.
     async fn copy_logs(&self, docker: &Docker, name: &str, temp: &Path) -> Result<bool, RuntimeError> {
         let io_error = |err: std::io::Error| {
             RuntimeError::Transient(format!(
@@ -589,12 +598,21 @@ impl Inner {
                 temp.display()
             ))
         };
-        let mut file = tokio::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(temp)
-            .await
             .map_err(io_error)?;
+        let cap = self.max_log_bytes.load(Ordering::Relaxed);
+        let (chunks, mut received) = mpsc::channel::<Vec<u8>>(16);
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut log = super::log_cap::CappedLog::new(file, cap)?;
+            while let Some(chunk) = received.blocking_recv() {
+                log.append(&chunk)?;
+            }
+            log.sync()
+        });
         let options = LogsOptions {
             stdout: true,
             stderr: true,
@@ -602,23 +620,39 @@ impl Inner {
             ..Default::default()
         };
         let mut stream = docker.logs(name, Some(options));
+        let mut found = true;
+        let mut failure = None;
         while let Some(item) = stream.next().await {
-            match item {
-                Ok(chunk) => file.write_all(chunk.as_ref()).await.map_err(io_error)?,
-                Err(err) if status_of(&err) == Some(404) => return Ok(false),
+            let chunk = match item {
+                Ok(chunk) => Vec::from(chunk.into_bytes()),
+                Err(err) if status_of(&err) == Some(404) => {
+                    found = false;
+                    break;
+                }
                 // A logging driver that cannot be read back (e.g. `none`): say so in the
                 // file, and let the deletion go on rather than keep the container forever.
                 Err(err) if unreadable_logs(&err) => {
                     let note = format!("(skiff: the engine cannot give the logs: {err})\n");
-                    file.write_all(note.as_bytes()).await.map_err(io_error)?;
+                    let _ = chunks.send(note.into()).await;
                     break;
                 }
-                Err(err) => return Err(transient(&format!("read the logs of {name}"), err)),
+                Err(err) => {
+                    failure = Some(transient(&format!("read the logs of {name}"), err));
+                    break;
+                }
+            };
+            if chunks.send(chunk).await.is_err() {
+                // The writer stopped: its error is reported below.
+                break;
             }
         }
-        file.flush().await.map_err(io_error)?;
-        file.sync_all().await.map_err(io_error)?;
-        Ok(true)
+        drop(chunks);
+        let written = writer.await.map_err(|err| io_error(std::io::Error::other(err)))?;
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        written.map_err(io_error)?;
+        Ok(found)
     }
 
     /// Waits (a little) until the engine reports the container stopped. `false` when it
@@ -1010,6 +1044,10 @@ impl Runtime for DockerRuntime {
 
     async fn forget(&self, container_prefix: &str) -> Result<(), RuntimeError> {
         super::forget_logs(&self.inner.logs, container_prefix).await
+    }
+
+    async fn forget_earlier_run(&self, container_prefix: &str) -> Result<(), RuntimeError> {
+        super::forget_earlier_logs(&self.inner.logs, container_prefix).await
     }
 
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>> {

@@ -3,6 +3,7 @@
 
 pub mod aci;
 pub mod docker;
+pub mod log_cap;
 pub mod process;
 pub mod supervisor;
 
@@ -164,6 +165,13 @@ pub trait Runtime: Send + Sync {
     /// Forgets what is kept of the named containers after deletion (logs).
     async fn forget(&self, container_prefix: &str) -> Result<(), RuntimeError>;
 
+    /// Forgets what an earlier run of the task left behind, when a task starts with no
+    /// status (its status was deleted to run it again). Called for every new task, so
+    /// it must be cheap when there was no earlier run.
+    async fn forget_earlier_run(&self, container_prefix: &str) -> Result<(), RuntimeError> {
+        self.forget(container_prefix).await
+    }
+
     /// A stream of container names whose state changed, when the runtime can tell
     /// (`completedBy: engine`). Polling remains the safety net.
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>>;
@@ -181,6 +189,18 @@ pub(crate) async fn read_end(path: &std::path::Path, limit: Option<u64>) -> std:
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).await?;
     Ok(bytes)
+}
+
+/// [`Runtime::forget_earlier_run`] for a runtime keeping logs in `logs`: looks for the
+/// first attempt's log (single or index 0) before listing the folder, so that a new
+/// task costs two `stat`s, not a scan of every log.
+pub(crate) async fn forget_earlier_logs(logs: &std::path::Path, container_prefix: &str) -> Result<(), RuntimeError> {
+    for first in [format!("{container_prefix}1.log"), format!("{container_prefix}1-0.log")] {
+        if tokio::fs::try_exists(logs.join(first)).await.unwrap_or(true) {
+            return forget_logs(logs, container_prefix).await;
+        }
+    }
+    Ok(())
 }
 
 /// Removes the kept logs of a task's containers (`<logs>/<name>.log`, and the dot-prefixed

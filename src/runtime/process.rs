@@ -39,6 +39,8 @@ pub struct ProcessRuntime {
     /// The skiff binary, run as `skiff __supervise`.
     supervisor_exe: PathBuf,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    /// `--max-log-size`, handed to each supervisor.
+    max_log_bytes: u64,
 }
 
 /// Where the runtime's files are; shared with blocking tasks and the CLI.
@@ -59,7 +61,14 @@ impl ProcessRuntime {
             layout: Arc::new(layout),
             supervisor_exe,
             watcher: Mutex::new(None),
+            max_log_bytes: super::log_cap::DEFAULT_MAX_LOG_BYTES,
         })
+    }
+
+    /// The most output kept per container (default 10 MiB): its head and its tail.
+    pub fn with_max_log_bytes(mut self, bytes: u64) -> Self {
+        self.max_log_bytes = bytes;
+        self
     }
 
     pub fn layout(&self) -> &Layout {
@@ -75,7 +84,9 @@ impl ProcessRuntime {
             .arg("--log-file")
             .arg(self.layout.log_path(&spec.name))
             .arg("--labels")
-            .arg(serde_json::to_string(&spec.labels).unwrap_or_default());
+            .arg(serde_json::to_string(&spec.labels).unwrap_or_default())
+            .arg("--max-log-size")
+            .arg(self.max_log_bytes.to_string());
         if let Some(working_dir) = &spec.working_dir {
             command.arg("--working-dir").arg(working_dir);
         }
@@ -316,6 +327,10 @@ impl Runtime for ProcessRuntime {
 
     async fn forget(&self, container_prefix: &str) -> Result<(), RuntimeError> {
         super::forget_logs(&self.layout.logs, container_prefix).await
+    }
+
+    async fn forget_earlier_run(&self, container_prefix: &str) -> Result<(), RuntimeError> {
+        super::forget_earlier_logs(&self.layout.logs, container_prefix).await
     }
 
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>> {

@@ -101,6 +101,8 @@ pub struct SuperviseArgs {
     pub log_file: PathBuf,
     pub labels: BTreeMap<String, String>,
     pub working_dir: Option<PathBuf>,
+    /// The most output kept in the log file (head and tail).
+    pub max_log_bytes: u64,
     pub command: Vec<String>,
 }
 
@@ -113,12 +115,14 @@ pub fn args_from_argv() -> Option<SuperviseArgs> {
         return None;
     }
     let (mut state_file, mut log_file, mut working_dir, mut labels) = (None, None, None, BTreeMap::new());
+    let mut max_log_bytes = super::log_cap::DEFAULT_MAX_LOG_BYTES;
     while let Some(flag) = argv.next() {
         match flag.to_str()? {
             "--state-file" => state_file = argv.next().map(PathBuf::from),
             "--log-file" => log_file = argv.next().map(PathBuf::from),
             "--working-dir" => working_dir = argv.next().map(PathBuf::from),
             "--labels" => labels = serde_json::from_str(argv.next()?.to_str()?).ok()?,
+            "--max-log-size" => max_log_bytes = argv.next()?.to_str()?.parse().ok()?,
             "--" => break,
             _ => return None,
         }
@@ -128,6 +132,7 @@ pub fn args_from_argv() -> Option<SuperviseArgs> {
         log_file: log_file?,
         labels,
         working_dir,
+        max_log_bytes,
         command: argv.map(|a| a.to_string_lossy().into_owned()).collect(),
     })
 }
@@ -172,7 +177,14 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
         finished_at: Utc::now(),
         message,
     };
-    let log = OpenOptions::new().create(true).append(true).open(&args.log_file);
+    // Not `append`: this claim makes a new container, and an earlier run of the same name
+    // (a task re-run from attempt 1) must not lend it its output.
+    let log = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&args.log_file);
     let log = match log {
         Ok(log) => log,
         Err(err) => {
@@ -191,14 +203,32 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
     };
     let mut command = Command::new(program);
     command.args(rest).stdin(Stdio::null()).process_group(0);
-    match (log.try_clone(), log.try_clone()) {
-        (Ok(out), Ok(err)) => command.stdout(out).stderr(err),
-        _ => command.stdout(Stdio::null()).stderr(Stdio::null()),
+    // The output goes through a pipe to this supervisor, which keeps it within the cap.
+    // (nix's pipe: std::io::pipe is newer than the minimum Rust version.)
+    let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(std::io::Error::from)
+        .and_then(|(reader, writer)| Ok((File::from(reader), writer.try_clone()?, writer)));
+    let (pump, log) = match pipe {
+        Ok((reader, out, err)) => {
+            command.stdout(out).stderr(err);
+            (Some(reader), log)
+        }
+        Err(_) => {
+            let fallback = log.try_clone().ok();
+            match (fallback, log.try_clone()) {
+                (Some(out), Ok(err)) => command.stdout(out).stderr(err),
+                _ => command.stdout(Stdio::null()).stderr(Stdio::null()),
+            };
+            (None, log)
+        }
     };
     if let Some(dir) = &args.working_dir {
         command.current_dir(dir);
     }
-    let mut child = match command.spawn() {
+    let spawned = command.spawn();
+    // Our copies of the pipe's write end must go, or the pump never sees its end.
+    drop(command);
+    let mut child = match spawned {
         Ok(child) => child,
         Err(err) => {
             // The shell's conventions: 127 not found, 126 found but not runnable.
@@ -233,6 +263,14 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
         let _ = nix::unistd::dup2_stdout(&devnull);
     }
 
+    let pumped = pump.and_then(|reader| {
+        let log = log.try_clone().ok()?;
+        let cap = args.max_log_bytes;
+        std::thread::Builder::new()
+            .name("log-pump".into())
+            .spawn(move || pump_output(reader, log, cap))
+            .ok()
+    });
     let entry = match child.wait() {
         Ok(status) => match (status.code(), status.signal()) {
             (Some(code), _) => exited(code, None, None),
@@ -241,8 +279,40 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
         },
         Err(err) => exited(1, None, Some(format!("lost the child: {err}"))),
     };
+    // The exit is recorded once the output is in the file, so that the controller's
+    // `logTail` has the last lines. A daemon the command left behind may hold the pipe
+    // open forever: wait for it only a little.
+    if let Some(pumped) = pumped {
+        let deadline = std::time::Instant::now() + PUMP_GRACE;
+        while !pumped.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
     append(&mut state, &entry);
     0
+}
+
+/// How long the output may keep coming after the command exited (from processes it left).
+const PUMP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn pump_output(mut reader: File, log: File, cap: u64) {
+    use std::io::Read;
+    let Ok(mut log) = super::log_cap::CappedLog::new(log, cap) else {
+        // Keep draining, or the command blocks on a full pipe.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        return;
+    };
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let _ = log.append(&buf[..n]);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
 }
 
 #[cfg(test)]
