@@ -115,7 +115,8 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let process = ProcessRuntime::new(&state, exe)
         .map_err(|err| UsageError(format!("--state-dir {}: {err}", state.display())))?
-        .with_max_log_bytes(args.max_log_size);
+        .with_max_log_bytes(args.max_log_size)
+        .with_cgroups(&state);
     // The docker runtime costs nothing until a task uses it; an engine that does not
     // answer is an infrastructure error, retried, never a reason not to start.
     let docker = DockerRuntime::connect(&state, args.docker_network.clone())

@@ -2,6 +2,7 @@
 //! implementation lives in its own file and knows nothing of tasks or statuses.
 
 pub mod aci;
+pub mod cgroup;
 pub mod docker;
 pub mod log_cap;
 pub mod process;

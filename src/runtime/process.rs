@@ -41,6 +41,8 @@ pub struct ProcessRuntime {
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
     /// `--max-log-size`, handed to each supervisor.
     max_log_bytes: u64,
+    /// Where containers get a cgroup of their own, when this controller may make them.
+    cgroups: Option<super::cgroup::CgroupRoot>,
 }
 
 /// Where the runtime's files are; shared with blocking tasks and the CLI.
@@ -62,7 +64,23 @@ impl ProcessRuntime {
             supervisor_exe,
             watcher: Mutex::new(None),
             max_log_bytes: super::log_cap::DEFAULT_MAX_LOG_BYTES,
+            cgroups: None,
         })
+    }
+
+    /// Runs each container in a cgroup of its own (see [`super::cgroup`]), when this
+    /// machine allows it; else says once why not and runs them as before.
+    pub fn with_cgroups(mut self, state_dir: &Path) -> Self {
+        match super::cgroup::CgroupRoot::make(&std::fs::canonicalize(state_dir).unwrap_or(state_dir.into())) {
+            Ok(root) => {
+                tracing::info!("process: each container runs in a cgroup of its own, under {root:?}");
+                self.cgroups = Some(root);
+            }
+            Err(why) => tracing::warn!(
+                "process: containers run without a cgroup of their own ({why}); a daemon a task starts with setsid outlives it"
+            ),
+        }
+        self
     }
 
     /// The most output kept per container (default 10 MiB): its head and its tail.
@@ -89,6 +107,9 @@ impl ProcessRuntime {
             .arg(self.max_log_bytes.to_string());
         if let Some(working_dir) = &spec.working_dir {
             command.arg("--working-dir").arg(working_dir);
+        }
+        if let Some(cgroups) = &self.cgroups {
+            command.arg("--cgroup").arg(cgroups.for_container(&spec.name));
         }
         command
             .arg("--")
@@ -125,6 +146,14 @@ impl ProcessRuntime {
                 spec.name,
                 START_TIMEOUT.as_secs()
             ))),
+        }
+    }
+}
+
+impl Drop for ProcessRuntime {
+    fn drop(&mut self) {
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove_if_empty();
         }
     }
 }
@@ -248,6 +277,12 @@ impl Layout {
                 state = now;
                 kill_group(&state);
             }
+        }
+        // What left the process group (a daemon started with setsid) is still in the cgroup.
+        if let Some(cgroup) = &state.cgroup
+            && let Err(err) = super::cgroup::kill(cgroup)
+        {
+            tracing::warn!("process: cannot empty the cgroup {} of {name}: {err}", cgroup.display());
         }
     }
 }

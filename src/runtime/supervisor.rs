@@ -46,6 +46,9 @@ pub enum Entry {
         /// The child's pid, which is also its process group id.
         pid: i32,
         started_at: chrono::DateTime<Utc>,
+        /// The cgroup holding the child and everything it starts, when it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cgroup: Option<PathBuf>,
     },
     #[serde(rename_all = "camelCase")]
     Exited {
@@ -66,6 +69,7 @@ pub struct State {
     pub created_at: Option<chrono::DateTime<Utc>>,
     pub child: Option<i32>,
     pub started_at: Option<chrono::DateTime<Utc>>,
+    pub cgroup: Option<PathBuf>,
     pub exited: Option<Entry>,
 }
 
@@ -84,9 +88,14 @@ impl State {
                     state.labels = labels;
                     state.created_at = Some(created_at);
                 }
-                Ok(Entry::Started { pid, started_at }) => {
+                Ok(Entry::Started {
+                    pid,
+                    started_at,
+                    cgroup,
+                }) => {
                     state.child = Some(pid);
                     state.started_at = Some(started_at);
+                    state.cgroup = cgroup;
                 }
                 Ok(exited @ Entry::Exited { .. }) => state.exited = Some(exited),
                 Err(_) => {}
@@ -103,6 +112,8 @@ pub struct SuperviseArgs {
     pub working_dir: Option<PathBuf>,
     /// The most output kept in the log file (head and tail).
     pub max_log_bytes: u64,
+    /// The cgroup to run the command in, when the controller may make one.
+    pub cgroup: Option<PathBuf>,
     pub command: Vec<String>,
 }
 
@@ -116,6 +127,7 @@ pub fn args_from_argv() -> Option<SuperviseArgs> {
     }
     let (mut state_file, mut log_file, mut working_dir, mut labels) = (None, None, None, BTreeMap::new());
     let mut max_log_bytes = super::log_cap::DEFAULT_MAX_LOG_BYTES;
+    let mut cgroup = None;
     while let Some(flag) = argv.next() {
         match flag.to_str()? {
             "--state-file" => state_file = argv.next().map(PathBuf::from),
@@ -123,6 +135,7 @@ pub fn args_from_argv() -> Option<SuperviseArgs> {
             "--working-dir" => working_dir = argv.next().map(PathBuf::from),
             "--labels" => labels = serde_json::from_str(argv.next()?.to_str()?).ok()?,
             "--max-log-size" => max_log_bytes = argv.next()?.to_str()?.parse().ok()?,
+            "--cgroup" => cgroup = argv.next().map(PathBuf::from),
             "--" => break,
             _ => return None,
         }
@@ -133,6 +146,7 @@ pub fn args_from_argv() -> Option<SuperviseArgs> {
         labels,
         working_dir,
         max_log_bytes,
+        cgroup,
         command: argv.map(|a| a.to_string_lossy().into_owned()).collect(),
     })
 }
@@ -225,6 +239,25 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
     if let Some(dir) = &args.working_dir {
         command.current_dir(dir);
     }
+    // Without its cgroup the command still runs: only the cleanup of daemons it leaves
+    // behind is weaker (see runtime::cgroup).
+    let cgroup = args
+        .cgroup
+        .as_deref()
+        .and_then(|dir| Some((dir.to_path_buf(), super::cgroup::prepare(dir).ok()?)));
+    if let Some((_, procs)) = &cgroup {
+        let procs = procs.try_clone();
+        if let Ok(procs) = procs {
+            // SAFETY: between fork and exec only write(2) runs, which is async-signal-safe;
+            // "0" moves the writing process (the command, before it execs).
+            unsafe {
+                command.pre_exec(move || {
+                    let _ = nix::unistd::write(&procs, b"0");
+                    Ok(())
+                });
+            }
+        }
+    }
     let spawned = command.spawn();
     // Our copies of the pipe's write end must go, or the pump never sees its end.
     drop(command);
@@ -254,6 +287,7 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
         &Entry::Started {
             pid: child.id() as i32,
             started_at: Utc::now(),
+            cgroup: cgroup.map(|(dir, _)| dir),
         },
     );
     let _ = writeln!(ready, "{READY_LINE}");
@@ -332,6 +366,7 @@ mod tests {
             Entry::Started {
                 pid: 11,
                 started_at: now,
+                cgroup: None,
             },
         ] {
             text.push_str(&serde_json::to_string(&entry).unwrap());
