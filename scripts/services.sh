@@ -3,7 +3,7 @@
 # call the functions:
 #
 #   ensure_docker       a Docker Engine answering on its socket (installed and started if need be)
-#   build_test_image    the registry-free busybox image skiff-busybox:test (see ../Dockerfile)
+#   build_test_image    the registry-free busybox image skiff-busybox:test (see ../tests/image/Dockerfile)
 #   ensure_azurite      Azurite's blob service (npm azurite@3.35.0) on a free loopback port,
 #                       exported as SKIFF_TEST_AZURITE; stop_azurite stops the one it started
 #
@@ -88,12 +88,12 @@ ensure_docker() {
     _skiff_say "docker engine answers after ${waited}s ($(docker version --format '{{.Server.Version}}, API {{.Server.APIVersion}}' 2>/dev/null))"
 }
 
-# Builds $SKIFF_TEST_IMAGE from ../Dockerfile and the host's /bin/busybox, with no
+# Builds $SKIFF_TEST_IMAGE from ../tests/image/Dockerfile and the host's /bin/busybox, with no
 # registry. Skipped when the image exists and was built from the same busybox (its
 # checksum is kept in the image's label skiff.busybox-sha256).
 build_test_image() {
     [ -x /bin/busybox ] || _skiff_fail "/bin/busybox is missing; install busybox-static (ensure_docker does)" || return 1
-    [ -f "$_SKIFF_REPO_ROOT/Dockerfile" ] || _skiff_fail "$_SKIFF_REPO_ROOT/Dockerfile is missing" || return 1
+    [ -f "$_SKIFF_REPO_ROOT/tests/image/Dockerfile" ] || _skiff_fail "$_SKIFF_REPO_ROOT/tests/image/Dockerfile is missing" || return 1
     local sum have
     sum="$(sha256sum /bin/busybox | cut -d' ' -f1)" || _skiff_fail "cannot checksum /bin/busybox" || return 1
     have="$(docker image inspect --format '{{ index .Config.Labels "skiff.busybox-sha256" }}' "$SKIFF_TEST_IMAGE" 2>/dev/null || true)"
@@ -105,9 +105,9 @@ build_test_image() {
     local context
     context="$(mktemp -d "${TMPDIR:-/tmp}/skiff-image.XXXXXX")" || _skiff_fail "cannot make a build folder" || return 1
     # -L: /bin may be a link into /usr; the image needs the file itself.
-    cp -L /bin/busybox "$context/busybox" && cp "$_SKIFF_REPO_ROOT/Dockerfile" "$context/Dockerfile" ||
+    cp -L /bin/busybox "$context/busybox" && cp "$_SKIFF_REPO_ROOT/tests/image/Dockerfile" "$context/Dockerfile" ||
         { rm -rf "$context"; _skiff_fail "cannot fill the build folder $context"; return 1; }
-    _skiff_say "building $SKIFF_TEST_IMAGE from $_SKIFF_REPO_ROOT/Dockerfile (busybox sha256 ${sum:0:12})"
+    _skiff_say "building $SKIFF_TEST_IMAGE from $_SKIFF_REPO_ROOT/tests/image/Dockerfile (busybox sha256 ${sum:0:12})"
     # The classic builder: it needs no buildx plugin and its RUN step needs no network.
     if ! DOCKER_BUILDKIT=0 docker build --quiet --label "skiff.busybox-sha256=$sum" -t "$SKIFF_TEST_IMAGE" "$context" >&2; then
         rm -rf "$context"

@@ -118,3 +118,35 @@ fn get_into_a_closed_pipe_does_not_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(status.code(), Some(101), "{status:?}: {stderr}");
 }
+
+/// `--log-format json`: every line is one JSON object, and transitions carry the task,
+/// attempt, phase and reason as fields, for log shippers.
+#[test]
+fn json_log_lines_parse_and_carry_the_task_fields() {
+    let ws = Workspace::new();
+    ws.task("ok.yaml", "true", "");
+    ws.task("bad.yaml", "exit 3", "");
+    let output = Command::new(SKIFF)
+        .args(["controller", "--once", "--log-format", "json", "--dir"])
+        .arg(ws.root())
+        .env("SKIFF_LOG", "debug")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skiff");
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}")))
+        .collect();
+    assert!(lines.len() > 4, "{text}");
+    let failed = lines
+        .iter()
+        .find(|l| l["task"] == "bad" && l["phase"] == "Failed")
+        .unwrap_or_else(|| panic!("no Failed line for bad: {text}"));
+    assert_eq!(failed["attempt"], 1);
+    assert_eq!(failed["reason"], "ExitCode");
+    assert_eq!(failed["level"], "WARN");
+    assert!(failed["message"].as_str().is_some_and(|m| m.contains("Failed")));
+    assert!(lines.iter().any(|l| l["task"] == "ok" && l["phase"] == "Succeeded"));
+}

@@ -56,7 +56,7 @@ fn create_rates(
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
-    let _log_flush = super::logging::init(&args.log)?;
+    let _log_flush = super::logging::init(&args.log, args.log_format)?;
     let default_runtime = RuntimeKind::from(args.runtime);
     if args.listen.is_none() && (args.callback_url.is_some() || args.api_token_file.is_some()) {
         return Err(UsageError("--callback-url and --api-token-file need --listen ADDRESS:PORT".into()).into());

@@ -2,7 +2,7 @@
 //! controller: a closed pipe drops lines instead of panicking, and a pipe nobody reads
 //! drops lines instead of blocking a reconcile or the signal handler.
 
-use super::UsageError;
+use super::{LogFormat, UsageError};
 use std::io::{self, Write};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 
@@ -28,7 +28,7 @@ impl Write for LossyStderr {
 
 /// Installs the subscriber. Keep the guard until the end of `main`: dropping it flushes
 /// the lines still queued (the last "stopping" line among them).
-pub fn init(filter: &str) -> anyhow::Result<WorkerGuard> {
+pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<WorkerGuard> {
     // Other crates speak only when they have something worth a warning.
     let filter = if filter.contains('=') || filter.contains(',') {
         filter.to_string()
@@ -42,14 +42,18 @@ pub fn init(filter: &str) -> anyhow::Result<WorkerGuard> {
         .buffered_lines_limit(BUFFERED_LINES)
         .thread_name("skiff-log")
         .finish(LossyStderr);
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_target(false)
-        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         // Its own complaint about a failed write goes through eprintln!, which panics
         // on a closed stderr.
-        .log_internal_errors(false)
-        .try_init();
+        .log_internal_errors(false);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(io::IsTerminal::is_terminal(&io::stderr())).try_init(),
+        // Fields at the top level (`task`, `attempt`, `phase`, `reason`, `message`), as
+        // log shippers index them.
+        LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).try_init(),
+    };
     Ok(guard)
 }

@@ -124,6 +124,10 @@ pub struct ControllerArgs {
     /// Log filter, e.g. `info` or `skiff=debug`.
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     pub log: String,
+    /// How log lines look on stderr: text for people, json (one object per line, with
+    /// task, attempt, phase and reason as fields) for log shippers.
+    #[arg(long, env = "SKIFF_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// ACI: the subscription container groups are made in (default: AZURE_SUBSCRIPTION_ID).
     #[arg(long, env = "SKIFF_ACI_SUBSCRIPTION_ID")]
     pub aci_subscription_id: Option<String>,
@@ -157,6 +161,12 @@ impl From<RuntimeArg> for RuntimeKind {
             RuntimeArg::Aci => RuntimeKind::Aci,
         }
     }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -180,10 +180,14 @@ fn log_transition(key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus
         return;
     }
     let reason = after.reason.map(|r| format!(" ({r:?})")).unwrap_or_default();
+    // The phase and reason as fields too, for `--log-format json`.
+    let reason_field = after.reason.map(|r| format!("{r:?}"));
     match after.phase {
         Phase::Failed | Phase::Invalid => tracing::warn!(
             task = %key,
             attempt = after.attempt,
+            phase = %after.phase,
+            reason = reason_field,
             "{} -> {}{reason}: {}",
             old.map_or("new", Phase::as_str),
             after.phase,
@@ -192,6 +196,8 @@ fn log_transition(key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus
         _ => tracing::info!(
             task = %key,
             attempt = after.attempt,
+            phase = %after.phase,
+            reason = reason_field,
             "{} -> {}{reason}",
             old.map_or("new", Phase::as_str),
             after.phase
