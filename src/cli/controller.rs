@@ -144,18 +144,32 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     // Bind before anything runs, so that a taken port is a usage error, not a late failure.
     // Without --listen, the API still serves on an ephemeral loopback port: event-mode
     // tasks on this machine (process, docker with the host network) then just work.
-    let listen = args.listen.clone().unwrap_or_else(|| "127.0.0.1:0".to_string());
-    let listener = std::net::TcpListener::bind(&listen).map_err(|err| {
-        UsageError(format!(
-            "--listen {listen}: {err}; pick a free port, e.g. 127.0.0.1:8466"
-        ))
-    })?;
+    let listener = match &args.listen {
+        Some(listen) => std::net::TcpListener::bind(listen).map_err(|err| {
+            UsageError(format!(
+                "--listen {listen}: {err}; pick a free port, e.g. 127.0.0.1:8466"
+            ))
+        })?,
+        None => super::endpoint::bind_default(&state)
+            .map_err(|err| UsageError(format!("cannot listen on 127.0.0.1: {err}; give --listen ADDRESS:PORT")))?,
+    };
     listener.set_nonblocking(true)?;
     let listener = Some(listener);
     let (controller, api) = match &listener {
         None => (controller, None),
         Some(listener) => {
             let local = listener.local_addr()?;
+            let endpoint = super::endpoint::Endpoint {
+                url: format!("http://{local}"),
+                pid: std::process::id(),
+                token_file: args
+                    .api_token_file
+                    .as_ref()
+                    .map(|path| std::fs::canonicalize(path).unwrap_or(path.clone())),
+            };
+            if let Err(err) = super::endpoint::record(&state, &endpoint) {
+                tracing::warn!("cannot record the API's address in {}: {err}", state.display());
+            }
             let base_url = args.callback_url.clone().unwrap_or_else(|| format!("http://{local}"));
             let callbacks = Callbacks {
                 base_url,

@@ -1,11 +1,15 @@
 //! The command line (DESIGN.md §9). Every flag has a `SKIFF_…` environment variable,
 //! and an optional config file supplies defaults: flags, then environment, then file.
 
+mod completion;
 mod config;
 mod controller;
+mod endpoint;
 mod inspect;
 mod logging;
 mod logs;
+mod operate;
+mod report;
 mod source;
 mod validate;
 mod wait;
@@ -45,6 +49,23 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Wait until tasks reach a phase.
     Wait(WaitArgs),
+    /// Run finished tasks again from attempt 1 (what deleting their status does).
+    Rerun(RerunArgs),
+    /// Stop tasks' running attempts, through the running controller's API.
+    Terminate(TerminateArgs),
+    /// Inside a task: send its completion event to $SKIFF_CALLBACK_URL, retrying
+    /// until the controller answers (it may be restarting).
+    Report(ReportArgs),
+    /// Print a shell completion script: bash, zsh, fish, powershell or elvish.
+    ///
+    /// e.g. `skiff completion bash > /etc/bash_completion.d/skiff`, or
+    /// `source <(skiff completion bash)` in ~/.bashrc.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `skiff man > /usr/local/share/man/man1/skiff.1`.
+    Man,
     /// Print the JSON Schema of a ContainerTask.
     #[command(name = "schema", hide = true)]
     Schema,
@@ -238,6 +259,46 @@ pub struct WaitArgs {
     pub timeout: Duration,
 }
 
+#[derive(Args, Debug)]
+pub struct RerunArgs {
+    #[arg(required = true)]
+    pub tasks: Vec<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// For a fan-out: run only its failed indexes again.
+    #[arg(long)]
+    pub failed: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TerminateArgs {
+    #[arg(required = true)]
+    pub tasks: Vec<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The controller's API (default: the address it recorded in its state folder).
+    #[arg(long, env = "SKIFF_SERVER")]
+    pub server: Option<String>,
+    /// The bearer token's file (default: the one the controller was started with).
+    #[arg(long, env = "SKIFF_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The result, as JSON (at most 64 KiB).
+    #[arg(long)]
+    pub result: Option<String>,
+    /// The exit code to report (default: success).
+    #[arg(long)]
+    pub exit_code: Option<i32>,
+    #[arg(long)]
+    pub message: Option<String>,
+    /// Give up after this long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
 fn parse_create_quota(text: &str) -> Result<crate::runtime::aci::CreateQuota, String> {
     text.parse()
 }
@@ -276,6 +337,11 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Validate(args) => return validate::run(&args),
+        Command::Rerun(args) => operate::rerun(args),
+        Command::Terminate(args) => operate::terminate(args),
+        Command::Report(args) => report::run(args),
+        Command::Completion { shell } => completion::completion(shell),
+        Command::Man => completion::man(),
         Command::Controller(args) => controller::run(args),
         Command::Get(args) => inspect::get(args),
         Command::Describe(args) => inspect::describe(args),

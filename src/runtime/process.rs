@@ -115,6 +115,8 @@ impl ProcessRuntime {
             .arg("--")
             .args(spec.command.iter().chain(&spec.args))
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            // The host is the image here, and skiff is on it: `"$SKIFF_BIN" report`.
+            .env("SKIFF_BIN", &self.supervisor_exe)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

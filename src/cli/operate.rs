@@ -1,0 +1,134 @@
+//! The operator's commands: `skiff rerun TASK...` (the "delete its status" gesture, made
+//! safe) and `skiff terminate TASK...` (through the running controller's API).
+
+use super::{RerunArgs, TerminateArgs, UsageError, inspect, open_store, state_dir};
+use crate::status::Phase;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Runs finished tasks again, from attempt 1. A task still running is left alone (it
+/// must be terminated first): deleting the status of a live attempt would orphan its
+/// container. On a blob store the delete is conditional on the status just read, so a
+/// controller's write in between is never lost.
+pub fn rerun(args: RerunArgs) -> anyhow::Result<ExitCode> {
+    let store = open_store(&args.source)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut code = ExitCode::SUCCESS;
+        for task in &args.tasks {
+            let key = inspect::task_key(task);
+            let status = store.read_status_for_update(&key).await?;
+            let Some(status) = status else {
+                if store.list_one(&key).await?.is_none() {
+                    return Err(UsageError(format!(
+                        "no task {key} in {}; `skiff get` lists the tasks",
+                        store.location()
+                    ))
+                    .into());
+                }
+                println!("{key} has not run yet; nothing to do");
+                continue;
+            };
+            if !status.phase.is_final() && status.phase != Phase::Invalid {
+                eprintln!(
+                    "{key} is {}: it runs now; stop it first with `skiff terminate {key}`, then rerun it",
+                    status.phase
+                );
+                code = ExitCode::from(1);
+                continue;
+            }
+            if args.failed && status.indexes.is_empty() {
+                return Err(UsageError(format!(
+                    "{key} is not a fan-out (no `completions`); --failed reruns a fan-out's failed indexes"
+                ))
+                .into());
+            }
+            if args.failed {
+                return Err(
+                    UsageError("--failed is not available yet: rerun the whole fan-out without it".into()).into(),
+                );
+            }
+            match store.delete_status(&key).await {
+                Ok(()) => println!("{key} will run again (it was {})", status.phase),
+                Err(crate::store::StoreError::Conflict { .. }) => {
+                    eprintln!("{key} changed while it was being rerun; look at it again with `skiff get {key}`");
+                    code = ExitCode::from(1);
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(code)
+    })
+}
+
+/// Asks the running controller to stop tasks' current attempts (`POST
+/// /v1/tasks/{task}/terminate`), at `--server` or at the address it recorded in its
+/// state folder.
+pub fn terminate(args: TerminateArgs) -> anyhow::Result<ExitCode> {
+    let state = state_dir(&args.source);
+    let recorded = super::endpoint::read(&state);
+    let url = match (&args.server, &recorded) {
+        (Some(server), _) => server.trim_end_matches('/').to_string(),
+        (None, Some(endpoint)) => endpoint.url.clone(),
+        (None, None) => {
+            return Err(UsageError(format!(
+                "no controller has recorded its API in {}; is one running for this folder? Else give --server URL",
+                state.join("api.json").display()
+            ))
+            .into());
+        }
+    };
+    let token_file = args
+        .api_token_file
+        .clone()
+        .or_else(|| recorded.and_then(|e| e.token_file));
+    let token = match &token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|err| UsageError(format!("--api-token-file {}: {err}", path.display())))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut code = ExitCode::SUCCESS;
+        for task in &args.tasks {
+            let key = inspect::task_key(task);
+            let target = format!("{url}/v1/tasks/{}/terminate", urlencoding::encode(key.as_str()));
+            let mut request = client.post(&target);
+            if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            let answer = request.send().await.map_err(|err| {
+                UsageError(format!(
+                    "no controller answers at {url} ({err}); is it running? (`--server URL` names another)"
+                ))
+            })?;
+            let status = answer.status();
+            let body: serde_json::Value = answer.json().await.unwrap_or_default();
+            let said = body["error"].as_str().unwrap_or_default().to_string();
+            match status.as_u16() {
+                202 => println!("{key}: terminating"),
+                404 => {
+                    return Err(UsageError(format!("no task {key} at {url}; `skiff get` lists the tasks")).into());
+                }
+                409 => {
+                    eprintln!("{key}: {said}");
+                    code = ExitCode::from(1);
+                }
+                401 => {
+                    return Err(UsageError(format!(
+                        "{url} wants the API token: give --api-token-file FILE ({said})"
+                    ))
+                    .into());
+                }
+                400 => return Err(UsageError(format!("{task}: {said}")).into()),
+                _ => anyhow::bail!("{url} answered {status} for {key}: {said}"),
+            }
+        }
+        Ok(code)
+    })
+}
