@@ -150,3 +150,39 @@ fn json_log_lines_parse_and_carry_the_task_fields() {
     assert!(failed["message"].as_str().is_some_and(|m| m.contains("Failed")));
     assert!(lines.iter().any(|l| l["task"] == "ok" && l["phase"] == "Succeeded"));
 }
+
+/// `--once` on a terminal draws a live progress line and ends with a summary; into a
+/// pipe or a file it never does.
+#[test]
+fn once_shows_progress_on_a_terminal_only() {
+    let ws = Workspace::new();
+    ws.task("a.yaml", "sleep 0.5", "");
+    ws.task("b.yaml", "exit 2", "");
+    let plain = Command::new(SKIFF)
+        .args(["controller", "--once", "--dir"])
+        .arg(ws.root())
+        .output()
+        .expect("run skiff");
+    assert_eq!(plain.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&plain.stderr);
+    assert!(!text.contains("tasks done") && !text.contains('\r'), "{text}");
+
+    std::fs::remove_file(ws.status_path("a")).expect("rerun a");
+    std::fs::remove_file(ws.status_path("b")).expect("rerun b");
+    // `script` gives the controller a pseudo-terminal and copies what it drew.
+    let typescript = ws.root().join(".typescript");
+    let shown = Command::new("script")
+        .arg("-qec")
+        .arg(format!(
+            "'{SKIFF}' controller --once --log warn --dir '{}'",
+            ws.root().display()
+        ))
+        .arg(&typescript)
+        .stdout(Stdio::null())
+        .status()
+        .expect("script (util-linux)");
+    assert_eq!(shown.code(), Some(1));
+    let drawn = String::from_utf8_lossy(&std::fs::read(&typescript).expect("typescript")).into_owned();
+    assert!(drawn.contains("2 of 2 tasks done: 1 succeeded, 1 failed"), "{drawn}");
+    assert!(drawn.contains("/2 done"), "a live line was drawn: {drawn}");
+}

@@ -197,8 +197,15 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let metrics = controller.metrics();
+    let once = args.once;
+    let progress_metrics = metrics.clone();
     let outcome = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        let progress = if once {
+            super::progress::start(progress_metrics.clone())
+        } else {
+            None
+        };
         if let Some(aci) = aci {
             // ARM's remaining-request headers and the create bucket, for /metrics.
             tokio::spawn(async move {
@@ -239,7 +246,12 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             tracing::info!("stopping: finishing the status writes in flight; containers keep running");
             trigger.cancel();
         });
-        controller.run(shutdown).await.map_err(anyhow::Error::from)
+        let outcome = controller.run(shutdown).await.map_err(anyhow::Error::from);
+        if let Some(progress) = progress {
+            progress.abort();
+            super::progress::finish(&progress_metrics);
+        }
+        outcome
     })?;
     // Reaper tasks of finished supervisors may still be parked; do not wait for them.
     runtime.shutdown_background();

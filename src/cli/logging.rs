@@ -16,7 +16,9 @@ struct LossyStderr;
 
 impl Write for LossyStderr {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let _ = io::stderr().write_all(buf);
+        super::progress::around_bar(|| {
+            let _ = io::stderr().write_all(buf);
+        });
         Ok(buf.len())
     }
 

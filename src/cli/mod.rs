@@ -9,6 +9,7 @@ mod inspect;
 mod logging;
 mod logs;
 mod operate;
+mod progress;
 mod report;
 mod source;
 mod validate;
