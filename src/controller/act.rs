@@ -247,6 +247,21 @@ fn container_spec(
         (None, base) if spec.runtime == RuntimeKind::Process => base,
         (None, _) => None,
     };
+    // Validation refuses a NUL; this catches one from anywhere else (the controller's
+    // environment, a key): the OS would refuse such a create on every retry, forever.
+    let has_nul = spec.command.iter().chain(&spec.args).any(|s| s.contains('\0'))
+        || env
+            .iter()
+            .any(|(name, value)| name.contains('\0') || value.contains('\0'))
+        || working_dir
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().as_encoded_bytes().contains(&0));
+    if has_nul {
+        return Err(
+            "the command, an argument, an environment variable or the working directory contains a NUL character, which no process can be given; remove it from the manifest"
+                .into(),
+        );
+    }
     let labels = BTreeMap::from([
         (runtime::LABEL_TASK.to_string(), key.to_string()),
         (runtime::LABEL_ATTEMPT.to_string(), attempt.to_string()),
