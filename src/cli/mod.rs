@@ -263,7 +263,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", printable(&error_text(&err)));
             let usage = err.downcast_ref::<UsageError>().is_some();
             ExitCode::from(if usage { EXIT_USAGE } else { 1 })
         }
@@ -271,6 +271,38 @@ pub fn main() -> ExitCode {
 }
 
 use source::open_store;
+
+/// An error and its causes on one line, each said once: many errors already quote
+/// their cause in their own text, which `{:#}` would print a second time.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`), for a terminal: a file name
+/// or message holding ESC must not recolour or rewrite the user's screen, and a
+/// newline must not break a table row.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
 
 fn state_dir(source: &SourceArgs) -> PathBuf {
     match (&source.state_dir, &source.dir) {

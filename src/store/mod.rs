@@ -104,12 +104,32 @@ pub enum StoreError {
 pub const MAX_STATUS_BYTES: u64 = 4 * 1024 * 1024;
 
 impl StoreError {
+    /// Whether the error is about one task's files, not the store as a whole: a listing
+    /// shows it on that task's row and goes on with the others.
+    pub fn is_about_one_task(&self) -> bool {
+        matches!(
+            self,
+            StoreError::CorruptStatus { .. } | StoreError::BadStatus { .. } | StoreError::Io { .. }
+        )
+    }
+
     /// The task's status file is there but unusable, and only a person can fix it:
     /// retrying would never succeed, and writing over it would destroy what they put
     /// there (or a record of what ran).
     pub fn needs_person(&self) -> bool {
         matches!(self, StoreError::CorruptStatus { .. } | StoreError::BadStatus { .. })
     }
+}
+
+/// What a listing (`skiff get`, `GET /v1/tasks`) shows for a task whose status cannot be
+/// read: a status object, so that clients still get one array of statuses, in phase
+/// `Invalid` with the problem and its fix as the message. It is never written anywhere.
+pub fn problem_status(key: &TaskKey, err: &StoreError) -> TaskStatus {
+    let stem = key.as_str().rsplit('/').next().unwrap_or(key.as_str());
+    let mut status = TaskStatus::new(key.as_str(), stem, "", chrono::Utc::now());
+    status.phase = crate::status::Phase::Invalid;
+    status.message = Some(err.to_string());
+    status
 }
 
 #[async_trait]
