@@ -100,7 +100,8 @@ fn table(tasks: &[(TaskKey, Option<TaskStatus>)], now: Timestamp) -> String {
                 // An Invalid task has no reason to show, but its message says what to fix.
                 let reason = match (s.reason, s.phase, &s.message) {
                     (Some(r), _, _) => format!("{r:?}"),
-                    (None, Phase::Invalid, Some(message)) => message.lines().next().unwrap_or_default().to_string(),
+                    // All of it: a file name in it may hold a newline, escaped below.
+                    (None, Phase::Invalid, Some(message)) => message.clone(),
                     _ => String::new(),
                 };
                 [

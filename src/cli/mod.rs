@@ -315,3 +315,27 @@ fn state_dir(source: &SourceArgs) -> PathBuf {
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("plain/ok-1.yaml"), "plain/ok-1.yaml");
+        assert_eq!(printable("a\u{1b}[31mb\nc\td é"), "a\\u{1b}[31mb\\nc\\td é");
+    }
+
+    #[test]
+    fn an_error_quoting_its_cause_prints_it_once() {
+        let io = std::io::Error::other("Is a directory (os error 21)");
+        let err: anyhow::Error = crate::store::StoreError::Io {
+            path: "/d/x.status.json".into(),
+            source: io,
+        }
+        .into();
+        assert_eq!(error_text(&err), "/d/x.status.json: Is a directory (os error 21)");
+        let wrapped = anyhow::anyhow!(std::io::Error::other("inner")).context("outer");
+        assert_eq!(error_text(&wrapped), "outer: inner");
+    }
+}

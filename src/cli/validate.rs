@@ -1,6 +1,6 @@
 //! `skiff validate FILE...`: every error of every file, exit 1 if any.
 
-use super::ValidateArgs;
+use super::{ValidateArgs, printable};
 use crate::manifest::{Features, RuntimeKind, ValidationContext, parse_manifest, validate};
 use std::process::ExitCode;
 
@@ -35,15 +35,16 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
             }
         };
         if errors.is_empty() {
+            let file = printable(&file);
             println!("{file}: ok");
             // Valid, but not quite as written (a value capped, a field ignored): say so.
             for note in notes {
-                println!("{file}: note: {note}");
+                println!("{file}: note: {}", printable(&note));
             }
         } else {
             failed = true;
             for error in errors {
-                println!("{error}");
+                println!("{}", printable(&error));
             }
         }
     }
