@@ -367,4 +367,30 @@ mod tests {
         assert!(!labels.contains("token") && !labels.contains(&env["KEY"]), "{labels}");
         assert!(!format!("{made:?}").contains(&env["KEY"]), "Debug hides values");
     }
+
+    #[test]
+    fn a_nul_that_slipped_past_validation_is_a_permanent_create_failure() {
+        let text = "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [x]\n";
+        let task = parse_manifest("n.yaml", text.as_bytes()).unwrap();
+        let ctx = ValidationContext {
+            default_runtime: RuntimeKind::Process,
+            allow_host_paths: &[],
+            features: Features::CURRENT,
+            env_is_set: None,
+        };
+        let mut spec = validate("n.yaml", "n", &task, &ctx).unwrap();
+        let key = TaskKey::new("n");
+        let which = Made {
+            key: &key,
+            attempt: 1,
+            index: None,
+            attempt_id: "id",
+            container: "skiff-n-1",
+            dependency_results: None,
+        };
+        assert!(container_spec(&which, &spec, None, None).is_ok());
+        spec.env.push(("A".into(), EnvValue::Value("a\0b".into())));
+        let err = container_spec(&which, &spec, None, None).unwrap_err();
+        assert!(err.contains("NUL"), "{err}");
+    }
 }
