@@ -197,7 +197,14 @@ fn status_read_error(path: &Path, key: &TaskKey, err: ReadError) -> StoreError {
         ),
         ReadError::NameTooLong => {
             let stem = key.as_str().rsplit('/').next().unwrap_or(key.as_str());
+            // 255 bytes a name on every file system Linux commonly mounts.
             let most = 255usize.saturating_sub(STATUS_SUFFIX.len());
+            if stem.len() <= most {
+                return StoreError::BadStatus {
+                    path: shown,
+                    message: "the status file's path is too long for the file system; move the manifest to a shallower folder".into(),
+                };
+            }
             format!(
                 "the status file's name is too long for the file system: a task's status is its manifest's name \
                  without the extension plus `{STATUS_SUFFIX}`, and `{stem}` is {} bytes; rename the manifest to at \
