@@ -449,6 +449,17 @@ fn corpus() -> Vec<Bad> {
             expect: &["spec.workingDir", "NUL"],
             alone: true,
         },
+        // --- A variable past the kernel's limit: the create failed, and was retried forever.
+        Bad {
+            file: "env-huge.yaml",
+            task: "env-huge",
+            content: head(&format!(
+                "spec:\n  command: [sh, -c, 'exit 0']\n  env: [{{name: A, value: {}}}]\n",
+                "x".repeat(200_000)
+            )),
+            expect: &["spec.env[0].value", "put large data in a file"],
+            alone: true,
+        },
         // --- A name the file gave, not metadata.name: the message blames the file name.
         Bad {
             file: "has space.yaml",

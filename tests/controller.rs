@@ -431,3 +431,43 @@ fn a_fifo_manifest_or_status_never_stops_the_controller_its_api_or_sigterm() {
     );
     assert_hostile_files_untouched(&ws);
 }
+
+/// A create the OS refuses for the task's own input (here E2BIG: the environment is past
+/// ARG_MAX, which a 1 MiB stack limit makes 256 KiB) fails the attempt with the reason,
+/// instead of being retried twice a second forever while `--once` never ends.
+#[test]
+fn a_create_the_os_refuses_for_good_fails_the_task_and_once_exits() {
+    let ws = Workspace::new();
+    let value = "x".repeat(100_000);
+    let env: String = (0..3)
+        .map(|i| format!("    - {{name: A{i}, value: {value}}}\n"))
+        .collect();
+    ws.task("big.yaml", "true", &format!("  env:\n{env}"));
+    let log = std::fs::File::create(ws.root().join(".controller.log")).unwrap();
+    let child = std::process::Command::new("prlimit")
+        .arg("--stack=1048576")
+        .arg(support::SKIFF)
+        .args(["controller", "--once", "--dir"])
+        .arg(ws.root())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("prlimit (util-linux) runs the controller");
+    let controller = support::Controller { child };
+    assert_eq!(
+        controller.wait(Duration::from_secs(30)),
+        Some(1),
+        "{}",
+        ws.controller_log()
+    );
+    let status = ws.status("big").unwrap();
+    assert_eq!(status["phase"], "Failed", "{status}");
+    assert_eq!(status["reason"], "CreateFailed", "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Argument list too long"),
+        "{status}"
+    );
+}

@@ -199,6 +199,8 @@ pub fn validate(
         for (i, part) in parts.iter().enumerate() {
             if part.contains('\0') {
                 fail(format!("{field}[{i}]: {NUL}"));
+            } else if part.len() >= MAX_ARG_BYTES {
+                fail(format!("{field}[{i}]: {}", too_long(part.len())));
             }
         }
     }
@@ -234,6 +236,8 @@ pub fn validate(
             (Some(value), None) => {
                 if value.contains('\0') {
                     fail(format!("{at}.value: {NUL}"));
+                } else if var.name.len() + 1 + value.len() >= MAX_ARG_BYTES {
+                    fail(format!("{at}.value: {}", too_long(value.len())));
                 }
                 env.push((var.name.clone(), EnvValue::Value(value.clone())));
             }
@@ -531,6 +535,16 @@ pub fn validate(
     })
 }
 
+/// Linux refuses to start a program given one argument or `NAME=value` of this many
+/// bytes or more (MAX_ARG_STRLEN, counting the terminating NUL), in a container too.
+const MAX_ARG_BYTES: usize = 128 * 1024;
+
+fn too_long(len: usize) -> String {
+    format!(
+        "is {len} bytes; Linux refuses to start a program given a single argument or variable of {MAX_ARG_BYTES} bytes or more; put large data in a file (a volume) and pass its path"
+    )
+}
+
 fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("is empty; give the task a name");
@@ -812,6 +826,17 @@ mod tests {
                 "{yaml}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn an_argument_or_variable_the_kernel_would_refuse_is_refused_here() {
+        let big = "x".repeat(MAX_ARG_BYTES);
+        let err = check(&format!("  command: [sh]\n  env: [{{name: A, value: {big}}}]\n")).unwrap_err();
+        assert!(err.contains("spec.env[0].value: is 131072 bytes"), "{err}");
+        let err = check(&format!("  command: [sh, {big}]\n")).unwrap_err();
+        assert!(err.contains("spec.command[1]: is 131072 bytes"), "{err}");
+        let fits = "x".repeat(MAX_ARG_BYTES - 3);
+        assert!(check(&format!("  command: [sh]\n  env: [{{name: A, value: {fits}}}]\n")).is_ok());
     }
 
     #[test]
