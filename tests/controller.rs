@@ -310,12 +310,12 @@ fn a_runtime_cap_holds_tasks_back_under_the_global_limit() {
 }
 
 /// Status files that are not skiff's to read: a FIFO (blocked every read forever), a
-/// symlink to /dev/zero (read until memory ran out), a folder, garbage, an empty file,
-/// and a name too long for the file system. Each makes its task alone Invalid, nothing
+/// symlink to /dev/zero (read until memory ran out), a folder, garbage, an empty file, a
+/// symlink loop, and a name too long for the file system. Each makes its task alone Invalid, nothing
 /// hangs, and `--once` exits 1, leaving every file as the user made it.
 fn hostile_status_files(ws: &Workspace) -> String {
     let root = ws.root();
-    for task in ["fifo", "zero", "folder", "garbage", "empty"] {
+    for task in ["fifo", "zero", "folder", "garbage", "empty", "loop"] {
         ws.task(&format!("{task}.yaml"), "true", "");
     }
     nix::unistd::mkfifo(
@@ -327,6 +327,7 @@ fn hostile_status_files(ws: &Workspace) -> String {
     std::fs::create_dir(root.join("folder.status.json")).unwrap();
     std::fs::write(root.join("garbage.status.json"), "garbage").unwrap();
     std::fs::write(root.join("empty.status.json"), "").unwrap();
+    std::os::unix::fs::symlink("loop.status.json", root.join("loop.status.json")).unwrap();
     // 245 bytes + `.yaml` fits a name; + `.status.json` (257) does not.
     let long = "l".repeat(245);
     ws.task(&format!("{long}.yaml"), "true", "metadata: {name: long}\n");
@@ -340,6 +341,7 @@ fn assert_hostile_files_untouched(ws: &Workspace) {
     let kind = |name: &str| std::fs::symlink_metadata(root.join(name)).unwrap().file_type();
     assert!(kind("fifo.status.json").is_fifo());
     assert!(kind("zero.status.json").is_symlink());
+    assert!(kind("loop.status.json").is_symlink());
     assert!(kind("folder.status.json").is_dir());
     assert_eq!(std::fs::read(root.join("garbage.status.json")).unwrap(), b"garbage");
     assert_eq!(std::fs::read(root.join("empty.status.json")).unwrap(), b"");
@@ -361,6 +363,7 @@ fn once_exits_1_beside_fifo_device_folder_garbage_empty_and_too_long_status_file
         "folder.status.json: the status file is a folder",
         "garbage.status.json: the status file is not valid JSON",
         "empty.status.json: the status file is not valid JSON (it is empty)",
+        "loop.status.json: cannot read the status file",
         &format!("{long}.status.json: the status file's name is too long"),
         "rename the manifest to at most 243 bytes",
     ] {

@@ -212,6 +212,13 @@ fn status_read_error(path: &Path, key: &TaskKey, err: ReadError) -> StoreError {
                 stem.len()
             )
         }
+        // Refusals that stay until a person acts: retrying would never end `--once`.
+        ReadError::Io(source)
+            if source.kind() == std::io::ErrorKind::PermissionDenied
+                || source.raw_os_error() == Some(nix::libc::ELOOP) =>
+        {
+            format!("cannot read the status file: {source}; fix its permissions or the symlink, or remove it")
+        }
         ReadError::Io(source) => return StoreError::Io { path: shown, source },
     };
     StoreError::BadStatus { path: shown, message }
@@ -510,6 +517,7 @@ mod tests {
         std::os::unix::fs::symlink("/dev/zero", root.join("zero.status.json")).unwrap();
         std::fs::create_dir(root.join("folder.status.json")).unwrap();
         std::fs::write(root.join("garbage.status.json"), "garbage").unwrap();
+        std::os::unix::fs::symlink("loop.status.json", root.join("loop.status.json")).unwrap();
         std::fs::write(root.join("empty.status.json"), "").unwrap();
         std::fs::write(root.join("big.status.json"), vec![b' '; MAX_STATUS_BYTES as usize + 1]).unwrap();
         let store = std::sync::Arc::new(DirStore::new(root).unwrap());
@@ -528,6 +536,7 @@ mod tests {
             ("zero", "a device"),
             ("folder", "a folder"),
             ("garbage", "not valid JSON"),
+            ("loop", "fix its permissions or the symlink"),
             ("empty", "it is empty"),
             ("big", "more than the 4194304 bytes"),
         ] {
