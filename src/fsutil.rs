@@ -1,8 +1,10 @@
-//! Durable file operations shared by the stores, the runtime and its supervisor.
+//! Durable file operations shared by the stores, the runtime and its supervisor, and
+//! the one way skiff reads a file that a user controls ([`read_regular`]).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::path::Path;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -57,9 +59,135 @@ pub fn is_ignored_name(name: &str) -> bool {
     name.starts_with('.') || name.ends_with('~') || name.ends_with(".tmp") || name.ends_with(".swp")
 }
 
+/// Why a user's file was not read. Every variant but [`ReadError::Io`] is a problem a
+/// person must fix; none of them is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("is {kind}, not a regular file")]
+    NotRegular { kind: &'static str },
+    #[error("is {len} bytes, more than the {limit} bytes skiff reads")]
+    TooLarge { len: u64, limit: u64 },
+    #[error("has a name longer than the file system allows")]
+    NameTooLong,
+    #[error("{0}")]
+    Io(#[source] io::Error),
+}
+
+impl ReadError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ReadError::Io(err) if err.kind() == io::ErrorKind::NotFound)
+    }
+
+    fn from_io(err: io::Error) -> Self {
+        if err.raw_os_error() == Some(nix::libc::ENAMETOOLONG) {
+            ReadError::NameTooLong
+        } else {
+            ReadError::Io(err)
+        }
+    }
+}
+
+fn kind_of(file_type: fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        "a folder"
+    } else if file_type.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_char_device() || file_type.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads a file a user controls (a manifest, a status), refusing anything that could
+/// hang or exhaust the reader: only a regular file (a symlink to one is fine) of at most
+/// `limit` bytes.
+///
+/// A FIFO would block `open` until a writer comes and `/dev/zero` never ends, so the
+/// type is checked before opening (no device is opened at all), the open is
+/// non-blocking, and the type is checked again on the open handle (the path may have
+/// been swapped in between). `take` bounds a file that grows while it is read.
+/// Blocking: call it off the async workers ([`read_regular_async`]).
+pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let check = |meta: &fs::Metadata| -> Result<(), ReadError> {
+        if !meta.is_file() {
+            return Err(ReadError::NotRegular {
+                kind: kind_of(meta.file_type()),
+            });
+        }
+        if meta.len() > limit {
+            return Err(ReadError::TooLarge { len: meta.len(), limit });
+        }
+        Ok(())
+    };
+    check(&fs::metadata(path).map_err(ReadError::from_io)?)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(ReadError::from_io)?;
+    let meta = file.metadata().map_err(ReadError::Io)?;
+    check(&meta)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(ReadError::Io)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge {
+            len: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// [`read_regular`] on the blocking pool, so that no file can stall the async workers.
+pub async fn read_regular_async(path: PathBuf, limit: u64) -> Result<Vec<u8>, ReadError> {
+    tokio::task::spawn_blocking(move || read_regular(&path, limit))
+        .await
+        .map_err(|err| ReadError::Io(io::Error::other(err.to_string())))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_regular_refuses_what_could_hang_or_exhaust_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Would block forever on open without the type check and O_NONBLOCK.
+        assert!(matches!(
+            read_regular(&fifo, 10),
+            Err(ReadError::NotRegular {
+                kind: "a named pipe (FIFO)"
+            })
+        ));
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(matches!(
+            read_regular(&zero, 10),
+            Err(ReadError::NotRegular { kind: "a device" })
+        ));
+        assert!(matches!(
+            read_regular(dir.path(), 10),
+            Err(ReadError::NotRegular { kind: "a folder" })
+        ));
+        let big = dir.path().join("big");
+        fs::write(&big, [b'x'; 11]).unwrap();
+        assert!(matches!(
+            read_regular(&big, 10),
+            Err(ReadError::TooLarge { len: 11, limit: 10 })
+        ));
+        assert_eq!(read_regular(&big, 11).unwrap().len(), 11);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&big, &link).unwrap();
+        assert_eq!(read_regular(&link, 11).unwrap().len(), 11);
+        assert!(read_regular(&dir.path().join("absent"), 10).unwrap_err().is_not_found());
+        let long = dir.path().join("n".repeat(300));
+        assert!(matches!(read_regular(&long, 10), Err(ReadError::NameTooLong)));
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {

@@ -31,6 +31,8 @@ enum Content {
     Symlink(&'static str),
     /// A file nobody may read (chmod 000); see [`write_unreadable`].
     Unreadable,
+    /// A named pipe (mkfifo) that no one ever writes to.
+    Fifo,
 }
 
 struct Bad {
@@ -415,6 +417,57 @@ fn corpus() -> Vec<Bad> {
             expect: &["cannot read"],
             alone: true,
         },
+        // --- Files no reader may block on or read forever: a FIFO has no end and blocked
+        // the open itself; /dev/zero never ends.
+        Bad {
+            file: "fifo.yaml",
+            task: "fifo",
+            content: Content::Fifo,
+            expect: &["named pipe", "regular file"],
+            alone: true,
+        },
+        Bad {
+            file: "zero.yaml",
+            task: "zero",
+            content: Content::Symlink("/dev/zero"),
+            expect: &["a device", "regular file"],
+            alone: true,
+        },
+        // --- A NUL no process can be given: it passed validation, then the create was
+        // retried twice a second forever.
+        Bad {
+            file: "env-nul.yaml",
+            task: "env-nul",
+            content: head("spec:\n  command: [sh, -c, 'exit 0']\n  env: [{name: A, value: \"a\\0b\"}]\n"),
+            expect: &["spec.env[0].value", "NUL"],
+            alone: true,
+        },
+        Bad {
+            file: "workdir-nul.yaml",
+            task: "workdir-nul",
+            content: head("spec:\n  command: [sh, -c, 'exit 0']\n  workingDir: \"/tmp\\0x\"\n"),
+            expect: &["spec.workingDir", "NUL"],
+            alone: true,
+        },
+        // --- A variable past the kernel's limit: the create failed, and was retried forever.
+        Bad {
+            file: "env-huge.yaml",
+            task: "env-huge",
+            content: head(&format!(
+                "spec:\n  command: [sh, -c, 'exit 0']\n  env: [{{name: A, value: {}}}]\n",
+                "x".repeat(200_000)
+            )),
+            expect: &["spec.env[0].value", "put large data in a file"],
+            alone: true,
+        },
+        // --- A name the file gave, not metadata.name: the message blames the file name.
+        Bad {
+            file: "has space.yaml",
+            task: "has space",
+            content: head("spec:\n  command: [sh, -c, 'exit 0']\n"),
+            expect: &["file name", "rename the file"],
+            alone: true,
+        },
         // --- Two files, one task identity (`same`): each file is fine on its own, so
         // `skiff validate` accepts either; together they are Invalid, naming both.
         Bad {
@@ -491,6 +544,7 @@ fn write_corpus(root: &Path) -> Vec<Bad> {
             }
             Content::Symlink(target) => std::os::unix::fs::symlink(target, &path).unwrap(),
             Content::Unreadable => write_unreadable(&path),
+            Content::Fifo => nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap(),
         }
     }
     corpus

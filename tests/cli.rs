@@ -231,3 +231,131 @@ fn get_watch_prints_again_when_something_changes() {
     assert!(seen.iter().any(|l| l.contains("Succeeded")), "{seen:#?}");
     assert!(headers >= 2, "the table is printed again on change: {seen:#?}");
 }
+
+/// Runs `skiff <args>`, failing the test (and killing skiff) if it takes longer than
+/// `limit`: a command that hangs must not hang the test suite.
+fn skiff_within(limit: Duration, args: &[&str]) -> std::process::Output {
+    let child = std::process::Command::new(support::SKIFF)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run skiff");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.expect("skiff's output"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("skiff {args:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+#[test]
+fn get_lists_every_task_and_shows_each_unreadable_status_with_its_problem() {
+    let ws = finished_workspace();
+    let root = ws.root();
+    for task in ["garbage", "folder", "fifo"] {
+        ws.task(&format!("{task}.yaml"), "true", "");
+    }
+    std::fs::write(root.join("garbage.status.json"), "{not json").unwrap();
+    std::fs::create_dir(root.join("folder.status.json")).unwrap();
+    nix::unistd::mkfifo(
+        &root.join("fifo.status.json"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let long = "l".repeat(245);
+    ws.task(&format!("{long}.yaml"), "true", "metadata: {name: long}\n");
+    let dir = root.display().to_string();
+
+    let out = skiff_within(Duration::from_secs(20), &["get", "--dir", &dir]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+    let row = |task: &str| {
+        table
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(task))
+            .unwrap_or_else(|| panic!("no row for {task}:\n{table}"))
+            .to_string()
+    };
+    assert!(row("jobs/ok").contains("Succeeded"), "{table}");
+    assert!(row("bad").contains("Failed"), "{table}");
+    for (task, words) in [
+        ("garbage", "garbage.status.json: the status file is not valid JSON"),
+        ("folder", "folder.status.json: the status file is a folder"),
+        ("fifo", "fifo.status.json: the status file is a named pipe"),
+        (long.as_str(), "the status file's name is too long"),
+    ] {
+        let row = row(task);
+        assert!(row.contains("Invalid") && row.contains(words), "{row}");
+    }
+    assert_eq!(table.lines().count(), 7, "a header and six rows:\n{table}");
+
+    let out = skiff_within(Duration::from_secs(20), &["get", "--dir", &dir, "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let statuses: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("a JSON array");
+    assert_eq!(statuses.len(), 6, "{statuses:?}");
+    let garbage = statuses
+        .iter()
+        .find(|s| s["task"] == "garbage")
+        .expect("garbage is listed");
+    assert_eq!(garbage["phase"], "Invalid");
+    assert!(garbage["message"].as_str().unwrap().contains("delete it"), "{garbage}");
+
+    let out = skiff_within(Duration::from_secs(20), &["describe", "fifo", "--dir", &dir]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Phase:        Invalid") && text(&out).contains("named pipe"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn get_and_describe_escape_control_characters_from_names_and_messages() {
+    let ws = Workspace::new();
+    // A file name with ESC (a terminal colour code) and one with a newline; their
+    // messages quote the file name.
+    ws.task("esc\u{1b}[31m.yaml", "true", "");
+    ws.task("new\nline.yaml", "true", "");
+    assert_eq!(ws.controller(&["--once"]).wait(LONG), Some(1));
+    let dir = ws.root().display().to_string();
+    let out = skiff_within(Duration::from_secs(20), &["get", "--dir", &dir]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!table.contains('\u{1b}'), "{table:?}");
+    assert!(table.contains("esc\\u{1b}[31m"), "{table}");
+    assert!(table.contains("new\\nline"), "{table}");
+    assert_eq!(table.lines().count(), 3, "one row per task:\n{table}");
+    for row in table.lines().skip(1) {
+        assert!(row.contains("Invalid") && row.contains("file name"), "{row}");
+    }
+    let out = skiff_within(Duration::from_secs(20), &["describe", "esc\u{1b}[31m", "--dir", &dir]);
+    let described = text(&out);
+    assert!(out.status.success(), "{described}");
+    assert!(
+        !described.contains('\u{1b}') && described.contains("esc\\u{1b}[31m"),
+        "{described:?}"
+    );
+}
+
+#[test]
+fn validate_says_when_a_backoff_is_capped() {
+    let ws = Workspace::new();
+    ws.task("slow.yaml", "true", "  backoff: 500000000y\n");
+    let file = ws.root().join("slow.yaml").display().to_string();
+    let out = ws.skiff(&["validate", &file]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = text(&out);
+    assert!(out.contains("slow.yaml: ok"), "{out}");
+    assert!(
+        out.contains("slow.yaml: note: spec.backoff: 500000000y is longer than the longest wait between retries, 5m"),
+        "{out}"
+    );
+}

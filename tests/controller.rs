@@ -308,3 +308,169 @@ fn a_runtime_cap_holds_tasks_back_under_the_global_limit() {
     assert_eq!(ws.most_at_once(), 2, "the process cap, not the global limit, held them");
     assert!(saw_cap, "a waiting task names the cap that holds it");
 }
+
+/// Status files that are not skiff's to read: a FIFO (blocked every read forever), a
+/// symlink to /dev/zero (read until memory ran out), a folder, garbage, an empty file, a
+/// symlink loop, and a name too long for the file system. Each makes its task alone Invalid, nothing
+/// hangs, and `--once` exits 1, leaving every file as the user made it.
+fn hostile_status_files(ws: &Workspace) -> String {
+    let root = ws.root();
+    for task in ["fifo", "zero", "folder", "garbage", "empty", "loop"] {
+        ws.task(&format!("{task}.yaml"), "true", "");
+    }
+    nix::unistd::mkfifo(
+        &root.join("fifo.status.json"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/dev/zero", root.join("zero.status.json")).unwrap();
+    std::fs::create_dir(root.join("folder.status.json")).unwrap();
+    std::fs::write(root.join("garbage.status.json"), "garbage").unwrap();
+    std::fs::write(root.join("empty.status.json"), "").unwrap();
+    std::os::unix::fs::symlink("loop.status.json", root.join("loop.status.json")).unwrap();
+    // 245 bytes + `.yaml` fits a name; + `.status.json` (257) does not.
+    let long = "l".repeat(245);
+    ws.task(&format!("{long}.yaml"), "true", "metadata: {name: long}\n");
+    ws.task("good.yaml", &ws.ledger_line(), "");
+    long
+}
+
+fn assert_hostile_files_untouched(ws: &Workspace) {
+    use std::os::unix::fs::FileTypeExt;
+    let root = ws.root();
+    let kind = |name: &str| std::fs::symlink_metadata(root.join(name)).unwrap().file_type();
+    assert!(kind("fifo.status.json").is_fifo());
+    assert!(kind("zero.status.json").is_symlink());
+    assert!(kind("loop.status.json").is_symlink());
+    assert!(kind("folder.status.json").is_dir());
+    assert_eq!(std::fs::read(root.join("garbage.status.json")).unwrap(), b"garbage");
+    assert_eq!(std::fs::read(root.join("empty.status.json")).unwrap(), b"");
+}
+
+#[test]
+fn once_exits_1_beside_fifo_device_folder_garbage_empty_and_too_long_status_files() {
+    let ws = Workspace::new();
+    let long = hostile_status_files(&ws);
+    // `wait` fails the test (and kills the controller) rather than hang.
+    assert_eq!(ws.controller(&["--once"]).wait(Duration::from_secs(30)), Some(1));
+    assert_eq!(ws.phase("good").as_deref(), Some("Succeeded"));
+    assert_eq!(ws.ledger_lines(), vec!["good 1".to_string()]);
+    assert_hostile_files_untouched(&ws);
+    let log = ws.controller_log();
+    for needle in [
+        "fifo.status.json: the status file is a named pipe (FIFO)",
+        "zero.status.json: the status file is a device",
+        "folder.status.json: the status file is a folder",
+        "garbage.status.json: the status file is not valid JSON",
+        "empty.status.json: the status file is not valid JSON (it is empty)",
+        "loop.status.json: cannot read the status file",
+        &format!("{long}.status.json: the status file's name is too long"),
+        "rename the manifest to at most 243 bytes",
+    ] {
+        assert!(log.contains(needle), "the log lacks {needle:?}:\n{log}");
+    }
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn a_fifo_manifest_or_status_never_stops_the_controller_its_api_or_sigterm() {
+    let ws = Workspace::new();
+    hostile_status_files(&ws);
+    nix::unistd::mkfifo(
+        &ws.root().join("pipe.yaml"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let controller = ws.controller(&["--listen", &listen]);
+    ws.wait_phase("good", "Succeeded", LONG);
+    ws.wait_phase("pipe", "Invalid", LONG);
+    let message = ws.status("pipe").unwrap()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("pipe.yaml") && message.contains("named pipe"),
+        "{message}"
+    );
+
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let health = http
+        .get(format!("http://{listen}/healthz"))
+        .send()
+        .expect("/healthz answers");
+    assert!(health.status().is_success(), "{:?}", health.text());
+    let listed: Vec<serde_json::Value> = http
+        .get(format!("http://{listen}/v1/tasks"))
+        .send()
+        .expect("GET /v1/tasks answers")
+        .json()
+        .expect("a JSON array");
+    let by_task = |task: &str| listed.iter().find(|s| s["task"] == task).cloned();
+    assert_eq!(by_task("good").unwrap()["phase"], "Succeeded");
+    for (task, words) in [
+        ("fifo", "named pipe"),
+        ("zero", "a device"),
+        ("folder", "a folder"),
+        ("garbage", "not valid JSON"),
+    ] {
+        let entry = by_task(task).unwrap_or_else(|| panic!("GET /v1/tasks leaves {task} out: {listed:?}"));
+        assert_eq!(entry["phase"], "Invalid", "{entry}");
+        assert!(entry["message"].as_str().unwrap_or_default().contains(words), "{entry}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(controller.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // Bounded: a controller that ignores SIGTERM fails the test instead of hanging it.
+    assert_eq!(
+        controller.wait(Duration::from_secs(15)),
+        Some(0),
+        "SIGTERM is a clean exit"
+    );
+    assert_hostile_files_untouched(&ws);
+}
+
+/// A create the OS refuses for the task's own input (here E2BIG: the environment is past
+/// ARG_MAX, which a 1 MiB stack limit makes 256 KiB) fails the attempt with the reason,
+/// instead of being retried twice a second forever while `--once` never ends.
+#[test]
+fn a_create_the_os_refuses_for_good_fails_the_task_and_once_exits() {
+    let ws = Workspace::new();
+    let value = "x".repeat(100_000);
+    let env: String = (0..3)
+        .map(|i| format!("    - {{name: A{i}, value: {value}}}\n"))
+        .collect();
+    ws.task("big.yaml", "true", &format!("  env:\n{env}"));
+    let log = std::fs::File::create(ws.root().join(".controller.log")).unwrap();
+    let child = std::process::Command::new("prlimit")
+        .arg("--stack=1048576")
+        .arg(support::SKIFF)
+        .args(["controller", "--once", "--dir"])
+        .arg(ws.root())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("prlimit (util-linux) runs the controller");
+    let controller = support::Controller { child };
+    assert_eq!(
+        controller.wait(Duration::from_secs(30)),
+        Some(1),
+        "{}",
+        ws.controller_log()
+    );
+    let status = ws.status("big").unwrap();
+    assert_eq!(status["phase"], "Failed", "{status}");
+    assert_eq!(status["reason"], "CreateFailed", "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Argument list too long"),
+        "{status}"
+    );
+}

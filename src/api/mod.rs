@@ -112,8 +112,12 @@ async fn list_tasks(State(state): State<ApiState>) -> Response {
     };
     let mut statuses: Vec<TaskStatus> = Vec::with_capacity(listed.len());
     for item in listed {
-        if let Ok(Some(status)) = state.store.read_status(&item.key).await {
-            statuses.push(status);
+        // A task whose status cannot be read is listed with its problem, not left out.
+        match state.store.read_status(&item.key).await {
+            Ok(Some(status)) => statuses.push(status),
+            Ok(None) => {}
+            Err(err) if err.is_about_one_task() => statuses.push(crate::store::problem_status(&item.key, &err)),
+            Err(err) => return problem(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
         }
     }
     axum::Json(statuses).into_response()

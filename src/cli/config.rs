@@ -5,12 +5,18 @@ use super::Cli;
 use clap::{CommandFactory, FromArgMatches};
 use std::path::PathBuf;
 
+/// A config file is a few lines of flags; anything this large is the wrong file.
+const CONFIG_LIMIT: u64 = 1024 * 1024;
+
 pub fn parse_with_config_file() -> Result<Cli, String> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut command = Cli::command();
     if let Some(path) = config_path(&args) {
-        let text = std::fs::read_to_string(&path)
+        // Through the bounded reader: a FIFO or a device named by mistake must not hang.
+        let bytes = crate::fsutil::read_regular(&path, CONFIG_LIMIT)
             .map_err(|err| format!("--config {}: {err}; fix the path or unset SKIFF_CONFIG", path.display()))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| format!("--config {}: is not UTF-8 text; save it as UTF-8", path.display()))?;
         let settings: std::collections::BTreeMap<String, yaml_serde::Value> =
             yaml_serde::from_str(&text).map_err(|err| {
                 format!(

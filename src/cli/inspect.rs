@@ -1,8 +1,9 @@
 //! `skiff get` and `skiff describe`: read-only views of the status files.
 
-use super::{DescribeArgs, GetArgs, OutputFormat, UsageError, open_store};
+use super::{DescribeArgs, GetArgs, OutputFormat, UsageError, open_store, printable};
+use crate::status::Phase;
 use crate::status::{TaskStatus, Timestamp, format_time};
-use crate::store::Store;
+use crate::store::{Store, problem_status};
 use crate::task::TaskKey;
 use chrono::Utc;
 use std::fmt::Write as _;
@@ -10,7 +11,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// Every task (or the one named) with its status; `None` for a manifest not yet seen
-/// by a controller.
+/// by a controller. A task whose status cannot be read is listed with its problem
+/// ([`problem_status`]): one bad file never hides the others.
 pub(super) async fn load(store: &dyn Store, only: Option<&str>) -> anyhow::Result<Vec<(TaskKey, Option<TaskStatus>)>> {
     let keys: Vec<TaskKey> = match only {
         Some(task) => vec![task_key(task)],
@@ -18,7 +20,11 @@ pub(super) async fn load(store: &dyn Store, only: Option<&str>) -> anyhow::Resul
     };
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
-        let status = store.read_status(&key).await?;
+        let status = match store.read_status(&key).await {
+            Ok(status) => status,
+            Err(err) if err.is_about_one_task() => Some(problem_status(&key, &err)),
+            Err(err) => return Err(err.into()),
+        };
         if only.is_some() && status.is_none() && store.list_one(&key).await?.is_none() {
             return Err(UsageError(format!(
                 "no task {key} in {}; `skiff get` lists the tasks",
@@ -91,17 +97,24 @@ fn table(tasks: &[(TaskKey, Option<TaskStatus>)], now: Timestamp) -> String {
                     let start = a.started_at?;
                     Some(short(a.finished_at.unwrap_or(now) - start))
                 });
+                // An Invalid task has no reason to show, but its message says what to fix.
+                let reason = match (s.reason, s.phase, &s.message) {
+                    (Some(r), _, _) => format!("{r:?}"),
+                    // All of it: a file name in it may hold a newline, escaped below.
+                    (None, Phase::Invalid, Some(message)) => message.clone(),
+                    _ => String::new(),
+                };
                 [
                     key.to_string(),
                     s.phase.to_string(),
                     s.attempt.to_string(),
                     short(now - first),
                     duration.unwrap_or_else(|| "-".into()),
-                    s.reason.map(|r| format!("{r:?}")).unwrap_or_default(),
+                    reason,
                 ]
             }
         };
-        rows.push(row);
+        rows.push(row.map(|cell| printable(&cell).into_owned()));
     }
     let widths: Vec<usize> = (0..6)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
@@ -135,14 +148,27 @@ pub fn describe(args: DescribeArgs) -> anyhow::Result<ExitCode> {
     let tasks = runtime.block_on(load(&*store, Some(&args.task)))?;
     for (key, status) in tasks {
         match status {
-            None => println!("Task:     {key}\nPhase:    - (not seen by a controller yet)"),
+            None => println!(
+                "Task:     {}\nPhase:    - (not seen by a controller yet)",
+                printable(key.as_str())
+            ),
             Some(status) => print!("{}", describe_text(&status)),
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// The status for a terminal: every control character escaped except the newlines
+/// that lay the text out (a message's own newlines become indented lines).
 fn describe_text(s: &TaskStatus) -> String {
+    describe_raw(s)
+        .split('\n')
+        .map(printable)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn describe_raw(s: &TaskStatus) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Task:         {}", s.task);
     let _ = writeln!(out, "Name:         {}", s.name);

@@ -54,7 +54,7 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
                         Some(docker) => docker.output(container).await.ok().flatten(),
                         None => None,
                     },
-                    _ if local => std::fs::read(layout.log_path(container)).ok(),
+                    _ if local => read_log(&layout.log_path(container)),
                     _ => None,
                 };
                 // Another machine's container: the output its controller saved in the store.
@@ -78,4 +78,19 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
+}
+
+/// The most of a kept log `skiff logs` reads: far beyond what a controller keeps.
+const LOG_READ_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// A process container's kept output, through the bounded reader: the path comes from
+/// a status file, which a person may have edited, so it may name a FIFO or a device.
+fn read_log(path: &std::path::Path) -> Option<Vec<u8>> {
+    let bytes = crate::fsutil::read_regular(path, LOG_READ_LIMIT);
+    if let Err(err) = &bytes
+        && !err.is_not_found()
+    {
+        eprintln!("{}: {err}", super::printable(&path.display().to_string()));
+    }
+    bytes.ok()
 }

@@ -352,7 +352,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            say_error(&format!("{err:#}"));
+            say_error(&printable(&error_text(&err)));
             let usage = err.downcast_ref::<UsageError>().is_some();
             ExitCode::from(if usage { EXIT_USAGE } else { 1 })
         }
@@ -377,6 +377,38 @@ fn die_quietly_on_closed_pipe() {
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
+/// An error and its causes on one line, each said once: many errors already quote
+/// their cause in their own text, which `{:#}` would print a second time.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`), for a terminal: a file name
+/// or message holding ESC must not recolour or rewrite the user's screen, and a
+/// newline must not break a table row.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn state_dir(source: &SourceArgs) -> PathBuf {
     match (&source.state_dir, &source.dir) {
         (Some(state), _) => state.clone(),
@@ -387,4 +419,28 @@ fn state_dir(source: &SourceArgs) -> PathBuf {
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("plain/ok-1.yaml"), "plain/ok-1.yaml");
+        assert_eq!(printable("a\u{1b}[31mb\nc\td é"), "a\\u{1b}[31mb\\nc\\td é");
+    }
+
+    #[test]
+    fn an_error_quoting_its_cause_prints_it_once() {
+        let io = std::io::Error::other("Is a directory (os error 21)");
+        let err: anyhow::Error = crate::store::StoreError::Io {
+            path: "/d/x.status.json".into(),
+            source: io,
+        }
+        .into();
+        assert_eq!(error_text(&err), "/d/x.status.json: Is a directory (os error 21)");
+        let wrapped = anyhow::anyhow!(std::io::Error::other("inner")).context("outer");
+        assert_eq!(error_text(&wrapped), "outer: inner");
+    }
 }

@@ -1,6 +1,6 @@
 //! `skiff validate FILE...`: every error of every file, exit 1 if any.
 
-use super::ValidateArgs;
+use super::{ValidateArgs, printable};
 use crate::manifest::{Features, RuntimeKind, ValidationContext, parse_manifest, validate};
 use std::process::ExitCode;
 
@@ -14,6 +14,7 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
     let mut failed = false;
     for path in &args.files {
         let file = path.display().to_string();
+        let mut notes = Vec::new();
         let errors = match read(path) {
             Err(message) => vec![format!("{file}: {message}")],
             Ok(bytes) => {
@@ -24,18 +25,26 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
                 match parse_manifest(&file, &bytes) {
                     Err(err) => vec![err.to_string()],
                     Ok(task) => match validate(&file, &stem, &task, &ctx) {
-                        Ok(_) => Vec::new(),
+                        Ok(spec) => {
+                            notes = spec.notes;
+                            Vec::new()
+                        }
                         Err(errors) => errors.iter().map(ToString::to_string).collect(),
                     },
                 }
             }
         };
         if errors.is_empty() {
+            let file = printable(&file);
             println!("{file}: ok");
+            // Valid, but not quite as written (a value capped, a field ignored): say so.
+            for note in notes {
+                println!("{file}: note: {}", printable(&note));
+            }
         } else {
             failed = true;
             for error in errors {
-                println!("{error}");
+                println!("{}", printable(&error));
             }
         }
     }
@@ -43,16 +52,12 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|err| format!("cannot read the file: {err}"))?;
-    if !meta.is_file() {
-        return Err("is not a regular file".into());
-    }
     let limit = crate::manifest::MAX_MANIFEST_BYTES as u64;
-    if meta.len() > limit {
-        return Err(format!(
-            "the file is {} bytes; a manifest may be at most {limit} bytes (1 MiB)",
-            meta.len()
-        ));
-    }
-    std::fs::read(path).map_err(|err| format!("cannot read the file: {err}"))
+    crate::fsutil::read_regular(path, limit).map_err(|err| match err {
+        crate::fsutil::ReadError::TooLarge { len, limit } => {
+            format!("the file is {len} bytes; a manifest may be at most {limit} bytes (1 MiB)")
+        }
+        crate::fsutil::ReadError::Io(err) => format!("cannot read the file: {err}"),
+        err => format!("the file {err}; a manifest must be a regular file"),
+    })
 }

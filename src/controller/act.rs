@@ -263,6 +263,21 @@ fn container_spec(
         (None, base) if spec.runtime == RuntimeKind::Process => base,
         (None, _) => None,
     };
+    // Validation refuses a NUL; this catches one from anywhere else (the controller's
+    // environment, a key): the OS would refuse such a create on every retry, forever.
+    let has_nul = spec.command.iter().chain(&spec.args).any(|s| s.contains('\0'))
+        || env
+            .iter()
+            .any(|(name, value)| name.contains('\0') || value.contains('\0'))
+        || working_dir
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().as_encoded_bytes().contains(&0));
+    if has_nul {
+        return Err(
+            "the command, an argument, an environment variable or the working directory contains a NUL character, which no process can be given; remove it from the manifest"
+                .into(),
+        );
+    }
     let labels = BTreeMap::from([
         (runtime::LABEL_TASK.to_string(), key.to_string()),
         (runtime::LABEL_ATTEMPT.to_string(), attempt.to_string()),
@@ -367,5 +382,31 @@ mod tests {
         let labels = format!("{:?}", made.labels);
         assert!(!labels.contains("token") && !labels.contains(&env["KEY"]), "{labels}");
         assert!(!format!("{made:?}").contains(&env["KEY"]), "Debug hides values");
+    }
+
+    #[test]
+    fn a_nul_that_slipped_past_validation_is_a_permanent_create_failure() {
+        let text = "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [x]\n";
+        let task = parse_manifest("n.yaml", text.as_bytes()).unwrap();
+        let ctx = ValidationContext {
+            default_runtime: RuntimeKind::Process,
+            allow_host_paths: &[],
+            features: Features::CURRENT,
+            env_is_set: None,
+        };
+        let mut spec = validate("n.yaml", "n", &task, &ctx).unwrap();
+        let key = TaskKey::new("n");
+        let which = Made {
+            key: &key,
+            attempt: 1,
+            index: None,
+            attempt_id: "id",
+            container: "skiff-n-1",
+            dependency_results: None,
+        };
+        assert!(container_spec(&which, &spec, None, None).is_ok());
+        spec.env.push(("A".into(), EnvValue::Value("a\0b".into())));
+        let err = container_spec(&which, &spec, None, None).unwrap_err();
+        assert!(err.contains("NUL"), "{err}");
     }
 }

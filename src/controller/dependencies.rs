@@ -128,7 +128,7 @@ pub(super) async fn evaluate(
         }
         let status = match shared.store.read_status(dep).await {
             Ok(status) => status,
-            Err(StoreError::CorruptStatus { .. }) => {
+            Err(err) if err.needs_person() => {
                 failed.push(format!("dependency {dep} has an unreadable status"));
                 continue;
             }

@@ -636,20 +636,30 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
                 phase: None,
             }
         }
+        Err(err) if err.needs_person() => {
+            // A status file skiff cannot use (garbage, a FIFO, a folder, too large, a name
+            // too long) is never overwritten: it may be a person's, or the only record of
+            // what ran. The task is Invalid until someone fixes or deletes the file, which
+            // the relist notices (its fingerprint changes); retrying would never succeed,
+            // and `--once` must end. `get` and the API show the same problem.
+            tracing::warn!(task = %key, "{err}");
+            Reconciled {
+                key: key.clone(),
+                state: TaskState::Final(Phase::Invalid),
+                requeue: None,
+                wake: Vec::new(),
+                deferred: false,
+                phase: None,
+            }
+        }
         Err(err) => {
-            let corrupt = matches!(err, StoreError::CorruptStatus { .. });
             if matches!(err, StoreError::Unavailable { .. }) {
                 shared.health.store_result::<(), _>(&Err(&err));
             }
             tracing::warn!(task = %key, "{err}");
             Reconciled {
                 key: key.clone(),
-                // A corrupt status needs a person; for `--once` it counts as a failure.
-                state: if corrupt {
-                    TaskState::Final(Phase::Failed)
-                } else {
-                    TaskState::Active
-                },
+                state: TaskState::Active,
                 requeue: Some(shared.infra_backoff(key)),
                 wake: Vec::new(),
                 deferred: false,

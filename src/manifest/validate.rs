@@ -2,6 +2,7 @@
 //! list of every mistake, each naming the field path and the fix.
 
 use super::{Cleanup, CompletionMode, ContainerTask, ManifestError, Quantity, RuntimeKind, Volume};
+use crate::controller::reconcile::MAX_RETRY_DELAY;
 use crate::task::TaskKey;
 use sha2::{Digest, Sha256};
 use std::path::{Component, Path, PathBuf};
@@ -123,7 +124,15 @@ pub fn validate(
 
     let name = task.metadata.name.clone().unwrap_or_else(|| default_name.to_string());
     if let Err(why) = check_name(&name) {
-        fail(format!("metadata.name: {name:?} {why}"));
+        if task.metadata.name.is_some() {
+            fail(format!("metadata.name: {name:?} {why}"));
+        } else {
+            // The user never wrote a name: the file's gave it, so blame the file name.
+            let problem = why.split("; ").next().unwrap_or(why);
+            fail(format!(
+                "file name: {name:?} (the file name without its extension) names the task, as metadata.name is not set, and {problem}; rename the file, or set metadata.name"
+            ));
+        }
     }
     for key in task.metadata.labels.keys() {
         if key.trim().is_empty() {
@@ -183,13 +192,27 @@ pub fn validate(
             fail("spec.network: is empty; write host, none, or a network's name".into());
         }
     }
-    if spec.command.iter().chain(&spec.args).any(|part| part.contains('\0')) {
-        fail("spec.command: an argument contains a NUL character; remove it".into());
+    // A NUL cannot be passed to a program (the OS ends every argument, variable and path
+    // at it), so such a task could never be created: say so now, naming the field.
+    const NUL: &str = "contains a NUL character (\\0), which no program, variable or path can hold; remove it";
+    for (field, parts) in [("spec.command", &spec.command), ("spec.args", &spec.args)] {
+        for (i, part) in parts.iter().enumerate() {
+            if part.contains('\0') {
+                fail(format!("{field}[{i}]: {NUL}"));
+            } else if part.len() >= MAX_ARG_BYTES {
+                fail(format!("{field}[{i}]: {}", too_long(part.len())));
+            }
+        }
     }
-    if let Some(dir) = &spec.working_dir
-        && dir.trim().is_empty()
-    {
-        fail("spec.workingDir: is empty; remove it or give a directory".into());
+    if let Some(dir) = &spec.working_dir {
+        if dir.trim().is_empty() {
+            fail("spec.workingDir: is empty; remove it or give a directory".into());
+        } else if dir.contains('\0') {
+            fail(format!("spec.workingDir: {NUL}"));
+        }
+    }
+    if spec.image.as_deref().is_some_and(|image| image.contains('\0')) {
+        fail(format!("spec.image: {NUL}"));
     }
 
     let mut env = Vec::new();
@@ -210,7 +233,14 @@ pub fn validate(
             fail(format!("{at}.name: {} is set twice; keep one", var.name));
         }
         match (&var.value, &var.value_from) {
-            (Some(value), None) => env.push((var.name.clone(), EnvValue::Value(value.clone()))),
+            (Some(value), None) => {
+                if value.contains('\0') {
+                    fail(format!("{at}.value: {NUL}"));
+                } else if var.name.len() + 1 + value.len() >= MAX_ARG_BYTES {
+                    fail(format!("{at}.value: {}", too_long(value.len())));
+                }
+                env.push((var.name.clone(), EnvValue::Value(value.clone())));
+            }
             (None, Some(from)) => {
                 if !is_env_name(&from.env) {
                     fail(format!(
@@ -259,7 +289,9 @@ pub fn validate(
                 volume.name
             ));
         }
-        if !volume.mount_path.starts_with('/') {
+        if volume.mount_path.contains('\0') || volume.host_path.as_deref().is_some_and(|h| h.contains('\0')) {
+            fail(format!("{at}: a path {NUL}"));
+        } else if !volume.mount_path.starts_with('/') {
             fail(format!(
                 "{at}.mountPath: {:?} must be an absolute path, e.g. /data",
                 volume.mount_path
@@ -412,6 +444,15 @@ pub fn validate(
     let backoff = match &spec.backoff {
         None => DEFAULT_BACKOFF,
         Some(text) => match parse_duration(text) {
+            Ok(d) if d > MAX_RETRY_DELAY => {
+                notes.push(format!(
+                    "spec.backoff: {} is longer than the longest wait between retries, {}; retries wait {} at most",
+                    text.trim(),
+                    humantime::format_duration(MAX_RETRY_DELAY),
+                    humantime::format_duration(MAX_RETRY_DELAY),
+                ));
+                d
+            }
             Ok(d) => d,
             Err(()) => {
                 fail(format!(
@@ -492,6 +533,16 @@ pub fn validate(
         depends_on,
         notes,
     })
+}
+
+/// Linux refuses to start a program given one argument or `NAME=value` of this many
+/// bytes or more (MAX_ARG_STRLEN, counting the terminating NUL), in a container too.
+const MAX_ARG_BYTES: usize = 128 * 1024;
+
+fn too_long(len: usize) -> String {
+    format!(
+        "is {len} bytes; Linux refuses to start a program given a single argument or variable of {MAX_ARG_BYTES} bytes or more; put large data in a file (a volume) and pass its path"
+    )
 }
 
 fn check_name(name: &str) -> Result<(), &'static str> {
@@ -756,5 +807,66 @@ mod tests {
         .unwrap();
         assert_eq!(spec_hash(&a), spec_hash(&b));
         assert_ne!(spec_hash(&a), spec_hash(&c));
+    }
+
+    #[test]
+    fn a_nul_is_refused_in_every_field_a_process_is_given_naming_the_field() {
+        for (yaml, field) in [
+            ("  command: [sh, \"a\\0b\"]\n", "spec.command[1]"),
+            ("  command: [sh]\n  args: [x, \"\\0\"]\n", "spec.args[1]"),
+            (
+                "  command: [sh]\n  env: [{name: A, value: \"a\\0b\"}]\n",
+                "spec.env[0].value",
+            ),
+            ("  command: [sh]\n  workingDir: \"/tmp/\\0\"\n", "spec.workingDir"),
+        ] {
+            let err = check(yaml).unwrap_err();
+            assert!(
+                err.contains(&format!("{field}: contains a NUL character")),
+                "{yaml}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_argument_or_variable_the_kernel_would_refuse_is_refused_here() {
+        let big = "x".repeat(MAX_ARG_BYTES);
+        let err = check(&format!("  command: [sh]\n  env: [{{name: A, value: {big}}}]\n")).unwrap_err();
+        assert!(err.contains("spec.env[0].value: is 131072 bytes"), "{err}");
+        let err = check(&format!("  command: [sh, {big}]\n")).unwrap_err();
+        assert!(err.contains("spec.command[1]: is 131072 bytes"), "{err}");
+        let fits = "x".repeat(MAX_ARG_BYTES - 3);
+        assert!(check(&format!("  command: [sh]\n  env: [{{name: A, value: {fits}}}]\n")).is_ok());
+    }
+
+    #[test]
+    fn a_backoff_past_the_cap_is_noted_not_silently_capped() {
+        let spec = check("  command: [x]\n  backoff: 500000000y\n").unwrap();
+        assert!(
+            spec.notes
+                .iter()
+                .any(|n| n.contains("spec.backoff: 500000000y") && n.contains("5m at most")),
+            "{:?}",
+            spec.notes
+        );
+        assert!(check("  command: [x]\n  backoff: 5m\n").unwrap().notes.is_empty());
+    }
+
+    #[test]
+    fn a_bad_name_from_the_file_blames_the_file_name_not_metadata_name() {
+        let text = b"apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [x]\n";
+        let task = parse_manifest("a b\x1b.yaml", text).unwrap();
+        let err = validate("a b\x1b.yaml", "a b\x1b", &task, &ctx()).unwrap_err()[0].to_string();
+        assert!(
+            err.contains("file name: \"a b\\u{1b}\"") && !err.contains("metadata.name:"),
+            "{err}"
+        );
+        assert!(err.contains("rename the file, or set metadata.name"), "{err}");
+        let named = parse_manifest(
+            "a b.yaml",
+            b"apiVersion: skiff/v1\nkind: ContainerTask\nmetadata: {name: ok}\nspec:\n  command: [x]\n",
+        )
+        .unwrap();
+        assert!(validate("a b.yaml", "a b", &named, &ctx()).is_ok());
     }
 }

@@ -122,10 +122,21 @@ impl ProcessRuntime {
             .stderr(Stdio::null())
             .kill_on_drop(false);
         let mut child = command.spawn().map_err(|err| {
-            RuntimeError::Transient(format!(
-                "cannot start the supervisor {}: {err}",
-                self.supervisor_exe.display()
-            ))
+            let message = format!("cannot start the supervisor {}: {err}", self.supervisor_exe.display());
+            // What the OS refuses in the task's own arguments or environment (a NUL, a
+            // string past the kernel's limit) is refused on every retry: fail the attempt.
+            let refused_input = err.kind() == std::io::ErrorKind::InvalidInput
+                || err.raw_os_error() == Some(nix::libc::E2BIG);
+            if refused_input {
+                RuntimeError::Permanent {
+                    reason: crate::status::Reason::CreateFailed,
+                    message: format!(
+                        "{message}; the command, its arguments or environment are more than the OS accepts: shorten them (pass large data in a file)"
+                    ),
+                }
+            } else {
+                RuntimeError::Transient(message)
+            }
         })?;
         let stdout = child.stdout.take();
         // Reap the supervisor when it ends, while this controller lives.

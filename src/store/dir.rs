@@ -2,14 +2,13 @@
 //! (DESIGN.md §7). Changes arrive by `notify`; the controller's periodic relist heals
 //! whatever the notifications missed.
 
-use super::{Fingerprint, Listed, ManifestRead, Store, StoreError, StoreEvent};
-use crate::fsutil::{self, is_ignored_name};
+use super::{Fingerprint, Listed, MAX_STATUS_BYTES, ManifestRead, Store, StoreError, StoreEvent};
+use crate::fsutil::{self, ReadError, is_ignored_name};
 use crate::status::{STATUS_SUFFIX, TaskStatus};
 use crate::task::TaskKey;
 use async_trait::async_trait;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::{BTreeMap, HashSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::UNIX_EPOCH;
@@ -133,6 +132,98 @@ fn classify(root: &Path, path: &Path) -> Option<PathRole> {
         .then(|| PathRole::Manifest(TaskKey::new(stem)))
 }
 
+/// Runs file-system calls on the blocking pool: a slow or odd file must never stall
+/// the async workers that every other task, the API and shutdown depend on.
+async fn blocking<T: Send + 'static>(
+    root: &Path,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|err| StoreError::Io {
+        path: root.display().to_string(),
+        source: std::io::Error::other(err.to_string()),
+    })?
+}
+
+/// Reads the one manifest among a task's candidate files (`a.yaml`, `a.yml`,
+/// `a.json`). Blocking.
+fn read_manifest_file(candidates: Vec<(String, PathBuf)>) -> ManifestRead {
+    let mut found = Vec::new();
+    for (rel, path) in candidates {
+        // symlink_metadata: a dangling or looping link still "exists" and is reported;
+        // a folder named `x.yaml` is a folder of tasks, not a manifest.
+        if std::fs::symlink_metadata(&path).is_ok() && !path.is_dir() {
+            found.push((rel, path));
+        }
+    }
+    let (rel, path) = match found.len() {
+        0 => return ManifestRead::Missing,
+        1 => found.remove(0),
+        _ => {
+            return ManifestRead::Conflict {
+                files: found.into_iter().map(|(rel, _)| rel).collect(),
+            };
+        }
+    };
+    let limit = crate::manifest::MAX_MANIFEST_BYTES as u64;
+    let message = match fsutil::read_regular(&path, limit) {
+        Ok(bytes) => {
+            return ManifestRead::Found {
+                local_dir: path.parent().map(Path::to_path_buf),
+                file: rel,
+                modified: std::fs::metadata(&path).and_then(|m| m.modified()).ok(),
+                bytes,
+            };
+        }
+        Err(err @ ReadError::NotRegular { .. }) => {
+            format!("the file {err}; a manifest must be a regular file (or a symlink to one)")
+        }
+        Err(ReadError::TooLarge { len, limit }) => {
+            format!("the file is {len} bytes; a manifest may be at most {limit} bytes (1 MiB). Is this the right file?")
+        }
+        Err(err) => format!("cannot read the file: {err}"),
+    };
+    ManifestRead::Unreadable { file: rel, message }
+}
+
+/// Says what is wrong with a status file that cannot be read, and what to do.
+fn status_read_error(path: &Path, key: &TaskKey, err: ReadError) -> StoreError {
+    let shown = path.display().to_string();
+    let message = match err {
+        ReadError::NotRegular { kind } => format!(
+            "the status file is {kind}, not a regular file; skiff will not replace it: remove it and the task runs again"
+        ),
+        ReadError::TooLarge { len, limit } => format!(
+            "the status file is {len} bytes, more than the {limit} bytes a status may be; it is not skiff's: delete it to run the task again"
+        ),
+        ReadError::NameTooLong => {
+            let stem = key.as_str().rsplit('/').next().unwrap_or(key.as_str());
+            // 255 bytes a name on every file system Linux commonly mounts.
+            let most = 255usize.saturating_sub(STATUS_SUFFIX.len());
+            if stem.len() <= most {
+                return StoreError::BadStatus {
+                    path: shown,
+                    message: "the status file's path is too long for the file system; move the manifest to a shallower folder".into(),
+                };
+            }
+            format!(
+                "the status file's name is too long for the file system: a task's status is its manifest's name \
+                 without the extension plus `{STATUS_SUFFIX}`, and `{stem}` is {} bytes; rename the manifest to at \
+                 most {most} bytes before the extension",
+                stem.len()
+            )
+        }
+        // Refusals that stay until a person acts: retrying would never end `--once`.
+        ReadError::Io(source)
+            if source.kind() == std::io::ErrorKind::PermissionDenied
+                || source.raw_os_error() == Some(nix::libc::ELOOP) =>
+        {
+            format!("cannot read the status file: {source}; fix its permissions or the symlink, or remove it")
+        }
+        ReadError::Io(source) => return StoreError::Io { path: shown, source },
+    };
+    StoreError::BadStatus { path: shown, message }
+}
+
 fn stamp(meta: &std::fs::Metadata) -> (u64, u128) {
     let modified = meta
         .modified()
@@ -196,90 +287,48 @@ impl Store for DirStore {
     }
 
     async fn list_one(&self, key: &TaskKey) -> Result<Option<Listed>, StoreError> {
-        let mut stamps = Vec::new();
-        let mut has_manifest = false;
-        for (_, path) in self.manifest_candidates(key) {
-            if std::fs::symlink_metadata(&path).is_ok() && !path.is_dir() {
-                has_manifest = true;
-                stamps.push(std::fs::metadata(&path).map(|m| stamp(&m)).unwrap_or((0, 0)));
+        let candidates: Vec<PathBuf> = self.manifest_candidates(key).map(|(_, path)| path).collect();
+        let status_path = self.status_path(key);
+        let key = key.clone();
+        blocking(&self.root, move || {
+            let mut stamps = Vec::new();
+            let mut has_manifest = false;
+            for path in candidates {
+                if std::fs::symlink_metadata(&path).is_ok() && !path.is_dir() {
+                    has_manifest = true;
+                    stamps.push(std::fs::metadata(&path).map(|m| stamp(&m)).unwrap_or((0, 0)));
+                }
             }
-        }
-        if let Ok(meta) = std::fs::metadata(self.status_path(key)) {
-            stamps.push(stamp(&meta));
-        }
-        Ok((!stamps.is_empty()).then(|| Listed {
-            key: key.clone(),
-            fingerprint: Fingerprint::new(stamps),
-            has_manifest,
-        }))
+            if let Ok(meta) = std::fs::metadata(status_path) {
+                stamps.push(stamp(&meta));
+            }
+            Ok((!stamps.is_empty()).then(|| Listed {
+                key,
+                fingerprint: Fingerprint::new(stamps),
+                has_manifest,
+            }))
+        })
+        .await
     }
 
     async fn read_manifest(&self, key: &TaskKey) -> Result<ManifestRead, StoreError> {
-        let mut found = Vec::new();
-        for (rel, path) in self.manifest_candidates(key) {
-            // symlink_metadata: a dangling or looping link still "exists" and is reported;
-            // a folder named `x.yaml` is a folder of tasks, not a manifest.
-            if std::fs::symlink_metadata(&path).is_ok() && !path.is_dir() {
-                found.push((rel, path));
-            }
-        }
-        let (rel, path) = match found.len() {
-            0 => return Ok(ManifestRead::Missing),
-            1 => found.remove(0),
-            _ => {
-                return Ok(ManifestRead::Conflict {
-                    files: found.into_iter().map(|(rel, _)| rel).collect(),
-                });
-            }
-        };
-        let unreadable = |err: std::io::Error| ManifestRead::Unreadable {
-            file: rel.clone(),
-            message: format!("cannot read the file: {err}"),
-        };
-        let mut file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(err) => return Ok(unreadable(err)),
-        };
-        let meta = match file.metadata() {
-            Ok(meta) => meta,
-            Err(err) => return Ok(unreadable(err)),
-        };
-        if !meta.is_file() {
-            return Ok(ManifestRead::Unreadable {
-                file: rel.clone(),
-                message: "is not a regular file".into(),
-            });
-        }
-        let limit = crate::manifest::MAX_MANIFEST_BYTES as u64;
-        if meta.len() > limit {
-            return Ok(ManifestRead::Unreadable {
-                file: rel.clone(),
-                message: format!(
-                    "the file is {} bytes; a manifest may be at most {limit} bytes (1 MiB). Is this the right file?",
-                    meta.len()
-                ),
-            });
-        }
-        // `take` guards against a file that grows while it is read.
-        let mut bytes = Vec::new();
-        if let Err(err) = (&mut file).take(limit + 1).read_to_end(&mut bytes) {
-            return Ok(unreadable(err));
-        }
-        Ok(ManifestRead::Found {
-            local_dir: path.parent().map(Path::to_path_buf),
-            file: rel,
-            bytes,
-            modified: meta.modified().ok(),
-        })
+        let candidates: Vec<(String, PathBuf)> = self.manifest_candidates(key).collect();
+        blocking(&self.root, move || Ok(read_manifest_file(candidates))).await
     }
 
     async fn read_status(&self, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError> {
         let path = self.status_path(key);
-        let bytes = match std::fs::read(&path) {
+        let bytes = match fsutil::read_regular_async(path.clone(), MAX_STATUS_BYTES).await {
             Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(Self::io_error(&path, err)),
+            Err(err) if err.is_not_found() => return Ok(None),
+            Err(err) => return Err(status_read_error(&path, key, err)),
         };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(StoreError::CorruptStatus {
+                path: path.display().to_string(),
+                message: "it is empty".into(),
+            });
+        }
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|err| StoreError::CorruptStatus {
@@ -303,7 +352,10 @@ impl Store for DirStore {
 
     async fn delete_status(&self, key: &TaskKey) -> Result<(), StoreError> {
         let path = self.status_path(key);
-        fsutil::remove_durably(&path).map_err(|err| Self::io_error(&path, err))
+        blocking(&self.root, move || {
+            fsutil::remove_durably(&path).map_err(|err| Self::io_error(&path, err))
+        })
+        .await
     }
 
     fn watch(&self) -> Result<mpsc::UnboundedReceiver<StoreEvent>, StoreError> {
@@ -451,5 +503,68 @@ mod tests {
         assert_eq!(store.read_status(&TaskKey::new("jobs/a")).await.unwrap(), Some(status));
         store.delete_status(&TaskKey::new("jobs/a")).await.unwrap();
         assert_eq!(store.read_status(&TaskKey::new("jobs/a")).await.unwrap(), None);
+    }
+
+    // Multi-threaded, and each read spawned: a read that blocks a worker (as the FIFO
+    // once did) then fails the test by its timeout instead of hanging it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unusable_files_are_reported_for_their_task_alone_and_never_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let fifo = nix::sys::stat::Mode::from_bits_truncate(0o600);
+        nix::unistd::mkfifo(&root.join("pipe.status.json"), fifo).unwrap();
+        nix::unistd::mkfifo(&root.join("pipeman.yaml"), fifo).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", root.join("zero.status.json")).unwrap();
+        std::fs::create_dir(root.join("folder.status.json")).unwrap();
+        std::fs::write(root.join("garbage.status.json"), "garbage").unwrap();
+        std::os::unix::fs::symlink("loop.status.json", root.join("loop.status.json")).unwrap();
+        std::fs::write(root.join("empty.status.json"), "").unwrap();
+        std::fs::write(root.join("big.status.json"), vec![b' '; MAX_STATUS_BYTES as usize + 1]).unwrap();
+        let store = std::sync::Arc::new(DirStore::new(root).unwrap());
+        let read = |name: &'static str| {
+            let store = store.clone();
+            async move {
+                let read = tokio::spawn(async move { store.read_status(&TaskKey::new(name)).await });
+                tokio::time::timeout(std::time::Duration::from_secs(5), read)
+                    .await
+                    .expect("a read never hangs")
+                    .unwrap()
+            }
+        };
+        for (name, words) in [
+            ("pipe", "named pipe"),
+            ("zero", "a device"),
+            ("folder", "a folder"),
+            ("garbage", "not valid JSON"),
+            ("loop", "fix its permissions or the symlink"),
+            ("empty", "it is empty"),
+            ("big", "more than the 4194304 bytes"),
+        ] {
+            let err = read(name).await.unwrap_err();
+            assert!(err.needs_person(), "{name}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("{name}.status.json")) && text.contains(words),
+                "{text}"
+            );
+        }
+        let long = "l".repeat(245);
+        std::fs::write(root.join(format!("{long}.yaml")), "x").unwrap();
+        let err = store.read_status(&TaskKey::new(long)).await.unwrap_err();
+        assert!(
+            err.needs_person() && err.to_string().contains("rename the manifest to at most 243 bytes"),
+            "{err}"
+        );
+        let reading = store.clone();
+        let manifest = tokio::spawn(async move { reading.read_manifest(&TaskKey::new("pipeman")).await });
+        let manifest = tokio::time::timeout(std::time::Duration::from_secs(5), manifest)
+            .await
+            .expect("opening a FIFO manifest never hangs")
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&manifest, ManifestRead::Unreadable { file, message } if file == "pipeman.yaml" && message.contains("named pipe")),
+            "{manifest:?}"
+        );
     }
 }

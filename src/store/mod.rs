@@ -78,6 +78,11 @@ pub enum StoreError {
     },
     #[error("{path}: the status file is not valid JSON ({message}); delete it to run the task again")]
     CorruptStatus { path: String, message: String },
+    /// The status file cannot be used at all: not a regular file, too large, or a name
+    /// the file system refuses. Like a corrupt one, it needs a person and is never
+    /// overwritten.
+    #[error("{path}: {message}")]
+    BadStatus { path: String, message: String },
     #[error("watching {path}: {message}")]
     Watch { path: String, message: String },
     /// A conditional write lost a race: someone changed the status since it was read.
@@ -92,6 +97,39 @@ pub enum StoreError {
     /// person must fix the configuration; retried with backoff meanwhile.
     #[error("{location}: {message}")]
     Refused { location: String, message: String },
+}
+
+/// The most of a status file skiff reads: a status holds at most a 4 KiB log tail, a
+/// 64 KiB result and the attempts' records, so anything near this is not skiff's.
+pub const MAX_STATUS_BYTES: u64 = 4 * 1024 * 1024;
+
+impl StoreError {
+    /// Whether the error is about one task's files, not the store as a whole: a listing
+    /// shows it on that task's row and goes on with the others.
+    pub fn is_about_one_task(&self) -> bool {
+        matches!(
+            self,
+            StoreError::CorruptStatus { .. } | StoreError::BadStatus { .. } | StoreError::Io { .. }
+        )
+    }
+
+    /// The task's status file is there but unusable, and only a person can fix it:
+    /// retrying would never succeed, and writing over it would destroy what they put
+    /// there (or a record of what ran).
+    pub fn needs_person(&self) -> bool {
+        matches!(self, StoreError::CorruptStatus { .. } | StoreError::BadStatus { .. })
+    }
+}
+
+/// What a listing (`skiff get`, `GET /v1/tasks`) shows for a task whose status cannot be
+/// read: a status object, so that clients still get one array of statuses, in phase
+/// `Invalid` with the problem and its fix as the message. It is never written anywhere.
+pub fn problem_status(key: &TaskKey, err: &StoreError) -> TaskStatus {
+    let stem = key.as_str().rsplit('/').next().unwrap_or(key.as_str());
+    let mut status = TaskStatus::new(key.as_str(), stem, "", chrono::Utc::now());
+    status.phase = crate::status::Phase::Invalid;
+    status.message = Some(err.to_string());
+    status
 }
 
 #[async_trait]

@@ -311,12 +311,31 @@ impl Inner {
 
     /// A blob's bytes and ETag; `None` when there is no such blob.
     async fn download(&self, rel: &str) -> Result<Option<(Vec<u8>, Option<String>)>, StoreError> {
+        self.download_at_most(rel, u64::MAX).await
+    }
+
+    /// [`Inner::download`] of a status: one far larger than any status skiff writes is
+    /// refused before its body is read, as the directory store does (a person must fix it).
+    async fn download_status(&self, key: &TaskKey) -> Result<Option<(Vec<u8>, Option<String>)>, StoreError> {
+        self.download_at_most(&Self::status_rel(key), crate::store::MAX_STATUS_BYTES)
+            .await
+    }
+
+    async fn download_at_most(&self, rel: &str, limit: u64) -> Result<Option<(Vec<u8>, Option<String>)>, StoreError> {
         let blob = self.blob(rel)?;
         let result = match blob.download(None).await {
             Ok(result) => result,
             Err(err) if is_not_found(&err) => return Ok(None),
             Err(err) => return Err(self.error(rel, &err)),
         };
+        if let Some(len) = result.properties.content_length.filter(|len| *len > limit) {
+            return Err(StoreError::BadStatus {
+                path: format!("{}/{rel}", self.shown()),
+                message: format!(
+                    "the status blob is {len} bytes, more than the {limit} bytes a status may be; it is not skiff's: delete it to run the task again"
+                ),
+            });
+        }
         let etag = result.properties.etag.as_ref().map(ToString::to_string);
         let bytes = result.body.collect().await.map_err(|err| self.error(rel, &err))?;
         Ok(Some((bytes.to_vec(), etag)))
@@ -615,13 +634,13 @@ impl Store for BlobStore {
 
     async fn read_status(&self, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError> {
         let inner = &self.inner;
-        let read = inner.download(&Inner::status_rel(key)).await?;
+        let read = inner.download_status(key).await?;
         inner.parse_status(key, read.map(|(bytes, _)| bytes))
     }
 
     async fn read_status_for_update(&self, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError> {
         let inner = &self.inner;
-        let read = inner.download(&Inner::status_rel(key)).await?;
+        let read = inner.download_status(key).await?;
         // Recorded only here, where the task's one reconcile reads before it writes: a
         // read for anything else (a dependent, the API) must not make a write conditional
         // on what its writer never saw. Recorded before parsing: a person fixing a status
