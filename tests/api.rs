@@ -97,6 +97,16 @@ fn waiting_task(ws: &Workspace) {
     );
 }
 
+/// One decoded query parameter of a URL.
+fn query_param(url: &str, name: &str) -> String {
+    let query = url.split_once('?').unwrap().1;
+    let raw = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {url}"));
+    urlencoding::decode(raw).unwrap().into_owned()
+}
+
 fn callback_url(api: &Api) -> String {
     let path = api.ws.root().join("url.txt");
     api.ws.wait_until(LONG, "the callback URL", || {
@@ -119,10 +129,10 @@ fn callbacks_are_answered_401_409_413_400_and_404_and_change_nothing() {
     assert_eq!(post(&wrong, ""), StatusCode::UNAUTHORIZED, "wrong token");
 
     // A token valid for attempt 2 while attempt 1 runs: a stale (or early) attempt.
-    let status = api.ws.status("wait").unwrap();
+    let id = query_param(&url, "id");
     let secret = skiff::callback::CallbackSecret::load_or_create(&api.ws.root().join(".skiff")).unwrap();
-    let token = secret.token("wait", 2, 0, status["specHash"].as_str().unwrap());
-    let stale = skiff::callback::callback_url(&api.base, "wait", 2, 0, &token);
+    let token = secret.token("wait", 2, 0, &id);
+    let stale = skiff::callback::callback_url(&api.base, "wait", 2, 0, &id, &token);
     assert_eq!(post(&stale, ""), StatusCode::CONFLICT);
 
     assert_eq!(post(&url, &"x".repeat(70 * 1024)), StatusCode::PAYLOAD_TOO_LARGE);

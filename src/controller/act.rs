@@ -65,10 +65,14 @@ pub(super) async fn execute(
                 let attempt_id = decision
                     .status
                     .as_ref()
-                    .and_then(|s| s.attempts.iter().find(|a| a.container == *container))
-                    .and_then(|a| a.created_at)
-                    .map(|t| crate::status::format_time(&t))
+                    .and_then(|s| s.attempts.iter().rev().find(|a| a.container == *container))
+                    .and_then(callback::attempt_id)
                     .unwrap_or_default();
+                if let Some(callbacks) = &shared.callbacks {
+                    // The same name served an earlier run (a deleted status, a changed
+                    // spec): whatever that run was sent must never reach this one.
+                    callbacks.inbox.forget_others(container, &attempt_id);
+                }
                 let made = Made {
                     key,
                     attempt: *attempt,
@@ -136,26 +140,35 @@ pub(super) async fn execute(
     Ok(requeue)
 }
 
-/// Once the status records a completion event durably, its inbox copy can go.
+/// Once the status records an attempt's completion event, or the attempt ends without
+/// one, its inbox copy can go: the attempt will never read it again, and an event sent
+/// later is refused (409) by the API because the status says the attempt is over.
 fn record_event_consumed(shared: &Shared, key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus) {
-    let by_event = |s: Option<&TaskStatus>, container: &str| {
-        s.and_then(|s| s.attempts.iter().find(|a| a.container == container))
-            .is_some_and(|a| a.completed_by == Some(CompletedBy::Event))
+    let ended = |a: &crate::status::AttemptRecord| a.completed_by.is_some();
+    let ended_before = |a: &crate::status::AttemptRecord| {
+        before
+            .and_then(|s| {
+                s.attempts
+                    .iter()
+                    .find(|b| b.container == a.container && b.created_at == a.created_at)
+            })
+            .is_some_and(ended)
     };
     // Each index of a fan-out has its own container, and so its own event.
-    let consumed: Vec<&str> = after
-        .attempts
-        .iter()
-        .filter(|a| a.completed_by == Some(CompletedBy::Event) && !by_event(before, &a.container))
-        .map(|a| a.container.as_str())
-        .collect();
-    if consumed.is_empty() {
+    let newly_ended: Vec<&crate::status::AttemptRecord> =
+        after.attempts.iter().filter(|a| ended(a) && !ended_before(a)).collect();
+    if newly_ended.is_empty() {
         return;
     }
     if let Some(callbacks) = &shared.callbacks {
-        for container in consumed {
-            callbacks.inbox.remove(container);
+        for record in &newly_ended {
+            if let Some(id) = callback::attempt_id(record) {
+                callbacks.inbox.remove(&record.container, &id);
+            }
         }
+    }
+    if !newly_ended.iter().any(|a| a.completed_by == Some(CompletedBy::Event)) {
+        return;
     }
     if let Some(at) = shared.memory(key, |m| m.event_at.take()) {
         let latency = at.elapsed();
@@ -227,8 +240,8 @@ fn container_spec(
         let Some(callbacks) = callbacks else {
             return Err("event completion needs the HTTP API: start the controller with --listen".into());
         };
-        let token = callbacks.secret.token(key.as_str(), attempt, index, &spec.spec_hash);
-        let url = callback::callback_url(&callbacks.base_url, key.as_str(), attempt, index, &token);
+        let token = callbacks.secret.token(key.as_str(), attempt, index, attempt_id);
+        let url = callback::callback_url(&callbacks.base_url, key.as_str(), attempt, index, attempt_id, &token);
         env.push(("SKIFF_CALLBACK_URL".to_string(), url));
     }
     for (name, value) in &spec.env {

@@ -22,6 +22,7 @@ use super::{Fingerprint, Listed, ManifestRead, Store, StoreError, StoreEvent};
 use crate::fsutil::is_ignored_name;
 use crate::status::{STATUS_SUFFIX, TaskStatus};
 use crate::store::dir::MANIFEST_EXTENSIONS;
+use crate::store::parsed_key;
 use crate::task::TaskKey;
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
@@ -125,11 +126,13 @@ fn classify(rel: &str) -> Option<Role> {
         return None;
     }
     if let Some(stem) = rel.strip_suffix(STATUS_SUFFIX) {
-        return (!stem.is_empty()).then(|| Role::Status(TaskKey::new(stem)));
+        return parsed_key(stem).map(Role::Status);
     }
     let (stem, ext) = rel.rsplit_once('.')?;
-    (MANIFEST_EXTENSIONS.contains(&ext) && !stem.is_empty() && !stem.ends_with('/'))
-        .then(|| Role::Manifest(TaskKey::new(stem)))
+    if !MANIFEST_EXTENSIONS.contains(&ext) {
+        return None;
+    }
+    parsed_key(stem).map(Role::Manifest)
 }
 
 /// What went wrong with a request, in the store's terms. A SAS never appears: the
