@@ -137,8 +137,11 @@ fn callbacks_are_answered_401_409_413_400_and_404_and_change_nothing() {
 
     assert_eq!(post(&url, &"x".repeat(70 * 1024)), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(post(&url, "{not json"), StatusCode::BAD_REQUEST);
+    // Another task's token says nothing about whether a task exists; a valid one does.
     let unknown = url.replace("/v1/tasks/wait/", "/v1/tasks/nope/");
-    assert_eq!(post(&unknown, ""), StatusCode::NOT_FOUND);
+    assert_eq!(post(&unknown, ""), StatusCode::UNAUTHORIZED);
+    let nope = skiff::callback::callback_url(&api.base, "nope", 1, 0, &id, &secret.token("nope", 1, 0, &id));
+    assert_eq!(post(&nope, ""), StatusCode::NOT_FOUND);
 
     std::thread::sleep(Duration::from_millis(300));
     let after = api.ws.status("wait").unwrap();
@@ -156,7 +159,7 @@ fn callbacks_are_answered_401_409_413_400_and_404_and_change_nothing() {
         .unwrap()
         .text()
         .unwrap();
-    assert!(metrics.contains("skiff_callbacks_total{code=\"401\"} 2"), "{metrics}");
+    assert!(metrics.contains("skiff_callbacks_total{code=\"401\"} 3"), "{metrics}");
     assert!(metrics.contains("skiff_callbacks_total{code=\"202\"} 1"), "{metrics}");
 }
 
@@ -217,4 +220,257 @@ fn tasks_health_and_metrics_are_served_and_management_needs_the_bearer_token() {
     ] {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }
+}
+
+/// Sends one raw HTTP/1.1 request (no client normalises its path) and returns the status
+/// code and body.
+fn raw_request(base: &str, request_line: &str, headers: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let address = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "{request_line}\r\nHost: {address}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let code = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {answer}"));
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    (code, body)
+}
+
+#[test]
+fn no_route_or_command_reaches_outside_the_folder_and_refusals_are_json() {
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), "s3cret\n").unwrap();
+    let token_path = token_file.path().display().to_string();
+    // The folder is watched one level below a sibling the routes must not reach.
+    let api = start(&["--api-token-file", &token_path], |ws| {
+        ws.task("wait.yaml", "sleep 300", EVENT);
+    });
+    let outside = api.ws.root().parent().unwrap().join(format!(
+        "outside-{}",
+        api.ws.root().file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&outside).unwrap();
+    let before = r#"{"apiVersion":"skiff/v1","kind":"ContainerTaskStatus","task":"outman","name":"outman","phase":"Running","updatedAt":"2026-01-01T00:00:00Z"}"#;
+    std::fs::write(outside.join("outman.status.json"), before).unwrap();
+    let escape = format!("..%2F{}%2Foutman", outside.file_name().unwrap().to_string_lossy());
+    let root = api.ws.root().display().to_string();
+    let auth = "Authorization: Bearer s3cret\r\n";
+
+    for (line, what) in [
+        (
+            format!("POST /v1/tasks/{escape}/terminate HTTP/1.1"),
+            "encoded ../ terminate",
+        ),
+        (format!("GET /v1/tasks/{escape} HTTP/1.1"), "encoded ../ get"),
+        ("GET /v1/tasks/../../etc/passwd HTTP/1.1".to_string(), "raw ../"),
+        ("GET /v1/tasks/%2Fetc%2Fpasswd HTTP/1.1".to_string(), "absolute"),
+        ("GET /v1/tasks/a%00b HTTP/1.1".to_string(), "NUL"),
+        ("GET /v1/tasks/a%5Cb HTTP/1.1".to_string(), "backslash"),
+        ("GET /v1/tasks/a%2F%2Fb HTTP/1.1".to_string(), "empty segment"),
+        ("GET /v1/tasks/.skiff%2Fsecret HTTP/1.1".to_string(), ".skiff"),
+        (
+            "POST /v1/tasks/.skiff%2Fx/terminate HTTP/1.1".to_string(),
+            ".skiff terminate",
+        ),
+        ("GET /v1/tasks/%FF HTTP/1.1".to_string(), "not UTF-8"),
+    ] {
+        let (code, body) = raw_request(&api.base, &line, auth);
+        assert_eq!(code, 400, "{what}: {body}");
+        let json: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|err| panic!("{what}: body not JSON ({err}): {body}"));
+        assert!(json["error"].is_string(), "{what}: {body}");
+        assert!(!body.contains(&root), "{what}: the body names a path: {body}");
+    }
+    // A callback for a key outside the folder: refused before any token or file is looked at.
+    let (code, body) = raw_request(
+        &api.base,
+        &format!("POST /v1/tasks/{escape}/events?attempt=1&index=0&id=x&token=AAAA HTTP/1.1"),
+        "",
+    );
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        std::fs::read_to_string(outside.join("outman.status.json")).unwrap(),
+        before,
+        "the file outside the folder was not touched"
+    );
+
+    // Wrong and missing bearer tokens are told apart.
+    let (code, body) = raw_request(&api.base, "GET /v1/tasks HTTP/1.1", "Authorization: Bearer nope\r\n");
+    assert_eq!(code, 401);
+    assert!(body.contains("wrong token"), "{body}");
+    let (code, body) = raw_request(&api.base, "GET /v1/tasks HTTP/1.1", "");
+    assert_eq!(code, 401);
+    assert!(body.contains("bearer token is required"), "{body}");
+
+    // The callback route: an unknown task with a bad token is 401, not 404 (no probing).
+    let (code, _) = raw_request(
+        &api.base,
+        "POST /v1/tasks/nope/events?attempt=1&index=0&id=x&token=AAAA HTTP/1.1",
+        "",
+    );
+    assert_eq!(code, 401);
+
+    // 413 is JSON; a body that is an array is not an event.
+    let url = {
+        api.ws.wait_phase("wait", "Running", LONG);
+        let status = api.ws.status("wait").unwrap();
+        let secret = skiff::callback::CallbackSecret::load_or_create(&api.ws.root().join(".skiff")).unwrap();
+        let created: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(status["attempts"][0]["createdAt"].clone()).unwrap();
+        let id = created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let token = secret.token("wait", 1, 0, &id);
+        skiff::callback::callback_url(&api.base, "wait", 1, 0, &id, &token)
+    };
+    let big = api.http.post(&url).body("x".repeat(70 * 1024)).send().unwrap();
+    assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = big.json().expect("a JSON 413");
+    assert!(body["error"].is_string(), "{body}");
+    for bad in ["[1,2]", "[0,\"m\",{\"a\":1}]", "null", "7"] {
+        let answer = api.http.post(&url).body(bad).send().unwrap();
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(api.ws.phase("wait").as_deref(), Some("Running"));
+
+    // The command line refuses such keys too, with exit code 2.
+    let dir = api.ws.root().display().to_string();
+    for args in [
+        vec!["describe", "../../x", "--dir", &dir],
+        vec!["get", "../x", "--dir", &dir],
+        vec!["get", "/etc/passwd", "--dir", &dir],
+        vec!["wait", "ok", "a\\b", "--dir", &dir, "--timeout", "1s"],
+        vec!["logs", ".skiff/secret", "--dir", &dir],
+    ] {
+        let out = api.ws.skiff(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("is not a task"), "{args:?}: {stderr}");
+    }
+}
+
+/// The attempt id (`id=`) and the container of the current attempt of `task`.
+fn current_attempt(ws: &Workspace, task: &str) -> (String, String) {
+    let status = ws.status(task).unwrap();
+    let record = &status["attempts"][status["attempts"].as_array().unwrap().len() - 1];
+    let created: chrono::DateTime<chrono::Utc> = serde_json::from_value(record["createdAt"].clone()).unwrap();
+    (
+        created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        record["container"].as_str().unwrap().to_string(),
+    )
+}
+
+fn inbox_files(ws: &Workspace) -> Vec<String> {
+    std::fs::read_dir(ws.root().join(".skiff/events"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn of_two_hundred_concurrent_callbacks_one_wins_and_a_rerun_is_not_completed_by_the_old_one() {
+    let api = start(&[], waiting_task);
+    let old_url = callback_url(&api);
+    api.ws.wait_phase("wait", "Running", LONG);
+    let (old_id, container) = current_attempt(&api.ws, "wait");
+    assert_eq!(query_param(&old_url, "id"), old_id);
+
+    let codes: Vec<(usize, StatusCode)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..200)
+            .map(|n| {
+                let (http, url) = (&api.http, &old_url);
+                scope.spawn(move || {
+                    let body = format!(r#"{{"result":{{"n":{n}}}}}"#);
+                    (n, http.post(url).body(body).send().unwrap().status())
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let winners: Vec<usize> = codes
+        .iter()
+        .filter(|(_, c)| *c == StatusCode::ACCEPTED)
+        .map(|(n, _)| *n)
+        .collect();
+    let others: Vec<StatusCode> = codes
+        .iter()
+        .map(|(_, c)| *c)
+        .filter(|c| *c != StatusCode::ACCEPTED)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one 202: {codes:?}");
+    assert!(
+        others.iter().all(|c| *c == StatusCode::CONFLICT),
+        "the rest 409: {others:?}"
+    );
+    api.ws.wait_phase("wait", "Succeeded", LONG);
+    let status = api.ws.status("wait").unwrap();
+    assert_eq!(
+        status["result"],
+        serde_json::json!({"n": winners[0]}),
+        "the 202 is the one kept"
+    );
+    api.ws
+        .wait_until(LONG, "the inbox to empty", || inbox_files(&api.ws).is_empty());
+
+    // An event the old attempt might have left in the inbox (a race lost elsewhere), then
+    // the gesture for "run it again".
+    let leftover = api.ws.root().join(format!(".skiff/events/{container}@{old_id}.json"));
+    std::fs::write(&leftover, r#"{"exitCode":0,"result":"old"}"#).unwrap();
+    std::fs::remove_file(api.ws.root().join("url.txt")).unwrap();
+    std::fs::remove_file(api.ws.status_path("wait")).unwrap();
+    let new_url = callback_url(&api);
+    api.ws.wait_phase("wait", "Running", LONG);
+    let (new_id, new_container) = current_attempt(&api.ws, "wait");
+    assert_eq!(
+        new_container, container,
+        "a re-run's attempt 1 has the same container name"
+    );
+    assert_ne!(new_id, old_id);
+    assert_ne!(new_url, old_url);
+    let old = api
+        .http
+        .post(&old_url)
+        .body(r#"{"result":"late"}"#)
+        .send()
+        .unwrap()
+        .status();
+    assert!(
+        old == StatusCode::UNAUTHORIZED || old == StatusCode::CONFLICT,
+        "the old URL must not complete the new run: {old}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = api.ws.status("wait").unwrap();
+    assert_eq!(status["phase"], "Running", "{status}");
+    assert_eq!(status["attempt"], 1);
+    assert!(status["attempts"][0]["completedBy"].is_null(), "{status}");
+    assert!(
+        !leftover.exists(),
+        "the old attempt's event went when the new one began"
+    );
+
+    assert_eq!(
+        api.http
+            .post(&new_url)
+            .body(r#"{"result":"new"}"#)
+            .send()
+            .unwrap()
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    api.ws.wait_phase("wait", "Succeeded", LONG);
+    let status = api.ws.status("wait").unwrap();
+    assert_eq!(status["result"], "new");
+    let record = &status["attempts"][0];
+    let at = |field: &str| serde_json::from_value::<chrono::DateTime<chrono::Utc>>(record[field].clone()).unwrap();
+    assert!(at("finishedAt") >= at("startedAt"), "{record}");
 }
