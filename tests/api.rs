@@ -474,3 +474,118 @@ fn of_two_hundred_concurrent_callbacks_one_wins_and_a_rerun_is_not_completed_by_
     let at = |field: &str| serde_json::from_value::<chrono::DateTime<chrono::Utc>>(record[field].clone()).unwrap();
     assert!(at("finishedAt") >= at("startedAt"), "{record}");
 }
+
+/// Lets this test process hold thousands of sockets.
+fn raise_own_fd_limit(needed: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    assert!(hard >= needed, "this test needs {needed} open files; the hard limit is {hard}");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+}
+
+/// `count` connections that each send half a request's headers and then nothing.
+fn half_header_connections(base: &str, count: usize) -> Vec<std::net::TcpStream> {
+    use std::io::Write;
+    let address = base.trim_start_matches("http://");
+    (0..count)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Half: ")
+                .unwrap();
+            stream
+        })
+        .collect()
+}
+
+/// How many of `streams` the server has closed (EOF or reset) within `wait`.
+fn closed_by_server(streams: &mut [std::net::TcpStream], wait: Duration) -> usize {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + wait;
+    let mut closed = vec![false; streams.len()];
+    while std::time::Instant::now() < deadline && closed.iter().any(|c| !c) {
+        for (stream, closed) in streams.iter_mut().zip(closed.iter_mut()).filter(|(_, c)| !**c) {
+            stream.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 256];
+            *closed = match stream.read(&mut buf) {
+                Ok(_) => true,
+                Err(err) => err.kind() != std::io::ErrorKind::WouldBlock,
+            };
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    closed.iter().filter(|c| **c).count()
+}
+
+/// `/healthz` answers promptly, measured.
+fn healthz_answers_within(api_base: &str, limit: Duration) -> Duration {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(limit)
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = http.get(format!("{api_base}/healthz")).send();
+    let took = started.elapsed();
+    assert!(
+        answer.as_ref().is_ok_and(|a| a.status() == StatusCode::OK),
+        "/healthz under idle connections: {answer:?} after {took:?}"
+    );
+    took
+}
+
+#[test]
+fn two_thousand_half_header_connections_stop_neither_health_nor_work_and_are_closed() {
+    raise_own_fd_limit(2_500);
+    let api = start(&[], |_| {});
+    let mut idle = half_header_connections(&api.base, 2_000);
+    let opened = std::time::Instant::now();
+    let took = healthz_answers_within(&api.base, Duration::from_secs(3));
+    eprintln!("/healthz under 2000 half-header connections: {took:?}");
+    api.ws.task("late.yaml", "true", "");
+    api.ws.wait_phase("late", "Succeeded", LONG);
+    // hyper's header-read timeout (10 s) closes every one of them.
+    let wait = Duration::from_secs(20).saturating_sub(opened.elapsed());
+    let closed = closed_by_server(&mut idle, wait);
+    eprintln!("closed by the server {:?} after opening: {closed}", opened.elapsed());
+    assert_eq!(closed, idle.len(), "half-header connections closed after the timeout");
+    healthz_answers_within(&api.base, Duration::from_secs(3));
+}
+
+/// The reproduction: the controller under `ulimit -n 1024`, more idle
+/// connections than it has descriptors.
+#[test]
+fn under_ulimit_1024_two_thousand_idle_connections_cannot_take_the_descriptors_work_needs() {
+    raise_own_fd_limit(2_500);
+    let ws = Workspace::new();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(ws.root().join(".controller.log")).unwrap();
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 1024 && exec \"$0\" controller --dir \"$1\" --listen \"$2\"")
+        .arg(support::SKIFF)
+        .arg(ws.root())
+        .arg(&listen)
+        .env("SKIFF_LOG", "debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _controller = support::Controller { child };
+    let base = format!("http://{listen}");
+    ws.wait_until(LONG, "the API to answer", || {
+        reqwest::blocking::get(format!("{base}/healthz")).is_ok_and(|r| r.status() == StatusCode::OK)
+    });
+    let _idle = half_header_connections(&base, 2_000);
+    let took = healthz_answers_within(&base, Duration::from_secs(3));
+    eprintln!("/healthz with 2000 idle connections under ulimit -n 1024: {took:?}");
+    for n in 0..20 {
+        ws.task(&format!("t{n}.yaml"), "cat /dev/null", "");
+    }
+    for n in 0..20 {
+        ws.wait_phase(&format!("t{n}"), "Succeeded", LONG);
+    }
+    assert!(
+        ws.controller_log().contains("api_connections=256"),
+        "the API's share was taken from the limit"
+    );
+}

@@ -4,6 +4,8 @@
 //! Management routes take an optional bearer token (`--api-token-file`); the callback
 //! route is authorised by its per-attempt token alone. Tokens never reach a log.
 
+pub mod serve;
+
 use crate::callback::{CallbackEvent, CallbackSecret, Inbox, MAX_EVENT_BYTES, Recorded, attempt_id};
 use crate::controller::{Control, Health};
 use crate::metrics::Metrics;

@@ -57,6 +57,14 @@ fn create_rates(
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.log)?;
+    // Before anything opens a file: the API's share is taken from what this yields.
+    let nofile = api::serve::raise_fd_limit();
+    let serve_limits = api::serve::ServeLimits::for_fd_limit(nofile);
+    tracing::debug!(
+        nofile,
+        api_connections = serve_limits.max_connections,
+        "open files: the API may hold at most a quarter"
+    );
     let default_runtime = RuntimeKind::from(args.runtime);
     if args.listen.is_none() && (args.callback_url.is_some() || args.api_token_file.is_some()) {
         return Err(UsageError("--callback-url and --api-token-file need --listen ADDRESS:PORT".into()).into());
@@ -148,6 +156,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         ))
     })?;
     listener.set_nonblocking(true)?;
+    warn_if_exposed(&listener, args.api_token_file.as_deref());
     let listener = Some(listener);
     let (controller, api) = match &listener {
         None => (controller, None),
@@ -207,14 +216,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         if let (Some(listener), Some(router)) = (listener, api) {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             let stop = shutdown.clone();
-            tokio::spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(err) = served {
-                    tracing::error!("the API stopped: {err}");
-                }
-            });
+            tokio::spawn(api::serve::serve(listener, router, serve_limits, stop));
         }
         let trigger = shutdown.clone();
         tokio::spawn(async move {
@@ -230,6 +232,31 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         Outcome::AllSucceeded | Outcome::Shutdown => ExitCode::SUCCESS,
         Outcome::SomeFailed => ExitCode::from(1),
     })
+}
+
+/// Warns (and goes on) when the management routes are reachable from other machines
+/// without a token, or when the token can be read by other users. A warning rather than
+/// a refusal: behind a firewall or in a container's own network namespace a wildcard
+/// address is what one wants, and refusing would break such setups without telling apart.
+fn warn_if_exposed(listener: &std::net::TcpListener, token_file: Option<&std::path::Path>) {
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    if !loopback && token_file.is_none() {
+        tracing::warn!(
+            "the API listens on a non-loopback address without --api-token-file: anyone who can reach it may read tasks and terminate them"
+        );
+    }
+    if let Some(path) = token_file {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                "--api-token-file {} can be read by other users (mode {:o}): chmod 600 it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            );
+        }
+    }
 }
 
 /// The callback secret the replicas share, waiting for a store that cannot be reached yet
