@@ -479,7 +479,10 @@ fn of_two_hundred_concurrent_callbacks_one_wins_and_a_rerun_is_not_completed_by_
 fn raise_own_fd_limit(needed: u64) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    assert!(hard >= needed, "this test needs {needed} open files; the hard limit is {hard}");
+    assert!(
+        hard >= needed,
+        "this test needs {needed} open files; the hard limit is {hard}"
+    );
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
 }
 
@@ -519,10 +522,7 @@ fn closed_by_server(streams: &mut [std::net::TcpStream], wait: Duration) -> usiz
 
 /// `/healthz` answers promptly, measured.
 fn healthz_answers_within(api_base: &str, limit: Duration) -> Duration {
-    let http = reqwest::blocking::Client::builder()
-        .timeout(limit)
-        .build()
-        .unwrap();
+    let http = reqwest::blocking::Client::builder().timeout(limit).build().unwrap();
     let started = std::time::Instant::now();
     let answer = http.get(format!("{api_base}/healthz")).send();
     let took = started.elapsed();

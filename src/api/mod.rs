@@ -117,7 +117,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 async fn list_tasks(State(state): State<ApiState>) -> Response {
     let listed = match state.store.list().await {
         Ok(listed) => listed,
-        Err(err) => return problem(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+        Err(err) => return unavailable("cannot list the tasks", &err),
     };
     let mut statuses: Vec<TaskStatus> = Vec::with_capacity(listed.len());
     for item in listed {
@@ -381,4 +381,90 @@ async fn callback(
     let _ = state.control.send(Control::Event(key.clone(), received));
     tracing::info!(task = %key, attempt, "completion event accepted");
     (StatusCode::ACCEPTED, String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::RuntimeKind;
+    use chrono::{TimeZone, Utc};
+
+    fn running(created_ms: i64) -> (TaskStatus, String) {
+        let created = Utc.timestamp_millis_opt(created_ms).unwrap();
+        let mut status = TaskStatus::new("t", "t", "sha256:x", created);
+        status.phase = Phase::Running;
+        status.attempt = 1;
+        status.attempts.push(AttemptRecord {
+            number: 1,
+            runtime: RuntimeKind::Process,
+            container: "skiff-t-1".into(),
+            index: None,
+            created_at: Some(created),
+            started_at: Some(created),
+            finished_at: None,
+            exit_code: None,
+            completed_by: None,
+            reason: None,
+            message: None,
+        });
+        let id = crate::status::format_time(&created);
+        (status, id)
+    }
+
+    #[test]
+    fn only_the_running_attempt_with_its_own_id_takes_an_event() {
+        let (status, id) = running(1_000);
+        assert!(live_attempt(&status, 1, 0, &id).is_some());
+        assert!(live_attempt(&status, 2, 0, &id).is_none(), "another attempt");
+        assert!(live_attempt(&status, 1, 1, &id).is_none(), "another index");
+        // The same attempt number of an earlier run (a deleted status): another id.
+        let (_, old_id) = running(500);
+        assert!(live_attempt(&status, 1, 0, &old_id).is_none());
+        let mut judged = status.clone();
+        judged.attempts[0].completed_by = Some(CompletedBy::Poll);
+        assert!(live_attempt(&judged, 1, 0, &id).is_none(), "already judged");
+    }
+
+    #[test]
+    fn an_event_recorded_after_the_attempt_took_another_loses() {
+        let (status, id) = running(1_000);
+        let ours = Utc.timestamp_millis_opt(2_000).unwrap();
+        assert!(
+            kept_after_record(Some(&status), 1, 0, &id, ours),
+            "still running: ours is the one"
+        );
+        let mut applied = status.clone();
+        applied.phase = Phase::Deleting;
+        applied.attempts[0].completed_by = Some(CompletedBy::Event);
+        applied.attempts[0].finished_at = Some(ours);
+        assert!(
+            kept_after_record(Some(&applied), 1, 0, &id, ours),
+            "ours was applied already"
+        );
+        let earlier = Utc.timestamp_millis_opt(1_500).unwrap();
+        applied.attempts[0].finished_at = Some(earlier);
+        assert!(!kept_after_record(Some(&applied), 1, 0, &id, ours), "another event won");
+        let mut ended = status.clone();
+        ended.phase = Phase::Failed;
+        ended.attempts[0].completed_by = Some(CompletedBy::Terminate);
+        assert!(!kept_after_record(Some(&ended), 1, 0, &id, ours));
+        assert!(!kept_after_record(None, 1, 0, &id, ours), "the status was deleted");
+    }
+
+    #[test]
+    fn a_completion_event_is_an_object_or_nothing() {
+        assert_eq!(parse_event(b"  \n").unwrap(), CallbackEvent::default());
+        assert_eq!(parse_event(br#"{"exitCode":3}"#).unwrap().exit_code, Some(3));
+        for bad in [
+            &b"[1,2]"[..],
+            b"[3,\"m\",{}]",
+            b"null",
+            b"7",
+            b"\"x\"",
+            b"{\"exit\":1}",
+            b"{",
+        ] {
+            assert!(parse_event(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -237,26 +237,35 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
 /// Warns (and goes on) when the management routes are reachable from other machines
 /// without a token, or when the token can be read by other users. A warning rather than
 /// a refusal: behind a firewall or in a container's own network namespace a wildcard
-/// address is what one wants, and refusing would break such setups without telling apart.
-fn warn_if_exposed(listener: &std::net::TcpListener, token_file: Option<&std::path::Path>) {
-    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
-    if !loopback && token_file.is_none() {
-        tracing::warn!(
-            "the API listens on a non-loopback address without --api-token-file: anyone who can reach it may read tasks and terminate them"
-        );
+/// address is what one wants, and refusing would break such setups.
+fn warn_if_exposed(listener: &std::net::TcpListener, token_file: Option<&Path>) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(address) = listener.local_addr() else { return };
+    let token_mode = token_file
+        .and_then(|path| std::fs::metadata(path).ok())
+        .map(|meta| meta.permissions().mode());
+    for warning in exposure_warnings(address, token_file, token_mode) {
+        tracing::warn!("{warning}");
     }
-    if let Some(path) = token_file {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            tracing::warn!(
-                "--api-token-file {} can be read by other users (mode {:o}): chmod 600 it",
-                path.display(),
-                meta.permissions().mode() & 0o777
-            );
-        }
+}
+
+fn exposure_warnings(address: std::net::SocketAddr, token_file: Option<&Path>, token_mode: Option<u32>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if !address.ip().is_loopback() && token_file.is_none() {
+        warnings.push(format!(
+            "the API listens on {address}, not a loopback address, without --api-token-file: anyone who can reach it may read tasks and terminate them"
+        ));
     }
+    if let (Some(path), Some(mode)) = (token_file, token_mode)
+        && mode & 0o077 != 0
+    {
+        warnings.push(format!(
+            "--api-token-file {} can be read by other users (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    warnings
 }
 
 /// The callback secret the replicas share, waiting for a store that cannot be reached yet
@@ -360,4 +369,21 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_exposed_api_or_a_readable_token_is_warned_about() {
+        use super::exposure_warnings;
+        let wild: std::net::SocketAddr = "0.0.0.0:8466".parse().unwrap();
+        let local: std::net::SocketAddr = "127.0.0.1:8466".parse().unwrap();
+        let token = std::path::Path::new("/etc/skiff/token");
+        assert!(exposure_warnings(local, None, None).is_empty());
+        assert!(exposure_warnings(wild, None, None)[0].contains("without --api-token-file"));
+        assert!(exposure_warnings(wild, Some(token), Some(0o100600)).is_empty());
+        let readable = exposure_warnings(local, Some(token), Some(0o100644));
+        assert_eq!(readable.len(), 1);
+        assert!(readable[0].contains("mode 644"), "{readable:?}");
+    }
 }

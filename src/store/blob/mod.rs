@@ -737,6 +737,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn blob_names_that_cannot_be_task_keys_are_skipped() {
+        let key = |rel: &str| match classify(rel) {
+            Some(Role::Manifest(key)) | Some(Role::Status(key)) => Some(key.to_string()),
+            None => None,
+        };
+        assert_eq!(key("jobs/a.yaml").as_deref(), Some("jobs/a"));
+        assert_eq!(key("jobs/a.status.json").as_deref(), Some("jobs/a"));
+        for bad in [
+            "../x.yaml",
+            "a/../../x.yaml",
+            "/abs.yaml",
+            "a//b.yaml",
+            "a\\b.yaml",
+            "a/./b.status.json",
+            "a\0b.yaml",
+            ".skiff/x.yaml",
+        ] {
+            assert_eq!(key(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn answers_map_to_what_the_controller_does_with_them() {
         use azure_core::error::{Error, ErrorKind};
         let http = |status: u16, code: &str| {
