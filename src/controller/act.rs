@@ -31,7 +31,7 @@ pub(super) async fn execute(
             new.updated_at = chrono::Utc::now();
             shared.store.write_status(key, &new).await?;
             log_transition(key, before, &new);
-            record_event_consumed(shared, key, before, &new);
+            drop_settled_events(shared, key, before, &new);
         }
     }
     let mut requeue = decision.requeue_after;
@@ -143,7 +143,7 @@ pub(super) async fn execute(
 /// Once the status records an attempt's completion event, or the attempt ends without
 /// one, its inbox copy can go: the attempt will never read it again, and an event sent
 /// later is refused (409) by the API because the status says the attempt is over.
-fn record_event_consumed(shared: &Shared, key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus) {
+fn drop_settled_events(shared: &Shared, key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus) {
     let ended = |a: &crate::status::AttemptRecord| a.completed_by.is_some();
     let ended_before = |a: &crate::status::AttemptRecord| {
         before
