@@ -539,6 +539,23 @@ fn two_thousand_half_header_connections_stop_neither_health_nor_work_and_are_clo
     let api = start(&[], |_| {});
     let mut idle = half_header_connections(&api.base, 2_000);
     let opened = std::time::Instant::now();
+    // One that says nothing at all, and one kept alive after a request: the same timeout.
+    let address = api.base.trim_start_matches("http://");
+    idle.push(std::net::TcpStream::connect(address).unwrap());
+    let mut kept = std::net::TcpStream::connect(address).unwrap();
+    {
+        use std::io::{Read, Write};
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answer = [0u8; 4096];
+        let n = kept.read(&mut answer).unwrap();
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer[..n])
+        );
+    }
+    idle.push(kept);
     let took = healthz_answers_within(&api.base, Duration::from_secs(3));
     eprintln!("/healthz under 2000 half-header connections: {took:?}");
     api.ws.task("late.yaml", "true", "");
