@@ -2,8 +2,8 @@
 //! where accepted events are recorded durably before the container is answered.
 //!
 //! The token is an HMAC-SHA256, under a secret kept 0600 in the state folder, of the
-//! task, attempt, index and the attempt's unique id (its `createdAt`, the id the
-//! container is labelled with): a container can report only for itself, and a token
+//! task, attempt, index and the attempt's unique id (random, written with `Creating`,
+//! the id the container is labelled with): a container can report only for itself, and a token
 //! outlives its attempt in no re-run, since a re-run's attempt 1 has another id. The id
 //! travels in the URL, so the token is checked before anything is read from disk.
 //!
@@ -114,10 +114,9 @@ pub fn callback_url(base: &str, task: &str, attempt: u32, index: u32, attempt_id
     )
 }
 
-/// The unique id of an attempt: its `createdAt`, as written in the status and in the
-/// container's `skiff.attempt-id` label.
+/// The unique id of an attempt, as its token signs it and its inbox file is named.
 pub fn attempt_id(record: &crate::status::AttemptRecord) -> Option<String> {
-    record.created_at.map(|t| crate::status::format_time(&t))
+    record.attempt_id()
 }
 
 /// What a container said when it called back. Every field is optional: an empty body

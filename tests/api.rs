@@ -324,9 +324,7 @@ fn no_route_or_command_reaches_outside_the_folder_and_refusals_are_json() {
         api.ws.wait_phase("wait", "Running", LONG);
         let status = api.ws.status("wait").unwrap();
         let secret = skiff::callback::CallbackSecret::load_or_create(&api.ws.root().join(".skiff")).unwrap();
-        let created: chrono::DateTime<chrono::Utc> =
-            serde_json::from_value(status["attempts"][0]["createdAt"].clone()).unwrap();
-        let id = created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let id = status["attempts"][0]["id"].as_str().expect("an attempt id").to_string();
         let token = secret.token("wait", 1, 0, &id);
         skiff::callback::callback_url(&api.base, "wait", 1, 0, &id, &token)
     };
@@ -360,9 +358,8 @@ fn no_route_or_command_reaches_outside_the_folder_and_refusals_are_json() {
 fn current_attempt(ws: &Workspace, task: &str) -> (String, String) {
     let status = ws.status(task).unwrap();
     let record = &status["attempts"][status["attempts"].as_array().unwrap().len() - 1];
-    let created: chrono::DateTime<chrono::Utc> = serde_json::from_value(record["createdAt"].clone()).unwrap();
     (
-        created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        record["id"].as_str().expect("an attempt id").to_string(),
         record["container"].as_str().unwrap().to_string(),
     )
 }

@@ -396,6 +396,7 @@ mod tests {
         status.attempt = 1;
         status.attempts.push(AttemptRecord {
             number: 1,
+            id: None,
             runtime: RuntimeKind::Process,
             container: "skiff-t-1".into(),
             index: None,
@@ -423,6 +424,11 @@ mod tests {
         let mut judged = status.clone();
         judged.attempts[0].completed_by = Some(CompletedBy::Poll);
         assert!(live_attempt(&judged, 1, 0, &id).is_none(), "already judged");
+        // An attempt with its own random id is known by it alone, not by its createdAt.
+        let mut with_id = status.clone();
+        with_id.attempts[0].id = Some("5eed".into());
+        assert!(live_attempt(&with_id, 1, 0, "5eed").is_some());
+        assert!(live_attempt(&with_id, 1, 0, &id).is_none());
     }
 
     #[test]

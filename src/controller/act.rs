@@ -24,7 +24,8 @@ pub(super) async fn execute(
     dependency_results: Option<String>,
     decision: &Decision,
 ) -> Result<Option<Duration>, StoreError> {
-    if let Some(new) = &decision.status {
+    let decided = decision.status.as_ref().map(|new| with_attempt_ids(before, new));
+    if let Some(new) = &decided {
         let changed = before.is_none_or(|old| !old.same_state(new) || old.observed_at != new.observed_at);
         if changed {
             let mut new = new.clone();
@@ -62,8 +63,7 @@ pub(super) async fn execute(
                 if let Ok(mut map) = shared.containers.lock() {
                     map.insert(container.clone(), key.clone());
                 }
-                let attempt_id = decision
-                    .status
+                let attempt_id = decided
                     .as_ref()
                     .and_then(|s| s.attempts.iter().rev().find(|a| a.container == *container))
                     .and_then(callback::attempt_id)
@@ -140,6 +140,26 @@ pub(super) async fn execute(
     Ok(requeue)
 }
 
+/// The decision's status with an id given to each attempt it begins. Randomness stays
+/// out of the pure decision; the id is written with the `Creating` status, before the
+/// create, like everything the act depends on. An attempt already recorded keeps what it
+/// has (none, for one written before ids existed: its container is labelled with its
+/// `createdAt`).
+fn with_attempt_ids(before: Option<&TaskStatus>, new: &TaskStatus) -> TaskStatus {
+    let mut new = new.clone();
+    for record in new.attempts.iter_mut().filter(|a| a.id.is_none()) {
+        let known = before.is_some_and(|old| {
+            old.attempts
+                .iter()
+                .any(|b| b.container == record.container && b.created_at == record.created_at)
+        });
+        if !known {
+            record.id = Some(crate::status::AttemptRecord::new_id());
+        }
+    }
+    new
+}
+
 /// Once the status records an attempt's completion event, or the attempt ends without
 /// one, its inbox copy can go: the attempt will never read it again, and an event sent
 /// later is refused (409) by the API because the status says the attempt is over.
@@ -150,7 +170,7 @@ fn drop_settled_events(shared: &Shared, key: &TaskKey, before: Option<&TaskStatu
             .and_then(|s| {
                 s.attempts
                     .iter()
-                    .find(|b| b.container == a.container && b.created_at == a.created_at)
+                    .find(|b| b.container == a.container && b.attempt_id() == a.attempt_id())
             })
             .is_some_and(ended)
     };
