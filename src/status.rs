@@ -115,6 +115,13 @@ pub enum Reason {
 #[serde(rename_all = "camelCase")]
 pub struct AttemptRecord {
     pub number: u32,
+    /// The attempt's unique id: random, given when the attempt is first written
+    /// (`Creating`, before the create), and never reused, not even by a re-run's attempt
+    /// of the same number and container name. Callback tokens and the container's
+    /// `skiff.attempt-id` label carry it. Absent in statuses written before it existed,
+    /// whose attempts are known by `createdAt` ([`AttemptRecord::attempt_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub runtime: RuntimeKind,
     /// Recorded before the create call (invariant 2).
     pub container: String,
@@ -137,6 +144,17 @@ pub struct AttemptRecord {
 }
 
 impl AttemptRecord {
+    /// The id that names this attempt everywhere: [`AttemptRecord::id`], or, for an attempt
+    /// recorded before ids existed, its `createdAt`.
+    pub fn attempt_id(&self) -> Option<String> {
+        self.id.clone().or_else(|| self.created_at.map(|t| format_time(&t)))
+    }
+
+    /// A fresh random attempt id.
+    pub fn new_id() -> String {
+        format!("{:016x}", rand::random::<u64>())
+    }
+
     /// The attempt ended, and it ended well.
     pub fn succeeded(&self) -> bool {
         self.reason == Some(Reason::Completed)
@@ -285,6 +303,7 @@ mod tests {
         status.attempt = 1;
         status.attempts.push(AttemptRecord {
             number: 1,
+            id: None,
             runtime: RuntimeKind::Process,
             container: "c".into(),
             index: None,

@@ -193,7 +193,7 @@ fn a_status_changed_between_read_and_write_fails_the_write_and_is_read_again() {
         poll: Duration::from_millis(200),
     })
     .unwrap();
-    let key = TaskKey::new("jobs/a");
+    let key = TaskKey::parse("jobs/a").unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -412,7 +412,7 @@ fn a_lease_is_exclusive_renewed_while_held_released_on_hand_over_and_lapses_when
     runtime.block_on(async {
         let (a, b) = (replica(), replica());
         let (own_a, own_b) = (a.ownership().unwrap(), b.ownership().unwrap());
-        let key = TaskKey::new("jobs/a");
+        let key = TaskKey::parse("jobs/a").unwrap();
         assert!(own_a.acquire(&key).await.unwrap(), "a free task is taken");
         assert!(!own_b.acquire(&key).await.unwrap(), "a live lease is never taken");
         // Past a lease's 15 s: still held, because it is renewed.

@@ -16,7 +16,7 @@ pub fn rerun(args: RerunArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let mut code = ExitCode::SUCCESS;
         for task in &args.tasks {
-            let key = inspect::task_key(task);
+            let key = inspect::task_key(task)?;
             let status = store.read_status_for_update(&key).await?;
             let Some(status) = status else {
                 if store.list_one(&key).await?.is_none() {
@@ -96,7 +96,7 @@ pub fn terminate(args: TerminateArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let mut code = ExitCode::SUCCESS;
         for task in &args.tasks {
-            let key = inspect::task_key(task);
+            let key = inspect::task_key(task)?;
             let target = format!("{url}/v1/tasks/{}/terminate", urlencoding::encode(key.as_str()));
             let mut request = client.post(&target);
             if let Some(token) = &token {

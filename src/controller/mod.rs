@@ -496,7 +496,11 @@ impl Controller {
                     let Some(task) = container.labels.get(runtime::LABEL_TASK) else {
                         continue;
                     };
-                    let key = TaskKey::new(task.clone());
+                    // A label is not ours to trust as a path: someone else's container may
+                    // carry it.
+                    let Ok(key) = TaskKey::parse(task) else {
+                        continue;
+                    };
                     let has_manifest = !matches!(shared.store.read_manifest(&key).await, Ok(ManifestRead::Missing));
                     let has_status = !matches!(shared.store.read_status(&key).await, Ok(None));
                     if !has_manifest && !has_status {
@@ -916,7 +920,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
 async fn observe(shared: &Shared, key: &TaskKey, record: &crate::status::AttemptRecord, deleting: bool) -> Lane {
     let container = &record.container;
     let kind = record.runtime;
-    let attempt_id = record.created_at.map(|t| crate::status::format_time(&t));
+    let attempt_id = crate::callback::attempt_id(record);
     if let Ok(mut map) = shared.containers.lock() {
         map.insert(container.clone(), key.clone());
     }
@@ -959,7 +963,12 @@ async fn observe(shared: &Shared, key: &TaskKey, record: &crate::status::Attempt
     };
     // Read after the container: an event recorded before the container exited is then
     // always seen, so a container that called back is never judged ExitedWithoutEvent.
-    let event = shared.callbacks.as_ref().and_then(|c| c.inbox.read(container));
+    // Only this attempt's own event: a re-run's container has the same name.
+    let event = shared
+        .callbacks
+        .as_ref()
+        .zip(attempt_id.as_deref())
+        .and_then(|(c, id)| c.inbox.read(container, id));
     Lane {
         observed,
         seen_by_engine: false,

@@ -547,6 +547,8 @@ fn pending(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisi
     status.attempt = number;
     status.attempts.push(AttemptRecord {
         number,
+        // Given by the act, which writes it before the create: the decision stays pure.
+        id: None,
         runtime: spec.runtime,
         container: container.clone(),
         index: input.index,

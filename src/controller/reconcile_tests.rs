@@ -107,6 +107,7 @@ fn invalid(message: &str) -> Desired {
 fn record(n: u32) -> AttemptRecord {
     AttemptRecord {
         number: n,
+        id: None,
         runtime: RuntimeKind::Process,
         container: container(n),
         index: None,
