@@ -756,6 +756,20 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         Dependencies::Met { results, .. } => Some(results.clone()),
         _ => None,
     };
+    // Where a container started now would live, recorded with its attempt.
+    let placement = match &desired {
+        Desired::Valid(spec) => match shared.runtime(spec.runtime) {
+            Some(runtime) => match runtime.placement().await {
+                Ok(placement) => Some(placement),
+                Err(err) => {
+                    tracing::debug!(task = %key, "cannot learn the {} runtime's placement: {err}", spec.runtime);
+                    None
+                }
+            },
+            None => None,
+        },
+        _ => None,
+    };
     let now = chrono::Utc::now();
     let mut input = Input {
         key,
@@ -772,6 +786,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         index: None,
         lanes,
         dependencies,
+        placement,
     };
     // Ask for slots only for the containers the decision would start.
     let mut decision = reconcile::decide(input.clone());
@@ -912,8 +927,19 @@ async fn observe(shared: &Shared, key: &TaskKey, record: &crate::status::Attempt
     }
     let failure = shared.memory(key, |m| m.create_failures.remove(container));
     let mut log_tail = None;
+    // A container placed where this replica cannot look is not looked for: not finding
+    // it would say nothing, and making it would run the attempt twice.
+    let reach = match (&record.placement, shared.runtime(kind)) {
+        (Some(theirs), Some(runtime)) => match runtime.placement().await {
+            Ok(ours) if ours == *theirs => None,
+            Ok(_) => Some(Observed::PlacementUnreachable(theirs.clone())),
+            Err(err) => Some(Observed::Unreachable(err.to_string())),
+        },
+        _ => None,
+    };
     let observed = match (failure, shared.runtime(kind)) {
         (Some((reason, message)), _) => Observed::CreateFailed { reason, message },
+        (None, _) if reach.is_some() => reach.unwrap_or_default(),
         (None, None) => Observed::Unreachable(format!("the {kind} runtime is not enabled in this controller")),
         (None, Some(runtime)) => match runtime.inspect(container).await {
             Ok(inspection) => {

@@ -36,6 +36,9 @@ const STATE_SUFFIX: &str = ".state";
 
 pub struct ProcessRuntime {
     layout: Arc<Layout>,
+    /// The state folder's id and this machine's name: replicas see each other's
+    /// containers exactly when they share both.
+    placement: super::Placement,
     /// The skiff binary, run as `skiff __supervise`.
     supervisor_exe: PathBuf,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
@@ -55,8 +58,10 @@ impl ProcessRuntime {
         for dir in [&layout.containers, &layout.logs] {
             std::fs::create_dir_all(dir)?;
         }
+        let placement = super::Placement::process(load_or_create_state_id(state_dir)?, host_name());
         Ok(ProcessRuntime {
             layout: Arc::new(layout),
+            placement,
             supervisor_exe,
             watcher: Mutex::new(None),
         })
@@ -116,6 +121,48 @@ impl ProcessRuntime {
             ))),
         }
     }
+}
+
+/// The file, in the state folder, holding the folder's random id.
+pub const STATE_ID_FILE: &str = "placement-id";
+
+/// The state folder's random id, made by whichever replica sharing the folder starts
+/// first. A random id rather than the path: two machines may well use the same path.
+fn load_or_create_state_id(state_dir: &Path) -> std::io::Result<String> {
+    let path = state_dir.join(STATE_ID_FILE);
+    let read = |path: &Path| -> std::io::Result<Option<String>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(text.trim().to_string()).filter(|id| !id.is_empty())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    };
+    if let Some(id) = read(&path)? {
+        return Ok(id);
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    // Written whole under a temporary name, then linked into place: a link never
+    // replaces an existing file, so replicas starting together agree on the first id.
+    let temp = state_dir.join(format!(".{STATE_ID_FILE}.{}", std::process::id()));
+    fsutil::write_atomic(&temp, format!("{id}\n").as_bytes())?;
+    let linked = std::fs::hard_link(&temp, &path);
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => Ok(id),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => read(&path)?
+            .ok_or_else(|| std::io::Error::other(format!("{} is empty; delete it to make a new id", path.display()))),
+        Err(err) => Err(err),
+    }
+}
+
+/// This machine's name, as the kernel knows it.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|name| !name.is_empty()))
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 impl Layout {
@@ -254,6 +301,10 @@ async fn blocking<T: Send + 'static>(
 impl Runtime for ProcessRuntime {
     fn kind(&self) -> RuntimeKind {
         RuntimeKind::Process
+    }
+
+    async fn placement(&self) -> Result<super::Placement, RuntimeError> {
+        Ok(self.placement.clone())
     }
 
     async fn ensure(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {

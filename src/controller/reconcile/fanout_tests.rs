@@ -46,6 +46,7 @@ fn input<'a>(desired: &'a Desired, status: Option<&'a TaskStatus>, now: Timestam
         index: None,
         lanes: BTreeMap::new(),
         dependencies: Dependencies::None,
+        placement: Some(crate::status::Placement::process("0000aaaa", "alpha")),
     }
 }
 
