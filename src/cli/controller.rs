@@ -119,6 +119,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     // answer is an infrastructure error, retried, never a reason not to start.
     let docker = DockerRuntime::connect(&state, args.docker_network.clone())
         .map_err(|err| UsageError(format!("--state-dir {}: {err}", state.display())))?;
+    let host = process.placement_host();
     let mut runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(process), Arc::new(docker)];
     let aci = aci_runtime(&args, &state, default_runtime)?;
     if let Some(aci) = &aci {
@@ -132,6 +133,11 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         resync: args.resync,
         once: args.once,
         allow_host_paths: args.allow_host_path.clone(),
+        replica_name: args
+            .replica_name
+            .clone()
+            .filter(|name| !name.trim().is_empty())
+            .unwrap_or_else(|| format!("{host}:{}", state.display())),
         ..ControllerConfig::default()
     };
     let store = source.store.clone();

@@ -116,6 +116,10 @@ pub struct ControllerArgs {
     /// Allow `hostPath` volumes under this prefix (repeatable).
     #[arg(long, env = "SKIFF_ALLOW_HOST_PATH", value_delimiter = ',')]
     pub allow_host_path: Vec<PathBuf>,
+    /// How other replicas sharing a blob store name this one in their warnings
+    /// (default: HOST:STATE-DIR).
+    #[arg(long, env = "SKIFF_REPLICA_NAME")]
+    pub replica_name: Option<String>,
     /// Log filter, e.g. `info` or `skiff=debug`.
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     pub log: String,

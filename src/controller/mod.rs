@@ -15,6 +15,7 @@ pub mod limits;
 mod ownership;
 pub mod queue;
 pub mod reconcile;
+mod replicas;
 
 use act::execute;
 use desired::{DesiredRead, read_desired};
@@ -67,6 +68,8 @@ pub struct ControllerConfig {
     pub workers: usize,
     /// A reconcile that takes longer is abandoned and retried.
     pub reconcile_timeout: Duration,
+    /// `--replica-name`: how the other replicas sharing a store name this one.
+    pub replica_name: String,
 }
 
 impl Default for ControllerConfig {
@@ -81,6 +84,7 @@ impl Default for ControllerConfig {
             allow_host_paths: Vec::new(),
             workers: 32,
             reconcile_timeout: Duration::from_secs(120),
+            replica_name: "skiff".to_string(),
         }
     }
 }
@@ -285,6 +289,12 @@ impl Controller {
             }
         }
         shared.health.store_result::<(), StoreError>(&Ok(()));
+        // Replicas sharing the store say where their containers live (see `replicas`).
+        let presence = shared.ownership.clone().map(|owner| {
+            let stop = shutdown.child_token();
+            let task = tokio::spawn(replicas::announce(shared.clone(), owner, stop.clone()));
+            (stop, task)
+        });
         // Tasks not yet reconciled since start-up; when none is left, the controller has
         // caught up with the world and says so once.
         let mut unobserved: std::collections::HashSet<TaskKey> = known.keys().cloned().collect();
@@ -438,6 +448,11 @@ impl Controller {
         // Hand the tasks over: other replicas take them at once rather than when leases lapse.
         if let Some(owner) = &shared.ownership {
             owner.release_all().await;
+        }
+        if let Some((stop, task)) = presence {
+            // Withdrawn, so that the others stop counting this replica as live.
+            stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         Ok(outcome)
     }

@@ -67,6 +67,11 @@ impl ProcessRuntime {
         })
     }
 
+    /// The machine's name, as recorded in this runtime's placement.
+    pub fn placement_host(&self) -> String {
+        self.placement.host.clone().unwrap_or_default()
+    }
+
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
