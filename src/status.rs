@@ -138,6 +138,12 @@ pub struct Placement {
     /// aci: the resource group, lower-cased (Azure compares it without case).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_group: Option<String>,
+    /// docker and aci: whose containers these are (docker: the state folder they are
+    /// labelled with; aci: the `skiff.owner` tag from `<state>/aci-owner`). Those
+    /// runtimes neither adopt nor delete another owner's containers, so a different
+    /// owner on the same engine or resource group is out of reach all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl Placement {
@@ -148,26 +154,29 @@ impl Placement {
             engine_id: None,
             subscription_id: None,
             resource_group: None,
+            owner: None,
         }
     }
 
-    pub fn docker(engine_id: impl Into<String>) -> Self {
+    pub fn docker(engine_id: impl Into<String>, owner: impl Into<String>) -> Self {
         Placement {
             state_id: None,
             host: None,
             engine_id: Some(engine_id.into()),
             subscription_id: None,
             resource_group: None,
+            owner: Some(owner.into()),
         }
     }
 
-    pub fn aci(subscription_id: &str, resource_group: &str) -> Self {
+    pub fn aci(subscription_id: &str, resource_group: &str, owner: impl Into<String>) -> Self {
         Placement {
             state_id: None,
             host: None,
             engine_id: None,
             subscription_id: Some(subscription_id.trim().to_ascii_lowercase()),
             resource_group: Some(resource_group.trim().to_ascii_lowercase()),
+            owner: Some(owner.into()),
         }
     }
 }
@@ -189,6 +198,9 @@ impl std::fmt::Display for Placement {
         }
         if let Some(group) = &self.resource_group {
             parts.push(format!("resource group {group}"));
+        }
+        if let Some(owner) = &self.owner {
+            parts.push(format!("owner {owner}"));
         }
         if parts.is_empty() {
             return f.write_str("an unnamed placement");
@@ -411,6 +423,26 @@ mod tests {
             back.get("placement").is_none(),
             "no placement is written as none: {back}"
         );
+    }
+
+    #[test]
+    fn placements_compare_as_their_runtime_sees_and_name_what_they_hold() {
+        // Azure names subscriptions and resource groups without regard to case.
+        assert_eq!(
+            Placement::aci("ABC-1", " My-RG ", "o1"),
+            Placement::aci("abc-1", "my-rg", "o1")
+        );
+        assert_ne!(
+            Placement::aci("abc-1", "my-rg", "o1"),
+            Placement::aci("abc-1", "my-rg", "o2")
+        );
+        assert_ne!(Placement::docker("E1", "/s"), Placement::docker("E2", "/s"));
+        assert_ne!(Placement::docker("E1", "/s"), Placement::docker("E1", "/t"));
+        assert_eq!(
+            Placement::process("id", "alpha").to_string(),
+            "state folder id, host alpha"
+        );
+        assert_eq!(Placement::docker("E1", "/s").to_string(), "Docker engine E1, owner /s");
     }
 
     #[test]

@@ -104,10 +104,13 @@ pub(super) fn differences(ours: &ReplicaRecord, other: &ReplicaRecord) -> Vec<(S
                 "runs processes on another machine or state folder",
                 "share one --state-dir on one machine",
             ),
-            "docker" => ("runs docker containers on another engine", "use one Docker engine"),
+            "docker" => (
+                "runs docker containers on another engine or state folder",
+                "use one Docker engine and one --state-dir path",
+            ),
             "aci" => (
-                "makes ACI container groups in another subscription or resource group",
-                "use one subscription and resource group",
+                "makes ACI container groups in another subscription, resource group or state folder",
+                "use one subscription and resource group, and share the state folder's aci-owner",
             ),
             _ => ("places containers elsewhere", "share the placement"),
         };
@@ -138,7 +141,7 @@ mod tests {
 
     #[test]
     fn a_replica_placing_a_shared_runtime_elsewhere_is_named_once_per_runtime() {
-        let engine = Placement::docker("ENGINE-1");
+        let engine = Placement::docker("ENGINE-1", "/var/lib/skiff");
         let a = record(
             "a",
             "alpha",
@@ -167,7 +170,7 @@ mod tests {
     fn replicas_placing_alike_or_on_runtimes_not_shared_are_not_warned_of() {
         let a = record("a", "alpha", &[("process", Placement::process("s1", "h"))]);
         let same = record("b", "beta", &[("process", Placement::process("s1", "h"))]);
-        let other_runtime = record("c", "gamma", &[("aci", Placement::aci("S", "G"))]);
+        let other_runtime = record("c", "gamma", &[("aci", Placement::aci("S", "G", "o"))]);
         assert!(differences(&a, &same).is_empty());
         assert!(differences(&a, &other_runtime).is_empty());
     }

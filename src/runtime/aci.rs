@@ -457,7 +457,7 @@ impl AciRuntime {
             urlencoding::encode(config.resource_group.trim()),
         );
         Ok(AciRuntime {
-            placement: super::Placement::aci(&config.subscription_id, &config.resource_group),
+            placement: super::Placement::aci(&config.subscription_id, &config.resource_group, owner.clone()),
             inner: Arc::new(Inner {
                 http,
                 groups_url,

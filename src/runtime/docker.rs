@@ -897,7 +897,7 @@ impl Runtime for DockerRuntime {
                     .ok_or_else(|| RuntimeError::Transient("docker: the engine gave neither an ID nor a name".into()))
             })
             .await?;
-        Ok(super::Placement::docker(id.clone()))
+        Ok(super::Placement::docker(id.clone(), inner.owner.clone()))
     }
 
     async fn ensure(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {

@@ -148,7 +148,7 @@ fn load_or_create_state_id(state_dir: &Path) -> std::io::Result<String> {
     let id = format!("{:032x}", rand::random::<u128>());
     // Written whole under a temporary name, then linked into place: a link never
     // replaces an existing file, so replicas starting together agree on the first id.
-    let temp = state_dir.join(format!(".{STATE_ID_FILE}.{}", std::process::id()));
+    let temp = state_dir.join(format!(".{STATE_ID_FILE}.{id}"));
     fsutil::write_atomic(&temp, format!("{id}\n").as_bytes())?;
     let linked = std::fs::hard_link(&temp, &path);
     let _ = std::fs::remove_file(&temp);
@@ -409,5 +409,45 @@ impl Runtime for ProcessRuntime {
             *slot = Some(watcher);
         }
         Some(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement(dir: &Path) -> super::super::Placement {
+        let runtime = ProcessRuntime::new(dir, PathBuf::from("/bin/true")).expect("a state folder");
+        runtime.placement.clone()
+    }
+
+    #[test]
+    fn a_state_folder_keeps_its_id_and_two_folders_have_two() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        let first = placement(&a);
+        assert_eq!(
+            placement(&a),
+            first,
+            "the id is kept in the folder: replicas sharing it agree"
+        );
+        assert_ne!(placement(&b), first, "another folder is another placement");
+        let id = std::fs::read_to_string(a.join(STATE_ID_FILE)).unwrap();
+        assert_eq!(first.state_id.as_deref(), Some(id.trim()));
+        assert!(first.host.as_deref().is_some_and(|h| !h.is_empty()));
+    }
+
+    #[test]
+    fn replicas_starting_together_on_one_folder_agree_on_its_id() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("shared");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| load_or_create_state_id(&dir).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     }
 }
