@@ -318,7 +318,7 @@ fn three_replicas_share_two_hundred_tasks_and_survive_one_killed() {
         let started = text.matches("new -> Creating").count();
         assert!(started > 0, "{} started nothing", log.display());
         // One state folder: one placement, so nothing to warn of.
-        assert!(!text.contains("runs processes on another"), "{}", log.display());
+        assert!(!text.contains("will be re-run, not adopted"), "{}", log.display());
     }
     // Every container the dead replica left was adopted: none was out of reach.
     for (task, attempts) in attempts_by_task(&box_, &tasks) {
@@ -372,7 +372,26 @@ fn replicas_with_their_own_state_folders_never_run_an_attempt_twice_when_one_is_
         &["--max-running", "4", "--replica-name", "beta"],
     );
     std::thread::sleep(Duration::from_secs(3));
-    // Mid-run: beta dies at once, holding leases on live tasks; its supervisors live on.
+    // Mid-run (and beta surely running something, however slow this machine is today):
+    // beta dies at once, holding leases on live tasks; its supervisors live on.
+    let beta_id = || {
+        std::fs::read_to_string(states[1].join("placement-id"))
+            .map(|id| id.trim().to_string())
+            .unwrap_or_default()
+    };
+    wait_for(Duration::from_secs(60), "beta to run a task", &logs[1], || {
+        let id = beta_id();
+        !id.is_empty()
+            && tasks.iter().any(|task| {
+                box_.status(task).is_some_and(|s| {
+                    s["phase"] == "Running"
+                        && s["attempts"]
+                            .as_array()
+                            .and_then(|a| a.last())
+                            .is_some_and(|a| a["placement"]["stateId"] == id.as_str())
+                })
+            })
+    });
     beta.kill9();
     let killed_at = ws.ledger_lines().len();
     assert!(killed_at < 80, "killed mid-run: {killed_at} ledger lines");
@@ -383,7 +402,7 @@ fn replicas_with_their_own_state_folders_never_run_an_attempt_twice_when_one_is_
         || {
             std::fs::read_to_string(&logs[0])
                 .unwrap_or_default()
-                .contains("replica beta runs processes on another machine or state folder")
+                .contains("replica beta runs processes under another state folder")
         },
     );
     wait_for(Duration::from_secs(180), "every task to succeed", &logs[0], || {
@@ -405,9 +424,9 @@ fn replicas_with_their_own_state_folders_never_run_an_attempt_twice_when_one_is_
     // No (task, attempt) pair ran twice, and every task's last attempt ran to its end.
     let by_task = ledger_by_task(&ws);
     let attempts = attempts_by_task(&box_, &tasks);
-    let beta_id = std::fs::read_to_string(states[1].join("placement-id")).unwrap();
+    let beta_id = beta_id();
     let alpha_id = std::fs::read_to_string(states[0].join("placement-id")).unwrap();
-    let (beta_id, alpha_id) = (beta_id.trim(), alpha_id.trim());
+    let (beta_id, alpha_id) = (beta_id.as_str(), alpha_id.trim());
     assert_ne!(beta_id, alpha_id, "each state folder has an id of its own");
     let mut lost_tasks = Vec::new();
     for task in &tasks {
@@ -455,6 +474,17 @@ fn replicas_with_their_own_state_folders_never_run_an_attempt_twice_when_one_is_
     assert!(
         !lost_tasks.is_empty(),
         "beta held live tasks when it died, so some attempts were out of alpha's reach"
+    );
+    let alpha_log = std::fs::read_to_string(&logs[0]).unwrap_or_default();
+    let warning = alpha_log.lines().find(|l| l.contains("replica beta runs processes"));
+    assert!(
+        warning.is_some_and(|w| w.contains(&format!("state folder {beta_id}"))),
+        "the warning names beta's placement: {warning:?}"
+    );
+    eprintln!(
+        "out of alpha's reach: {lost_tasks:?}; their ledgers: {:?}\nalpha warned: {}",
+        lost_tasks.iter().map(|t| (t, &by_task[t])).collect::<Vec<_>>(),
+        warning.unwrap_or_default()
     );
     assert_eq!(by_task.len(), tasks.len(), "only these tasks ran: {:?}", by_task.keys());
     assert_eq!(alpha.terminate(), Some(0));

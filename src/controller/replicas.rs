@@ -99,21 +99,7 @@ pub(super) fn differences(ours: &ReplicaRecord, other: &ReplicaRecord) -> Vec<(S
         if theirs == mine {
             continue;
         }
-        let (what, share) = match runtime.as_str() {
-            "process" => (
-                "runs processes on another machine or state folder",
-                "share one --state-dir on one machine",
-            ),
-            "docker" => (
-                "runs docker containers on another engine or state folder",
-                "use one Docker engine and one --state-dir path",
-            ),
-            "aci" => (
-                "makes ACI container groups in another subscription, resource group or state folder",
-                "use one subscription and resource group, and share the state folder's aci-owner",
-            ),
-            _ => ("places containers elsewhere", "share the placement"),
-        };
+        let (what, share) = what_differs(runtime, mine, theirs);
         found.push((
             runtime.clone(),
             format!(
@@ -123,6 +109,39 @@ pub(super) fn differences(ours: &ReplicaRecord, other: &ReplicaRecord) -> Vec<(S
         ));
     }
     found
+}
+
+/// What sets the two placements apart, in words, and how to make them one.
+fn what_differs(runtime: &str, mine: &Placement, theirs: &Placement) -> (&'static str, &'static str) {
+    match runtime {
+        "process" if mine.host != theirs.host => (
+            "runs processes on another machine",
+            "run the replicas on one machine with one --state-dir",
+        ),
+        "process" => (
+            "runs processes under another state folder",
+            "give the replicas one --state-dir",
+        ),
+        "docker" if mine.engine_id != theirs.engine_id => (
+            "runs docker containers on another engine",
+            "give the replicas one Docker engine and one --state-dir path",
+        ),
+        "docker" => (
+            "labels its docker containers with another state folder",
+            "give the replicas one --state-dir path",
+        ),
+        "aci" if (&mine.subscription_id, &mine.resource_group) != (&theirs.subscription_id, &theirs.resource_group) => {
+            (
+                "makes ACI container groups in another subscription or resource group",
+                "give the replicas one subscription and resource group, and one aci-owner",
+            )
+        }
+        "aci" => (
+            "tags its ACI container groups with another owner",
+            "give the replicas one state folder's aci-owner",
+        ),
+        _ => ("places containers elsewhere", "give the replicas one placement"),
+    }
 }
 
 #[cfg(test)]
@@ -157,11 +176,21 @@ mod tests {
         let (runtime, warning) = &found[0];
         assert_eq!(runtime, "process");
         assert!(
-            warning.starts_with("replica beta runs processes on another machine or state folder"),
+            warning.starts_with("replica beta runs processes under another state folder"),
+            "{warning}"
+        );
+        assert!(
+            warning.ends_with("To adopt instead, give the replicas one --state-dir."),
             "{warning}"
         );
         assert!(
             warning.contains("state folder s2") && warning.contains("re-run, not adopted"),
+            "{warning}"
+        );
+        let far = record("c", "gamma", &[("process", Placement::process("s3", "elsewhere"))]);
+        let (_, warning) = &differences(&a, &far)[0];
+        assert!(
+            warning.starts_with("replica gamma runs processes on another machine"),
             "{warning}"
         );
     }
