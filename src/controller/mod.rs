@@ -952,11 +952,11 @@ async fn observe(shared: &Shared, key: &TaskKey, record: &crate::status::Attempt
         },
         _ => None,
     };
-    let observed = match (failure, shared.runtime(kind)) {
-        (Some((reason, message)), _) => Observed::CreateFailed { reason, message },
-        (None, _) if reach.is_some() => reach.unwrap_or_default(),
-        (None, None) => Observed::Unreachable(format!("the {kind} runtime is not enabled in this controller")),
-        (None, Some(runtime)) => match runtime.inspect(container).await {
+    let observed = match (failure, reach, shared.runtime(kind)) {
+        (Some((reason, message)), _, _) => Observed::CreateFailed { reason, message },
+        (None, Some(out_of_sight), _) => out_of_sight,
+        (None, None, None) => Observed::Unreachable(format!("the {kind} runtime is not enabled in this controller")),
+        (None, None, Some(runtime)) => match runtime.inspect(container).await {
             Ok(inspection) => {
                 let stale =
                     matches!((&inspection.attempt_id, &attempt_id), (Some(found), Some(wanted)) if found != wanted);
