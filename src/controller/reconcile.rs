@@ -627,10 +627,11 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
         attempt: current.number,
         index: current.index,
     };
-    let may_ensure = matches!(
-        input.observed,
-        Observed::NotApplicable | Observed::Container(ContainerState::Created | ContainerState::Absent)
-    );
+    let may_ensure = match &input.observed {
+        Observed::NotApplicable | Observed::Container(ContainerState::Created) => true,
+        Observed::Container(ContainerState::Absent) => status.phase == Phase::Creating,
+        _ => false,
+    };
     if may_ensure && current.placement.is_some() && input.placement.is_none() {
         // Whether the container is ours to make cannot be told yet: make nothing.
         status.reason = Some(Reason::InfrastructureError);
