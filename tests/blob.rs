@@ -489,6 +489,44 @@ fn replicas_with_their_own_state_folders_never_run_an_attempt_twice_when_one_is_
     assert_eq!(by_task.len(), tasks.len(), "only these tasks ran: {:?}", by_task.keys());
     assert_eq!(alpha.terminate(), Some(0));
     assert!(processes_mentioning(&ws.root().display().to_string()).is_empty());
+
+    // Beta comes back on its state folder: what is left there of the attempts alpha gave
+    // up is removed (nobody else could).
+    let left: Vec<std::path::PathBuf> = attempts
+        .values()
+        .flatten()
+        .filter(|a| a["reason"] == "PlacementUnreachable")
+        .map(|a| {
+            states[1]
+                .join("containers")
+                .join(format!("{}.state", a["container"].as_str().unwrap()))
+        })
+        .collect();
+    assert!(
+        left.iter().all(|p| p.exists()),
+        "beta's given-up containers are still there: {left:?}"
+    );
+    let beta = blob_controller(
+        &box_,
+        &states[1],
+        &logs[1],
+        &["--max-running", "4", "--replica-name", "beta"],
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "beta to remove what alpha gave up",
+        &logs[1],
+        || left.iter().all(|p| !p.exists()),
+    );
+    for task in &tasks {
+        assert_eq!(
+            box_.phase(task).as_deref(),
+            Some("Succeeded"),
+            "{task}: nothing ran again"
+        );
+    }
+    assert_eq!(beta.terminate(), Some(0));
+    assert_eq!(ledger_by_task(&ws), by_task, "nothing ran again");
 }
 
 #[test]

@@ -513,15 +513,47 @@ impl Controller {
                     };
                     let key = TaskKey::new(task.clone());
                     let has_manifest = !matches!(shared.store.read_manifest(&key).await, Ok(ManifestRead::Missing));
-                    let has_status = !matches!(shared.store.read_status(&key).await, Ok(None));
+                    let status = shared.store.read_status(&key).await;
+                    let has_status = !matches!(status, Ok(None));
                     if !has_manifest && !has_status {
                         tracing::info!(container = %container.name, task = %key, "removing an orphaned container");
+                        let _ = runtime.delete(&container.name).await;
+                        continue;
+                    }
+                    if let Ok(Some(status)) = &status
+                        && given_up_elsewhere(runtime.as_ref(), status, &container).await
+                    {
+                        // This replica died holding the task, and another, unable to see
+                        // this container, gave its attempt up and ran the next one: what
+                        // is left of it here (a duplicate, or its remains) goes.
+                        tracing::info!(container = %container.name, task = %key, "removing a container whose attempt another replica gave up (PlacementUnreachable)");
                         let _ = runtime.delete(&container.name).await;
                     }
                 }
             }
         });
     }
+}
+
+/// The status records `container`'s attempt as given up out of reach, on this very
+/// runtime's placement (the same attempt: its attempt id matches).
+async fn given_up_elsewhere(
+    runtime: &dyn Runtime,
+    status: &crate::status::TaskStatus,
+    container: &runtime::ContainerSummary,
+) -> bool {
+    let Ok(ours) = runtime.placement().await else {
+        return false;
+    };
+    let Some(attempt_id) = container.labels.get(runtime::LABEL_ATTEMPT_ID) else {
+        return false;
+    };
+    status.attempts.iter().any(|a| {
+        a.container == container.name
+            && a.reason == Some(Reason::PlacementUnreachable)
+            && a.placement.as_ref() == Some(&ours)
+            && a.created_at.map(|t| crate::status::format_time(&t)).as_ref() == Some(attempt_id)
+    })
 }
 
 async fn next_control(control: &mut Option<mpsc::UnboundedReceiver<Control>>) -> Option<Control> {
