@@ -411,6 +411,7 @@ mod tests {
             completed_by: None,
             reason: None,
             message: None,
+            placement: None,
         });
         let id = crate::status::format_time(&created);
         (status, id)

@@ -130,6 +130,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let docker = DockerRuntime::connect(&state, args.docker_network.clone())
         .map_err(|err| UsageError(format!("--state-dir {}: {err}", state.display())))?
         .with_max_log_bytes(args.max_log_size);
+    let host = process.placement_host();
     let mut runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(process), Arc::new(docker)];
     let aci = aci_runtime(&args, &state, default_runtime)?;
     if let Some(aci) = &aci {
@@ -143,6 +144,11 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         resync: args.resync,
         once: args.once,
         allow_host_paths: args.allow_host_path.clone(),
+        replica_name: args
+            .replica_name
+            .clone()
+            .filter(|name| !name.trim().is_empty())
+            .unwrap_or_else(|| format!("{host}:{}", state.display())),
         ..ControllerConfig::default()
     };
     let store = source.store.clone();

@@ -414,6 +414,27 @@ impl Inner {
         Ok(tasks)
     }
 
+    /// The names (relative to the prefix) of the blobs under `folder`, e.g. `.skiff/replicas/`.
+    async fn list_names(&self, folder: &str) -> Result<Vec<String>, StoreError> {
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: Some(self.location.blob_name(folder)),
+            maxresults: Some(PAGE),
+            ..Default::default()
+        };
+        let mut pager = self
+            .container
+            .list_blobs(Some(options))
+            .map_err(|err| self.error("list", &err))?;
+        let strip = self.location.list_prefix().unwrap_or_default();
+        let mut names = Vec::new();
+        while let Some(item) = pager.try_next().await.map_err(|err| self.error("list", &err))? {
+            if let Some(rel) = item.name.as_deref().and_then(|name| name.strip_prefix(&strip)) {
+                names.push(rel.to_string());
+            }
+        }
+        Ok(names)
+    }
+
     /// One task's blobs, listed afresh (a prefix listing: one call).
     async fn list_key(&self, key: &TaskKey) -> Result<Option<Entry>, StoreError> {
         let prefix = self.location.blob_name(&format!("{}.", key.as_str()));
