@@ -209,6 +209,39 @@ impl std::fmt::Display for Placement {
     }
 }
 
+/// Whether `text` can name a file inside skiff's own folders (logs, state files, the
+/// event inbox): the container names and attempt ids skiff makes always can. A status
+/// file is user-writable, so what it says is checked as it is read: an edited status
+/// naming `../../x` must not lead `skiff logs` or a runtime out of the state folder.
+fn is_file_safe(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 200
+        && !text.starts_with('.')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+'))
+}
+
+fn file_safe_name<'de, D: serde::Deserializer<'de>>(de: D) -> Result<String, D::Error> {
+    let name = String::deserialize(de)?;
+    if is_file_safe(&name) {
+        Ok(name)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "container {name:?} is not a name skiff makes (letters, digits, '-', '_', '.')"
+        )))
+    }
+}
+
+fn file_safe_id<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
+    match Option::<String>::deserialize(de)? {
+        Some(id) if !is_file_safe(&id) => Err(serde::de::Error::custom(format!(
+            "attempt id {id:?} is not one skiff makes"
+        ))),
+        id => Ok(id),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptRecord {
@@ -218,10 +251,11 @@ pub struct AttemptRecord {
     /// of the same number and container name. Callback tokens and the container's
     /// `skiff.attempt-id` label carry it. Absent in statuses written before it existed,
     /// whose attempts are known by `createdAt` ([`AttemptRecord::attempt_id`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "file_safe_id")]
     pub id: Option<String>,
     pub runtime: RuntimeKind,
     /// Recorded before the create call (invariant 2).
+    #[serde(deserialize_with = "file_safe_name")]
     pub container: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<u32>,
@@ -429,6 +463,28 @@ mod tests {
         assert_eq!(json["attempts"][0]["placement"]["host"], "alpha");
         let back: TaskStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back, status);
+    }
+
+    #[test]
+    fn a_status_naming_a_container_or_id_outside_the_state_folder_does_not_read() {
+        let json = r#"{"number": 1, "runtime": "process", "container": "c", "reason": "PlacementUnreachable"}"#;
+        for bad in ["../../outside/x", "/etc/passwd", ".hidden", "a/b", "a\\b", ""] {
+            let text = json.replace(
+                r#""container": "c""#,
+                &format!("\"container\": {}", serde_json::json!(bad)),
+            );
+            assert!(
+                serde_json::from_str::<AttemptRecord>(&text).is_err(),
+                "{bad:?} was taken"
+            );
+        }
+        let text = json.replace(r#""number": 1"#, r#""number": 1, "id": "../x""#);
+        assert!(
+            serde_json::from_str::<AttemptRecord>(&text).is_err(),
+            "an id with a path"
+        );
+        let text = json.replace(r#""number": 1"#, r#""number": 1, "id": "2026-11-30T05:00:00.123Z""#);
+        assert!(serde_json::from_str::<AttemptRecord>(&text).is_ok(), "a createdAt id");
     }
 
     #[test]
