@@ -62,6 +62,14 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
                     Some(bytes) => Some(bytes),
                     None => store.read_log(container).await.ok().flatten(),
                 };
+                if let Some(bytes) = &output
+                    && bytes.len() < offset
+                {
+                    // The kept log was compacted (--max-log-size) under our feet: go on from
+                    // the start of its kept tail, which may repeat a little already shown.
+                    writeln!(stdout, "--- output cut to --max-log-size; following its tail ---")?;
+                    offset = crate::runtime::log_cap::kept_tail_start(bytes).unwrap_or(0);
+                }
                 if let Some(bytes) = output
                     && bytes.len() > offset
                 {

@@ -69,10 +69,17 @@ impl CappedLog {
         let body_start = self.body_start.unwrap_or(head);
         let body_len = self.len - body_start;
         let kept = body_len.min(keep);
-        self.cut += body_len - kept;
         let mut tail = vec![0; kept as usize];
         self.file.seek(SeekFrom::Start(self.len - kept))?;
         self.file.read_exact(&mut tail)?;
+        // The tail starts at a line, when it holds one: a reader sees whole lines.
+        if let Some(newline) = tail.iter().position(|&b| b == b'\n')
+            && newline + 1 < tail.len()
+        {
+            tail.drain(..=newline);
+        }
+        let kept = tail.len() as u64;
+        self.cut += body_len - kept;
         let note = self.note();
         self.file.seek(SeekFrom::Start(head))?;
         self.file.write_all(note.as_bytes())?;
@@ -87,6 +94,16 @@ impl CappedLog {
     pub fn sync(&mut self) -> io::Result<()> {
         self.file.sync_all()
     }
+}
+
+const NOTE_START: &[u8] = b"\n[skiff: ";
+
+/// Where the kept tail of a compacted log starts (just after the note of the cut), for
+/// a reader following the file; `None` when nothing was cut.
+pub fn kept_tail_start(bytes: &[u8]) -> Option<usize> {
+    let note = bytes.windows(NOTE_START.len()).rposition(|w| w == NOTE_START)?;
+    let end = bytes[note + 1..].iter().position(|&b| b == b'\n')?;
+    Some(note + 1 + end + 1)
 }
 
 /// `10MiB`, `64KiB`, `1G`, `500000`: for `--max-log-size`.
@@ -138,6 +155,7 @@ mod tests {
         let (bytes, cut) = write_all(64 * 1024, [b"hello\n".to_vec(), b"world\n".to_vec()]);
         assert_eq!(bytes, b"hello\nworld\n");
         assert_eq!(cut, 0);
+        assert_eq!(kept_tail_start(&bytes), None);
     }
 
     #[test]
@@ -156,6 +174,8 @@ mod tests {
         let note_line = text.lines().find(|l| l.starts_with("[skiff:")).unwrap();
         assert_eq!(text.len() - note_line.len() - 2 + cut as usize, total);
         assert!(cut > total as u64 - cap);
+        let tail = &text.as_bytes()[kept_tail_start(text.as_bytes()).expect("a cut")..];
+        assert!(tail.starts_with(b"line "), "the tail starts right after the note");
     }
 
     #[test]
