@@ -402,3 +402,101 @@ fn curl_retry_callbacks_ride_out_controller_restarts() {
     check_restarted_results(&ws, TASKS);
     assert_no_attempt_ran_twice(ws.ledger_lines(), TASKS);
 }
+
+/// The unit's command line, joined over its `\` continuations.
+fn exec_start(unit: &str) -> Vec<String> {
+    let mut command = String::new();
+    let mut inside = false;
+    for line in unit.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("ExecStart=") {
+            inside = true;
+            command.push_str(rest);
+        } else if inside {
+            command.push(' ');
+            command.push_str(line);
+        } else {
+            continue;
+        }
+        match command.strip_suffix('\\') {
+            Some(cut) => command = cut.to_string(),
+            None => break,
+        }
+    }
+    command.split_whitespace().map(str::to_string).collect()
+}
+
+/// `examples/systemd/skiff.service`: the settings the README promises, and its very
+/// command line (folders and port made this test's own) runs a task and logs JSON.
+#[test]
+fn the_systemd_unit_restarts_on_failure_delegates_cgroups_and_its_command_runs() {
+    let unit = text(&example("systemd/skiff.service"));
+    let settings: Vec<&str> = unit.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+    for setting in [
+        "Restart=on-failure",
+        "KillSignal=SIGTERM",
+        "KillMode=process",
+        "Delegate=yes",
+        "StateDirectory=skiff",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(settings.contains(&setting), "the unit lacks {setting}");
+    }
+    let command = exec_start(&unit);
+    assert_eq!(command[..2], ["/usr/local/bin/skiff", "controller"], "{command:?}");
+    for flag in ["--dir", "--state-dir", "--listen", "--log-format"] {
+        assert!(command.iter().any(|a| a == flag), "ExecStart lacks {flag}: {command:?}");
+    }
+
+    let ws = Workspace::new();
+    let state = tempfile::tempdir().unwrap();
+    let port = support::free_port().to_string();
+    ws.task("hello.yaml", "echo hello from the service", "");
+    let args: Vec<String> = command[1..]
+        .iter()
+        .map(|a| match a.as_str() {
+            "/srv/skiff/tasks" => dir(&ws),
+            "/var/lib/skiff" => state.path().to_str().unwrap().to_string(),
+            "127.0.0.1:8466" => format!("127.0.0.1:{port}"),
+            other => other.to_string(),
+        })
+        .chain(["--once".to_string()])
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ws.skiff(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{args:?}\n{stderr}");
+    assert_eq!(ws.phase("hello").as_deref(), Some("Succeeded"));
+    assert!(stderr.lines().count() >= 3, "{stderr}");
+    for line in stderr.lines() {
+        let parsed: Result<Value, _> = serde_json::from_str(line);
+        assert!(parsed.is_ok(), "not a JSON log line: {line}");
+    }
+    let api = text(&state.path().join("api.json"));
+    assert!(api.contains(&format!("http://127.0.0.1:{port}")), "{api}");
+
+    // systemd's own check of the unit, where systemd-analyze is installed.
+    if let Ok(version) = std::process::Command::new("systemd-analyze").arg("--version").output()
+        && version.status.success()
+    {
+        let checked = ws.root().join("skiff.service");
+        let unit = unit
+            .replace("/usr/local/bin/skiff", support::SKIFF)
+            .replace("User=skiff", "User=root")
+            .replace("Group=skiff", "Group=root")
+            .replace("Documentation=man:skiff(1)\n", "");
+        std::fs::write(&checked, unit).unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&checked)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "systemd-analyze verify: {said}"
+        );
+    } else {
+        eprintln!("note: systemd-analyze is not installed; the unit's syntax was not checked by systemd");
+    }
+}
