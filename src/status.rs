@@ -109,14 +109,153 @@ pub enum Reason {
     DependencyResultsTooLarge,
     /// A dependency runs again (its spec changed), so this task will run again after it.
     DependencyChanged,
+    /// The attempt's container was placed where this replica cannot see it (another
+    /// state folder, engine or resource group): it is given up, not charged to
+    /// `retries`, and the next attempt runs here. The old one may still be running there.
+    PlacementUnreachable,
+}
+
+/// Where a runtime's containers live, as far as seeing them goes: two replicas whose
+/// placements for a runtime are equal see the same containers, and may adopt each
+/// other's; otherwise neither can inspect, adopt or delete the other's. Only the fields
+/// of the runtime that made it are set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// process: the state folder's random id (`<state>/placement-id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_id: Option<String>,
+    /// process: the machine's host name (a state folder shared over a network
+    /// file system still cannot signal processes on another machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// docker: the engine's ID (`GET /info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_id: Option<String>,
+    /// aci: the subscription, lower-cased (Azure compares it without case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_id: Option<String>,
+    /// aci: the resource group, lower-cased (Azure compares it without case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_group: Option<String>,
+    /// docker and aci: whose containers these are (docker: the state folder they are
+    /// labelled with; aci: the `skiff.owner` tag from `<state>/aci-owner`). Those
+    /// runtimes neither adopt nor delete another owner's containers, so a different
+    /// owner on the same engine or resource group is out of reach all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+impl Placement {
+    pub fn process(state_id: impl Into<String>, host: impl Into<String>) -> Self {
+        Placement {
+            state_id: Some(state_id.into()),
+            host: Some(host.into()),
+            engine_id: None,
+            subscription_id: None,
+            resource_group: None,
+            owner: None,
+        }
+    }
+
+    pub fn docker(engine_id: impl Into<String>, owner: impl Into<String>) -> Self {
+        Placement {
+            state_id: None,
+            host: None,
+            engine_id: Some(engine_id.into()),
+            subscription_id: None,
+            resource_group: None,
+            owner: Some(owner.into()),
+        }
+    }
+
+    pub fn aci(subscription_id: &str, resource_group: &str, owner: impl Into<String>) -> Self {
+        Placement {
+            state_id: None,
+            host: None,
+            engine_id: None,
+            subscription_id: Some(subscription_id.trim().to_ascii_lowercase()),
+            resource_group: Some(resource_group.trim().to_ascii_lowercase()),
+            owner: Some(owner.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(id) = &self.state_id {
+            parts.push(format!("state folder {id}"));
+        }
+        if let Some(host) = &self.host {
+            parts.push(format!("host {host}"));
+        }
+        if let Some(id) = &self.engine_id {
+            parts.push(format!("Docker engine {id}"));
+        }
+        if let Some(sub) = &self.subscription_id {
+            parts.push(format!("subscription {sub}"));
+        }
+        if let Some(group) = &self.resource_group {
+            parts.push(format!("resource group {group}"));
+        }
+        if let Some(owner) = &self.owner {
+            parts.push(format!("owner {owner}"));
+        }
+        if parts.is_empty() {
+            return f.write_str("an unnamed placement");
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// Whether `text` can name a file inside skiff's own folders (logs, state files, the
+/// event inbox): the container names and attempt ids skiff makes always can. A status
+/// file is user-writable, so what it says is checked as it is read: an edited status
+/// naming `../../x` must not lead `skiff logs` or a runtime out of the state folder.
+fn is_file_safe(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 200
+        && !text.starts_with('.')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+'))
+}
+
+fn file_safe_name<'de, D: serde::Deserializer<'de>>(de: D) -> Result<String, D::Error> {
+    let name = String::deserialize(de)?;
+    if is_file_safe(&name) {
+        Ok(name)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "container {name:?} is not a name skiff makes (letters, digits, '-', '_', '.')"
+        )))
+    }
+}
+
+fn file_safe_id<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
+    match Option::<String>::deserialize(de)? {
+        Some(id) if !is_file_safe(&id) => Err(serde::de::Error::custom(format!(
+            "attempt id {id:?} is not one skiff makes"
+        ))),
+        id => Ok(id),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptRecord {
     pub number: u32,
+    /// The attempt's unique id: random, given when the attempt is first written
+    /// (`Creating`, before the create), and never reused, not even by a re-run's attempt
+    /// of the same number and container name. Callback tokens and the container's
+    /// `skiff.attempt-id` label carry it. Absent in statuses written before it existed,
+    /// whose attempts are known by `createdAt` ([`AttemptRecord::attempt_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "file_safe_id")]
+    pub id: Option<String>,
     pub runtime: RuntimeKind,
     /// Recorded before the create call (invariant 2).
+    #[serde(deserialize_with = "file_safe_name")]
     pub container: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<u32>,
@@ -134,9 +273,26 @@ pub struct AttemptRecord {
     pub reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Where the container lives, recorded with the name before the create call. A
+    /// replica that cannot reach it never creates it (it would run the attempt twice).
+    /// Absent in statuses written before placements were recorded: such an attempt is
+    /// taken to live where the reading replica's containers do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
 }
 
 impl AttemptRecord {
+    /// The id that names this attempt everywhere: [`AttemptRecord::id`], or, for an attempt
+    /// recorded before ids existed, its `createdAt`.
+    pub fn attempt_id(&self) -> Option<String> {
+        self.id.clone().or_else(|| self.created_at.map(|t| format_time(&t)))
+    }
+
+    /// A fresh random attempt id.
+    pub fn new_id() -> String {
+        format!("{:016x}", rand::random::<u64>())
+    }
+
     /// The attempt ended, and it ended well.
     pub fn succeeded(&self) -> bool {
         self.reason == Some(Reason::Completed)
@@ -285,6 +441,7 @@ mod tests {
         status.attempt = 1;
         status.attempts.push(AttemptRecord {
             number: 1,
+            id: None,
             runtime: RuntimeKind::Process,
             container: "c".into(),
             index: None,
@@ -295,14 +452,72 @@ mod tests {
             completed_by: Some(CompletedBy::Poll),
             reason: Some(Reason::ExitCode),
             message: None,
+            placement: Some(Placement::process("0123abcd", "alpha")),
         });
         let json: serde_json::Value = serde_json::from_slice(&status.to_json()).unwrap();
         assert_eq!(json["kind"], "ContainerTaskStatus");
         assert_eq!(json["specHash"], "sha256:x");
         assert_eq!(json["attempts"][0]["completedBy"], "poll");
         assert_eq!(json["attempts"][0]["exitCode"], 1);
+        assert_eq!(json["attempts"][0]["placement"]["stateId"], "0123abcd");
+        assert_eq!(json["attempts"][0]["placement"]["host"], "alpha");
         let back: TaskStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back, status);
+    }
+
+    #[test]
+    fn a_status_naming_a_container_or_id_outside_the_state_folder_does_not_read() {
+        let json = r#"{"number": 1, "runtime": "process", "container": "c", "reason": "PlacementUnreachable"}"#;
+        for bad in ["../../outside/x", "/etc/passwd", ".hidden", "a/b", "a\\b", ""] {
+            let text = json.replace(
+                r#""container": "c""#,
+                &format!("\"container\": {}", serde_json::json!(bad)),
+            );
+            assert!(
+                serde_json::from_str::<AttemptRecord>(&text).is_err(),
+                "{bad:?} was taken"
+            );
+        }
+        let text = json.replace(r#""number": 1"#, r#""number": 1, "id": "../x""#);
+        assert!(
+            serde_json::from_str::<AttemptRecord>(&text).is_err(),
+            "an id with a path"
+        );
+        let text = json.replace(r#""number": 1"#, r#""number": 1, "id": "2026-11-30T05:00:00.123Z""#);
+        assert!(serde_json::from_str::<AttemptRecord>(&text).is_ok(), "a createdAt id");
+    }
+
+    #[test]
+    fn an_attempt_written_before_placements_reads_without_one() {
+        let json = r#"{"number": 1, "runtime": "process", "container": "c", "reason": "PlacementUnreachable"}"#;
+        let record: AttemptRecord = serde_json::from_str(json).unwrap();
+        assert_eq!(record.placement, None);
+        assert_eq!(record.reason, Some(Reason::PlacementUnreachable));
+        let back = serde_json::to_value(&record).unwrap();
+        assert!(
+            back.get("placement").is_none(),
+            "no placement is written as none: {back}"
+        );
+    }
+
+    #[test]
+    fn placements_compare_as_their_runtime_sees_and_name_what_they_hold() {
+        // Azure names subscriptions and resource groups without regard to case.
+        assert_eq!(
+            Placement::aci("ABC-1", " My-RG ", "o1"),
+            Placement::aci("abc-1", "my-rg", "o1")
+        );
+        assert_ne!(
+            Placement::aci("abc-1", "my-rg", "o1"),
+            Placement::aci("abc-1", "my-rg", "o2")
+        );
+        assert_ne!(Placement::docker("E1", "/s"), Placement::docker("E2", "/s"));
+        assert_ne!(Placement::docker("E1", "/s"), Placement::docker("E1", "/t"));
+        assert_eq!(
+            Placement::process("id", "alpha").to_string(),
+            "state folder id, host alpha"
+        );
+        assert_eq!(Placement::docker("E1", "/s").to_string(), "Docker engine E1, owner /s");
     }
 
     #[test]

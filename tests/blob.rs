@@ -193,7 +193,7 @@ fn a_status_changed_between_read_and_write_fails_the_write_and_is_read_again() {
         poll: Duration::from_millis(200),
     })
     .unwrap();
-    let key = TaskKey::new("jobs/a");
+    let key = TaskKey::parse("jobs/a").unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -317,11 +317,216 @@ fn three_replicas_share_two_hundred_tasks_and_survive_one_killed() {
         let text = std::fs::read_to_string(log).unwrap();
         let started = text.matches("new -> Creating").count();
         assert!(started > 0, "{} started nothing", log.display());
+        // One state folder: one placement, so nothing to warn of.
+        assert!(!text.contains("will be re-run, not adopted"), "{}", log.display());
+    }
+    // Every container the dead replica left was adopted: none was out of reach.
+    for (task, attempts) in attempts_by_task(&box_, &tasks) {
+        for attempt in attempts {
+            assert_ne!(attempt["reason"], "PlacementUnreachable", "{task}: {attempt}");
+        }
     }
     for replica in replicas.into_iter().flatten() {
         assert_eq!(replica.terminate(), Some(0));
     }
     assert!(processes_mentioning(&ws.root().display().to_string()).is_empty());
+}
+
+/// Every attempt of every status in the container, by task: (number, reason, placement).
+fn attempts_by_task(box_: &Container, tasks: &[String]) -> BTreeMap<String, Vec<serde_json::Value>> {
+    tasks
+        .iter()
+        .map(|task| {
+            let status = box_.status(task).unwrap_or_else(|| panic!("{task}: no status"));
+            let attempts = status["attempts"].as_array().cloned().unwrap_or_default();
+            (task.clone(), attempts)
+        })
+        .collect()
+}
+
+#[test]
+fn replicas_with_their_own_state_folders_never_run_an_attempt_twice_when_one_is_killed() {
+    let Some(endpoint) = azurite_or_skip("blob placements") else {
+        return;
+    };
+    let ws = Workspace::new();
+    let box_ = Container::create(&endpoint, &unique_container("placements"));
+    // Two state folders, as two machines would have: neither replica can see (or adopt)
+    // the other's processes.
+    let states = [ws.root().join("state-alpha"), ws.root().join("state-beta")];
+    let logs = [ws.root().join("alpha.log"), ws.root().join("beta.log")];
+    let tasks: Vec<String> = (0..40).map(|i| format!("p/t{i:02}")).collect();
+    for task in &tasks {
+        box_.task(&format!("{task}.yaml"), &marked(&ws, 2.0), "");
+    }
+    let alpha = blob_controller(
+        &box_,
+        &states[0],
+        &logs[0],
+        &["--max-running", "4", "--replica-name", "alpha"],
+    );
+    let beta = blob_controller(
+        &box_,
+        &states[1],
+        &logs[1],
+        &["--max-running", "4", "--replica-name", "beta"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // Mid-run (and beta surely running something, however slow this machine is today):
+    // beta dies at once, holding leases on live tasks; its supervisors live on.
+    let beta_id = || {
+        std::fs::read_to_string(states[1].join("placement-id"))
+            .map(|id| id.trim().to_string())
+            .unwrap_or_default()
+    };
+    wait_for(Duration::from_secs(60), "beta to run a task", &logs[1], || {
+        let id = beta_id();
+        !id.is_empty()
+            && tasks.iter().any(|task| {
+                box_.status(task).is_some_and(|s| {
+                    s["phase"] == "Running"
+                        && s["attempts"]
+                            .as_array()
+                            .and_then(|a| a.last())
+                            .is_some_and(|a| a["placement"]["stateId"] == id.as_str())
+                })
+            })
+    });
+    beta.kill9();
+    let killed_at = ws.ledger_lines().len();
+    assert!(killed_at < 80, "killed mid-run: {killed_at} ledger lines");
+    wait_for(
+        Duration::from_secs(60),
+        "alpha to warn of beta's placement",
+        &logs[0],
+        || {
+            std::fs::read_to_string(&logs[0])
+                .unwrap_or_default()
+                .contains("replica beta runs processes under another state folder")
+        },
+    );
+    wait_for(Duration::from_secs(180), "every task to succeed", &logs[0], || {
+        let phases = box_.phases();
+        let failed: Vec<_> = phases.iter().filter(|(_, p)| *p == "Failed").collect();
+        assert!(failed.is_empty(), "failed: {failed:?}");
+        tasks
+            .iter()
+            .all(|t| phases.get(t).map(String::as_str) == Some("Succeeded"))
+    });
+    // Beta's orphaned attempts end by themselves; then the ledger is complete.
+    wait_for(
+        Duration::from_secs(30),
+        "beta's orphaned processes to end",
+        &logs[0],
+        || processes_mentioning(&states[1].display().to_string()).is_empty(),
+    );
+
+    // No (task, attempt) pair ran twice, and every task's last attempt ran to its end.
+    let by_task = ledger_by_task(&ws);
+    let attempts = attempts_by_task(&box_, &tasks);
+    let beta_id = beta_id();
+    let alpha_id = std::fs::read_to_string(states[0].join("placement-id")).unwrap();
+    let (beta_id, alpha_id) = (beta_id.as_str(), alpha_id.trim());
+    assert_ne!(beta_id, alpha_id, "each state folder has an id of its own");
+    let mut lost_tasks = Vec::new();
+    for task in &tasks {
+        let lines = by_task.get(task).cloned().unwrap_or_default();
+        let mut starts = BTreeMap::new();
+        for line in &lines {
+            if let Some(attempt) = line.strip_suffix(" start") {
+                *starts.entry(attempt.to_string()).or_insert(0) += 1;
+            }
+        }
+        for (attempt, count) in &starts {
+            assert_eq!(*count, 1, "{task}: attempt {attempt} ran {count} times: {lines:?}");
+        }
+        let records = &attempts[task];
+        let last = records.last().unwrap_or_else(|| panic!("{task}: no attempt"));
+        let number = last["number"].as_u64().unwrap();
+        assert_eq!(last["reason"], "Completed", "{task}: {records:?}");
+        assert!(
+            lines.contains(&format!("{number} start")) && lines.contains(&format!("{number} end")),
+            "{task}: the succeeded attempt {number} ran to its end: {lines:?}"
+        );
+        let lost: Vec<&serde_json::Value> = records
+            .iter()
+            .filter(|a| a["reason"] == "PlacementUnreachable")
+            .collect();
+        if !lost.is_empty() {
+            lost_tasks.push(task.clone());
+            for record in &lost {
+                // Out of reach: beta's, named, and said to be possibly still running.
+                assert_eq!(record["placement"]["stateId"], beta_id, "{task}: {record}");
+                let message = record["message"].as_str().unwrap_or_default();
+                assert!(
+                    message.contains(beta_id) && message.contains("may still be running there"),
+                    "{task}: {message}"
+                );
+            }
+            // The attempt after it ran on alpha's placement.
+            assert_eq!(last["placement"]["stateId"], alpha_id, "{task}: {records:?}");
+        }
+        // Every attempt says where it lived.
+        for record in records {
+            assert!(record["placement"]["stateId"].is_string(), "{task}: {record}");
+        }
+    }
+    assert!(
+        !lost_tasks.is_empty(),
+        "beta held live tasks when it died, so some attempts were out of alpha's reach"
+    );
+    let alpha_log = std::fs::read_to_string(&logs[0]).unwrap_or_default();
+    let warning = alpha_log.lines().find(|l| l.contains("replica beta runs processes"));
+    assert!(
+        warning.is_some_and(|w| w.contains(&format!("state folder {beta_id}"))),
+        "the warning names beta's placement: {warning:?}"
+    );
+    eprintln!(
+        "out of alpha's reach: {lost_tasks:?}; their ledgers: {:?}\nalpha warned: {}",
+        lost_tasks.iter().map(|t| (t, &by_task[t])).collect::<Vec<_>>(),
+        warning.unwrap_or_default()
+    );
+    assert_eq!(by_task.len(), tasks.len(), "only these tasks ran: {:?}", by_task.keys());
+    assert_eq!(alpha.terminate(), Some(0));
+    assert!(processes_mentioning(&ws.root().display().to_string()).is_empty());
+
+    // Beta comes back on its state folder: what is left there of the attempts alpha gave
+    // up is removed (nobody else could).
+    let left: Vec<std::path::PathBuf> = attempts
+        .values()
+        .flatten()
+        .filter(|a| a["reason"] == "PlacementUnreachable")
+        .map(|a| {
+            states[1]
+                .join("containers")
+                .join(format!("{}.state", a["container"].as_str().unwrap()))
+        })
+        .collect();
+    assert!(
+        left.iter().all(|p| p.exists()),
+        "beta's given-up containers are still there: {left:?}"
+    );
+    let beta = blob_controller(
+        &box_,
+        &states[1],
+        &logs[1],
+        &["--max-running", "4", "--replica-name", "beta"],
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "beta to remove what alpha gave up",
+        &logs[1],
+        || left.iter().all(|p| !p.exists()),
+    );
+    for task in &tasks {
+        assert_eq!(
+            box_.phase(task).as_deref(),
+            Some("Succeeded"),
+            "{task}: nothing ran again"
+        );
+    }
+    assert_eq!(beta.terminate(), Some(0));
+    assert_eq!(ledger_by_task(&ws), by_task, "nothing ran again");
 }
 
 #[test]
@@ -412,7 +617,7 @@ fn a_lease_is_exclusive_renewed_while_held_released_on_hand_over_and_lapses_when
     runtime.block_on(async {
         let (a, b) = (replica(), replica());
         let (own_a, own_b) = (a.ownership().unwrap(), b.ownership().unwrap());
-        let key = TaskKey::new("jobs/a");
+        let key = TaskKey::parse("jobs/a").unwrap();
         assert!(own_a.acquire(&key).await.unwrap(), "a free task is taken");
         assert!(!own_b.acquire(&key).await.unwrap(), "a live lease is never taken");
         // Past a lease's 15 s: still held, because it is renewed.

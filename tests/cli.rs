@@ -359,3 +359,29 @@ fn validate_says_when_a_backoff_is_capped() {
         "{out}"
     );
 }
+
+/// An edited status naming a container `../../secret` must not lead `skiff logs` (or
+/// `describe`) to read a file outside the state folder.
+#[test]
+fn logs_never_follow_a_container_name_out_of_the_state_folder() {
+    let ws = Workspace::new();
+    ws.task("t.yaml", "echo hello", "");
+    let dir = ws.root().to_str().expect("utf-8").to_string();
+    assert_eq!(ws.controller(&["--once"]).wait(Duration::from_secs(60)), Some(0));
+    // `<dir>/.skiff/logs/../../secret.log` is `<dir>/secret.log`.
+    std::fs::write(ws.root().join("secret.log"), "TOP SECRET\n").expect("write");
+    let status = std::fs::read_to_string(ws.status_path("t")).expect("status");
+    let container = ws.status("t").expect("status")["attempts"][0]["container"]
+        .as_str()
+        .expect("container")
+        .to_string();
+    std::fs::write(ws.status_path("t"), status.replace(&container, "../../secret")).expect("edit");
+    for command in [vec!["logs", "t", "--dir", &dir], vec!["describe", "t", "--dir", &dir]] {
+        let out = ws.skiff(&command);
+        let all = format!("{}{}", text(&out), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            !all.contains("TOP SECRET"),
+            "{command:?} read outside the folder: {all}"
+        );
+    }
+}

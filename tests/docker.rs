@@ -760,3 +760,22 @@ async fn report_within(events: &mut tokio::sync::mpsc::UnboundedReceiver<String>
     .await
     .is_ok()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_placement_names_the_engine_by_its_id_and_the_state_folder_as_owner() {
+    let Some(engine) = engine("docker placement").await else {
+        return;
+    };
+    let placement = engine.runtime.placement().await.expect("the engine answers");
+    let info = engine.docker.info().await.expect("GET /info");
+    assert_eq!(placement.engine_id, info.id.filter(|id| !id.is_empty()), "{placement}");
+    let folder = std::fs::canonicalize(engine.state.path()).unwrap();
+    assert_eq!(placement.owner.as_deref(), Some(folder.to_string_lossy().as_ref()));
+    // The same engine under another state folder: its containers are out of reach (the
+    // runtime neither adopts nor deletes another folder's), so it is another placement.
+    let other = tempfile::tempdir().unwrap();
+    let elsewhere = DockerRuntime::connect(other.path(), None).expect("connect");
+    let theirs = elsewhere.placement().await.expect("the engine answers");
+    assert_eq!(theirs.engine_id, placement.engine_id);
+    assert_ne!(theirs, placement);
+}

@@ -130,3 +130,53 @@ fn report_outside_a_task_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SKIFF_CALLBACK_URL"));
 }
+
+/// `rerun --failed` on a finished fan-out runs only the indexes that did not succeed;
+/// the others keep their results and do not run again.
+#[test]
+fn rerun_failed_runs_only_a_fanouts_failed_indexes() {
+    let ws = Workspace::new();
+    let marker = ws.root().join("marker");
+    ws.task(
+        "fan.yaml",
+        &format!(
+            "{}; if [ \"$SKIFF_INDEX\" = 2 ] && [ ! -e {m} ]; then touch {m}; exit 1; fi; echo ok-$SKIFF_INDEX",
+            ws.ledger_line().replace("$SKIFF_ATTEMPT", "$SKIFF_INDEX"),
+            m = marker.display()
+        ),
+        "  completions: 4\n  parallelism: 1\n",
+    );
+    assert_eq!(ws.controller(&["--once"]).wait(Duration::from_secs(60)), Some(1));
+    let first = ws.status("fan").expect("status");
+    assert_eq!(first["phase"], "Failed", "{first}");
+    let first_runs = ws.ledger_lines();
+    assert!(first_runs.contains(&"fan 2".to_string()), "{first_runs:?}");
+
+    let out = ws.skiff(&["rerun", "fan", "--failed", "--dir", &dir(&ws)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        ws.controller(&["--once"]).wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        ws.controller_log()
+    );
+    let status = ws.status("fan").expect("status");
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    let again: Vec<String> = ws.ledger_lines()[first_runs.len()..].to_vec();
+    for line in &again {
+        let index = line.trim_start_matches("fan ");
+        let succeeded_before = first["indexes"]
+            .as_array()
+            .expect("indexes")
+            .iter()
+            .any(|l| l["index"].to_string() == index && l["phase"] == "Succeeded");
+        assert!(
+            !succeeded_before,
+            "index {index} had succeeded and ran again: {again:?}"
+        );
+    }
+    assert!(again.contains(&"fan 2".to_string()), "{again:?}");
+
+    let out = ws.skiff(&["rerun", "fan", "--failed", "--dir", &dir(&ws)]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to do"));
+}

@@ -4,16 +4,19 @@
 //! Management routes take an optional bearer token (`--api-token-file`); the callback
 //! route is authorised by its per-attempt token alone. Tokens never reach a log.
 
-use crate::callback::{CallbackEvent, CallbackSecret, Inbox, MAX_EVENT_BYTES};
+pub mod serve;
+
+use crate::callback::{CallbackEvent, CallbackSecret, Inbox, MAX_EVENT_BYTES, Recorded, attempt_id};
 use crate::controller::{Control, Health};
 use crate::metrics::Metrics;
-use crate::status::{Phase, TaskStatus};
+use crate::status::{AttemptRecord, CompletedBy, Phase, TaskStatus};
 use crate::store::Store;
-use crate::task::TaskKey;
+use crate::task::{BadTaskKey, TaskKey};
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -49,6 +52,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(management)
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such route; see DESIGN.md §10") })
         // The body limit answers 413 by itself; one extra byte tells "too large" apart.
         .layer(DefaultBodyLimit::max(MAX_EVENT_BYTES))
         .layer(TimeoutLayer::with_status_code(
@@ -72,13 +76,18 @@ async fn require_bearer(State(state): State<ApiState>, request: Request, next: N
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-            return problem(
-                StatusCode::UNAUTHORIZED,
-                "a bearer token is required (see --api-token-file)",
-            );
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let refusal = match given {
+            None => "a bearer token is required (see --api-token-file)",
+            Some(given) if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => "wrong token",
+            Some(_) => "",
+        };
+        if !refusal.is_empty() {
+            let mut response = problem(StatusCode::UNAUTHORIZED, refusal);
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return response;
         }
     }
     next.run(request).await
@@ -108,7 +117,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 async fn list_tasks(State(state): State<ApiState>) -> Response {
     let listed = match state.store.list().await {
         Ok(listed) => listed,
-        Err(err) => return problem(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+        Err(err) => return unavailable("cannot list the tasks", &err),
     };
     let mut statuses: Vec<TaskStatus> = Vec::with_capacity(listed.len());
     for item in listed {
@@ -123,11 +132,37 @@ async fn list_tasks(State(state): State<ApiState>) -> Response {
     axum::Json(statuses).into_response()
 }
 
-async fn get_task(State(state): State<ApiState>, Path(task): Path<String>) -> Response {
-    match state.store.read_status(&TaskKey::new(task.clone())).await {
+/// 400 for a key that could leave the folder; the body never echoes a path.
+fn bad_key(bad: BadTaskKey) -> Response {
+    problem(
+        StatusCode::BAD_REQUEST,
+        format!("not a task: {bad}; name it by its path without extension, URL-encoded (jobs%2Fthumb)"),
+    )
+}
+
+/// A store failure, said without the store's own words: they may hold filesystem paths
+/// or blob URLs, which are for the controller's log, not for clients.
+fn unavailable(what: &str, err: &dyn std::fmt::Display) -> Response {
+    tracing::warn!("API: {what}: {err}");
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{what}: the store is unavailable; the controller's log says why"),
+    )
+}
+
+async fn get_task(State(state): State<ApiState>, task: Result<Path<String>, PathRejection>) -> Response {
+    let task = match task {
+        Ok(Path(task)) => task,
+        Err(rejection) => return problem(rejection.status(), rejection.body_text()),
+    };
+    let key = match TaskKey::parse(&task) {
+        Ok(key) => key,
+        Err(bad) => return bad_key(bad),
+    };
+    match state.store.read_status(&key).await {
         Ok(Some(status)) => axum::Json(status).into_response(),
-        Ok(None) => problem(StatusCode::NOT_FOUND, format!("no task {task}")),
-        Err(err) => problem(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+        Ok(None) => problem(StatusCode::NOT_FOUND, format!("no task {key}")),
+        Err(err) => unavailable("cannot read the task's status", &err),
     }
 }
 
@@ -136,20 +171,28 @@ struct CallbackQuery {
     token: Option<String>,
     attempt: Option<u32>,
     index: Option<u32>,
+    /// The attempt's unique id, which the token signs.
+    id: Option<String>,
 }
 
 async fn post_task(
     State(state): State<ApiState>,
-    Path(path): Path<String>,
-    Query(query): Query<CallbackQuery>,
-    _headers: HeaderMap,
-    body: Bytes,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<CallbackQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let path = match path {
+        Ok(Path(path)) => path,
+        Err(rejection) => return problem(rejection.status(), rejection.body_text()),
+    };
     if let Some(task) = path.strip_suffix("/terminate") {
         return terminate(&state, task).await;
     }
     if let Some(task) = path.strip_suffix("/events") {
-        let code = callback(&state, task, query, body).await;
+        let code = match query {
+            Ok(Query(query)) => callback(&state, task, query, body).await,
+            Err(rejection) => (rejection.status(), rejection.body_text()),
+        };
         state
             .metrics
             .callbacks
@@ -172,40 +215,31 @@ fn problem_or_accept((code, message): (StatusCode, String)) -> Response {
 }
 
 async fn terminate(state: &ApiState, task: &str) -> Response {
-    let key = TaskKey::new(task);
+    let key = match TaskKey::parse(task) {
+        Ok(key) => key,
+        Err(bad) => return bad_key(bad),
+    };
     match state.store.read_status(&key).await {
         Ok(Some(status)) if status.phase.is_final() => {
-            problem(StatusCode::CONFLICT, format!("task {task} is already {}", status.phase))
+            problem(StatusCode::CONFLICT, format!("task {key} is already {}", status.phase))
         }
         Ok(Some(_)) => {
-            let _ = state.control.send(Control::Terminate(key));
-            (StatusCode::ACCEPTED, axum::Json(json!({"terminating": task}))).into_response()
+            let _ = state.control.send(Control::Terminate(key.clone()));
+            (StatusCode::ACCEPTED, axum::Json(json!({"terminating": key}))).into_response()
         }
-        Ok(None) => problem(StatusCode::NOT_FOUND, format!("no task {task}")),
-        Err(err) => problem(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+        Ok(None) => problem(StatusCode::NOT_FOUND, format!("no task {key}")),
+        Err(err) => unavailable("cannot read the task's status", &err),
     }
 }
 
-/// Checks and records one completion event; answers 202 only once it is durable.
-async fn callback(state: &ApiState, task: &str, query: CallbackQuery, body: Bytes) -> (StatusCode, String) {
-    let received = Instant::now();
-    let key = TaskKey::new(task);
-    let status = match state.store.read_status(&key).await {
-        Ok(Some(status)) => status,
-        Ok(None) => return (StatusCode::NOT_FOUND, format!("no task {task}")),
-        Err(err) => return (StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
-    };
-    let (Some(token), Some(attempt)) = (query.token.as_deref(), query.attempt) else {
-        return (StatusCode::UNAUTHORIZED, "the callback URL's token is missing".into());
-    };
-    let index = query.index.unwrap_or(0);
-    if !state.secret.verify(token, task, attempt, index, &status.spec_hash) {
-        tracing::warn!(task, attempt, "callback refused: wrong token");
-        return (StatusCode::UNAUTHORIZED, "wrong token".into());
-    }
+/// The record of the attempt a callback names, if that attempt is the one running and
+/// has not been judged yet.
+fn live_attempt<'a>(status: &'a TaskStatus, attempt: u32, index: u32, id: &str) -> Option<&'a AttemptRecord> {
     let live = |phase: Phase| matches!(phase, Phase::Creating | Phase::Running);
-    let current = if status.indexes.is_empty() {
-        status.current().filter(|a| a.number == attempt && live(status.phase))
+    let record = if status.indexes.is_empty() {
+        status
+            .current()
+            .filter(|a| a.number == attempt && index == 0 && live(status.phase))
     } else {
         // A fan-out: the index's own attempt must be the one running.
         status
@@ -216,47 +250,232 @@ async fn callback(state: &ApiState, task: &str, query: CallbackQuery, body: Byte
                 status
                     .attempts
                     .iter()
+                    .rev()
                     .find(|a| a.index == Some(index) && a.number == attempt)
             })
     };
-    let Some(current) = current else {
+    record.filter(|a| a.completed_by.is_none() && attempt_id(a).as_deref() == Some(id))
+}
+
+/// After recording, whether this event is (or already was) the attempt's outcome. The
+/// status is read again because the reconcile may have recorded an earlier event, and
+/// removed its inbox copy, between the first look and the link: the link then succeeds
+/// for an attempt that is already over, and that event must lose.
+fn kept_after_record(
+    status: Option<&TaskStatus>,
+    attempt: u32,
+    index: u32,
+    id: &str,
+    received_at: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    let Some(status) = status else { return false };
+    if live_attempt(status, attempt, index, id).is_some() {
+        return true;
+    }
+    // Already applied: `finishedAt` of an event's attempt is the event's `receivedAt`.
+    status.attempts.iter().any(|a| {
+        a.number == attempt
+            && a.index.unwrap_or(0) == index
+            && attempt_id(a).as_deref() == Some(id)
+            && a.completed_by == Some(CompletedBy::Event)
+            && a.finished_at == Some(received_at)
+    })
+}
+
+/// A completion event is a JSON object (or nothing); serde alone would also read an
+/// array as the fields in order.
+fn parse_event(body: &[u8]) -> Result<CallbackEvent, String> {
+    const SHAPE: &str = r#"send {"result": ..., "exitCode": 0, "message": "..."} or nothing"#;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(CallbackEvent::default());
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|err| format!("the body is not JSON ({err}); {SHAPE}"))?;
+    if !value.is_object() {
+        return Err(format!("the body must be a JSON object; {SHAPE}"));
+    }
+    serde_json::from_value(value).map_err(|err| format!("the body is not a completion event ({err}); {SHAPE}"))
+}
+
+/// Checks and records one completion event; answers 202 only once it is durable and the
+/// attempt's first. The token is checked before anything is read: a caller without one
+/// learns nothing, not even whether the task exists.
+async fn callback(
+    state: &ApiState,
+    task: &str,
+    query: CallbackQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> (StatusCode, String) {
+    let received = Instant::now();
+    let key = match TaskKey::parse(task) {
+        Ok(key) => key,
+        Err(problem) => return (StatusCode::BAD_REQUEST, format!("not a task: {problem}")),
+    };
+    let (Some(token), Some(attempt), Some(id)) = (query.token.as_deref(), query.attempt, query.id.as_deref()) else {
+        return (StatusCode::UNAUTHORIZED, "the callback URL's token is missing".into());
+    };
+    let index = query.index.unwrap_or(0);
+    if !state.secret.verify(token, key.as_str(), attempt, index, id) {
+        tracing::warn!(task = %key, attempt, "callback refused: wrong token");
+        return (StatusCode::UNAUTHORIZED, "wrong token".into());
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return (rejection.status(), rejection.body_text()),
+    };
+    let mut event = match parse_event(&body) {
+        Ok(event) => event,
+        Err(message) => return (StatusCode::BAD_REQUEST, message),
+    };
+    let status = match state.store.read_status(&key).await {
+        Ok(Some(status)) => status,
+        Ok(None) => return (StatusCode::NOT_FOUND, format!("no task {key}")),
+        Err(err) => {
+            tracing::warn!(task = %key, "callback: cannot read the status: {err}");
+            return (StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable".into());
+        }
+    };
+    let Some(current) = live_attempt(&status, attempt, index, id) else {
         return (
             StatusCode::CONFLICT,
-            format!("attempt {attempt} (index {index}) of {task} is not the running attempt; its event is stale"),
+            format!(
+                "attempt {attempt} (index {index}) of {key} is not running, or has been judged; its event is stale"
+            ),
         );
     };
-    let mut event: CallbackEvent = if body.iter().all(u8::is_ascii_whitespace) {
-        CallbackEvent::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(event) => event,
-            Err(err) => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "the body is not a completion event ({err}); send {{\"result\": ..., \"exitCode\": 0, \"message\": \"...\"}} or nothing"
-                    ),
-                );
-            }
-        }
-    };
-    event.received_at = Some(chrono::Utc::now());
+    let received_at = chrono::Utc::now();
+    event.received_at = Some(received_at);
     let inbox = state.inbox.clone();
     let container = current.container.clone();
-    let recorded = tokio::task::spawn_blocking(move || inbox.record(&container, &event)).await;
+    let owned_id = id.to_string();
+    let recorded = {
+        let container = container.clone();
+        tokio::task::spawn_blocking(move || inbox.record_first(&container, &owned_id, &event)).await
+    };
     match recorded {
-        Ok(Ok(())) => {
-            let _ = state.control.send(Control::Event(key, received));
-            tracing::info!(task, attempt, "completion event accepted");
-            (StatusCode::ACCEPTED, String::new())
+        Ok(Ok(Recorded::First)) => {}
+        Ok(Ok(Recorded::AlreadyHeld)) => {
+            return (
+                StatusCode::CONFLICT,
+                format!("attempt {attempt} (index {index}) of {key} already has its completion event"),
+            );
         }
-        Ok(Err(err)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot record the event: {err}"),
-        ),
-        Err(err) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot record the event: {err}"),
-        ),
+        Ok(Err(err)) => {
+            tracing::warn!(task = %key, "callback: cannot record the event: {err}");
+            return (StatusCode::SERVICE_UNAVAILABLE, "cannot record the event".into());
+        }
+        Err(err) => {
+            tracing::warn!(task = %key, "callback: cannot record the event: {err}");
+            return (StatusCode::SERVICE_UNAVAILABLE, "cannot record the event".into());
+        }
+    }
+    let after = state.store.read_status(&key).await;
+    let kept = match &after {
+        Ok(after) => kept_after_record(after.as_ref(), attempt, index, id, received_at),
+        // Unknown: keep the event; the reconcile applies it only to a live attempt.
+        Err(_) => true,
+    };
+    if !kept {
+        state.inbox.remove(&container, id);
+        return (
+            StatusCode::CONFLICT,
+            format!("attempt {attempt} (index {index}) of {key} ended meanwhile; its event is stale"),
+        );
+    }
+    let _ = state.control.send(Control::Event(key.clone(), received));
+    tracing::info!(task = %key, attempt, "completion event accepted");
+    (StatusCode::ACCEPTED, String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::RuntimeKind;
+    use chrono::{TimeZone, Utc};
+
+    fn running(created_ms: i64) -> (TaskStatus, String) {
+        let created = Utc.timestamp_millis_opt(created_ms).unwrap();
+        let mut status = TaskStatus::new("t", "t", "sha256:x", created);
+        status.phase = Phase::Running;
+        status.attempt = 1;
+        status.attempts.push(AttemptRecord {
+            number: 1,
+            id: None,
+            runtime: RuntimeKind::Process,
+            container: "skiff-t-1".into(),
+            index: None,
+            created_at: Some(created),
+            started_at: Some(created),
+            finished_at: None,
+            exit_code: None,
+            completed_by: None,
+            reason: None,
+            message: None,
+            placement: None,
+        });
+        let id = crate::status::format_time(&created);
+        (status, id)
+    }
+
+    #[test]
+    fn only_the_running_attempt_with_its_own_id_takes_an_event() {
+        let (status, id) = running(1_000);
+        assert!(live_attempt(&status, 1, 0, &id).is_some());
+        assert!(live_attempt(&status, 2, 0, &id).is_none(), "another attempt");
+        assert!(live_attempt(&status, 1, 1, &id).is_none(), "another index");
+        // The same attempt number of an earlier run (a deleted status): another id.
+        let (_, old_id) = running(500);
+        assert!(live_attempt(&status, 1, 0, &old_id).is_none());
+        let mut judged = status.clone();
+        judged.attempts[0].completed_by = Some(CompletedBy::Poll);
+        assert!(live_attempt(&judged, 1, 0, &id).is_none(), "already judged");
+        // An attempt with its own random id is known by it alone, not by its createdAt.
+        let mut with_id = status.clone();
+        with_id.attempts[0].id = Some("5eed".into());
+        assert!(live_attempt(&with_id, 1, 0, "5eed").is_some());
+        assert!(live_attempt(&with_id, 1, 0, &id).is_none());
+    }
+
+    #[test]
+    fn an_event_recorded_after_the_attempt_took_another_loses() {
+        let (status, id) = running(1_000);
+        let ours = Utc.timestamp_millis_opt(2_000).unwrap();
+        assert!(
+            kept_after_record(Some(&status), 1, 0, &id, ours),
+            "still running: ours is the one"
+        );
+        let mut applied = status.clone();
+        applied.phase = Phase::Deleting;
+        applied.attempts[0].completed_by = Some(CompletedBy::Event);
+        applied.attempts[0].finished_at = Some(ours);
+        assert!(
+            kept_after_record(Some(&applied), 1, 0, &id, ours),
+            "ours was applied already"
+        );
+        let earlier = Utc.timestamp_millis_opt(1_500).unwrap();
+        applied.attempts[0].finished_at = Some(earlier);
+        assert!(!kept_after_record(Some(&applied), 1, 0, &id, ours), "another event won");
+        let mut ended = status.clone();
+        ended.phase = Phase::Failed;
+        ended.attempts[0].completed_by = Some(CompletedBy::Terminate);
+        assert!(!kept_after_record(Some(&ended), 1, 0, &id, ours));
+        assert!(!kept_after_record(None, 1, 0, &id, ours), "the status was deleted");
+    }
+
+    #[test]
+    fn a_completion_event_is_an_object_or_nothing() {
+        assert_eq!(parse_event(b"  \n").unwrap(), CallbackEvent::default());
+        assert_eq!(parse_event(br#"{"exitCode":3}"#).unwrap().exit_code, Some(3));
+        for bad in [
+            &b"[1,2]"[..],
+            b"[3,\"m\",{}]",
+            b"null",
+            b"7",
+            b"\"x\"",
+            b"{\"exit\":1}",
+            b"{",
+        ] {
+            assert!(parse_event(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

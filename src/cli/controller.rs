@@ -57,6 +57,14 @@ fn create_rates(
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let _log_flush = super::logging::init(&args.log, args.log_format)?;
+    // Before anything opens a file: the API's share is taken from what this yields.
+    let nofile = api::serve::raise_fd_limit();
+    let serve_limits = api::serve::ServeLimits::for_fd_limit(nofile);
+    tracing::debug!(
+        nofile,
+        api_connections = serve_limits.max_connections,
+        "open files: the API may hold at most a quarter"
+    );
     let default_runtime = RuntimeKind::from(args.runtime);
     if args.listen.is_none() && (args.callback_url.is_some() || args.api_token_file.is_some()) {
         return Err(UsageError("--callback-url and --api-token-file need --listen ADDRESS:PORT".into()).into());
@@ -122,6 +130,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let docker = DockerRuntime::connect(&state, args.docker_network.clone())
         .map_err(|err| UsageError(format!("--state-dir {}: {err}", state.display())))?
         .with_max_log_bytes(args.max_log_size);
+    let host = process.placement_host();
     let mut runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(process), Arc::new(docker)];
     let aci = aci_runtime(&args, &state, default_runtime)?;
     if let Some(aci) = &aci {
@@ -135,6 +144,11 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         resync: args.resync,
         once: args.once,
         allow_host_paths: args.allow_host_path.clone(),
+        replica_name: args
+            .replica_name
+            .clone()
+            .filter(|name| !name.trim().is_empty())
+            .unwrap_or_else(|| format!("{host}:{}", state.display())),
         ..ControllerConfig::default()
     };
     let store = source.store.clone();
@@ -154,6 +168,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             .map_err(|err| UsageError(format!("cannot listen on 127.0.0.1: {err}; give --listen ADDRESS:PORT")))?,
     };
     listener.set_nonblocking(true)?;
+    warn_if_exposed(&listener, args.api_token_file.as_deref());
     let listener = Some(listener);
     let (controller, api) = match &listener {
         None => (controller, None),
@@ -231,14 +246,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         if let (Some(listener), Some(router)) = (listener, api) {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             let stop = shutdown.clone();
-            tokio::spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(err) = served {
-                    tracing::error!("the API stopped: {err}");
-                }
-            });
+            tokio::spawn(api::serve::serve(listener, router, serve_limits, stop));
         }
         let trigger = shutdown.clone();
         tokio::spawn(async move {
@@ -259,6 +267,40 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         Outcome::AllSucceeded | Outcome::Shutdown => ExitCode::SUCCESS,
         Outcome::SomeFailed => ExitCode::from(1),
     })
+}
+
+/// Warns (and goes on) when the management routes are reachable from other machines
+/// without a token, or when the token can be read by other users. A warning rather than
+/// a refusal: behind a firewall or in a container's own network namespace a wildcard
+/// address is what one wants, and refusing would break such setups.
+fn warn_if_exposed(listener: &std::net::TcpListener, token_file: Option<&Path>) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(address) = listener.local_addr() else { return };
+    let token_mode = token_file
+        .and_then(|path| std::fs::metadata(path).ok())
+        .map(|meta| meta.permissions().mode());
+    for warning in exposure_warnings(address, token_file, token_mode) {
+        tracing::warn!("{warning}");
+    }
+}
+
+fn exposure_warnings(address: std::net::SocketAddr, token_file: Option<&Path>, token_mode: Option<u32>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if !address.ip().is_loopback() && token_file.is_none() {
+        warnings.push(format!(
+            "the API listens on {address}, not a loopback address, without --api-token-file: anyone who can reach it may read tasks and terminate them"
+        ));
+    }
+    if let (Some(path), Some(mode)) = (token_file, token_mode)
+        && mode & 0o077 != 0
+    {
+        warnings.push(format!(
+            "--api-token-file {} can be read by other users (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    warnings
 }
 
 /// The callback secret the replicas share, waiting for a store that cannot be reached yet
@@ -342,5 +384,21 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_exposed_api_or_a_readable_token_is_warned_about() {
+        use super::exposure_warnings;
+        let wild: std::net::SocketAddr = "0.0.0.0:8466".parse().unwrap();
+        let local: std::net::SocketAddr = "127.0.0.1:8466".parse().unwrap();
+        let token = std::path::Path::new("/etc/skiff/token");
+        assert!(exposure_warnings(local, None, None).is_empty());
+        assert!(exposure_warnings(wild, None, None)[0].contains("without --api-token-file"));
+        assert!(exposure_warnings(wild, Some(token), Some(0o100600)).is_empty());
+        let readable = exposure_warnings(local, Some(token), Some(0o100644));
+        assert_eq!(readable.len(), 1);
+        assert!(readable[0].contains("mode 644"), "{readable:?}");
     }
 }

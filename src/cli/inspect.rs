@@ -15,7 +15,7 @@ use std::time::Duration;
 /// ([`problem_status`]): one bad file never hides the others.
 pub(super) async fn load(store: &dyn Store, only: Option<&str>) -> anyhow::Result<Vec<(TaskKey, Option<TaskStatus>)>> {
     let keys: Vec<TaskKey> = match only {
-        Some(task) => vec![task_key(task)],
+        Some(task) => vec![task_key(task)?],
         None => store.list().await?.into_iter().map(|l| l.key).collect(),
     };
     let mut out = Vec::with_capacity(keys.len());
@@ -37,14 +37,19 @@ pub(super) async fn load(store: &dyn Store, only: Option<&str>) -> anyhow::Resul
     Ok(out)
 }
 
-/// A task as the user typed it: `jobs/thumb`, or its manifest's path.
-pub(super) fn task_key(task: &str) -> TaskKey {
-    let task = task.trim_start_matches("./");
+/// A task as the user typed it: `jobs/thumb`, or its manifest's path. A key that could
+/// name something outside the folder is a usage error (exit 2).
+pub(super) fn task_key(task: &str) -> Result<TaskKey, UsageError> {
+    let trimmed = task.trim_start_matches("./");
     let stem = [".yaml", ".yml", ".json"]
         .iter()
-        .find_map(|ext| task.strip_suffix(ext))
-        .unwrap_or(task);
-    TaskKey::new(stem.to_string())
+        .find_map(|ext| trimmed.strip_suffix(ext))
+        .unwrap_or(trimmed);
+    TaskKey::parse(stem).map_err(|problem| {
+        UsageError(format!(
+            "{task:?} is not a task: {problem}; name it by its path relative to the folder, without extension, e.g. jobs/thumb"
+        ))
+    })
 }
 
 pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let key = inspect::task_key(&args.task)?;
     let store = open_store(&args.source)?;
     let state = state_dir(&args.source);
     let layout = Layout::new(&state);
@@ -22,7 +23,6 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let key = inspect::task_key(&args.task);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut shown: Option<String> = None;

@@ -143,6 +143,10 @@ pub struct ControllerArgs {
     /// and last bytes, with a line saying how much was cut between them.
     #[arg(long, env = "SKIFF_MAX_LOG_SIZE", default_value = "10MiB", value_parser = parse_size)]
     pub max_log_size: u64,
+    /// How other replicas sharing a blob store name this one in their warnings
+    /// (default: HOST:STATE-DIR).
+    #[arg(long, env = "SKIFF_REPLICA_NAME")]
+    pub replica_name: Option<String>,
     /// Log filter, e.g. `info` or `skiff=debug`.
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     pub log: String,

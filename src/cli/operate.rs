@@ -2,7 +2,7 @@
 //! safe) and `skiff terminate TASK...` (through the running controller's API).
 
 use super::{RerunArgs, TerminateArgs, UsageError, inspect, open_store, state_dir};
-use crate::status::Phase;
+use crate::status::{IndexStatus, Phase, TaskStatus};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ pub fn rerun(args: RerunArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let mut code = ExitCode::SUCCESS;
         for task in &args.tasks {
-            let key = inspect::task_key(task);
+            let key = inspect::task_key(task)?;
             let status = store.read_status_for_update(&key).await?;
             let Some(status) = status else {
                 if store.list_one(&key).await?.is_none() {
@@ -44,9 +44,19 @@ pub fn rerun(args: RerunArgs) -> anyhow::Result<ExitCode> {
                 .into());
             }
             if args.failed {
-                return Err(
-                    UsageError("--failed is not available yet: rerun the whole fan-out without it".into()).into(),
-                );
+                let Some((rerun, indexes)) = rerun_failed_indexes(status.clone()) else {
+                    println!("{key}: no index failed; nothing to do");
+                    continue;
+                };
+                match store.write_status(&key, &rerun).await {
+                    Ok(()) => println!("{key}: indexes {indexes} will run again"),
+                    Err(crate::store::StoreError::Conflict { .. }) => {
+                        eprintln!("{key} changed while it was being rerun; look at it again with `skiff get {key}`");
+                        code = ExitCode::from(1);
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+                continue;
             }
             match store.delete_status(&key).await {
                 Ok(()) => println!("{key} will run again (it was {})", status.phase),
@@ -59,6 +69,45 @@ pub fn rerun(args: RerunArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(code)
     })
+}
+
+/// A finished fan-out's status with every index that did not succeed made new again
+/// (Pending, no attempt: as in a fresh run, so each gets its full `retries` again), and
+/// the others kept with their results. `None` when every index succeeded.
+fn rerun_failed_indexes(mut status: TaskStatus) -> Option<(TaskStatus, String)> {
+    let again: Vec<u32> = status
+        .indexes
+        .iter()
+        .filter(|lane| lane.phase != Phase::Succeeded)
+        .map(|lane| lane.index)
+        .collect();
+    if again.is_empty() {
+        return None;
+    }
+    for lane in status.indexes.iter_mut().filter(|l| again.contains(&l.index)) {
+        *lane = IndexStatus {
+            index: lane.index,
+            phase: Phase::Pending,
+            attempt: 0,
+            exit_code: None,
+            result: None,
+            reason: None,
+            message: None,
+            next_attempt_at: None,
+        };
+    }
+    // Their attempts go: a new attempt 1 of the index must not count the old ones
+    // against `retries`, nor be taken for them.
+    status
+        .attempts
+        .retain(|a| a.index.is_none_or(|index| !again.contains(&index)));
+    let list = again.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+    status.phase = Phase::Pending;
+    status.reason = None;
+    status.message = Some(format!("rerunning the indexes that did not succeed: {list}"));
+    status.next_attempt_at = None;
+    status.attempt = status.attempts.iter().map(|a| a.number).max().unwrap_or(0);
+    Some((status, list))
 }
 
 /// Asks the running controller to stop tasks' current attempts (`POST
@@ -96,7 +145,7 @@ pub fn terminate(args: TerminateArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let mut code = ExitCode::SUCCESS;
         for task in &args.tasks {
-            let key = inspect::task_key(task);
+            let key = inspect::task_key(task)?;
             let target = format!("{url}/v1/tasks/{}/terminate", urlencoding::encode(key.as_str()));
             let mut request = client.post(&target);
             if let Some(token) = &token {

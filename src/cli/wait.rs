@@ -6,8 +6,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 pub fn run(args: WaitArgs) -> anyhow::Result<ExitCode> {
+    let keys = args
+        .tasks
+        .iter()
+        .map(|t| inspect::task_key(t))
+        .collect::<Result<Vec<_>, _>>()?;
     let store = open_store(&args.source)?;
-    let keys: Vec<_> = args.tasks.iter().map(|t| inspect::task_key(t)).collect();
     let deadline = Instant::now() + args.timeout;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {

@@ -24,14 +24,15 @@ pub(super) async fn execute(
     dependency_results: Option<String>,
     decision: &Decision,
 ) -> Result<Option<Duration>, StoreError> {
-    if let Some(new) = &decision.status {
+    let decided = decision.status.as_ref().map(|new| with_attempt_ids(before, new));
+    if let Some(new) = &decided {
         let changed = before.is_none_or(|old| !old.same_state(new) || old.observed_at != new.observed_at);
         if changed {
             let mut new = new.clone();
             new.updated_at = chrono::Utc::now();
             shared.store.write_status(key, &new).await?;
             log_transition(key, before, &new);
-            record_event_consumed(shared, key, before, &new);
+            drop_settled_events(shared, key, before, &new);
         }
     }
     if before.is_none() && decision.status.is_some() {
@@ -72,13 +73,16 @@ pub(super) async fn execute(
                 if let Ok(mut map) = shared.containers.lock() {
                     map.insert(container.clone(), key.clone());
                 }
-                let attempt_id = decision
-                    .status
+                let attempt_id = decided
                     .as_ref()
-                    .and_then(|s| s.attempts.iter().find(|a| a.container == *container))
-                    .and_then(|a| a.created_at)
-                    .map(|t| crate::status::format_time(&t))
+                    .and_then(|s| s.attempts.iter().rev().find(|a| a.container == *container))
+                    .and_then(callback::attempt_id)
                     .unwrap_or_default();
+                if let Some(callbacks) = &shared.callbacks {
+                    // The same name served an earlier run (a deleted status, a changed
+                    // spec): whatever that run was sent must never reach this one.
+                    callbacks.inbox.forget_others(container, &attempt_id);
+                }
                 let made = Made {
                     key,
                     attempt: *attempt,
@@ -146,26 +150,55 @@ pub(super) async fn execute(
     Ok(requeue)
 }
 
-/// Once the status records a completion event durably, its inbox copy can go.
-fn record_event_consumed(shared: &Shared, key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus) {
-    let by_event = |s: Option<&TaskStatus>, container: &str| {
-        s.and_then(|s| s.attempts.iter().find(|a| a.container == container))
-            .is_some_and(|a| a.completed_by == Some(CompletedBy::Event))
+/// The decision's status with an id given to each attempt it begins. Randomness stays
+/// out of the pure decision; the id is written with the `Creating` status, before the
+/// create, like everything the act depends on. An attempt already recorded keeps what it
+/// has (none, for one written before ids existed: its container is labelled with its
+/// `createdAt`).
+fn with_attempt_ids(before: Option<&TaskStatus>, new: &TaskStatus) -> TaskStatus {
+    let mut new = new.clone();
+    for record in new.attempts.iter_mut().filter(|a| a.id.is_none()) {
+        let known = before.is_some_and(|old| {
+            old.attempts
+                .iter()
+                .any(|b| b.container == record.container && b.created_at == record.created_at)
+        });
+        if !known {
+            record.id = Some(crate::status::AttemptRecord::new_id());
+        }
+    }
+    new
+}
+
+/// Once the status records an attempt's completion event, or the attempt ends without
+/// one, its inbox copy can go: the attempt will never read it again, and an event sent
+/// later is refused (409) by the API because the status says the attempt is over.
+fn drop_settled_events(shared: &Shared, key: &TaskKey, before: Option<&TaskStatus>, after: &TaskStatus) {
+    let ended = |a: &crate::status::AttemptRecord| a.completed_by.is_some();
+    let ended_before = |a: &crate::status::AttemptRecord| {
+        before
+            .and_then(|s| {
+                s.attempts
+                    .iter()
+                    .find(|b| b.container == a.container && b.attempt_id() == a.attempt_id())
+            })
+            .is_some_and(ended)
     };
     // Each index of a fan-out has its own container, and so its own event.
-    let consumed: Vec<&str> = after
-        .attempts
-        .iter()
-        .filter(|a| a.completed_by == Some(CompletedBy::Event) && !by_event(before, &a.container))
-        .map(|a| a.container.as_str())
-        .collect();
-    if consumed.is_empty() {
+    let newly_ended: Vec<&crate::status::AttemptRecord> =
+        after.attempts.iter().filter(|a| ended(a) && !ended_before(a)).collect();
+    if newly_ended.is_empty() {
         return;
     }
     if let Some(callbacks) = &shared.callbacks {
-        for container in consumed {
-            callbacks.inbox.remove(container);
+        for record in &newly_ended {
+            if let Some(id) = callback::attempt_id(record) {
+                callbacks.inbox.remove(&record.container, &id);
+            }
         }
+    }
+    if !newly_ended.iter().any(|a| a.completed_by == Some(CompletedBy::Event)) {
+        return;
     }
     if let Some(at) = shared.memory(key, |m| m.event_at.take()) {
         let latency = at.elapsed();
@@ -243,8 +276,8 @@ fn container_spec(
         let Some(callbacks) = callbacks else {
             return Err("event completion needs the HTTP API: start the controller with --listen".into());
         };
-        let token = callbacks.secret.token(key.as_str(), attempt, index, &spec.spec_hash);
-        let url = callback::callback_url(&callbacks.base_url, key.as_str(), attempt, index, &token);
+        let token = callbacks.secret.token(key.as_str(), attempt, index, attempt_id);
+        let url = callback::callback_url(&callbacks.base_url, key.as_str(), attempt, index, attempt_id, &token);
         env.push(("SKIFF_CALLBACK_URL".to_string(), url));
     }
     for (name, value) in &spec.env {

@@ -15,6 +15,7 @@ pub mod limits;
 mod ownership;
 pub mod queue;
 pub mod reconcile;
+mod replicas;
 
 use act::execute;
 use desired::{DesiredRead, read_desired};
@@ -67,6 +68,8 @@ pub struct ControllerConfig {
     pub workers: usize,
     /// A reconcile that takes longer is abandoned and retried.
     pub reconcile_timeout: Duration,
+    /// `--replica-name`: how the other replicas sharing a store name this one.
+    pub replica_name: String,
 }
 
 impl Default for ControllerConfig {
@@ -81,6 +84,7 @@ impl Default for ControllerConfig {
             allow_host_paths: Vec::new(),
             workers: 32,
             reconcile_timeout: Duration::from_secs(120),
+            replica_name: "skiff".to_string(),
         }
     }
 }
@@ -285,6 +289,12 @@ impl Controller {
             }
         }
         shared.health.store_result::<(), StoreError>(&Ok(()));
+        // Replicas sharing the store say where their containers live (see `replicas`).
+        let presence = shared.ownership.clone().map(|owner| {
+            let stop = shutdown.child_token();
+            let task = tokio::spawn(replicas::announce(shared.clone(), owner, stop.clone()));
+            (stop, task)
+        });
         // Tasks not yet reconciled since start-up; when none is left, the controller has
         // caught up with the world and says so once.
         let mut unobserved: std::collections::HashSet<TaskKey> = known.keys().cloned().collect();
@@ -439,6 +449,11 @@ impl Controller {
         if let Some(owner) = &shared.ownership {
             owner.release_all().await;
         }
+        if let Some((stop, task)) = presence {
+            // Withdrawn, so that the others stop counting this replica as live.
+            stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         Ok(outcome)
     }
 
@@ -496,17 +511,53 @@ impl Controller {
                     let Some(task) = container.labels.get(runtime::LABEL_TASK) else {
                         continue;
                     };
-                    let key = TaskKey::new(task.clone());
+                    // A label is not ours to trust as a path: someone else's container may
+                    // carry it.
+                    let Ok(key) = TaskKey::parse(task) else {
+                        continue;
+                    };
                     let has_manifest = !matches!(shared.store.read_manifest(&key).await, Ok(ManifestRead::Missing));
-                    let has_status = !matches!(shared.store.read_status(&key).await, Ok(None));
+                    let status = shared.store.read_status(&key).await;
+                    let has_status = !matches!(status, Ok(None));
                     if !has_manifest && !has_status {
                         tracing::info!(container = %container.name, task = %key, "removing an orphaned container");
+                        let _ = runtime.delete(&container.name).await;
+                        continue;
+                    }
+                    if let Ok(Some(status)) = &status
+                        && given_up_elsewhere(runtime.as_ref(), status, &container).await
+                    {
+                        // This replica died holding the task, and another, unable to see
+                        // this container, gave its attempt up and ran the next one: what
+                        // is left of it here (a duplicate, or its remains) goes.
+                        tracing::info!(container = %container.name, task = %key, "removing a container whose attempt another replica gave up (PlacementUnreachable)");
                         let _ = runtime.delete(&container.name).await;
                     }
                 }
             }
         });
     }
+}
+
+/// The status records `container`'s attempt as given up out of reach, on this very
+/// runtime's placement (the same attempt: its attempt id matches).
+async fn given_up_elsewhere(
+    runtime: &dyn Runtime,
+    status: &crate::status::TaskStatus,
+    container: &runtime::ContainerSummary,
+) -> bool {
+    let Ok(ours) = runtime.placement().await else {
+        return false;
+    };
+    let Some(attempt_id) = container.labels.get(runtime::LABEL_ATTEMPT_ID) else {
+        return false;
+    };
+    status.attempts.iter().any(|a| {
+        a.container == container.name
+            && a.reason == Some(Reason::PlacementUnreachable)
+            && a.placement.as_ref() == Some(&ours)
+            && a.created_at.map(|t| crate::status::format_time(&t)).as_ref() == Some(attempt_id)
+    })
 }
 
 async fn next_control(control: &mut Option<mpsc::UnboundedReceiver<Control>>) -> Option<Control> {
@@ -766,6 +817,20 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         Dependencies::Met { results, .. } => Some(results.clone()),
         _ => None,
     };
+    // Where a container started now would live, recorded with its attempt.
+    let placement = match &desired {
+        Desired::Valid(spec) => match shared.runtime(spec.runtime) {
+            Some(runtime) => match runtime.placement().await {
+                Ok(placement) => Some(placement),
+                Err(err) => {
+                    tracing::debug!(task = %key, "cannot learn the {} runtime's placement: {err}", spec.runtime);
+                    None
+                }
+            },
+            None => None,
+        },
+        _ => None,
+    };
     let now = chrono::Utc::now();
     let mut input = Input {
         key,
@@ -782,6 +847,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         index: None,
         lanes,
         dependencies,
+        placement,
     };
     // Ask for slots only for the containers the decision would start.
     let mut decision = reconcile::decide(input.clone());
@@ -916,16 +982,27 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
 async fn observe(shared: &Shared, key: &TaskKey, record: &crate::status::AttemptRecord, deleting: bool) -> Lane {
     let container = &record.container;
     let kind = record.runtime;
-    let attempt_id = record.created_at.map(|t| crate::status::format_time(&t));
+    let attempt_id = crate::callback::attempt_id(record);
     if let Ok(mut map) = shared.containers.lock() {
         map.insert(container.clone(), key.clone());
     }
     let failure = shared.memory(key, |m| m.create_failures.remove(container));
     let mut log_tail = None;
-    let observed = match (failure, shared.runtime(kind)) {
-        (Some((reason, message)), _) => Observed::CreateFailed { reason, message },
-        (None, None) => Observed::Unreachable(format!("the {kind} runtime is not enabled in this controller")),
-        (None, Some(runtime)) => match runtime.inspect(container).await {
+    // A container placed where this replica cannot look is not looked for: not finding
+    // it would say nothing, and making it would run the attempt twice.
+    let reach = match (&record.placement, shared.runtime(kind)) {
+        (Some(theirs), Some(runtime)) => match runtime.placement().await {
+            Ok(ours) if ours == *theirs => None,
+            Ok(_) => Some(Observed::PlacementUnreachable(theirs.clone())),
+            Err(err) => Some(Observed::Unreachable(err.to_string())),
+        },
+        _ => None,
+    };
+    let observed = match (failure, reach, shared.runtime(kind)) {
+        (Some((reason, message)), _, _) => Observed::CreateFailed { reason, message },
+        (None, Some(out_of_sight), _) => out_of_sight,
+        (None, None, None) => Observed::Unreachable(format!("the {kind} runtime is not enabled in this controller")),
+        (None, None, Some(runtime)) => match runtime.inspect(container).await {
             Ok(inspection) => {
                 let stale =
                     matches!((&inspection.attempt_id, &attempt_id), (Some(found), Some(wanted)) if found != wanted);
@@ -959,7 +1036,12 @@ async fn observe(shared: &Shared, key: &TaskKey, record: &crate::status::Attempt
     };
     // Read after the container: an event recorded before the container exited is then
     // always seen, so a container that called back is never judged ExitedWithoutEvent.
-    let event = shared.callbacks.as_ref().and_then(|c| c.inbox.read(container));
+    // Only this attempt's own event: a re-run's container has the same name.
+    let event = shared
+        .callbacks
+        .as_ref()
+        .zip(attempt_id.as_deref())
+        .and_then(|(c, id)| c.inbox.read(container, id));
     Lane {
         observed,
         seen_by_engine: false,

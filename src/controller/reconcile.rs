@@ -9,7 +9,7 @@
 use crate::callback::CallbackEvent;
 use crate::manifest::{Cleanup, CompletionMode, TaskSpec};
 use crate::runtime::ContainerState;
-use crate::status::{AttemptRecord, CompletedBy, Phase, Reason, TaskStatus, Timestamp};
+use crate::status::{AttemptRecord, CompletedBy, Phase, Placement, Reason, TaskStatus, Timestamp};
 use crate::task::TaskKey;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -55,6 +55,10 @@ pub enum Observed {
         reason: Reason,
         message: String,
     },
+    /// The attempt's container was placed where this replica cannot look (another state
+    /// folder, engine or resource group; see [`Placement`]): it was not looked for, and
+    /// it must never be created here, for it may be running there.
+    PlacementUnreachable(Placement),
 }
 
 /// Whether a new container may start now.
@@ -91,6 +95,10 @@ pub struct Input<'a> {
     pub lanes: BTreeMap<u32, Lane>,
     /// Where the task's `dependsOn` stand.
     pub dependencies: Dependencies,
+    /// Where a container started now would live: this replica's placement on the spec's
+    /// runtime. `None` while the runtime cannot say (an engine not up yet): then no
+    /// attempt is recorded, for it could not say where it lives.
+    pub placement: Option<Placement>,
 }
 
 /// What the controller saw of one index of a fan-out: the fields of [`Input`] that a
@@ -259,7 +267,8 @@ pub fn decide(input: Input<'_>) -> Decision {
 fn container_may_exist(input: &Input<'_>, status: &TaskStatus) -> Option<String> {
     let container = status.live_container()?;
     match &input.observed {
-        Observed::Container(ContainerState::Absent) => None,
+        // Out of reach: nothing this replica could delete (and nothing of its own).
+        Observed::Container(ContainerState::Absent) | Observed::PlacementUnreachable(_) => None,
         // A failed create may still have left a container behind: delete to be sure.
         _ => Some(container.to_string()),
     }
@@ -338,9 +347,15 @@ fn decide_invalid(input: &Input<'_>, name: &str, message: &str) -> Decision {
         && current.reason.is_none()
     {
         current.finished_at = Some(input.now);
-        current.completed_by = Some(CompletedBy::Cancel);
-        current.reason = Some(Reason::ManifestInvalid);
-        current.message = Some("the manifest became invalid before the attempt ended".into());
+        if let Observed::PlacementUnreachable(placement) = &input.observed {
+            // It may still run there: its number must never be used again, so it is
+            // kept (uncharged) rather than forgotten as a stopped attempt would be.
+            give_up_out_of_reach(current, placement, input.now);
+        } else {
+            current.completed_by = Some(CompletedBy::Cancel);
+            current.reason = Some(Reason::ManifestInvalid);
+            current.message = Some("the manifest became invalid before the attempt ended".into());
+        }
     }
     // The spec hash is kept: if the same spec becomes valid again, what it already
     // did still counts (invariant 3).
@@ -515,7 +530,10 @@ fn resume_after_invalid(status: &TaskStatus, spec: &TaskSpec) -> TaskStatus {
         status.message = Some("succeeded".into());
         return status;
     }
-    let failed_for_good = current.reason.is_some() && !stopped_from_outside(&current) && status.attempt > spec.retries;
+    let failed_for_good = current.reason.is_some()
+        && !stopped_from_outside(&current)
+        && current.reason != Some(Reason::PlacementUnreachable)
+        && charged_failures(&status) > spec.retries;
     if failed_for_good {
         status.phase = Phase::Failed;
         status.reason = current.reason;
@@ -537,6 +555,17 @@ fn pending(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisi
         let wait = (at - now).to_std().unwrap_or(SOON);
         return Decision::keep(status, Some(wait));
     }
+    let Some(placement) = input.placement.clone() else {
+        // An attempt records where it lives before its container is made; until the
+        // runtime can say, nothing is recorded and nothing is made (invariant 4: no
+        // attempt is used up by this).
+        status.reason = Some(Reason::InfrastructureError);
+        status.message = Some(format!(
+            "cannot learn where the {} runtime places containers; retrying",
+            spec.runtime
+        ));
+        return Decision::keep(status, Some(INFRA_RETRY));
+    };
     if let Slot::Full { limit } = &input.slot {
         status.reason = Some(Reason::WaitingForSlot);
         status.message = Some(format!("waiting for a slot: {limit}"));
@@ -547,6 +576,8 @@ fn pending(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisi
     status.attempt = number;
     status.attempts.push(AttemptRecord {
         number,
+        // Given by the act, which writes it before the create: the decision stays pure.
+        id: None,
         runtime: spec.runtime,
         container: container.clone(),
         index: input.index,
@@ -557,6 +588,7 @@ fn pending(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisi
         completed_by: None,
         reason: None,
         message: None,
+        placement: Some(placement),
     });
     status.phase = Phase::Creating;
     status.reason = Some(Reason::ContainerCreated);
@@ -587,12 +619,33 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
     {
         return finish_with_event(input, spec, status, event, container);
     }
+    if let Some(placement) = out_of_reach(input, spec, &current) {
+        let record = status.current_mut().expect("current attempt exists");
+        give_up_out_of_reach(record, &placement, input.now);
+        return after_attempt(input, spec, status);
+    }
     let ensure = Action::EnsureContainer {
         container: container.clone(),
         attempt: current.number,
         index: current.index,
     };
+    let may_ensure = match &input.observed {
+        Observed::NotApplicable | Observed::Container(ContainerState::Created) => true,
+        Observed::Container(ContainerState::Absent) => status.phase == Phase::Creating,
+        _ => false,
+    };
+    if may_ensure && current.placement.is_some() && input.placement.is_none() {
+        // Whether the container is ours to make cannot be told yet: make nothing.
+        status.reason = Some(Reason::InfrastructureError);
+        status.message = Some(format!(
+            "cannot learn where the {} runtime places containers; retrying",
+            spec.runtime
+        ));
+        return Decision::keep(status, Some(INFRA_RETRY));
+    }
     match &input.observed {
+        // Handled above, before anything could be made.
+        Observed::PlacementUnreachable(_) => Decision::keep(status, Some(SOON)),
         Observed::NotApplicable | Observed::Container(ContainerState::Created) => Decision::act(status, ensure, SOON),
         Observed::Container(ContainerState::Absent) if status.phase == Phase::Creating => {
             // The intent was persisted but the create never happened (or never finished):
@@ -769,6 +822,24 @@ fn deleting(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decis
         status.phase = Phase::Pending;
         return pending(input, spec, status);
     };
+    let current = status.current().cloned().expect("current attempt exists");
+    if let Some(placement) = out_of_reach(input, spec, &current) {
+        // The outcome was recorded before the delete; only the delete cannot be done
+        // from here, and the container may be left behind there.
+        let record = status.current_mut().expect("current attempt exists");
+        if stopped_from_outside(record) || record.reason.is_none() {
+            // A stopped attempt is forgotten and its number used again: not this one,
+            // which may still run there.
+            give_up_out_of_reach(record, &placement, input.now);
+        } else {
+            let note = format!("its container, on {placement}, could not be deleted from this replica");
+            record.message = Some(match record.message.take() {
+                Some(message) => format!("{message}; {note}"),
+                None => note,
+            });
+        }
+        return after_attempt(input, spec, status);
+    }
     match &input.observed {
         Observed::Container(ContainerState::Absent) => {
             if input.log_tail.is_some() {
@@ -778,6 +849,44 @@ fn deleting(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decis
         }
         _ => Decision::act(status, Action::DeleteContainer { container }, SOON),
     }
+}
+
+/// Where the attempt's container lives when this replica cannot reach it: the
+/// observation says so, or the attempt records a placement other than this replica's
+/// for the same runtime. An attempt without a placement (written before placements
+/// were recorded) is taken to be this replica's.
+fn out_of_reach(input: &Input<'_>, spec: &TaskSpec, record: &AttemptRecord) -> Option<Placement> {
+    if let Observed::PlacementUnreachable(placement) = &input.observed {
+        return Some(placement.clone());
+    }
+    match (&record.placement, &input.placement) {
+        (Some(theirs), Some(ours)) if record.runtime == spec.runtime && theirs != ours => Some(theirs.clone()),
+        _ => None,
+    }
+}
+
+/// Ends an attempt whose container is out of this replica's reach. Not the container's
+/// failure: it is not charged to `retries` (invariant 4), and the next attempt, with a
+/// number of its own, runs on this replica's placement.
+fn give_up_out_of_reach(record: &mut AttemptRecord, placement: &Placement, now: Timestamp) {
+    record.finished_at = Some(now);
+    record.completed_by = None;
+    record.reason = Some(Reason::PlacementUnreachable);
+    record.message = Some(format!(
+        "its container was placed on {placement}, which this replica cannot reach; it was not made again here, and it may still be running there"
+    ));
+}
+
+/// Failed attempts that count against `retries`: every ended attempt but those given
+/// up because their container was out of reach (attempts stopped from outside are
+/// forgotten, and a succeeded one ends the run).
+fn charged_failures(status: &TaskStatus) -> u32 {
+    let charged = status
+        .attempts
+        .iter()
+        .filter(|a| a.reason != Some(Reason::PlacementUnreachable))
+        .count();
+    u32::try_from(charged).unwrap_or(u32::MAX)
 }
 
 /// The attempt is over and its container gone (or kept by `cleanup`): succeed, retry
@@ -792,6 +901,23 @@ fn after_attempt(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> 
         return pending(input, spec, forget_stopped_attempt(status));
     }
     status.observed_at = Some(now);
+    if current.reason == Some(Reason::PlacementUnreachable) {
+        // The lost attempt is persisted first; the next one then takes a slot as any
+        // new attempt does, at once: there is no failure to back off from.
+        let number = current.number;
+        status.phase = Phase::Pending;
+        status.reason = Some(Reason::PlacementUnreachable);
+        status.message = Some(format!(
+            "attempt {number} was placed on {}, out of this replica's reach, and may still be running there; attempt {} starts here (not counted against retries)",
+            current
+                .placement
+                .as_ref()
+                .map_or_else(|| "another placement".to_string(), ToString::to_string),
+            number + 1
+        ));
+        status.next_attempt_at = None;
+        return Decision::keep(status, Some(Duration::ZERO));
+    }
     if current.succeeded() {
         status.phase = Phase::Succeeded;
         status.reason = Some(Reason::Completed);
@@ -806,16 +932,18 @@ fn after_attempt(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> 
         .message
         .clone()
         .unwrap_or_else(|| format!("{:?}", current.reason.unwrap_or(Reason::ExitCode)));
-    // Every recorded attempt was a container's own failure: infrastructure errors
-    // never create an attempt, so they never use up `retries` (invariant 4).
-    let failed = status.attempt;
+    // Every recorded attempt was a container's own failure, but those given up out of
+    // reach: infrastructure errors never create an attempt, and an attempt lost with its
+    // placement is not charged, so neither uses up `retries` (invariant 4).
+    let number = status.attempt;
+    let failed = charged_failures(&status);
     if failed <= spec.retries && current.reason != Some(Reason::Terminated) {
         let delay = retry_delay(spec.backoff, failed, input.jitter);
         let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
         status.phase = Phase::Pending;
         status.reason = Some(Reason::BackoffAfterFailure);
         status.message = Some(format!(
-            "attempt {failed} failed ({why}); retry {failed} of {} in {}",
+            "attempt {number} failed ({why}); retry {failed} of {} in {}",
             spec.retries,
             humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
         ));
@@ -825,10 +953,10 @@ fn after_attempt(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> 
     status.phase = Phase::Failed;
     status.reason = current.reason;
     status.message = Some(if spec.retries == 0 {
-        format!("attempt {failed} failed: {why}")
+        format!("attempt {number} failed: {why}")
     } else {
         format!(
-            "attempt {failed} failed: {why}; no retries left (retries: {})",
+            "attempt {number} failed: {why}; no retries left (retries: {})",
             spec.retries
         )
     });

@@ -103,10 +103,21 @@ fn invalid(message: &str) -> Desired {
     }
 }
 
+/// This replica's placement for the process runtime, in every table test unless told.
+fn here() -> Placement {
+    Placement::process("0000aaaa", "alpha")
+}
+
+/// Another replica's placement: a state folder of its own on another machine.
+fn elsewhere() -> Placement {
+    Placement::process("1111bbbb", "beta")
+}
+
 /// Attempt `n` as recorded before its create call.
 fn record(n: u32) -> AttemptRecord {
     AttemptRecord {
         number: n,
+        id: None,
         runtime: RuntimeKind::Process,
         container: container(n),
         index: None,
@@ -117,6 +128,7 @@ fn record(n: u32) -> AttemptRecord {
         completed_by: None,
         reason: None,
         message: None,
+        placement: Some(here()),
     }
 }
 
@@ -250,6 +262,7 @@ fn every_observation() -> Vec<Observed> {
             reason: Reason::ImagePullFailed,
             message: "pull access denied".into(),
         },
+        Observed::PlacementUnreachable(elsewhere()),
     ]
 }
 
@@ -264,6 +277,7 @@ struct Case {
     slot: Slot,
     now: Timestamp,
     jitter: f64,
+    placement: Option<Placement>,
 }
 
 impl Case {
@@ -277,7 +291,13 @@ impl Case {
             slot: Slot::Granted,
             now: at(NOW),
             jitter: 0.5,
+            placement: Some(here()),
         }
+    }
+
+    /// This replica's placement (`None`: the runtime cannot say yet).
+    fn placement(self, placement: Option<Placement>) -> Case {
+        Case { placement, ..self }
     }
 
     fn observed(self, observed: Observed) -> Case {
@@ -330,6 +350,7 @@ impl Case {
             index: None,
             lanes: Default::default(),
             dependencies: Dependencies::None,
+            placement: self.placement.clone(),
         })
     }
 }
@@ -781,8 +802,9 @@ fn a_failure_without_retries_is_failed_at_once() {
 fn deleting_while_the_container_may_still_exist_deletes_again() {
     let before = deleting(&spec(), 1, 0);
     for observed in every_observation() {
-        // A failed create says nothing of whether the container is gone.
-        if observed == gone() {
+        // A failed create says nothing of whether the container is gone. One out of
+        // reach cannot be deleted from here (see the placement tests).
+        if observed == gone() || matches!(observed, Observed::PlacementUnreachable(_)) {
             continue;
         }
         let d = Case::new(valid(&spec()), Some(before.clone()))
@@ -1059,7 +1081,8 @@ fn a_permanent_create_failure_ends_in_failed_or_a_retry_only_once_the_container_
     // Not yet seen gone: delete again, whatever else is seen.
     let before = stopping(&spec());
     for observed in every_observation() {
-        if observed == gone() {
+        // One out of reach cannot be deleted from here (see the placement tests).
+        if observed == gone() || matches!(observed, Observed::PlacementUnreachable(_)) {
             continue;
         }
         let d = Case::new(valid(&spec()), Some(before.clone()))
@@ -1215,6 +1238,282 @@ fn a_finished_task_whose_spec_changes_runs_again_from_attempt_1() {
         assert_eq!((s.phase, s.attempt, s.spec_hash.as_str()), (Phase::Creating, 1, HASH_B));
         assert_eq!(d.actions, vec![delete(1), ensure(1)]);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Placements: an attempt whose container lives where this replica cannot look
+// ---------------------------------------------------------------------------------------
+
+/// `status` with its current attempt recorded on `placement`.
+fn placed(mut status: TaskStatus, placement: Option<Placement>) -> TaskStatus {
+    if let Some(current) = status.current_mut() {
+        current.placement = placement;
+    }
+    status
+}
+
+fn out_of_reach_observed() -> Observed {
+    Observed::PlacementUnreachable(elsewhere())
+}
+
+#[test]
+fn a_new_attempt_records_this_replicas_placement_before_its_create() {
+    let d = Case::new(valid(&spec()), None).run();
+    assert_eq!(status_of(&d).phase, Phase::Creating);
+    assert_eq!(current_of(&d).placement, Some(here()));
+    assert_eq!(d.actions, vec![ensure(1)]);
+}
+
+#[test]
+fn no_attempt_is_recorded_while_the_runtime_cannot_say_where_it_places_containers() {
+    for before in [None, Some(pending(&spec(), 0, None))] {
+        let d = Case::new(valid(&spec()), before).placement(None).run();
+        let s = status_of(&d);
+        assert_eq!(
+            (s.phase, s.reason, s.attempt),
+            (Phase::Pending, Some(Reason::InfrastructureError), 0)
+        );
+        assert!(s.attempts.is_empty(), "{:?}", s.attempts);
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        assert_eq!(d.requeue_after, Some(INFRA_RETRY));
+        assert!(!d.starts_attempt(None), "no slot is asked for");
+    }
+}
+
+#[test]
+fn an_attempt_placed_elsewhere_is_never_created_here_and_is_given_up_uncharged() {
+    let befores = [
+        placed(creating(&spec(), 1), Some(elsewhere())),
+        placed(running(&spec(), 1, at(3)), Some(elsewhere())),
+    ];
+    for before in befores {
+        // What the controller observes (it does not look), and, should an observation
+        // ever disagree, what the recorded placement alone says.
+        for observed in [
+            out_of_reach_observed(),
+            Observed::NotApplicable,
+            gone(),
+            created(),
+            running_since(None),
+        ] {
+            let d = Case::new(valid(&spec()), Some(before.clone()))
+                .observed(observed.clone())
+                .run();
+            assert!(
+                d.actions.is_empty(),
+                "{:?} / {observed:?}: {:?}",
+                before.phase,
+                d.actions
+            );
+            let s = status_of(&d);
+            assert_eq!(
+                (s.phase, s.reason, s.attempt),
+                (Phase::Pending, Some(Reason::PlacementUnreachable), 1)
+            );
+            assert_eq!(s.next_attempt_at, None, "no backoff: nothing failed");
+            assert_eq!(d.requeue_after, Some(Duration::ZERO));
+            let message = s.message.as_deref().unwrap_or_default();
+            assert!(
+                message.contains("state folder 1111bbbb, host beta")
+                    && message.contains("may still be running there")
+                    && message.contains("attempt 2 starts here"),
+                "{message}"
+            );
+            let lost = current_of(&d);
+            assert_eq!(lost.reason, Some(Reason::PlacementUnreachable));
+            assert_eq!(lost.finished_at, Some(at(NOW)));
+            assert_eq!(
+                lost.placement,
+                Some(elsewhere()),
+                "where it may still run stays on record"
+            );
+            assert!(
+                lost.message.as_deref().unwrap_or_default().contains("host beta"),
+                "{lost:?}"
+            );
+
+            // The next attempt runs here, with a number of its own.
+            let next = Case::new(valid(&spec()), d.status.clone()).run();
+            let s = status_of(&next);
+            assert_eq!((s.phase, s.attempt), (Phase::Creating, 2));
+            assert_eq!(current_of(&next).placement, Some(here()));
+            assert_eq!(next.actions, vec![ensure(2)]);
+            assert!(next.starts_attempt(d.status.as_ref()), "the next attempt takes a slot");
+        }
+    }
+}
+
+#[test]
+fn the_attempt_after_a_lost_one_waits_for_a_slot_like_any_other() {
+    let before = placed(creating(&spec(), 1), Some(elsewhere()));
+    let lost = Case::new(valid(&spec()), Some(before))
+        .observed(out_of_reach_observed())
+        .run();
+    let d = Case::new(valid(&spec()), lost.status.clone())
+        .slot_full("max-running 4/4")
+        .run();
+    let s = status_of(&d);
+    assert_eq!(
+        (s.phase, s.reason, s.attempt),
+        (Phase::Pending, Some(Reason::WaitingForSlot), 1)
+    );
+    assert!(d.actions.is_empty());
+}
+
+#[test]
+fn an_attempt_lost_with_its_placement_uses_up_no_retry() {
+    let lost = AttemptRecord {
+        finished_at: Some(at(2)),
+        reason: Some(Reason::PlacementUnreachable),
+        message: Some("placed elsewhere".into()),
+        placement: Some(elsewhere()),
+        ..record(1)
+    };
+    // retries: 0. Attempt 1 was lost, attempt 2 failed: that is the one failure, and
+    // there are no retries.
+    let mut before = status_with(
+        &spec(),
+        Phase::Deleting,
+        Some(Reason::ExitCode),
+        vec![lost.clone(), ended_record(2, 1)],
+    );
+    before.message = Some("exited with code 1".into());
+    let d = Case::new(valid(&spec()), Some(before.clone())).observed(gone()).run();
+    let s = status_of(&d);
+    assert_eq!((s.phase, s.reason), (Phase::Failed, Some(Reason::ExitCode)));
+    assert_eq!(s.message.as_deref(), Some("attempt 2 failed: exited with code 1"));
+
+    // retries: 1. Attempt 2's failure is the first: one retry is left, after a backoff
+    // counted from one failure.
+    let one = TaskSpec { retries: 1, ..spec() };
+    let before = TaskStatus {
+        spec_hash: one.spec_hash.clone(),
+        ..before
+    };
+    let d = Case::new(valid(&one), Some(before)).observed(gone()).run();
+    let s = status_of(&d);
+    assert_eq!(
+        (s.phase, s.reason, s.attempt),
+        (Phase::Pending, Some(Reason::BackoffAfterFailure), 2)
+    );
+    assert_eq!(s.next_attempt_at, Some(at(NOW) + TimeDelta::seconds(10)));
+    assert_eq!(
+        s.message.as_deref(),
+        Some("attempt 2 failed (exited with code 1); retry 1 of 1 in 10s")
+    );
+}
+
+#[test]
+fn deleting_out_of_reach_keeps_the_recorded_outcome_and_says_the_container_may_be_left() {
+    for (exit_code, phase) in [(0, Phase::Succeeded), (1, Phase::Failed)] {
+        let before = placed(deleting(&spec(), 1, exit_code), Some(elsewhere()));
+        for observed in [out_of_reach_observed(), running_since(None)] {
+            let d = Case::new(valid(&spec()), Some(before.clone())).observed(observed).run();
+            assert!(d.actions.is_empty(), "{:?}", d.actions);
+            let s = status_of(&d);
+            assert_eq!(s.phase, phase);
+            let record = current_of(&d);
+            assert_eq!(record.exit_code, Some(exit_code));
+            assert!(
+                record
+                    .message
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("host beta, could not be deleted from this replica"),
+                "{record:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_stopped_attempt_out_of_reach_keeps_its_number_for_it_may_still_run() {
+    // Stopped because the manifest turned invalid, by a replica now dead; the manifest
+    // is valid again. A stopped attempt is forgotten and its number used again, but this
+    // one's container could not be stopped: its number must not be used again.
+    let stopping = stop_attempt(
+        placed(running(&spec(), 1, at(3)), Some(elsewhere())),
+        container(1),
+        CompletedBy::Cancel,
+        Reason::ManifestInvalid,
+        "the manifest became invalid".into(),
+        at(5),
+    );
+    let before = status_of(&stopping).clone();
+    let d = Case::new(valid(&spec()), Some(before))
+        .observed(out_of_reach_observed())
+        .run();
+    let s = status_of(&d);
+    assert_eq!(
+        (s.phase, s.reason, s.attempt),
+        (Phase::Pending, Some(Reason::PlacementUnreachable), 1)
+    );
+    assert_eq!(current_of(&d).reason, Some(Reason::PlacementUnreachable));
+    let next = Case::new(valid(&spec()), d.status.clone()).run();
+    assert_eq!(next.actions, vec![ensure(2)]);
+
+    // The same through a spell of Invalid.
+    let invalid_now = Case::new(
+        invalid(BAD_MANIFEST),
+        Some(placed(creating(&spec(), 1), Some(elsewhere()))),
+    )
+    .observed(out_of_reach_observed())
+    .run();
+    assert!(
+        invalid_now.actions.is_empty(),
+        "nothing to delete from here: {:?}",
+        invalid_now.actions
+    );
+    assert_eq!(status_of(&invalid_now).phase, Phase::Invalid);
+    assert_eq!(current_of(&invalid_now).reason, Some(Reason::PlacementUnreachable));
+    let again = Case::new(valid(&spec()), invalid_now.status.clone()).run();
+    assert_eq!(again.actions, vec![ensure(2)]);
+}
+
+#[test]
+fn an_attempt_without_a_placement_is_taken_as_this_replicas_as_before() {
+    let before = placed(creating(&spec(), 1), None);
+    let d = Case::new(valid(&spec()), Some(before.clone())).observed(gone()).run();
+    assert_eq!(d, unchanged(before.clone(), vec![ensure(1)], Some(SOON)));
+    // Also while this replica's own placement is unknown: as it always was.
+    let d = Case::new(valid(&spec()), Some(before.clone()))
+        .observed(gone())
+        .placement(None)
+        .run();
+    assert_eq!(d, unchanged(before, vec![ensure(1)], Some(SOON)));
+}
+
+#[test]
+fn an_attempt_placed_here_is_adopted_or_made_as_before() {
+    let before = creating(&spec(), 1);
+    let d = Case::new(valid(&spec()), Some(before.clone())).observed(gone()).run();
+    assert_eq!(d, unchanged(before, vec![ensure(1)], Some(SOON)));
+}
+
+#[test]
+fn an_attempt_with_a_placement_is_not_made_while_this_replicas_is_unknown() {
+    let before = creating(&spec(), 1);
+    let d = Case::new(valid(&spec()), Some(before))
+        .observed(gone())
+        .placement(None)
+        .run();
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    let s = status_of(&d);
+    assert_eq!(
+        (s.phase, s.reason, s.attempt),
+        (Phase::Creating, Some(Reason::InfrastructureError), 1)
+    );
+}
+
+#[test]
+fn a_new_spec_starts_afresh_here_without_deleting_what_is_out_of_reach_first() {
+    let before = placed(running(&spec(), 1, at(3)), Some(elsewhere()));
+    let d = Case::new(valid(&spec_b()), Some(before))
+        .observed(out_of_reach_observed())
+        .run();
+    let s = status_of(&d);
+    assert_eq!((s.phase, s.spec_hash.as_str(), s.attempt), (Phase::Creating, HASH_B, 1));
+    assert_eq!(current_of(&d).placement, Some(here()));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2046,6 +2345,9 @@ mod generate {
             next in prop::option::of(-600i64..600),
             reason in prop::option::of(reason()),
             message in prop::option::of(Just("earlier words".to_string())),
+            // Where each attempt was placed: here, on another replica's placement, or
+            // nowhere recorded (a status written before placements were).
+            placements in prop::collection::vec(placement_of_record(), 3),
         ) -> TaskStatus {
             let mut status = TaskStatus::new(key().as_str(), NAME, hash, t0());
             status.phase = phase;
@@ -2063,7 +2365,11 @@ mod generate {
                     Phase::Invalid => invalid_end,
                     Phase::Creating | Phase::Running => None,
                 };
-                let mut r = AttemptRecord { created_at: Some(at(created)), ..record(i) };
+                let mut r = AttemptRecord {
+                    created_at: Some(at(created)),
+                    placement: placements[i as usize - 1].clone(),
+                    ..record(i)
+                };
                 if current && phase == Phase::Running {
                     r.started_at = Some(at(created + start));
                 }
@@ -2119,6 +2425,24 @@ mod generate {
                     message: "cannot create".into(),
                 }
             }),
+            Just(Observed::PlacementUnreachable(elsewhere())),
+        ]
+    }
+
+    /// An attempt's recorded placement: mostly this replica's.
+    pub fn placement_of_record() -> impl Strategy<Value = Option<Placement>> {
+        prop_oneof![
+            6 => Just(Some(here())),
+            2 => Just(Some(elsewhere())),
+            1 => Just(None),
+        ]
+    }
+
+    /// This replica's placement: mostly known.
+    pub fn own_placement() -> impl Strategy<Value = Option<Placement>> {
+        prop_oneof![
+            8 => Just(Some(here())),
+            1 => Just(None),
         ]
     }
 
@@ -2139,8 +2463,9 @@ mod generate {
             slot in slot(),
             now in 0i64..7200,
             jitter in 0.0f64..1.0,
+            placement in own_placement(),
         ) -> Case {
-            Case { desired, status, observed, seen_by_engine, log_tail, slot, now: at(now), jitter }
+            Case { desired, status, observed, seen_by_engine, log_tail, slot, now: at(now), jitter, placement }
         }
     }
 
@@ -2176,10 +2501,31 @@ fn ensures(d: &Decision) -> Vec<(&String, u32)> {
         .collect()
 }
 
-/// The observation says the current container does not exist. A failed create says
-/// nothing of what an earlier create may have left behind.
-fn observed_gone(observed: &Observed) -> bool {
-    *observed == gone()
+/// The observation says the current container does not exist, or is out of this
+/// replica's reach (as good as gone from here: it can be neither seen nor deleted; the
+/// one at-least-once case). A failed create says nothing of what an earlier create may
+/// have left behind.
+fn observed_gone(case: &Case) -> bool {
+    case.observed == gone() || out_of_reach(case)
+}
+
+/// As [`observed_gone`], from the observation alone: what decides whether a container
+/// of another spec must be deleted before a fresh start.
+fn observation_says_gone(observed: &Observed) -> bool {
+    *observed == gone() || matches!(observed, Observed::PlacementUnreachable(_))
+}
+
+/// The current attempt's container is out of this replica's reach: the observation says
+/// so, or the attempt records a placement other than this replica's.
+fn out_of_reach(case: &Case) -> bool {
+    if matches!(case.observed, Observed::PlacementUnreachable(_)) {
+        return true;
+    }
+    let current = case.status.as_ref().and_then(|s| s.current());
+    matches!(
+        (current.and_then(|c| c.placement.as_ref()), &case.placement),
+        (Some(theirs), Some(ours)) if theirs != ours
+    )
 }
 
 /// The desired spec keeps an exited container, and one was observed.
@@ -2204,7 +2550,7 @@ fn same_hash(case: &Case) -> bool {
 fn fresh_start(case: &Case) -> bool {
     matches!((&case.desired, &case.status),
         (Desired::Valid(spec), Some(s)) if s.spec_hash != spec.spec_hash
-            && (s.live_container().is_none() || observed_gone(&case.observed)))
+            && (s.live_container().is_none() || observation_says_gone(&case.observed)))
 }
 
 fn is_own_failure(reason: Option<Reason>) -> bool {
@@ -2263,14 +2609,14 @@ fn check_inv1(case: &Case, d: &Decision) -> Result<(), TestCaseError> {
                 }
             }
             _ => prop_assert!(
-                observed_gone(&case.observed) || kept_by_cleanup(case),
+                observed_gone(case) || kept_by_cleanup(case),
                 "terminal {:?} while the container was observed {:?}",
                 after.phase,
                 case.observed
             ),
         }
     }
-    if before.is_some_and(|s| s.phase == Phase::Deleting) && !observed_gone(&case.observed) {
+    if before.is_some_and(|s| s.phase == Phase::Deleting) && !observed_gone(case) {
         let phase = d.status.as_ref().map(|s| s.phase);
         prop_assert!(
             !phase.is_some_and(Phase::is_terminal),
@@ -2286,7 +2632,7 @@ fn check_inv1(case: &Case, d: &Decision) -> Result<(), TestCaseError> {
         let lets_go = d.status.as_ref().is_none_or(|s| !s.phase.has_container());
         if lets_go {
             prop_assert!(
-                observed_gone(&case.observed) || (kept_by_cleanup(case) && same_run(case)),
+                observed_gone(case) || (kept_by_cleanup(case) && same_run(case)),
                 "{:?} lets go of {:?} while it was observed {:?}: {:?}",
                 before.phase,
                 before.live_container(),
@@ -2399,7 +2745,7 @@ fn check_counted_attempts(
             old.reason
         );
         prop_assert!(
-            before.phase == Phase::Invalid || (before.phase == Phase::Deleting && observed_gone(&case.observed)),
+            before.phase == Phase::Invalid || (before.phase == Phase::Deleting && observed_gone(case)),
             "attempt {} forgotten in {:?} while its container was observed {:?}",
             old.number,
             before.phase,
@@ -2431,9 +2777,11 @@ fn check_counted_attempts(
         prop_assert_eq!(new.created_at, Some(case.now));
         prop_assert_eq!((new.started_at, new.finished_at, new.reason), (None, None, None));
         prop_assert_eq!(ensured, &[(&new.container, new.number)][..]);
+        prop_assert!(new.placement.is_some(), "a new attempt says where it lives");
+        prop_assert_eq!(&new.placement, &case.placement, "a new attempt lives here");
         for a in &counted {
             prop_assert!(
-                is_own_failure(a.reason),
+                is_own_failure(a.reason) || a.reason == Some(Reason::PlacementUnreachable),
                 "attempt {} counts against retries, yet it ended {:?}: {a:?}",
                 a.number,
                 a.reason
@@ -2459,6 +2807,76 @@ fn check_counted_attempts(
             // Only the current attempt's record may change.
             prop_assert_eq!(&after.attempts[..n - 1], &counted[..n - 1]);
         }
+    }
+    Ok(())
+}
+
+/// An attempt whose placement is not this replica's is never created by it: every
+/// container ensured belongs to an attempt placed here (or, written before placements
+/// were recorded, placed nowhere), and this replica knows its placement; a live attempt
+/// out of reach is given up (`PlacementUnreachable`), never charged to `retries`.
+fn check_placement(case: &Case, d: &Decision) -> Result<(), TestCaseError> {
+    let after = d.status.as_ref();
+    for (container, attempt) in ensures(d) {
+        let record = after
+            .and_then(|s| {
+                s.attempts
+                    .iter()
+                    .find(|a| a.number == attempt && &a.container == container)
+            })
+            .expect("an ensured container is recorded");
+        match &record.placement {
+            Some(placement) => {
+                prop_assert_eq!(
+                    Some(placement),
+                    case.placement.as_ref(),
+                    "{} made off its placement",
+                    container
+                );
+            }
+            None => {
+                // Only an attempt recorded before placements were: never a new one.
+                let old = case.status.as_ref().and_then(|s| s.current());
+                prop_assert!(
+                    old.is_some_and(|o| same_attempt(o, record) && o.placement.is_none()),
+                    "a new attempt {} without a placement",
+                    attempt
+                );
+            }
+        }
+    }
+    if out_of_reach(case) && same_run(case) && case.status.as_ref().is_some_and(|s| s.live_container().is_some()) {
+        let before = case.status.as_ref().expect("checked");
+        let old = before.current().expect("a live container has an attempt");
+        prop_assert!(
+            ensures(d).iter().all(|(_, n)| *n != old.number),
+            "attempt {} is out of reach, yet ensured: {:?}",
+            old.number,
+            &d.actions
+        );
+        let after = after.expect("a valid task keeps its status");
+        let kept = after.attempts.iter().find(|a| same_attempt(a, old));
+        prop_assert!(
+            kept.is_some(),
+            "attempt {} out of reach was forgotten: its number would be used again",
+            old.number
+        );
+    }
+    if let (Some(after), Desired::Valid(spec)) = (after, &case.desired)
+        && after.phase == Phase::Failed
+        && after.current().is_some_and(|c| is_own_failure(c.reason))
+    {
+        let charged = after
+            .attempts
+            .iter()
+            .filter(|a| a.reason != Some(Reason::PlacementUnreachable))
+            .count() as u32;
+        let lost = after.attempts.len() as u32 - charged;
+        prop_assert!(
+            lost == 0 || charged > spec.retries,
+            "Failed after {charged} charged failures with retries {}",
+            spec.retries
+        );
     }
     Ok(())
 }
@@ -2558,6 +2976,22 @@ proptest! {
     }
 
     #[test]
+    fn prop_placement_an_attempt_placed_elsewhere_is_never_created_here(case in generate::case()) {
+        check_placement(&case, &case.run())?;
+    }
+
+    #[test]
+    fn prop_placement_for_live_tasks_of_the_same_spec(
+        case in generate::same_spec_case(
+            vec![Phase::Creating, Phase::Running, Phase::Deleting],
+            1,
+            generate::observed().boxed(),
+        )
+    ) {
+        check_placement(&case, &case.run())?;
+    }
+
+    #[test]
     fn prop_inv2_one_container_per_attempt_named_before_it_is_made(case in generate::case()) {
         check_inv2(&case, &case.run())?;
     }
@@ -2620,6 +3054,9 @@ proptest! {
             Just(unreachable()).boxed(),
         )
     ) {
+        // An attempt recorded on another placement is given up whatever the runtime says
+        // (`prop_placement_*`): this one is about the runtime of this replica's own.
+        prop_assume!(!out_of_reach(&case));
         let d = case.run();
         let before = case.status.as_ref().expect("a prior status");
         prop_assert!(ensures(&d).is_empty(), "{:?}", d.actions);
@@ -2650,6 +3087,9 @@ proptest! {
             Just(unreachable()).boxed(),
         )
     ) {
+        // An attempt recorded on another placement is given up whatever the runtime says
+        // (`prop_placement_*`): this one is about the runtime of this replica's own.
+        prop_assume!(!out_of_reach(&case));
         let d = case.run();
         if let (Some(before), Some(after)) = (&case.status, &d.status) {
             if after.phase.is_terminal() && after.phase != before.phase {
@@ -2964,6 +3404,7 @@ mod model {
                 index: None,
                 lanes: Default::default(),
                 dependencies: Dependencies::None,
+                placement: Some(here()),
             };
             let mut decision = decide(input.clone());
             if slot_full && decision.starts_attempt(self.status.as_ref()) {

@@ -3,7 +3,7 @@
 
 use super::{Cleanup, CompletionMode, ContainerTask, ManifestError, Quantity, RuntimeKind, Volume};
 use crate::controller::reconcile::MAX_RETRY_DELAY;
-use crate::task::TaskKey;
+use crate::task::{BadTaskKey, TaskKey};
 use sha2::{Digest, Sha256};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -489,16 +489,15 @@ pub fn validate(
     }
     let mut depends_on = Vec::new();
     for (i, dep) in spec.depends_on.iter().enumerate() {
-        if dep.trim().is_empty()
-            || dep
-                .split('/')
-                .any(|part| part.is_empty() || part == "." || part == "..")
-        {
-            fail(format!(
-                "spec.dependsOn[{i}]: {dep:?} is not a task; name it by its path without extension, e.g. jobs/split"
-            ));
-        } else {
-            depends_on.push(TaskKey::new(dep.clone()));
+        let parsed = match dep.trim() {
+            "" => Err(BadTaskKey::Empty),
+            _ => TaskKey::parse(dep),
+        };
+        match parsed {
+            Ok(key) => depends_on.push(key),
+            Err(problem) => fail(format!(
+                "spec.dependsOn[{i}]: {dep:?} is not a task ({problem}); name it by its path without extension, e.g. jobs/split"
+            )),
         }
     }
     if !depends_on.is_empty() && !ctx.features.depends_on {
@@ -743,6 +742,10 @@ mod tests {
             ("  command: [x]\n  completions: 5000\n", "at most 1000"),
             ("  command: [x]\n  parallelism: 0\n", "at least 1"),
             ("  command: [x]\n  dependsOn: [../up]\n", "path without extension"),
+            ("  command: [x]\n  dependsOn: [/etc/x]\n", "spec.dependsOn[0]"),
+            ("  command: [x]\n  dependsOn: [ok, 'a\\\\b']\n", "spec.dependsOn[1]"),
+            ("  command: [x]\n  dependsOn: [.skiff/events]\n", "state folder"),
+            ("  command: [x]\n  dependsOn: [\"a\\u0000b\"]\n", "NUL"),
         ] {
             let err = check(yaml).unwrap_err();
             assert!(err.contains(needle), "{yaml}: {err}");

@@ -361,6 +361,9 @@ pub fn token_refresh_margin(lifetime: Duration) -> Duration {
 
 pub struct AciRuntime {
     inner: Arc<Inner>,
+    /// The subscription and resource group: replicas see each other's groups exactly
+    /// when they share both.
+    placement: super::Placement,
 }
 
 struct Inner {
@@ -454,6 +457,7 @@ impl AciRuntime {
             urlencoding::encode(config.resource_group.trim()),
         );
         Ok(AciRuntime {
+            placement: super::Placement::aci(&config.subscription_id, &config.resource_group, owner.clone()),
             inner: Arc::new(Inner {
                 http,
                 groups_url,
@@ -1709,6 +1713,10 @@ impl Inner {
 impl Runtime for AciRuntime {
     fn kind(&self) -> RuntimeKind {
         RuntimeKind::Aci
+    }
+
+    async fn placement(&self) -> Result<super::Placement, RuntimeError> {
+        Ok(self.placement.clone())
     }
 
     async fn ensure(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {

@@ -34,7 +34,9 @@ impl CgroupRoot {
             .lines()
             .find_map(|line| line.strip_prefix("0::"))
             .ok_or("this process is in no cgroup v2")?;
-        let tag = crate::task::TaskKey::new(state_dir.to_string_lossy()).identity_hash8();
+        // Controllers of different state folders never share (and never kill) a group.
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(state_dir.as_os_str().as_encoded_bytes());
+        let tag = hex::encode(&digest[..4]);
         let dir = mount.join(own.trim_start_matches('/')).join(format!("skiff-{tag}"));
         std::fs::create_dir_all(&dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
         Ok(CgroupRoot { dir })

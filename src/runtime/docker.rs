@@ -93,6 +93,9 @@ struct Inner {
     /// Made and version-negotiated on first use, so that a controller can start before
     /// the engine does; until then every call is a transient error.
     client: OnceCell<Docker>,
+    /// The engine's ID (`GET /info`), asked once the engine first answers: replicas on
+    /// one engine see each other's containers, replicas on two engines do not.
+    engine_id: OnceCell<String>,
     /// The engine's socket when given explicitly; else `DOCKER_HOST` or the default.
     socket: Option<PathBuf>,
     /// `<state>/logs`, shared with the process runtime.
@@ -163,6 +166,7 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             inner: Arc::new(Inner {
                 client: OnceCell::new(),
+                engine_id: OnceCell::new(),
                 socket,
                 logs,
                 owner: state_dir.to_string_lossy().into_owned(),
@@ -904,6 +908,30 @@ fn labels_of(found: &ContainerInspectResponse) -> Option<&HashMap<String, String
 impl Runtime for DockerRuntime {
     fn kind(&self) -> RuntimeKind {
         RuntimeKind::Docker
+    }
+
+    async fn placement(&self) -> Result<super::Placement, RuntimeError> {
+        let inner = &self.inner;
+        let id = inner
+            .engine_id
+            .get_or_try_init(|| async {
+                let docker = inner.client().await?;
+                let info = docker
+                    .info()
+                    .await
+                    .map_err(|err| transient("ask the engine who it is", err))?;
+                // The ID names the engine; an engine that gives none is known by its
+                // host name, which tells two machines apart all the same.
+                info.id
+                    .filter(|id| !id.trim().is_empty())
+                    .or(info
+                        .name
+                        .filter(|name| !name.trim().is_empty())
+                        .map(|name| format!("host:{name}")))
+                    .ok_or_else(|| RuntimeError::Transient("docker: the engine gave neither an ID nor a name".into()))
+            })
+            .await?;
+        Ok(super::Placement::docker(id.clone(), inner.owner.clone()))
     }
 
     async fn ensure(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {

@@ -9,6 +9,7 @@ pub mod process;
 pub mod supervisor;
 
 use crate::manifest::RuntimeKind;
+pub use crate::status::Placement;
 use crate::status::Timestamp;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -143,6 +144,12 @@ impl From<std::io::Error> for RuntimeError {
 #[async_trait]
 pub trait Runtime: Send + Sync {
     fn kind(&self) -> RuntimeKind;
+
+    /// Where this runtime's containers live (see [`Placement`]): learnt once and kept. An
+    /// attempt recorded on another placement is out of this runtime's sight, so it must
+    /// never be created here (it may be running there). Transient while the runtime
+    /// cannot be asked (an engine that is not up yet).
+    async fn placement(&self) -> Result<Placement, RuntimeError>;
 
     /// Creates and starts the container, or adopts it if one already exists under that
     /// name. Idempotent: calling it again never makes a second container (invariant 2).

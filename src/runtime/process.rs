@@ -36,6 +36,9 @@ const STATE_SUFFIX: &str = ".state";
 
 pub struct ProcessRuntime {
     layout: Arc<Layout>,
+    /// The state folder's id and this machine's name: replicas see each other's
+    /// containers exactly when they share both.
+    placement: super::Placement,
     /// The skiff binary, run as `skiff __supervise`.
     supervisor_exe: PathBuf,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
@@ -59,8 +62,10 @@ impl ProcessRuntime {
         for dir in [&layout.containers, &layout.logs] {
             std::fs::create_dir_all(dir)?;
         }
+        let placement = super::Placement::process(load_or_create_state_id(state_dir)?, host_name());
         Ok(ProcessRuntime {
             layout: Arc::new(layout),
+            placement,
             supervisor_exe,
             watcher: Mutex::new(None),
             max_log_bytes: super::log_cap::DEFAULT_MAX_LOG_BYTES,
@@ -87,6 +92,11 @@ impl ProcessRuntime {
     pub fn with_max_log_bytes(mut self, bytes: u64) -> Self {
         self.max_log_bytes = bytes;
         self
+    }
+
+    /// The machine's name, as recorded in this runtime's placement.
+    pub fn placement_host(&self) -> String {
+        self.placement.host.clone().unwrap_or_default()
     }
 
     pub fn layout(&self) -> &Layout {
@@ -169,6 +179,48 @@ impl Drop for ProcessRuntime {
             cgroups.remove_if_empty();
         }
     }
+}
+
+/// The file, in the state folder, holding the folder's random id.
+pub const STATE_ID_FILE: &str = "placement-id";
+
+/// The state folder's random id, made by whichever replica sharing the folder starts
+/// first. A random id rather than the path: two machines may well use the same path.
+fn load_or_create_state_id(state_dir: &Path) -> std::io::Result<String> {
+    let path = state_dir.join(STATE_ID_FILE);
+    let read = |path: &Path| -> std::io::Result<Option<String>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(text.trim().to_string()).filter(|id| !id.is_empty())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    };
+    if let Some(id) = read(&path)? {
+        return Ok(id);
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    // Written whole under a temporary name, then linked into place: a link never
+    // replaces an existing file, so replicas starting together agree on the first id.
+    let temp = state_dir.join(format!(".{STATE_ID_FILE}.{id}"));
+    fsutil::write_atomic(&temp, format!("{id}\n").as_bytes())?;
+    let linked = std::fs::hard_link(&temp, &path);
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => Ok(id),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => read(&path)?
+            .ok_or_else(|| std::io::Error::other(format!("{} is empty; delete it to make a new id", path.display()))),
+        Err(err) => Err(err),
+    }
+}
+
+/// This machine's name, as the kernel knows it.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|name| !name.is_empty()))
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 impl Layout {
@@ -315,6 +367,10 @@ impl Runtime for ProcessRuntime {
         RuntimeKind::Process
     }
 
+    async fn placement(&self) -> Result<super::Placement, RuntimeError> {
+        Ok(self.placement.clone())
+    }
+
     async fn ensure(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         if self.layout.is_stale(spec) {
             // Same name, other attempt: a container an earlier run kept (`cleanup`), or one
@@ -416,5 +472,45 @@ impl Runtime for ProcessRuntime {
             *slot = Some(watcher);
         }
         Some(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement(dir: &Path) -> super::super::Placement {
+        let runtime = ProcessRuntime::new(dir, PathBuf::from("/bin/true")).expect("a state folder");
+        runtime.placement.clone()
+    }
+
+    #[test]
+    fn a_state_folder_keeps_its_id_and_two_folders_have_two() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        let first = placement(&a);
+        assert_eq!(
+            placement(&a),
+            first,
+            "the id is kept in the folder: replicas sharing it agree"
+        );
+        assert_ne!(placement(&b), first, "another folder is another placement");
+        let id = std::fs::read_to_string(a.join(STATE_ID_FILE)).unwrap();
+        assert_eq!(first.state_id.as_deref(), Some(id.trim()));
+        assert!(first.host.as_deref().is_some_and(|h| !h.is_empty()));
+    }
+
+    #[test]
+    fn replicas_starting_together_on_one_folder_agree_on_its_id() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("shared");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| load_or_create_state_id(&dir).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     }
 }

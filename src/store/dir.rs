@@ -5,6 +5,7 @@
 use super::{Fingerprint, Listed, MAX_STATUS_BYTES, ManifestRead, Store, StoreError, StoreEvent};
 use crate::fsutil::{self, ReadError, is_ignored_name};
 use crate::status::{STATUS_SUFFIX, TaskStatus};
+use crate::store::parsed_key;
 use crate::task::TaskKey;
 use async_trait::async_trait;
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -125,11 +126,13 @@ fn classify(root: &Path, path: &Path) -> Option<PathRole> {
     }
     let rel = parts.join("/");
     if let Some(stem) = rel.strip_suffix(STATUS_SUFFIX) {
-        return (!stem.is_empty()).then(|| PathRole::Status(TaskKey::new(stem)));
+        return parsed_key(stem).map(PathRole::Status);
     }
     let (stem, ext) = rel.rsplit_once('.')?;
-    (MANIFEST_EXTENSIONS.contains(&ext) && !stem.is_empty() && !stem.ends_with('/'))
-        .then(|| PathRole::Manifest(TaskKey::new(stem)))
+    if !MANIFEST_EXTENSIONS.contains(&ext) {
+        return None;
+    }
+    parsed_key(stem).map(PathRole::Manifest)
 }
 
 /// Runs file-system calls on the blocking pool: a slow or odd file must never stall

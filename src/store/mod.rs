@@ -13,6 +13,28 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 use tokio::sync::mpsc;
 
+/// The task a file or blob name belongs to. A name that cannot be a task key (a
+/// backslash in a file name; `..`, `//` or a leading `/` in a blob name) is skipped: no
+/// status could be written for it without leaving the folder. Said once per name, at
+/// warn level, because listings repeat every few seconds.
+pub(crate) fn parsed_key(stem: &str) -> Option<TaskKey> {
+    match TaskKey::parse(stem) {
+        Ok(key) => Some(key),
+        Err(problem) => {
+            static WARNED: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
+            let first = WARNED.lock().is_ok_and(|mut warned| {
+                let warned = warned.get_or_insert_with(Default::default);
+                // Bounded: a store full of bad names must not grow memory without end.
+                warned.len() < 10_000 && warned.insert(stem.to_string())
+            });
+            if first {
+                tracing::warn!(name = ?stem, "skipping a file that cannot name a task: {problem}");
+            }
+            None
+        }
+    }
+}
+
 /// One task as seen by a listing: enough to tell, cheaply, whether it changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {

@@ -4,8 +4,30 @@
 //! task is its own. The controller knows only this trait, never how it is kept.
 
 use super::StoreError;
+use crate::status::{Placement, Timestamp};
 use crate::task::TaskKey;
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What a replica tells the others sharing its store about itself, refreshed while it
+/// lives (a blob store keeps it as `.skiff/replicas/<id>.json`): chiefly where each of
+/// its runtimes places containers, so that a replica whose containers another could
+/// not adopt after its death is known (and said) before it happens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaRecord {
+    /// Unique per run of a replica (its lease id on a blob store).
+    pub id: String,
+    /// `--replica-name`: how people know it.
+    pub name: String,
+    /// Each runtime's placement (by runtime name), for the runtimes that could say.
+    #[serde(default)]
+    pub placements: BTreeMap<String, Placement>,
+    pub started_at: Timestamp,
+    /// Refreshed periodically; a record whose heartbeat is old belongs to a dead replica.
+    pub heartbeat_at: Timestamp,
+}
 
 #[async_trait]
 pub trait Ownership: Send + Sync {
@@ -21,4 +43,12 @@ pub trait Ownership: Send + Sync {
     fn holds(&self, key: &TaskKey) -> bool;
     /// How many tasks this replica holds: its share of the work.
     fn held(&self) -> usize;
+    /// This replica's id among those sharing the store.
+    fn replica_id(&self) -> String;
+    /// Writes (or refreshes) this replica's presence record.
+    async fn publish(&self, record: &ReplicaRecord) -> Result<(), StoreError>;
+    /// Every replica's presence record, this one's included; unreadable ones skipped.
+    async fn replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError>;
+    /// Removes a replica's presence record: this one's when it stops, or a long-dead one's.
+    async fn withdraw(&self, id: &str);
 }

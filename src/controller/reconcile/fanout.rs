@@ -176,6 +176,7 @@ fn valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
             index: Some(index),
             lanes: BTreeMap::new(),
             dependencies: Dependencies::None,
+            placement: input.placement.clone(),
         };
         let decided = advance(&lane_input, spec, view.clone());
         if let Some(after) = decided.status {
@@ -275,7 +276,11 @@ fn wind_down(
             .get(&lane.index)
             .map(|l| l.observed.clone())
             .unwrap_or_default();
-        let gone = observed == Observed::Container(ContainerState::Absent);
+        // A container out of reach cannot be deleted from here: nothing to wait for.
+        let gone = matches!(
+            observed,
+            Observed::Container(ContainerState::Absent) | Observed::PlacementUnreachable(_)
+        );
         if let Some(current) = view.current_mut()
             && current.reason.is_none()
         {

@@ -46,6 +46,7 @@ fn input<'a>(desired: &'a Desired, status: Option<&'a TaskStatus>, now: Timestam
         index: None,
         lanes: BTreeMap::new(),
         dependencies: Dependencies::None,
+        placement: Some(crate::status::Placement::process("0000aaaa", "alpha")),
     }
 }
 
@@ -575,4 +576,80 @@ proptest! {
             prop_assert!(l.attempt <= retries + 1);
         }
     }
+}
+
+#[test]
+fn a_lane_placed_out_of_reach_is_given_up_uncharged_and_runs_again_here_alone() {
+    use crate::status::Placement;
+    let desired = Desired::Valid(Box::new(spec("  completions: 2\n  parallelism: 2\n")));
+    let started = decide(input(&desired, None, t0()));
+    let mut status = started.status.clone().unwrap();
+    let here = Placement::process("0000aaaa", "alpha");
+    assert!(
+        status.attempts.iter().all(|a| a.placement.as_ref() == Some(&here)),
+        "each lane's attempt records where it lives: {:?}",
+        status.attempts
+    );
+    // Lane 1's container was made by a replica that is gone, on its own state folder.
+    let elsewhere = Placement::process("1111bbbb", "beta");
+    for a in status.attempts.iter_mut().filter(|a| a.index == Some(1)) {
+        a.placement = Some(elsewhere.clone());
+    }
+    let mut next = input(&desired, Some(&status), t0());
+    next.lanes.insert(
+        0,
+        Lane {
+            observed: Observed::Container(ContainerState::Running { started_at: Some(t0()) }),
+            ..Lane::default()
+        },
+    );
+    next.lanes.insert(
+        1,
+        Lane {
+            observed: Observed::PlacementUnreachable(elsewhere),
+            ..Lane::default()
+        },
+    );
+    let decision = decide(next);
+    assert!(
+        ensures(&decision).is_empty(),
+        "nothing made for lane 1: {:?}",
+        decision.actions
+    );
+    assert!(
+        deletes(&decision).is_empty(),
+        "nothing to delete from here: {:?}",
+        decision.actions
+    );
+    let after = decision.status.as_ref().unwrap();
+    assert_eq!(lane(after, 0).phase, Phase::Running);
+    let lost = lane(after, 1);
+    assert_eq!(
+        (lost.phase, lost.reason, lost.attempt),
+        (Phase::Pending, Some(Reason::PlacementUnreachable), 1)
+    );
+    assert!(lost.message.as_deref().unwrap().contains("host beta"), "{lost:?}");
+
+    // Lane 1 runs its attempt 2 here; lane 0 is left as it was.
+    let mut again = input(&desired, Some(after), t0());
+    again.lanes.insert(
+        0,
+        Lane {
+            observed: Observed::Container(ContainerState::Running { started_at: Some(t0()) }),
+            ..Lane::default()
+        },
+    );
+    let decision = decide(again);
+    assert_eq!(ensures(&decision), vec![(key().container_name(2, Some(1)), 2, Some(1))]);
+    assert_eq!(decision.started_lanes(Some(after)), vec![Some(1)], "it takes a slot");
+    let record = decision
+        .status
+        .as_ref()
+        .unwrap()
+        .attempts
+        .iter()
+        .find(|a| a.index == Some(1) && a.number == 2)
+        .cloned()
+        .unwrap();
+    assert_eq!(record.placement, Some(here));
 }

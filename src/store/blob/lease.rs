@@ -15,7 +15,7 @@
 
 use super::{Inner, lock};
 use crate::store::StoreError;
-use crate::store::ownership::Ownership;
+use crate::store::ownership::{Ownership, ReplicaRecord};
 use crate::task::TaskKey;
 use async_trait::async_trait;
 use azure_storage_blob::models::{BlobClientAcquireLeaseOptions, BlockBlobClientUploadOptions};
@@ -235,4 +235,54 @@ impl Ownership for std::sync::Arc<Leases> {
     fn held(&self) -> usize {
         lock(&self.held).len()
     }
+
+    fn replica_id(&self) -> String {
+        self.id.clone()
+    }
+
+    async fn publish(&self, record: &ReplicaRecord) -> Result<(), StoreError> {
+        let inner = self.inner()?;
+        let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
+        inner.upload(&replica_rel(&record.id), bytes, None, false).await?;
+        Ok(())
+    }
+
+    async fn replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
+        let inner = self.inner()?;
+        let mut records = Vec::new();
+        for rel in inner
+            .list_names(&format!("{}/{REPLICAS}/", super::STATE_FOLDER))
+            .await?
+        {
+            if !rel.ends_with(".json") {
+                continue;
+            }
+            // One that vanished since the listing (withdrawn) or that is not a record
+            // (a person's file) tells nothing: skipped.
+            if let Some((bytes, _)) = inner.download(&rel).await?
+                && let Ok(record) = serde_json::from_slice::<ReplicaRecord>(&bytes)
+            {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    async fn withdraw(&self, id: &str) {
+        let Ok(inner) = self.inner() else { return };
+        let rel = replica_rel(id);
+        if let Ok(blob) = inner.blob(&rel)
+            && let Err(err) = blob.delete(None).await
+            && !super::is_not_found(&err)
+        {
+            tracing::debug!("removing the presence record {rel} failed: {}", inner.error(&rel, &err));
+        }
+    }
+}
+
+/// The folder of the replicas' presence records, under `.skiff/`.
+const REPLICAS: &str = "replicas";
+
+fn replica_rel(id: &str) -> String {
+    format!("{}/{REPLICAS}/{id}.json", super::STATE_FOLDER)
 }

@@ -22,6 +22,7 @@ use super::{Fingerprint, Listed, ManifestRead, Store, StoreError, StoreEvent};
 use crate::fsutil::is_ignored_name;
 use crate::status::{STATUS_SUFFIX, TaskStatus};
 use crate::store::dir::MANIFEST_EXTENSIONS;
+use crate::store::parsed_key;
 use crate::task::TaskKey;
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
@@ -125,11 +126,13 @@ fn classify(rel: &str) -> Option<Role> {
         return None;
     }
     if let Some(stem) = rel.strip_suffix(STATUS_SUFFIX) {
-        return (!stem.is_empty()).then(|| Role::Status(TaskKey::new(stem)));
+        return parsed_key(stem).map(Role::Status);
     }
     let (stem, ext) = rel.rsplit_once('.')?;
-    (MANIFEST_EXTENSIONS.contains(&ext) && !stem.is_empty() && !stem.ends_with('/'))
-        .then(|| Role::Manifest(TaskKey::new(stem)))
+    if !MANIFEST_EXTENSIONS.contains(&ext) {
+        return None;
+    }
+    parsed_key(stem).map(Role::Manifest)
 }
 
 /// What went wrong with a request, in the store's terms. A SAS never appears: the
@@ -409,6 +412,27 @@ impl Inner {
             }
         }
         Ok(tasks)
+    }
+
+    /// The names (relative to the prefix) of the blobs under `folder`, e.g. `.skiff/replicas/`.
+    async fn list_names(&self, folder: &str) -> Result<Vec<String>, StoreError> {
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: Some(self.location.blob_name(folder)),
+            maxresults: Some(PAGE),
+            ..Default::default()
+        };
+        let mut pager = self
+            .container
+            .list_blobs(Some(options))
+            .map_err(|err| self.error("list", &err))?;
+        let strip = self.location.list_prefix().unwrap_or_default();
+        let mut names = Vec::new();
+        while let Some(item) = pager.try_next().await.map_err(|err| self.error("list", &err))? {
+            if let Some(rel) = item.name.as_deref().and_then(|name| name.strip_prefix(&strip)) {
+                names.push(rel.to_string());
+            }
+        }
+        Ok(names)
     }
 
     /// One task's blobs, listed afresh (a prefix listing: one call).
@@ -751,6 +775,28 @@ impl Store for BlobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blob_names_that_cannot_be_task_keys_are_skipped() {
+        let key = |rel: &str| match classify(rel) {
+            Some(Role::Manifest(key)) | Some(Role::Status(key)) => Some(key.to_string()),
+            None => None,
+        };
+        assert_eq!(key("jobs/a.yaml").as_deref(), Some("jobs/a"));
+        assert_eq!(key("jobs/a.status.json").as_deref(), Some("jobs/a"));
+        for bad in [
+            "../x.yaml",
+            "a/../../x.yaml",
+            "/abs.yaml",
+            "a//b.yaml",
+            "a\\b.yaml",
+            "a/./b.status.json",
+            "a\0b.yaml",
+            ".skiff/x.yaml",
+        ] {
+            assert_eq!(key(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn answers_map_to_what_the_controller_does_with_them() {
