@@ -5,6 +5,10 @@
 
 mod support;
 
+#[path = "support/arm_sim.rs"]
+mod arm_sim;
+
+use arm_sim::{ArmSim, LOCATION, RESOURCE_GROUP, SUBSCRIPTION, SimConfig};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -194,6 +198,66 @@ fn the_fan_out_example_on_docker_completes_by_callback_and_fans_in() {
     assert_eq!(code, Some(0), "{}", ws.controller_log());
     check_fan_out(&ws, "docker");
     assert!(skiff_containers(&ws.root().join(".skiff")).is_empty());
+}
+
+/// The fan-out example on the aci runtime, against the ARM simulator running the
+/// example's real scripts as host processes (the callbacks take the curl branch: no
+/// `SKIFF_BIN` on ACI): six container groups, each created once, all deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fan_out_example_on_aci_completes_by_callback_and_fans_in() {
+    arm_sim::identity();
+    let run = tempfile::tempdir().unwrap();
+    let sim = ArmSim::start(SimConfig {
+        run_commands_in: Some(run.path().to_path_buf()),
+        ..SimConfig::default()
+    })
+    .await;
+    let ws = Workspace::new();
+    ws.copy_example("fan-out", "busybox");
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let callback = format!("http://{listen}");
+    let flags = [
+        "--once",
+        "--runtime",
+        "aci",
+        "--aci-subscription-id",
+        SUBSCRIPTION,
+        "--aci-resource-group",
+        RESOURCE_GROUP,
+        "--aci-location",
+        LOCATION,
+        "--arm-endpoint",
+        &sim.endpoint,
+        "--azure-credential",
+        "managed",
+        "--listen",
+        &listen,
+        "--callback-url",
+        &callback,
+    ];
+    let controller = ws.controller(&flags);
+    let code = tokio::task::spawn_blocking(move || controller.wait(LONG))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{}", ws.controller_log());
+    check_fan_out(&ws, "aci");
+    let stats = sim.stats();
+    assert_eq!(stats.created.len(), 6, "five workers and the merge");
+    for (name, creates) in &stats.created_per_name {
+        assert_eq!(*creates, 1, "{name} was created {creates} times");
+    }
+    assert_eq!(
+        stats.callbacks.len(),
+        0,
+        "the real scripts called back, not the tiny shell"
+    );
+    assert!(sim.live().is_empty(), "every group deleted: {:?}", sim.live());
+    let merge = ws.status("merge").unwrap();
+    let tail = merge["logTail"].as_str().unwrap_or_default();
+    assert!(
+        tail.contains("sum of squares: 30"),
+        "the logs were read before the delete: {tail}"
+    );
 }
 
 #[test]
