@@ -564,3 +564,61 @@ fn the_systemd_unit_restarts_on_failure_delegates_cgroups_and_its_command_runs()
         eprintln!("note: systemd-analyze is not installed; the unit's syntax was not checked by systemd");
     }
 }
+
+/// The curl callback on the aci runtime (the ARM simulator running the real scripts):
+/// every task succeeds by its event through five controller SIGKILLs, each container
+/// group is created once, and no (task, attempt) runs twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_callbacks_on_aci_ride_out_controller_restarts() {
+    arm_sim::identity();
+    let run = tempfile::tempdir().unwrap();
+    let sim = ArmSim::start(SimConfig {
+        run_commands_in: Some(run.path().to_path_buf()),
+        ..SimConfig::default()
+    })
+    .await;
+    let ws = Workspace::new();
+    const TASKS: usize = 8;
+    for i in 0..TASKS {
+        ws.task(
+            &format!("ev{i}.yaml"),
+            &format!(
+                "{}; sleep {}; curl -fsS --retry 30 --retry-all-errors --retry-delay 1 -o /dev/null -d '{{\"result\":{{\"n\":{i}}}}}' \"$SKIFF_CALLBACK_URL\"",
+                ws.ledger_line(),
+                1 + i % 3
+            ),
+            "  image: busybox\n  completion: {mode: event, pollInterval: 1s}\n",
+        );
+    }
+    // ACI needs a callback URL the containers reach: a fixed one, the same after restarts.
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let callback = format!("http://{listen}");
+    let flags = [
+        "--runtime",
+        "aci",
+        "--aci-subscription-id",
+        SUBSCRIPTION,
+        "--aci-resource-group",
+        RESOURCE_GROUP,
+        "--aci-location",
+        LOCATION,
+        "--arm-endpoint",
+        &sim.endpoint,
+        "--azure-credential",
+        "managed",
+        "--listen",
+        &listen,
+        "--callback-url",
+        &callback,
+    ];
+    let code = tokio::task::block_in_place(|| kill_and_restart(&ws, &flags, 5, Duration::from_millis(1500)));
+    assert_eq!(code, Some(0), "{}", ws.controller_log());
+    check_restarted_results(&ws, TASKS);
+    assert_no_attempt_ran_twice(ws.ledger_lines(), TASKS);
+    let stats = sim.stats();
+    assert_eq!(stats.created.len(), TASKS, "{:?}", stats.created_per_name);
+    for (name, creates) in &stats.created_per_name {
+        assert_eq!(*creates, 1, "{name} was created {creates} times");
+    }
+    assert!(sim.live().is_empty(), "every group deleted: {:?}", sim.live());
+}
