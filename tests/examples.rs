@@ -260,6 +260,34 @@ async fn the_fan_out_example_on_aci_completes_by_callback_and_fans_in() {
     );
 }
 
+/// The README's first command: `controller --dir examples/quickstart --once`.
+#[test]
+fn the_quickstart_example_runs_every_task_to_success() {
+    let ws = Workspace::new();
+    ws.copy_example("quickstart", "busybox");
+    let code = ws.controller(&["--once"]).wait(LONG);
+    assert_eq!(code, Some(0), "{}", ws.controller_log());
+    let hello = ws.status("hello").unwrap();
+    assert_eq!(hello["phase"], "Succeeded", "{hello:#}");
+    assert!(
+        hello["logTail"]
+            .as_str()
+            .unwrap()
+            .contains("hello from hello, attempt 1")
+    );
+    let count = ws.status("jobs/count").unwrap();
+    assert_eq!(count["phase"], "Succeeded", "{count:#}");
+    assert_eq!(count["logTail"], "line 1\nline 2\nline 3\n");
+    let flaky = ws.status("jobs/flaky").unwrap();
+    assert_eq!(flaky["phase"], "Succeeded", "{flaky:#}");
+    assert_eq!(
+        flaky["attempts"].as_array().unwrap().len(),
+        2,
+        "failed once, then retried"
+    );
+    assert_eq!(flaky["attempts"][0]["exitCode"], 1);
+}
+
 #[test]
 fn the_callback_example_reports_its_result() {
     let ws = Workspace::new();
