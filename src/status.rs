@@ -28,6 +28,17 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order of the lifecycle.
+    pub const ALL: [Phase; 7] = [
+        Phase::Pending,
+        Phase::Creating,
+        Phase::Running,
+        Phase::Deleting,
+        Phase::Succeeded,
+        Phase::Failed,
+        Phase::Invalid,
+    ];
+
     /// Succeeded or Failed: the task is done for its spec hash (invariant 3).
     pub fn is_terminal(self) -> bool {
         matches!(self, Phase::Succeeded | Phase::Failed)
@@ -315,6 +326,22 @@ pub struct IndexStatus {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Timestamp>,
+}
+
+impl IndexStatus {
+    /// An index that has not started: how every index of a new run begins.
+    pub fn pending(index: u32) -> Self {
+        IndexStatus {
+            index,
+            phase: Phase::Pending,
+            attempt: 0,
+            exit_code: None,
+            result: None,
+            reason: None,
+            message: None,
+            next_attempt_at: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

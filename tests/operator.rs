@@ -164,12 +164,12 @@ fn rerun_failed_runs_only_a_fanouts_failed_indexes() {
     assert_eq!(status["phase"], "Succeeded", "{status}");
     let again: Vec<String> = ws.ledger_lines()[first_runs.len()..].to_vec();
     for line in &again {
-        let index = line.trim_start_matches("fan ");
+        let index: u64 = line.trim_start_matches("fan ").parse().expect("an index");
         let succeeded_before = first["indexes"]
             .as_array()
             .expect("indexes")
             .iter()
-            .any(|l| l["index"].to_string() == index && l["phase"] == "Succeeded");
+            .any(|l| l["index"] == index && l["phase"] == "Succeeded");
         assert!(
             !succeeded_before,
             "index {index} had succeeded and ran again: {again:?}"

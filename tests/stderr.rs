@@ -21,16 +21,12 @@ fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Option<std::
     None
 }
 
-/// `skiff controller --dir d --once 2>&1 | head -1`: the reader leaves after one line,
-/// and the controller still runs every task and exits 0.
-#[test]
-fn once_with_stderr_closed_after_one_line_runs_every_task() {
-    let ws = Workspace::new();
-    for i in 0..5 {
-        ws.task(&format!("t{i}.yaml"), &format!("sleep 0.2; {}", ws.ledger_line()), "");
-    }
+/// A controller whose stderr is a pipe that its reader closes after the first line.
+fn controller_reading_one_line(ws: &Workspace, flags: &[&str]) -> std::process::Child {
     let mut child = Command::new(SKIFF)
-        .args(["controller", "--once", "--dir"])
+        .arg("controller")
+        .args(flags)
+        .arg("--dir")
         .arg(ws.root())
         .env("SKIFF_LOG", "debug")
         .stdin(Stdio::null())
@@ -42,6 +38,18 @@ fn once_with_stderr_closed_after_one_line_runs_every_task() {
     BufReader::new(child.stderr.take().expect("piped"))
         .read_line(&mut first)
         .expect("one line");
+    child
+}
+
+/// `skiff controller --dir d --once 2>&1 | head -1`: the reader leaves after one line,
+/// and the controller still runs every task and exits 0.
+#[test]
+fn once_with_stderr_closed_after_one_line_runs_every_task() {
+    let ws = Workspace::new();
+    for i in 0..5 {
+        ws.task(&format!("t{i}.yaml"), &format!("sleep 0.2; {}", ws.ledger_line()), "");
+    }
+    let mut child = controller_reading_one_line(&ws, &["--once"]);
     // The reader (and the only copy of the pipe's read end) is gone here.
     let status = wait_exit(&mut child, Duration::from_secs(60)).expect("--once exits");
     assert_eq!(status.code(), Some(0), "exit status {status:?} (101 is a panic)");
@@ -56,19 +64,7 @@ fn once_with_stderr_closed_after_one_line_runs_every_task() {
 #[test]
 fn a_controller_whose_stderr_closed_keeps_working_and_stops_on_sigterm() {
     let ws = Workspace::new();
-    let mut child = Command::new(SKIFF)
-        .args(["controller", "--dir"])
-        .arg(ws.root())
-        .env("SKIFF_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start skiff");
-    let mut first = String::new();
-    BufReader::new(child.stderr.take().expect("piped"))
-        .read_line(&mut first)
-        .expect("one line");
+    let mut child = controller_reading_one_line(&ws, &[]);
     // Each task makes log lines, all written into the closed pipe.
     for i in 0..3 {
         ws.task(&format!("late{i}.yaml"), &ws.ledger_line(), "");

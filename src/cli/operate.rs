@@ -29,7 +29,7 @@ pub fn rerun(args: RerunArgs) -> anyhow::Result<ExitCode> {
                 println!("{key} has not run yet; nothing to do");
                 continue;
             };
-            if !status.phase.is_final() && status.phase != Phase::Invalid {
+            if !status.phase.is_final() {
                 eprintln!(
                     "{key} is {}: it runs now; stop it first with `skiff terminate {key}`, then rerun it",
                     status.phase
@@ -85,16 +85,7 @@ fn rerun_failed_indexes(mut status: TaskStatus) -> Option<(TaskStatus, String)> 
         return None;
     }
     for lane in status.indexes.iter_mut().filter(|l| again.contains(&l.index)) {
-        *lane = IndexStatus {
-            index: lane.index,
-            phase: Phase::Pending,
-            attempt: 0,
-            exit_code: None,
-            result: None,
-            reason: None,
-            message: None,
-            next_attempt_at: None,
-        };
+        *lane = IndexStatus::pending(lane.index);
     }
     // Their attempts go: a new attempt 1 of the index must not count the old ones
     // against `retries`, nor be taken for them.

@@ -56,24 +56,15 @@ fn eprintln_lossy(line: &str) {
 
 /// (done, total, "3 running, 1 failed, ...") from the task gauges.
 fn summary(metrics: &Metrics) -> (u64, u64, String) {
-    let phases = [
-        Phase::Pending,
-        Phase::Creating,
-        Phase::Running,
-        Phase::Deleting,
-        Phase::Succeeded,
-        Phase::Failed,
-        Phase::Invalid,
-    ];
     let (mut done, mut total, mut parts) = (0u64, 0u64, Vec::new());
-    for phase in phases {
+    for phase in Phase::ALL {
         let count = metrics
             .tasks
             .get_or_create(&Metrics::label("phase", phase.as_str()))
             .get()
             .max(0) as u64;
         total += count;
-        if phase.is_final() || phase == Phase::Invalid {
+        if phase.is_final() {
             done += count;
         }
         if count > 0 {

@@ -556,7 +556,7 @@ async fn given_up_elsewhere(
         a.container == container.name
             && a.reason == Some(Reason::PlacementUnreachable)
             && a.placement.as_ref() == Some(&ours)
-            && a.created_at.map(|t| crate::status::format_time(&t)).as_ref() == Some(attempt_id)
+            && a.attempt_id().as_ref() == Some(attempt_id)
     })
 }
 

@@ -3223,7 +3223,7 @@ mod model {
         let Some(sim) = found else {
             return ContainerState::Absent;
         };
-        let wanted = current.created_at.map(|t| crate::status::format_time(&t));
+        let wanted = current.attempt_id();
         let stale = matches!((&sim.label, &wanted), (Some(found), Some(wanted)) if found != wanted);
         if stale {
             ContainerState::Absent

@@ -205,18 +205,7 @@ fn valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
 fn fresh(key: &TaskKey, spec: &TaskSpec, now: Timestamp) -> TaskStatus {
     let mut status = TaskStatus::new(key.as_str(), &spec.name, &spec.spec_hash, now);
     status.message = notes(spec);
-    status.indexes = (0..spec.completions)
-        .map(|index| IndexStatus {
-            index,
-            phase: Phase::Pending,
-            attempt: 0,
-            exit_code: None,
-            result: None,
-            reason: None,
-            message: None,
-            next_attempt_at: None,
-        })
-        .collect();
+    status.indexes = (0..spec.completions).map(IndexStatus::pending).collect();
     status
 }
 
