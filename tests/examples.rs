@@ -152,6 +152,68 @@ fn the_two_thumbnail_manifests_run_the_same_script() {
     assert_eq!(process["spec"]["args"], docker["spec"]["args"]);
     assert_eq!(process["spec"]["completion"], docker["spec"]["completion"]);
     assert_eq!(docker["spec"]["workingDir"], "/media");
+    // ACI has no workingDir: the same script after a `cd` into the share.
+    let aci = yaml(&example("thumbnail/aci/thumbnail.yaml"));
+    assert_eq!(process["spec"]["command"], aci["spec"]["command"]);
+    let aci_script = aci["spec"]["args"][0].as_str().unwrap();
+    assert_eq!(
+        aci_script.strip_prefix("cd /media\n"),
+        process["spec"]["args"][0].as_str(),
+        "the aci script is the process one after `cd /media`"
+    );
+    assert_eq!(process["spec"]["completion"], aci["spec"]["completion"]);
+    assert_eq!(aci["spec"]["volumes"][0]["mountPath"], "/media");
+}
+
+/// Workload 1 as the story ran it: on the aci runtime (the ARM simulator running the
+/// real script, the Azure File share a host folder), polled to completion, its logs
+/// read before the group is deleted; the storage key never lands in a status.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_thumbnail_example_on_aci_reads_and_writes_its_file_share() {
+    arm_sim::identity();
+    let run = tempfile::tempdir().unwrap();
+    let share = run.path().join("shares/media");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::copy(example("thumbnail/process/clip.y4m"), share.join("clip.y4m")).unwrap();
+    let sim = ArmSim::start(SimConfig {
+        run_commands_in: Some(run.path().to_path_buf()),
+        ..SimConfig::default()
+    })
+    .await;
+    let ws = Workspace::new();
+    ws.copy_example("thumbnail/aci", "busybox");
+    const KEY: &str = "c2tpZmYtbWVkaWEta2V5LW5ldmVyLWluLWEtc3RhdHVz";
+    let log = std::fs::File::create(ws.root().join(".controller.log")).unwrap();
+    let child = std::process::Command::new(support::SKIFF)
+        .args(["controller", "--dir", &dir(&ws), "--once", "--runtime", "aci"])
+        .args([
+            "--aci-subscription-id",
+            SUBSCRIPTION,
+            "--aci-resource-group",
+            RESOURCE_GROUP,
+        ])
+        .args(["--aci-location", LOCATION, "--arm-endpoint", &sim.endpoint])
+        .args(["--azure-credential", "managed"])
+        .env("SKIFF_MEDIA_KEY", KEY)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start skiff controller");
+    let controller = support::Controller { child };
+    let code = tokio::task::spawn_blocking(move || controller.wait(LONG))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{}", ws.controller_log());
+    check_thumbnail_status(&ws, "aci");
+    let thumbnail = std::fs::read(share.join("thumbnail.pgm")).expect("the thumbnail on the share");
+    assert_eq!(thumbnail, expected_thumbnail(), "the clip's middle frame as a PGM");
+    let stats = sim.stats();
+    assert_eq!(stats.created.len(), 1);
+    assert!(sim.live().is_empty(), "the group is deleted: {:?}", sim.live());
+    let status = text(&ws.status_path("thumbnail"));
+    assert!(!status.contains(KEY), "the storage key is in the status");
+    assert!(!ws.controller_log().contains(KEY), "the storage key is in the log");
 }
 
 fn check_fan_out(ws: &Workspace, runtime: &str) {
@@ -363,6 +425,7 @@ fn each_example_has_a_readme_with_its_exact_commands() {
             &[
                 "skiff controller --dir examples/thumbnail/process --once",
                 "skiff controller --dir examples/thumbnail/docker --allow-host-path /tmp/skiff-thumbnail --once",
+                "skiff controller --dir examples/thumbnail/aci --aci-resource-group rg-skiff --aci-location westus2 --once",
             ][..],
         ),
         (

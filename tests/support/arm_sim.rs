@@ -76,7 +76,9 @@ pub struct SimConfig {
     /// Instead of the tiny shell: run each container's command as a real host process in
     /// this folder, with only the container's environment (and a `PATH`), its output as
     /// the logs and its exit status as the exit code; deleting the group kills it. For
-    /// running the examples' real scripts "on ACI".
+    /// running the examples' real scripts "on ACI". An Azure File share is the folder
+    /// `<this folder>/shares/<shareName>`: a host process cannot mount it, so its
+    /// `mountPath` is replaced by that folder in the command's words.
     pub run_commands_in: Option<std::path::PathBuf>,
 }
 
@@ -939,6 +941,36 @@ fn script_steps(command: &[String], env: &HashMap<String, String>) -> Vec<Step> 
     steps
 }
 
+/// The command with each Azure File share's mount path replaced by the share's folder
+/// under `dir` (made if need be).
+fn with_shares_mounted(
+    dir: &std::path::Path,
+    container: &Value,
+    volumes: Option<&Value>,
+    command: &[String],
+) -> Vec<String> {
+    let mut command = command.to_vec();
+    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+        let (Some(name), Some(path)) = (mount["name"].as_str(), mount["mountPath"].as_str()) else {
+            continue;
+        };
+        let share = volumes
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == name)
+            .and_then(|v| v["azureFile"]["shareName"].as_str());
+        if let Some(share) = share {
+            let folder = dir.join("shares").join(share);
+            let _ = std::fs::create_dir_all(&folder);
+            for word in &mut command {
+                *word = word.replace(path, &folder.to_string_lossy());
+            }
+        }
+    }
+    command
+}
+
 /// Runs a group's command as a host process (see [`SimConfig::run_commands_in`]): its exit
 /// code and output, or `None` if the group was deleted meanwhile (the process group is
 /// then killed).
@@ -1054,7 +1086,10 @@ async fn lifecycle(sim: Arc<Sim>, name: String, generation: u64) {
         g.events.push(event("Started", "Normal", "Started container".into()));
         steps = script_steps(&g.command, &g.env);
         callback_url = g.env.get("SKIFF_CALLBACK_URL").cloned();
-        real = run_in.map(|dir| (dir, g.command.clone(), g.env.clone()));
+        real = run_in.map(|dir| {
+            let command = with_shares_mounted(&dir, &g.container, g.volumes.as_ref(), &g.command);
+            (dir, command, g.env.clone())
+        });
     }) {
         return;
     }
