@@ -73,6 +73,13 @@ pub struct SimConfig {
     /// What the `-pt5m` and `-pt1h` quota headers count down from.
     pub quota_pt5m: u32,
     pub quota_pt1h: u32,
+    /// Instead of the tiny shell: run each container's command as a real host process in
+    /// this folder, with only the container's environment (and a `PATH`), its output as
+    /// the logs and its exit status as the exit code; deleting the group kills it. For
+    /// running the examples' real scripts "on ACI". An Azure File share is the folder
+    /// `<this folder>/shares/<shareName>`: a host process cannot mount it, so its
+    /// `mountPath` is replaced by that folder in the command's words.
+    pub run_commands_in: Option<std::path::PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -87,6 +94,7 @@ impl Default for SimConfig {
             max_memory_gb: 16.0,
             quota_pt5m: 100,
             quota_pt1h: 300,
+            run_commands_in: None,
         }
     }
 }
@@ -933,6 +941,103 @@ fn script_steps(command: &[String], env: &HashMap<String, String>) -> Vec<Step> 
     steps
 }
 
+/// The command with each Azure File share's mount path replaced by the share's folder
+/// under `dir` (made if need be).
+fn with_shares_mounted(
+    dir: &std::path::Path,
+    container: &Value,
+    volumes: Option<&Value>,
+    command: &[String],
+) -> Vec<String> {
+    let mut command = command.to_vec();
+    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+        let (Some(name), Some(path)) = (mount["name"].as_str(), mount["mountPath"].as_str()) else {
+            continue;
+        };
+        let share = volumes
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == name)
+            .and_then(|v| v["azureFile"]["shareName"].as_str());
+        if let Some(share) = share {
+            let folder = dir.join("shares").join(share);
+            let _ = std::fs::create_dir_all(&folder);
+            for word in &mut command {
+                *word = word.replace(path, &folder.to_string_lossy());
+            }
+        }
+    }
+    command
+}
+
+/// Runs a group's command as a host process (see [`SimConfig::run_commands_in`]): its exit
+/// code and output, or `None` if the group was deleted meanwhile (the process group is
+/// then killed).
+async fn run_for_real(
+    sim: &Arc<Sim>,
+    name: &str,
+    generation: u64,
+    dir: &std::path::Path,
+    command: &[String],
+    env: &HashMap<String, String>,
+) -> Option<(i32, String)> {
+    use tokio::io::AsyncReadExt;
+    let Some((program, args)) = command.split_first() else {
+        return Some((127, "no command".into()));
+    };
+    let spawned = tokio::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .envs(env)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(err) => return Some((127, format!("{program}: {err}"))),
+    };
+    let read = |pipe: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>| {
+        tokio::spawn(async move {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes).await;
+            }
+            String::from_utf8_lossy(&bytes).to_string()
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let pid = child.id();
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let code = status.ok().and_then(|s| s.code()).unwrap_or(137);
+                let output = stdout.await.unwrap_or_default() + &stderr.await.unwrap_or_default();
+                return Some((code, output));
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                let alive = sim.world().groups.get(name).is_some_and(|g| g.generation == generation);
+                if !alive {
+                    if let Some(pid) = pid {
+                        let _ = nix::sys::signal::killpg(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    let _ = child.wait().await;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// Drives one group: provisioning, the container's run, its end.
 async fn lifecycle(sim: Arc<Sim>, name: String, generation: u64) {
     let (pending, creating) = {
@@ -966,6 +1071,8 @@ async fn lifecycle(sim: Arc<Sim>, name: String, generation: u64) {
     }
     let mut steps = Vec::new();
     let mut callback_url = None;
+    let mut real = None;
+    let run_in = sim.world().config.run_commands_in.clone();
     if !sim.transition(&name, generation, |g| {
         g.provisioning = "Succeeded";
         g.group_state = "Running";
@@ -979,8 +1086,20 @@ async fn lifecycle(sim: Arc<Sim>, name: String, generation: u64) {
         g.events.push(event("Started", "Normal", "Started container".into()));
         steps = script_steps(&g.command, &g.env);
         callback_url = g.env.get("SKIFF_CALLBACK_URL").cloned();
+        real = run_in.map(|dir| {
+            let command = with_shares_mounted(&dir, &g.container, g.volumes.as_ref(), &g.command);
+            (dir, command, g.env.clone())
+        });
     }) {
         return;
+    }
+    if let Some((dir, command, env)) = real {
+        steps.clear();
+        let Some((code, output)) = run_for_real(&sim, &name, generation, &dir, &command, &env).await else {
+            return;
+        };
+        steps.push(Step::Echo(output.trim_end_matches('\n').to_string()));
+        steps.push(Step::Exit(code));
     }
     let mut code = 0;
     for step in steps {

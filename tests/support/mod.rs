@@ -40,14 +40,31 @@ impl Workspace {
         std::fs::rename(&temp, &path).unwrap();
     }
 
-    /// Copies `examples/<name>` in, with `image` for the examples' `image: busybox`
-    /// (the test engine has no registry).
+    /// Copies `examples/<name>` in (its subfolders too), with `image` for the examples'
+    /// `image: busybox` (the test engine has no registry). Other files are copied as they are.
     pub fn copy_example(&self, name: &str, image: &str) {
         let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
-        for entry in std::fs::read_dir(&from).expect("the example exists").flatten() {
-            let text = std::fs::read_to_string(entry.path()).unwrap();
-            let text = text.replace("image: busybox", &format!("image: {image}"));
-            self.write(&entry.file_name().to_string_lossy(), &text);
+        self.copy_tree(&from, Path::new(""), image);
+    }
+
+    fn copy_tree(&self, from: &Path, rel: &Path, image: &str) {
+        for entry in std::fs::read_dir(from).expect("the example exists").flatten() {
+            let rel = rel.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                self.copy_tree(&entry.path(), &rel, image);
+                continue;
+            }
+            let bytes = std::fs::read(entry.path()).unwrap();
+            let path = self.root().join(&rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            match String::from_utf8(bytes) {
+                Ok(text) if rel.extension().is_some_and(|e| e == "yaml" || e == "yml") => {
+                    let text = text.replace("image: busybox", &format!("image: {image}"));
+                    self.write(&rel.to_string_lossy(), &text);
+                }
+                Ok(text) => std::fs::write(&path, text).unwrap(),
+                Err(err) => std::fs::write(&path, err.into_bytes()).unwrap(),
+            }
         }
     }
 
