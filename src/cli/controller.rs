@@ -161,7 +161,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let listener = match &args.listen {
         Some(listen) => std::net::TcpListener::bind(listen).map_err(|err| {
             UsageError(format!(
-                "--listen {listen}: {err}; pick a free port, e.g. 127.0.0.1:8466"
+                "--listen {listen}: {err}; pick another address or port (`ss -ltn` lists those taken)"
             ))
         })?,
         None => super::endpoint::bind_default(&state)

@@ -823,7 +823,9 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
             Some(runtime) => match runtime.placement().await {
                 Ok(placement) => Some(placement),
                 Err(err) => {
-                    tracing::debug!(task = %key, "cannot learn the {} runtime's placement: {err}", spec.runtime);
+                    // The status can only say "retrying"; the cause (an engine that does
+                    // not answer, its socket's path) is here.
+                    tracing::warn!(task = %key, "cannot reach the {} runtime: {err}", spec.runtime);
                     None
                 }
             },

@@ -561,7 +561,7 @@ fn pending(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisi
         // attempt is used up by this).
         status.reason = Some(Reason::InfrastructureError);
         status.message = Some(format!(
-            "cannot learn where the {} runtime places containers; retrying",
+            "cannot reach the {} runtime to learn where it places containers; retrying (the controller's log says why)",
             spec.runtime
         ));
         return Decision::keep(status, Some(INFRA_RETRY));
@@ -638,7 +638,7 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
         // Whether the container is ours to make cannot be told yet: make nothing.
         status.reason = Some(Reason::InfrastructureError);
         status.message = Some(format!(
-            "cannot learn where the {} runtime places containers; retrying",
+            "cannot reach the {} runtime to learn where it places containers; retrying (the controller's log says why)",
             spec.runtime
         ));
         return Decision::keep(status, Some(INFRA_RETRY));
