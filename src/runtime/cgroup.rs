@@ -37,7 +37,9 @@ impl CgroupRoot {
         // Controllers of different state folders never share (and never kill) a group.
         let digest = <sha2::Sha256 as sha2::Digest>::digest(state_dir.as_os_str().as_encoded_bytes());
         let tag = hex::encode(&digest[..4]);
-        let dir = mount.join(own.trim_start_matches('/')).join(format!("skiff-{tag}"));
+        let parent = mount.join(own.trim_start_matches('/'));
+        sweep_empty_roots(&parent);
+        let dir = parent.join(format!("skiff-{tag}"));
         std::fs::create_dir_all(&dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
         Ok(CgroupRoot { dir })
     }
@@ -52,6 +54,37 @@ impl CgroupRoot {
         self.dir.join(name)
     }
 }
+
+/// Removes what controllers killed with SIGKILL left: container cgroups with no process
+/// left (made over a minute ago, so that one whose command is about to join it stays),
+/// then `skiff-*` folders left empty. rmdir fails on a cgroup that still has processes
+/// or children: exactly what must stay. A live controller's swept folder is made again
+/// by its next container (`prepare`).
+fn sweep_empty_roots(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("skiff-") {
+            continue;
+        }
+        if let Ok(containers) = std::fs::read_dir(entry.path()) {
+            for container in containers.flatten() {
+                let old = container
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > SWEEP_AFTER);
+                if old && container.path().is_dir() {
+                    let _ = std::fs::remove_dir(container.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(entry.path());
+    }
+}
+
+/// How old an empty container cgroup must be before a starting controller removes it.
+const SWEEP_AFTER: Duration = Duration::from_secs(60);
 
 /// The mount point of the cgroup2 file system, from `/proc/self/mountinfo`.
 fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
@@ -68,10 +101,8 @@ fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 /// supervisor writes `0` there between fork and exec, so that the command and all it
 /// starts are inside from their first instruction.
 pub fn prepare(dir: &Path) -> io::Result<std::fs::File> {
-    match std::fs::create_dir(dir) {
-        Err(err) if err.kind() != io::ErrorKind::AlreadyExists => return Err(err),
-        _ => {}
-    }
+    // _all: the controller's folder may have been swept while it had no container.
+    std::fs::create_dir_all(dir)?;
     std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))
 }
 
