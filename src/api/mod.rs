@@ -25,6 +25,9 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tower_http::timeout::TimeoutLayer;
 
+pub mod dashboard;
+pub mod watch;
+
 /// Every request, body included, is answered or dropped within this time.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -148,6 +151,9 @@ async fn post_task(
     if let Some(task) = path.strip_suffix("/terminate") {
         return terminate(&state, task).await;
     }
+    if let Some(task) = path.strip_suffix("/rerun") {
+        return dashboard::rerun(&state, task).await;
+    }
     if let Some(task) = path.strip_suffix("/events") {
         let code = callback(&state, task, query, body).await;
         state
@@ -159,7 +165,7 @@ async fn post_task(
     }
     problem(
         StatusCode::NOT_FOUND,
-        "POST /v1/tasks/{task}/terminate or /v1/tasks/{task}/events",
+        "POST /v1/tasks/{task}/terminate, /v1/tasks/{task}/rerun or /v1/tasks/{task}/events",
     )
 }
 
