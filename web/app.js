@@ -189,7 +189,7 @@
       el('td', { class: 'task' }, el('a', { href: '/tasks/' + taskPath(st.task) }, st.task),
         st.name && !st.task.endsWith(st.name) ? el('span', { class: 'name' }, ' ' + st.name) : null),
       el('td', null, badge(st.phase)),
-      el('td', { class: 'reason', title: st.message || '' }, st.reason || ''),
+      el('td', { class: 'reason', title: st.message || '' }, st.reason || st.message || ''),
       el('td', { class: 'num' }, st.attempt || 0),
       el('td', { class: 'num' }, human(f.age)),
       el('td', { class: 'num' }, f.duration === null ? '' : human(f.duration)),
@@ -289,7 +289,7 @@
     bars.forEach((b, i) => {
       const h = Math.max(1, (b.secs / max) * (H - bottom - top));
       const rect = set(document.createElementNS(NS, 'rect'), {
-        x: left + 2 + i * slot, y: H - bottom - h, width: Math.max(2, slot - 3), height: h, class: 'bar phase-' + b.phase,
+        x: left + 2 + (CHART_BARS - bars.length + i) * slot, y: H - bottom - h, width: Math.max(2, slot - 3), height: h, class: 'bar phase-' + b.phase,
       });
       const title = document.createElementNS(NS, 'title');
       title.textContent = b.task + ': ' + b.secs.toFixed(1) + 's (' + b.phase + ')';

@@ -209,7 +209,10 @@ async fn task_page(State(dash): State<Dash>, Path(task): Path<String>, headers: 
         return html(StatusCode::OK, render_task(&task, Err(Locked), auth_required, now));
     }
     match dash.api.store.read_status(&TaskKey::new(task.clone())).await {
-        Ok(Some(status)) => html(StatusCode::OK, render_task(&task, Ok(Some(&status)), auth_required, now)),
+        Ok(Some(status)) => html(
+            StatusCode::OK,
+            render_task(&task, Ok(Some(&status)), auth_required, now),
+        ),
         Ok(None) => html(StatusCode::NOT_FOUND, render_task(&task, Ok(None), auth_required, now)),
         Err(err) => html(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -294,6 +297,14 @@ fn reason(status: &TaskStatus) -> String {
     status.reason.map(|r| format!("{r:?}")).unwrap_or_default()
 }
 
+/// The reason, or the message when there is none (an Invalid task has only a message).
+fn reason_or_message(status: &TaskStatus) -> String {
+    match status.reason {
+        Some(_) => reason(status),
+        None => status.message.clone().unwrap_or_default(),
+    }
+}
+
 fn badge(phase: Phase) -> String {
     format!(r#"<span class="badge phase-{p}">{p}</span>"#, p = phase.as_str())
 }
@@ -336,10 +347,7 @@ fn no_data_row(columns: usize, why: &NoData) -> String {
         Locked => "This controller requires its API token (--api-token-file): enter it above.".to_string(),
         Unavailable(err) => format!("The store cannot be read: {err}"),
     };
-    format!(
-        r#"<tr class="empty"><td colspan="{columns}">{}</td></tr>"#,
-        esc(&text)
-    )
+    format!(r#"<tr class="empty"><td colspan="{columns}">{}</td></tr>"#, esc(&text))
 }
 
 const COLUMNS: [(&str, &str); 8] = [
@@ -403,7 +411,7 @@ fn render_index(statuses: Result<&[TaskStatus], NoData>, auth_required: bool, no
                     phase = status.phase.as_str(),
                     badge = badge(status.phase),
                     why = esc(why),
-                    reason = esc(&reason(status)),
+                    reason = esc(&reason_or_message(status)),
                     attempt = status.attempt,
                     age = f.age,
                     duration = f.duration,
@@ -519,12 +527,7 @@ fn render_task_body(status: &TaskStatus, now: DateTime<Utc>) -> String {
     if !status.dependencies.is_empty() {
         body.push_str(r#"<h3>Dependencies</h3><ul class="deps">"#);
         for dep in status.dependencies.keys() {
-            let _ = write!(
-                body,
-                r#"<li><a href="{}">{}</a></li>"#,
-                esc(&task_href(dep)),
-                esc(dep)
-            );
+            let _ = write!(body, r#"<li><a href="{}">{}</a></li>"#, esc(&task_href(dep)), esc(dep));
         }
         body.push_str("</ul>");
     }
@@ -573,14 +576,20 @@ mod tests {
             assert!(!page.contains("<b>bold") && !page.contains("<b>m"), "{page}");
             assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         }
-        assert!(index.contains(r#"href="/tasks/%3Cscript%3Ealert%281%29%3C/script%3E""#), "{index}");
+        assert!(
+            index.contains(r#"href="/tasks/%3Cscript%3Ealert%281%29%3C/script%3E""#),
+            "{index}"
+        );
         assert!(one.contains("&lt;/pre&gt;&lt;script&gt;x()"));
     }
 
     #[test]
     fn api_dashboard_table_has_a_row_per_task_counts_and_fan_out_progress() {
         let mut fan = status("jobs/fan", Phase::Running);
-        for (i, phase) in [Phase::Succeeded, Phase::Running, Phase::Pending].into_iter().enumerate() {
+        for (i, phase) in [Phase::Succeeded, Phase::Running, Phase::Pending]
+            .into_iter()
+            .enumerate()
+        {
             fan.indexes.push(crate::status::IndexStatus {
                 index: i as u32,
                 phase,
@@ -615,7 +624,10 @@ mod tests {
         assert!(page.contains(r#"data-phase="Succeeded">Succeeded <b>1</b>"#));
         assert!(page.contains(r#"<td class="num">1/3</td>"#));
         // Age from the first attempt's creation; duration from start to finish.
-        assert!(page.contains(r#"<td class="num">2m 10s</td><td class="num">2m 0s</td><td>process</td>"#), "{page}");
+        assert!(
+            page.contains(r#"<td class="num">2m 10s</td><td class="num">2m 0s</td><td>process</td>"#),
+            "{page}"
+        );
     }
 
     #[test]

@@ -108,30 +108,27 @@ impl Hub {
             .event("ready")
             .data(serde_json::json!({"seq": self.seq()}).to_string());
         let closed = self.closed.clone();
-        let stream = futures_util::stream::unfold(
-            (Some(ready), rx, closed),
-            |(first, mut rx, closed)| async move {
-                if let Some(first) = first {
-                    return Some((Ok(first), (None, rx, closed)));
-                }
-                let received = tokio::select! {
-                    _ = closed.cancelled() => return None,
-                    received = rx.recv() => received,
-                };
-                let event = match received {
-                    Ok(change) => Event::default()
-                        .event(change.kind)
-                        .id(change.seq.to_string())
-                        .data(&*change.data),
-                    // Dropped events cannot be replayed: the reader refetches the list.
-                    Err(broadcast::error::RecvError::Lagged(missed)) => Event::default()
-                        .event("resync")
-                        .data(serde_json::json!({"missed": missed}).to_string()),
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                };
-                Some((Ok(event), (None, rx, closed)))
-            },
-        );
+        let stream = futures_util::stream::unfold((Some(ready), rx, closed), |(first, mut rx, closed)| async move {
+            if let Some(first) = first {
+                return Some((Ok(first), (None, rx, closed)));
+            }
+            let received = tokio::select! {
+                _ = closed.cancelled() => return None,
+                received = rx.recv() => received,
+            };
+            let event = match received {
+                Ok(change) => Event::default()
+                    .event(change.kind)
+                    .id(change.seq.to_string())
+                    .data(&*change.data),
+                // Dropped events cannot be replayed: the reader refetches the list.
+                Err(broadcast::error::RecvError::Lagged(missed)) => Event::default()
+                    .event("resync")
+                    .data(serde_json::json!({"missed": missed}).to_string()),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((Ok(event), (None, rx, closed)))
+        });
         // A comment every 15 s keeps proxies from closing an idle stream, and lets a
         // reader notice a dead connection.
         Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -226,9 +223,7 @@ mod tests {
         }
         async fn write_status(&self, key: &TaskKey, _status: &TaskStatus) -> Result<(), StoreError> {
             if self.fail.load(Ordering::SeqCst) {
-                return Err(StoreError::Conflict {
-                    path: key.to_string(),
-                });
+                return Err(StoreError::Conflict { path: key.to_string() });
             }
             Ok(())
         }
@@ -278,11 +273,11 @@ mod tests {
         let store = WatchedStore::new(Arc::new(Memory::default()), hub.clone());
         let mut rx = hub.subscribe();
         for _ in 0..CAPACITY + 5 {
-            store.write_status(&TaskKey::new("t"), &status("t", Phase::Pending)).await.unwrap();
+            store
+                .write_status(&TaskKey::new("t"), &status("t", Phase::Pending))
+                .await
+                .unwrap();
         }
-        assert!(matches!(
-            rx.recv().await,
-            Err(broadcast::error::RecvError::Lagged(5))
-        ));
+        assert!(matches!(rx.recv().await, Err(broadcast::error::RecvError::Lagged(5))));
     }
 }
