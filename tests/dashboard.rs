@@ -399,6 +399,8 @@ async fn the_table_lists_tasks_and_a_badge_changes_live_without_a_reload() {
     };
     let ws = Workspace::new();
     let gate = ws.root().join("gate");
+    // Keeps one task running through the screenshot.
+    let gate2 = ws.root().join("gate2");
     for i in 0..5 {
         ws.task(&format!("batch/resize-{i}.yaml"), &format!("sleep 0.{}", i + 1), "");
     }
@@ -407,6 +409,11 @@ async fn the_table_lists_tasks_and_a_badge_changes_live_without_a_reload() {
     ws.task(
         "held.yaml",
         &format!("while [ ! -e {} ]; do sleep 0.1; done", gate.display()),
+        "",
+    );
+    ws.task(
+        "render/final-cut.yaml",
+        &format!("while [ ! -e {} ]; do sleep 0.1; done", gate2.display()),
         "",
     );
     let (ctl, base) = sync(|| controller(&ws, &[]));
@@ -418,13 +425,14 @@ async fn the_table_lists_tasks_and_a_badge_changes_live_without_a_reload() {
             });
         }
         ws.wait_phase("held", "Running", Duration::from_secs(20));
+        ws.wait_phase("render/final-cut", "Running", Duration::from_secs(20));
     });
 
     let browser = Browser::start(chromium, driver).await;
     browser.c().goto(&format!("{base}/")).await.expect("open the page");
     browser.wait_live().await;
     let rows = browser.rows().await;
-    assert_eq!(rows.len(), 8, "{rows:?}");
+    assert_eq!(rows.len(), 9, "{rows:?}");
     for (task, shown) in &rows {
         assert_eq!(Some(shown.clone()), ws.phase(task), "{task}");
     }
@@ -491,7 +499,7 @@ async fn the_table_lists_tasks_and_a_badge_changes_live_without_a_reload() {
         .unwrap();
     eventually(Duration::from_secs(5), "the reverse sort", || async {
         let rows = browser.rows().await;
-        rows.len() == 8 && rows[0].0 == "reports/broken" && rows[7].0 == "batch/resize-0"
+        rows.len() == 9 && rows[0].0 == "reports/broken" && rows[8].0 == "batch/resize-0"
     })
     .await;
     browser
@@ -520,6 +528,8 @@ async fn the_table_lists_tasks_and_a_badge_changes_live_without_a_reload() {
         .await;
     assert!(log.as_str().unwrap_or("").contains("cannot open input"), "{log}");
     browser.close().await;
+    std::fs::write(&gate2, b"").unwrap();
+    sync(|| ws.wait_phase("render/final-cut", "Succeeded", Duration::from_secs(20)));
     drop(ctl);
 }
 

@@ -99,6 +99,8 @@
   // ---- what a row shows (as the server renders it) ----
 
   const seconds = (a, b) => Math.max(0, Math.floor((b - a) / 1000));
+  // As the server renders it: tenths below 10 s.
+  const humanDuration = (ms) => (ms < 10000 ? (Math.max(0, ms) / 1000).toFixed(1) + 's' : human(Math.floor(ms / 1000)));
 
   function human(s) {
     if (s < 60) return s + 's';
@@ -118,7 +120,7 @@
     const first = created.length ? Math.min(...created) : Date.parse(st.updatedAt);
     const a = current(st);
     let duration = null;
-    if (a && a.startedAt) duration = seconds(Date.parse(a.startedAt), a.finishedAt ? Date.parse(a.finishedAt) : now);
+    if (a && a.startedAt) duration = (a.finishedAt ? Date.parse(a.finishedAt) : now) - Date.parse(a.startedAt);
     const idx = st.indexes || [];
     const done = idx.filter((l) => l.phase === 'Succeeded').length;
     return {
@@ -192,7 +194,7 @@
       el('td', { class: 'reason', title: st.message || '' }, st.reason || st.message || ''),
       el('td', { class: 'num' }, st.attempt || 0),
       el('td', { class: 'num' }, human(f.age)),
-      el('td', { class: 'num' }, f.duration === null ? '' : human(f.duration)),
+      el('td', { class: 'num' }, f.duration === null ? '' : humanDuration(f.duration)),
       el('td', null, f.runtime),
       el('td', { class: 'num' }, f.progressText),
       el('td', { class: 'actions' }, actionButtons(st)),

@@ -262,6 +262,16 @@ pub fn human(seconds: i64) -> String {
     }
 }
 
+/// A run's duration: tenths of a second below 10 s (most tasks of a batch take less than
+/// one, and "0s" for all of them says nothing), else as [`human`].
+pub fn human_duration(millis: i64) -> String {
+    if millis < 10_000 {
+        format!("{:.1}s", millis.max(0) as f64 / 1000.0)
+    } else {
+        human(millis / 1000)
+    }
+}
+
 /// What a row shows beside the phase, computed the same way as in `app.js`.
 struct Facts {
     age: String,
@@ -277,7 +287,7 @@ fn facts(status: &TaskStatus, now: DateTime<Utc>) -> Facts {
     let duration = current.and_then(|a| {
         let start = a.started_at?;
         let end = a.finished_at.unwrap_or(now);
-        Some(human((end - start).num_seconds()))
+        Some(human_duration((end - start).num_milliseconds()))
     });
     let progress = if status.indexes.is_empty() {
         String::new()
@@ -645,5 +655,8 @@ mod tests {
         assert_eq!(human(61), "1m 1s");
         assert_eq!(human(3 * 3600 + 120), "3h 2m");
         assert_eq!(human(2 * 86400 + 3600), "2d 1h");
+        assert_eq!(human_duration(340), "0.3s");
+        assert_eq!(human_duration(9_960), "10.0s");
+        assert_eq!(human_duration(75_000), "1m 15s");
     }
 }
