@@ -413,7 +413,10 @@ async fn the_table_lists_tasks_and_a_badge_changes_live_without_a_reload() {
     );
     ws.task(
         "render/final-cut.yaml",
-        &format!("while [ ! -e {} ]; do sleep 0.1; done", gate2.display()),
+        &format!(
+            "i=0; while [ ! -e {} ]; do i=$((i+1)); echo frame $i; sleep 0.2; done",
+            gate2.display()
+        ),
         "",
     );
     let (ctl, base) = sync(|| controller(&ws, &[]));
@@ -527,9 +530,50 @@ async fn the_table_lists_tasks_and_a_badge_changes_live_without_a_reload() {
         .js("return document.querySelector('pre.log').textContent;")
         .await;
     assert!(log.as_str().unwrap_or("").contains("cannot open input"), "{log}");
-    browser.close().await;
+
+    // A running task's output, followed live: the status holds no log tail yet, and the
+    // page's grows without a reload.
+    browser
+        .c()
+        .goto(&format!("{base}/tasks/render/final-cut"))
+        .await
+        .unwrap();
+    browser.wait_live().await;
+    let log = "return document.querySelector('pre.log').textContent;";
+    let frames = |text: &Value| -> usize {
+        text.as_str()
+            .unwrap_or("")
+            .lines()
+            .filter(|l| l.starts_with("frame "))
+            .count()
+    };
+    let seen = std::cell::Cell::new(0);
+    eventually(Duration::from_secs(10), "frames in the log", || async {
+        seen.set(frames(&browser.js(log).await));
+        seen.get() >= 2
+    })
+    .await;
+    assert_eq!(
+        ws.status("render/final-cut").unwrap()["logTail"],
+        Value::Null,
+        "not from the status"
+    );
+    browser.js("window.__skiffMark = 'same page'; return true;").await;
+    eventually(Duration::from_secs(10), "the log to grow", || async {
+        frames(&browser.js(log).await) >= seen.get() + 3
+    })
+    .await;
+    assert_eq!(browser.js("return window.__skiffMark;").await, json!("same page"));
     std::fs::write(&gate2, b"").unwrap();
     sync(|| ws.wait_phase("render/final-cut", "Succeeded", Duration::from_secs(20)));
+    eventually(Duration::from_secs(10), "the badge of the task view", || async {
+        browser
+            .js("return document.querySelector('#task-body .badge').textContent;")
+            .await
+            == json!("Succeeded")
+    })
+    .await;
+    browser.close().await;
     drop(ctl);
 }
 

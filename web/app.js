@@ -191,7 +191,8 @@
       el('td', { class: 'task' }, el('a', { href: '/tasks/' + taskPath(st.task) }, st.task),
         st.name && !st.task.endsWith(st.name) ? el('span', { class: 'name' }, ' ' + st.name) : null),
       el('td', null, badge(st.phase)),
-      el('td', { class: 'reason', title: st.message || '' }, st.reason || st.message || ''),
+      el('td', { class: 'reason', title: st.message || '' }, st.reason || st.message || '',
+        st.phase === 'Pending' && st.message ? el('div', { class: 'why' }, st.message) : null),
       el('td', { class: 'num' }, st.attempt || 0),
       el('td', { class: 'num' }, human(f.age)),
       el('td', { class: 'num' }, f.duration === null ? '' : humanDuration(f.duration)),
@@ -311,10 +312,49 @@
       const doc = new DOMParser().parseFromString(await res.text(), 'text/html');
       const fresh = doc.getElementById('task-body');
       if (fresh) $('task-body').replaceChildren(...Array.from(fresh.childNodes).map((n) => document.importNode(n, true)));
+      showLog();
     } catch (err) {
       // The next change or reconnect tries again.
     }
     renderTaskActions();
+    const st = tasks.get(task);
+    if (st && LIVE.has(st.phase)) followLog();
+  }
+
+  // The running attempt's output, followed live from /v1/logs/{task} (the status holds the
+  // log tail only once the attempt is over). Kept across re-renderings of the task body.
+  let liveLog = null;
+  let followingLog = false;
+  const LIVE = new Set(['Creating', 'Running', 'Deleting']);
+
+  function showLog() {
+    const pre = document.querySelector('#task-body pre.log');
+    if (pre && liveLog !== null) pre.textContent = liveLog;
+  }
+
+  async function followLog() {
+    if (followingLog) return;
+    followingLog = true;
+    const task = body.dataset.task;
+    let over = false;
+    while (!over && canAct()) {
+      try {
+        await readStream('/v1/logs/' + taskPath(task), (event, data) => {
+          if (event !== 'log') return;
+          const msg = JSON.parse(data);
+          liveLog = msg.tail;
+          over = msg.final;
+          showLog();
+        });
+      } catch (err) {
+        // The controller went away: the watch stream reconnects, and so does this.
+      }
+      const st = tasks.get(task);
+      if (over || (st && !LIVE.has(st.phase) && st.phase !== 'Pending')) break;
+      await sleep(1000);
+    }
+    liveLog = null;
+    followingLog = false;
   }
 
   function renderTaskActions() {
@@ -389,6 +429,26 @@
     return { event, data: data.join('\n') };
   }
 
+  // Reads one Server-Sent Events response until it ends, calling onMessage(event, data).
+  async function readStream(path, onMessage) {
+    const res = await call('GET', path, 'text/event-stream');
+    if (!res.ok || !res.body) throw new Error('GET ' + path + ': HTTP ' + res.status);
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value;
+      let end;
+      while ((end = buffer.search(/\r?\n\r?\n/)) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end).replace(/^\r?\n\r?\n/, '');
+        const msg = parseMessage(block);
+        onMessage(msg.event, msg.data);
+      }
+    }
+  }
+
   // Follows /v1/watch with fetch rather than EventSource, because EventSource cannot send
   // the bearer token. Like EventSource it reconnects by itself (after a controller
   // restart, say), with a backoff of 0.5 s doubling to 5 s, and refetches the list each
@@ -400,30 +460,17 @@
     let delay = 500;
     while (canAct()) {
       try {
-        const res = await call('GET', '/v1/watch', 'text/event-stream');
-        if (!res.ok || !res.body) throw new Error('HTTP ' + res.status);
-        const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-        let buffer = '';
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buffer += value;
-          let end;
-          while ((end = buffer.search(/\r?\n\r?\n/)) >= 0) {
-            const block = buffer.slice(0, end);
-            buffer = buffer.slice(end).replace(/^\r?\n\r?\n/, '');
-            const msg = parseMessage(block);
-            if (msg.event === 'ready') {
-              delay = 500;
-              setLive(true);
-              loadAll().catch((err) => notice(err.message, true));
-            } else if (msg.event === 'resync') {
-              loadAll().catch((err) => notice(err.message, true));
-            } else if (msg.event === 'status' || msg.event === 'deleted') {
-              try { apply(msg.event, JSON.parse(msg.data)); } catch (err) { /* a bad message changes nothing */ }
-            }
+        await readStream('/v1/watch', (event, data) => {
+          if (event === 'ready') {
+            delay = 500;
+            setLive(true);
+            loadAll().catch((err) => notice(err.message, true));
+          } else if (event === 'resync') {
+            loadAll().catch((err) => notice(err.message, true));
+          } else if (event === 'status' || event === 'deleted') {
+            try { apply(event, JSON.parse(data)); } catch (err) { /* a bad message changes nothing */ }
           }
-        }
+        });
       } catch (err) {
         if (authRequired && !token) break;
       }

@@ -1,5 +1,6 @@
 //! The dashboard (`GET /`, `GET /tasks/{task}`) and its embedded assets, `GET /v1/watch`,
-//! and the rerun action (`POST /v1/tasks/{task}/rerun`).
+//! `GET /v1/logs/{task}` (a running task's output, live), and the rerun action
+//! (`POST /v1/tasks/{task}/rerun`).
 //!
 //! Progressive enhancement: both pages are rendered here as plain HTML (a `curl /` shows
 //! the table), then `assets/app.js` takes over: it fetches `/v1/tasks`, follows
@@ -11,16 +12,22 @@
 
 use super::ApiState;
 use super::watch::Hub;
+use crate::manifest::RuntimeKind;
+use crate::runtime::Runtime;
 use crate::status::{Phase, TaskStatus};
 use crate::task::TaskKey;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde_json::json;
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tower_http::timeout::TimeoutLayer;
 
@@ -45,11 +52,18 @@ const PHASES: [Phase; 7] = [
 struct Dash {
     api: ApiState,
     hub: Hub,
+    /// Where a running task's output is read from, by the runtime its attempt names.
+    runtimes: Arc<HashMap<RuntimeKind, Arc<dyn Runtime>>>,
 }
 
-/// The dashboard's routes, to merge beside [`super::router`]'s. `/v1/watch` has no
-/// request timeout: it is a stream that lasts as long as the reader stays.
-pub fn router(api: ApiState, hub: Hub) -> Router {
+/// How often a followed log is read again while its container runs.
+const LOG_EVERY: Duration = Duration::from_millis(500);
+
+/// The dashboard's routes, to merge beside [`super::router`]'s. `/v1/watch` and
+/// `/v1/logs/{task}` have no request timeout: they are streams that last as long as the
+/// reader stays.
+pub fn router(api: ApiState, hub: Hub, runtimes: &[Arc<dyn Runtime>]) -> Router {
+    let runtimes = Arc::new(runtimes.iter().map(|r| (r.kind(), r.clone())).collect());
     let pages = Router::new()
         .route("/", get(index))
         .route("/tasks/{*task}", get(task_page))
@@ -62,7 +76,8 @@ pub fn router(api: ApiState, hub: Hub) -> Router {
     Router::new()
         .merge(pages)
         .route("/v1/watch", get(watch))
-        .with_state(Dash { api, hub })
+        .route("/v1/logs/{*task}", get(log_stream))
+        .with_state(Dash { api, hub, runtimes })
 }
 
 /// Whether the request carries the API's bearer token, or none is required. The same
@@ -97,6 +112,77 @@ async fn watch(State(dash): State<Dash>, headers: HeaderMap) -> Response {
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// `GET /v1/logs/{task}`: the last 4 KiB of the current attempt's output as Server-Sent
+/// Events (`log`, data `{"tail": "...", "final": bool}`), sent again whenever it changes
+/// while the container runs, and once more, final, when the task is done (then from the
+/// status's `logTail`). The runtime keeps the output in files (or the engine); reading the
+/// tail twice a second per reader is cheaper than a change feed per container.
+async fn log_stream(State(dash): State<Dash>, Path(task): Path<String>, headers: HeaderMap) -> Response {
+    if !authorized(&dash.api, &headers) {
+        return unauthorized();
+    }
+    let key = TaskKey::new(task.clone());
+    match dash.api.store.read_status(&key).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return (
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({"error": format!("no status for task {task}")})),
+            )
+                .into_response();
+        }
+        Err(err) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"error": err.to_string()})),
+            )
+                .into_response();
+        }
+    }
+    let closed = dash.hub.closed_token();
+    // (last tail sent, done)
+    let stream = futures_util::stream::unfold((dash, key, None::<String>, false), move |state| {
+        let closed = closed.clone();
+        async move {
+            let (dash, key, last, done) = state;
+            if done {
+                return None;
+            }
+            loop {
+                // A status that cannot be read or is gone (a rerun) ends the stream; the
+                // page follows the task again when it runs.
+                let status = dash.api.store.read_status(&key).await.ok().flatten()?;
+                let live = status.phase.has_container();
+                let tail = match status.current() {
+                    Some(attempt) if live => match dash.runtimes.get(&attempt.runtime) {
+                        Some(runtime) => runtime.log_tail(&attempt.container).await.ok().flatten(),
+                        None => None,
+                    },
+                    _ => status.log_tail.clone(),
+                }
+                .unwrap_or_default();
+                let finished = !live && status.phase != Phase::Pending;
+                if finished || last.as_deref() != Some(tail.as_str()) {
+                    let event = Event::default()
+                        .event("log")
+                        .data(json!({"tail": tail, "final": finished}).to_string());
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        (dash, key, Some(tail), finished),
+                    ));
+                }
+                tokio::select! {
+                    _ = closed.cancelled() => return None,
+                    _ = tokio::time::sleep(LOG_EVERY) => {}
+                }
+            }
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 /// `POST /v1/tasks/{task}/rerun`: deletes a final task's status, the contract's "run it
@@ -408,9 +494,14 @@ fn render_index(statuses: Result<&[TaskStatus], NoData>, auth_required: bool, no
             for status in list.iter() {
                 let f = facts(status, now);
                 let why = status.message.as_deref().unwrap_or("");
+                // A waiting task says why in so many words (`max-running 8/8`).
+                let waiting = match (status.phase, &status.message) {
+                    (Phase::Pending, Some(message)) => format!(r#"<div class="why">{}</div>"#, esc(message)),
+                    _ => String::new(),
+                };
                 let _ = write!(
                     body,
-                    r#"<tr data-task="{key}" data-phase="{phase}"><td class="task"><a href="{href}">{key}</a>{name}</td><td>{badge}</td><td class="reason" title="{why}">{reason}</td><td class="num">{attempt}</td><td class="num">{age}</td><td class="num">{duration}</td><td>{runtime}</td><td class="num">{progress}</td><td class="actions"></td></tr>"#,
+                    r#"<tr data-task="{key}" data-phase="{phase}"><td class="task"><a href="{href}">{key}</a>{name}</td><td>{badge}</td><td class="reason" title="{why}">{reason}{waiting}</td><td class="num">{attempt}</td><td class="num">{age}</td><td class="num">{duration}</td><td>{runtime}</td><td class="num">{progress}</td><td class="actions"></td></tr>"#,
                     key = esc(&status.task),
                     href = esc(&task_href(&status.task)),
                     name = if status.name.is_empty() || status.task.ends_with(&status.name) {
@@ -627,9 +718,16 @@ mod tests {
             reason: None,
             message: None,
         });
-        let list = vec![done, fan];
+        let mut waiting = status("queued", Phase::Pending);
+        waiting.reason = Some(crate::status::Reason::WaitingForSlot);
+        waiting.message = Some("max-running 1/1".into());
+        let list = vec![done, fan, waiting];
         let page = render_index(Ok(&list), false, now);
-        assert_eq!(page.matches("<tr data-task=").count(), 2);
+        assert_eq!(page.matches("<tr data-task=").count(), 3);
+        assert!(
+            page.contains(r#"WaitingForSlot<div class="why">max-running 1/1</div>"#),
+            "{page}"
+        );
         assert!(page.contains(r#"data-phase="Running">Running <b>1</b>"#), "{page}");
         assert!(page.contains(r#"data-phase="Succeeded">Succeeded <b>1</b>"#));
         assert!(page.contains(r#"<td class="num">1/3</td>"#));

@@ -75,6 +75,11 @@ impl Hub {
         self.seq.load(Ordering::SeqCst)
     }
 
+    /// Cancelled at shutdown: other streams of the API end with it.
+    pub fn closed_token(&self) -> CancellationToken {
+        self.closed.clone()
+    }
+
     /// Ends every stream (at shutdown), so that no reader waits on a controller that is gone.
     pub fn close(&self) {
         self.closed.cancel();

@@ -127,6 +127,8 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     if let Some(aci) = &aci {
         runtimes.push(aci.clone());
     }
+    // The dashboard reads running containers' output through them too.
+    let api_runtimes = runtimes.clone();
     let config = ControllerConfig {
         default_runtime,
         max_running: args.max_running,
@@ -197,7 +199,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                 api_token: api_token.clone(),
             };
             tracing::info!("serving the API on http://{local}");
-            let dashboard = api::dashboard::router(state.clone(), hub.clone());
+            let dashboard = api::dashboard::router(state.clone(), hub.clone(), &api_runtimes);
             (controller, Some(api::router(state).merge(dashboard)))
         }
     };
