@@ -379,6 +379,13 @@ fn watch_streams_one_event_per_status_change_and_rerun_runs_a_final_task_again()
             .status(),
         404
     );
+    // However it is encoded, a key never reaches outside the root.
+    for outside in ["%2E%2E%2Fw", "jobs%2F%2E%2E%2F%2E%2E%2Fw", ".skiff/secret"] {
+        let url = format!("{base}/v1/tasks/{outside}/rerun");
+        assert_eq!(http().post(&url).send().unwrap().status(), 400, "{url}");
+        let url = format!("{base}/tasks/{outside}");
+        assert_eq!(http().get(&url).send().unwrap().status(), 400, "{url}");
+    }
     let accepted = http().post(format!("{base}/v1/tasks/w/rerun")).send().unwrap();
     assert_eq!(accepted.status(), 202);
     let second = events_until(&rx, "w", |e, d| e == "status" && d["phase"] == "Succeeded");

@@ -80,6 +80,25 @@ pub fn router(api: ApiState, hub: Hub, runtimes: &[Arc<dyn Runtime>]) -> Router 
         .with_state(Dash { api, hub, runtimes })
 }
 
+/// A task key these routes may read or delete (DESIGN.md §12): no `..`, absolute path,
+/// NUL, backslash, empty segment or `.skiff` segment, however it was encoded (axum has
+/// decoded it). Checked here too so that no route of this file reaches outside the root.
+pub fn acceptable_key(task: &str) -> bool {
+    !task.is_empty()
+        && !task.contains(['\0', '\\'])
+        && task
+            .split('/')
+            .all(|segment| !segment.is_empty() && segment != "." && segment != ".." && segment != ".skiff")
+}
+
+fn bad_key(task: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": format!("{task:?} is not a task key: a path relative to the root, without '..', '.skiff' or empty segments")})),
+    )
+        .into_response()
+}
+
 /// Whether the request carries the API's bearer token, or none is required. The same
 /// check as the management routes' (`--api-token-file`), in constant time.
 fn authorized(api: &ApiState, headers: &HeaderMap) -> bool {
@@ -122,6 +141,9 @@ async fn watch(State(dash): State<Dash>, headers: HeaderMap) -> Response {
 async fn log_stream(State(dash): State<Dash>, Path(task): Path<String>, headers: HeaderMap) -> Response {
     if !authorized(&dash.api, &headers) {
         return unauthorized();
+    }
+    if !acceptable_key(&task) {
+        return bad_key(&task);
     }
     let key = TaskKey::new(task.clone());
     match dash.api.store.read_status(&key).await {
@@ -189,6 +211,9 @@ async fn log_stream(State(dash): State<Dash>, Path(task): Path<String>, headers:
 /// again" gesture (DESIGN.md §2). A task that is not final is refused with 409: deleting
 /// the status of a live attempt would orphan its container.
 pub(super) async fn rerun(state: &ApiState, task: &str) -> Response {
+    if !acceptable_key(task) {
+        return bad_key(task);
+    }
     let key = TaskKey::new(task);
     let problem = |code: StatusCode, message: String| (code, axum::Json(json!({"error": message}))).into_response();
     // A plain read, never `read_status_for_update`: that one belongs to the task's
@@ -291,6 +316,9 @@ async fn index(State(dash): State<Dash>, headers: HeaderMap) -> Response {
 async fn task_page(State(dash): State<Dash>, Path(task): Path<String>, headers: HeaderMap) -> Response {
     let now = Utc::now();
     let auth_required = dash.api.api_token.is_some();
+    if !acceptable_key(&task) {
+        return bad_key(&task);
+    }
     if !authorized(&dash.api, &headers) {
         return html(StatusCode::OK, render_task(&task, Err(Locked), auth_required, now));
     }
@@ -744,6 +772,27 @@ mod tests {
         assert!(page.contains(r#"data-auth="required""#));
         assert!(page.contains("requires its API token"));
         assert_eq!(page.matches("<tr data-task=").count(), 0);
+    }
+
+    #[test]
+    fn api_dashboard_refuses_keys_outside_the_root() {
+        for good in ["a", "jobs/thumb", "<script>alert(1)</script>", "a.b/c..d"] {
+            assert!(acceptable_key(good), "{good}");
+        }
+        for bad in [
+            "",
+            "/etc/x",
+            "../x",
+            "a/../b",
+            "a//b",
+            "a/",
+            ".skiff/secret",
+            "a/./b",
+            "a\\b",
+            "a\0b",
+        ] {
+            assert!(!acceptable_key(bad), "{bad:?}");
+        }
     }
 
     #[test]
