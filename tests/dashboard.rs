@@ -130,7 +130,7 @@ impl Browser {
             _profile: profile,
         };
         let url = format!("http://127.0.0.1:{port}");
-        eventually(Duration::from_secs(20), "chromedriver to listen", || async {
+        eventually(Duration::from_secs(40), "chromedriver to listen", || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
         })
         .await;
@@ -181,7 +181,7 @@ impl Browser {
 
     /// The page's script has fetched the list and follows /v1/watch.
     async fn wait_live(&self) {
-        eventually(Duration::from_secs(15), "the page to be live", || async {
+        eventually(Duration::from_secs(30), "the page to be live", || async {
             self.js("return document.body.dataset.live === '1' && Number(document.body.dataset.loaded || 0) > 0;")
                 .await
                 == json!(true)
@@ -455,7 +455,7 @@ async fn the_table_lists_tasks_and_a_badge_changes_live_without_a_reload() {
     browser.js("window.__skiffMark = 'same page'; return true;").await;
     std::fs::write(&gate, b"").unwrap();
     sync(|| ws.wait_phase("held", "Succeeded", Duration::from_secs(20)));
-    eventually(Duration::from_secs(10), "the held badge to turn Succeeded", || async {
+    eventually(Duration::from_secs(20), "the held badge to turn Succeeded", || async {
         browser.phase_shown("held").await.as_deref() == Some("Succeeded")
     })
     .await;
@@ -474,7 +474,7 @@ async fn the_table_lists_tasks_and_a_badge_changes_live_without_a_reload() {
         .send_keys("resize")
         .await
         .unwrap();
-    eventually(Duration::from_secs(5), "the text filter", || async {
+    eventually(Duration::from_secs(20), "the text filter", || async {
         browser.rows().await.len() == 5
     })
     .await;
@@ -487,7 +487,7 @@ async fn the_table_lists_tasks_and_a_badge_changes_live_without_a_reload() {
         .click()
         .await
         .unwrap();
-    eventually(Duration::from_secs(5), "the phase filter", || async {
+    eventually(Duration::from_secs(20), "the phase filter", || async {
         browser.rows().await == vec![("reports/broken".to_string(), "Failed".to_string())]
     })
     .await;
@@ -507,7 +507,7 @@ async fn the_table_lists_tasks_and_a_badge_changes_live_without_a_reload() {
         .click()
         .await
         .unwrap();
-    eventually(Duration::from_secs(5), "the reverse sort", || async {
+    eventually(Duration::from_secs(20), "the reverse sort", || async {
         let rows = browser.rows().await;
         rows.len() == 9 && rows[0].0 == "reports/broken" && rows[8].0 == "batch/resize-0"
     })
@@ -555,7 +555,7 @@ async fn the_table_lists_tasks_and_a_badge_changes_live_without_a_reload() {
             .count()
     };
     let seen = std::cell::Cell::new(0);
-    eventually(Duration::from_secs(10), "frames in the log", || async {
+    eventually(Duration::from_secs(20), "frames in the log", || async {
         seen.set(frames(&browser.js(log).await));
         seen.get() >= 2
     })
@@ -566,14 +566,14 @@ async fn the_table_lists_tasks_and_a_badge_changes_live_without_a_reload() {
         "not from the status"
     );
     browser.js("window.__skiffMark = 'same page'; return true;").await;
-    eventually(Duration::from_secs(10), "the log to grow", || async {
+    eventually(Duration::from_secs(20), "the log to grow", || async {
         frames(&browser.js(log).await) >= seen.get() + 3
     })
     .await;
     assert_eq!(browser.js("return window.__skiffMark;").await, json!("same page"));
     std::fs::write(&gate2, b"").unwrap();
     sync(|| ws.wait_phase("render/final-cut", "Succeeded", Duration::from_secs(20)));
-    eventually(Duration::from_secs(10), "the badge of the task view", || async {
+    eventually(Duration::from_secs(20), "the badge of the task view", || async {
         browser
             .js("return document.querySelector('#task-body .badge').textContent;")
             .await
@@ -697,7 +697,7 @@ async fn terminate_needs_the_token_and_works_with_it() {
 
     let browser = Browser::start(chromium, driver).await;
     browser.c().goto(&format!("{base}/")).await.unwrap();
-    eventually(Duration::from_secs(10), "the token form", || async {
+    eventually(Duration::from_secs(20), "the token form", || async {
         browser
             .js("return !document.getElementById('token-form').classList.contains('hidden');")
             .await
@@ -726,7 +726,7 @@ async fn terminate_needs_the_token_and_works_with_it() {
     let button = browser
         .c()
         .wait()
-        .at_most(Duration::from_secs(10))
+        .at_most(Duration::from_secs(20))
         .for_element(Locator::Css("tr[data-task=\"slow\"] button[data-action=\"terminate\"]"))
         .await
         .expect("a terminate button");
@@ -734,7 +734,7 @@ async fn terminate_needs_the_token_and_works_with_it() {
     sync(|| ws.wait_phase("slow", "Failed", Duration::from_secs(20)));
     let status = ws.status("slow").unwrap();
     assert_eq!(status["attempts"][0]["completedBy"], "terminate");
-    eventually(Duration::from_secs(10), "the badge to turn Failed", || async {
+    eventually(Duration::from_secs(20), "the badge to turn Failed", || async {
         browser.phase_shown("slow").await.as_deref() == Some("Failed")
     })
     .await;
@@ -743,13 +743,13 @@ async fn terminate_needs_the_token_and_works_with_it() {
     let rerun = browser
         .c()
         .wait()
-        .at_most(Duration::from_secs(10))
+        .at_most(Duration::from_secs(20))
         .for_element(Locator::Css("tr[data-task=\"slow\"] button[data-action=\"rerun\"]"))
         .await
         .expect("a re-run button");
     rerun.click().await.unwrap();
     sync(|| ws.wait_phase("slow", "Running", Duration::from_secs(20)));
-    eventually(Duration::from_secs(10), "the badge to turn Running", || async {
+    eventually(Duration::from_secs(20), "the badge to turn Running", || async {
         browser.phase_shown("slow").await.as_deref() == Some("Running")
     })
     .await;
@@ -809,7 +809,7 @@ async fn the_page_keeps_working_after_the_controller_restarts() {
     .await;
     // And it is live again: a task made now appears as it runs.
     ws.task("after.yaml", "sleep 0.5", "");
-    eventually(Duration::from_secs(15), "the task made after the restart", || async {
+    eventually(Duration::from_secs(30), "the task made after the restart", || async {
         browser.phase_shown("after").await.as_deref() == Some("Succeeded")
     })
     .await;

@@ -272,6 +272,34 @@ mod tests {
         assert!(rx.try_recv().is_err());
     }
 
+    /// The SSE body of a reader that did not read while 1,030 changes were published.
+    #[tokio::test]
+    async fn api_watch_the_stream_says_ready_then_resync_when_its_reader_lagged() {
+        use axum::response::IntoResponse;
+        use futures_util::StreamExt;
+        let hub = Hub::new();
+        let store = WatchedStore::new(Arc::new(Memory::default()), hub.clone());
+        let mut body = hub.sse().into_response().into_body().into_data_stream();
+        for _ in 0..CAPACITY + 6 {
+            store
+                .write_status(&TaskKey::new("t"), &status("t", Phase::Pending))
+                .await
+                .unwrap();
+        }
+        let mut text = String::new();
+        while !text.contains("event: status") {
+            let chunk = body.next().await.expect("more of the stream").expect("a chunk");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        let ready = text.find("event: ready").expect("ready first");
+        let resync = text.find("event: resync\ndata: {\"missed\":6}").expect(&text);
+        let status = text.find("event: status").expect("then the changes it still holds");
+        assert!(ready < resync && resync < status, "{text}");
+        // The first change still held is the 7th: ids tell a reader what it missed.
+        assert!(text.contains("id: 7\n"), "{text}");
+        hub.close();
+    }
+
     #[tokio::test]
     async fn api_watch_a_lagging_reader_is_told_to_resync() {
         let hub = Hub::new();
