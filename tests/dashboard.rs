@@ -691,6 +691,17 @@ async fn terminate_needs_the_token_and_works_with_it() {
             .text()
             .unwrap();
         assert_eq!(open.matches("<tr data-task=").count(), 1, "{open}");
+        // Another site's page cannot use the API through the user's browser, token or not.
+        let evil = client
+            .post(&terminate)
+            .bearer_auth(token)
+            .header("origin", "http://evil.example");
+        assert_eq!(evil.send().unwrap().status(), 403);
+        let evil = client
+            .post(&terminate)
+            .bearer_auth(token)
+            .header("sec-fetch-site", "cross-site");
+        assert_eq!(evil.send().unwrap().status(), 403);
         std::thread::sleep(Duration::from_millis(1500));
         assert_eq!(ws.phase("slow").as_deref(), Some("Running"));
     });

@@ -99,6 +99,25 @@ fn bad_key(task: &str) -> Response {
         .into_response()
 }
 
+/// Whether a request was sent by a page of another site, as browsers say (`Sec-Fetch-Site`,
+/// `Origin`). The dashboard puts the API in a browser: without a token, any page the
+/// user visits could otherwise POST terminate or rerun to 127.0.0.1 (a form needs no CORS
+/// consent to be sent). Scripts and curl send neither header and are not affected.
+pub fn cross_site(headers: &HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site")
+        && site != "same-origin"
+        && site != "none"
+    {
+        return true;
+    }
+    match (header("origin"), header("host")) {
+        (None, _) => false,
+        (Some(origin), Some(host)) => origin != format!("http://{host}") && origin != format!("https://{host}"),
+        (Some(_), None) => true,
+    }
+}
+
 /// Whether the request carries the API's bearer token, or none is required. The same
 /// check as the management routes' (`--api-token-file`), in constant time.
 fn authorized(api: &ApiState, headers: &HeaderMap) -> bool {
@@ -793,6 +812,34 @@ mod tests {
         ] {
             assert!(!acceptable_key(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn api_dashboard_tells_cross_site_requests() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (k, v) in pairs {
+                map.insert(*k, HeaderValue::from_static(v));
+            }
+            map
+        };
+        assert!(!cross_site(&headers(&[])), "curl");
+        assert!(!cross_site(&headers(&[
+            ("host", "127.0.0.1:8466"),
+            ("origin", "http://127.0.0.1:8466")
+        ])));
+        assert!(!cross_site(&headers(&[
+            ("sec-fetch-site", "same-origin"),
+            ("host", "a:1"),
+            ("origin", "http://a:1")
+        ])));
+        assert!(cross_site(&headers(&[
+            ("host", "127.0.0.1:8466"),
+            ("origin", "http://evil.example")
+        ])));
+        assert!(cross_site(&headers(&[("host", "127.0.0.1:8466"), ("origin", "null")])));
+        assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site")])));
+        assert!(cross_site(&headers(&[("sec-fetch-site", "same-site")])));
     }
 
     #[test]

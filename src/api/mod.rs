@@ -145,9 +145,13 @@ async fn post_task(
     State(state): State<ApiState>,
     Path(path): Path<String>,
     Query(query): Query<CallbackQuery>,
-    _headers: HeaderMap,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // The dashboard puts these routes in a browser: another site's page may not use them.
+    if !path.ends_with("/events") && dashboard::cross_site(&headers) {
+        return problem(StatusCode::FORBIDDEN, "a request from another site's page is refused");
+    }
     if let Some(task) = path.strip_suffix("/terminate") {
         return terminate(&state, task).await;
     }
