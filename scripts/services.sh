@@ -4,6 +4,7 @@
 #
 #   ensure_docker       a Docker Engine answering on its socket (installed and started if need be)
 #   build_test_image    the registry-free busybox image skiff-busybox:test (see ../tests/image/Dockerfile)
+#   ensure_chromium     Debian's chromium and chromium-driver, for the dashboard's browser tests
 #   ensure_azurite      Azurite's blob service (npm azurite@3.35.0) on a free loopback port,
 #                       exported as SKIFF_TEST_AZURITE; stop_azurite stops the one it started
 #
@@ -183,4 +184,30 @@ stop_azurite() {
         wait "$_SKIFF_AZURITE_PID" 2>/dev/null || true
         unset _SKIFF_AZURITE_PID
     fi
+}
+
+# Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver), for
+# tests/dashboard.rs, which starts its own chromedriver on a free loopback port. Installed
+# when either is missing; then both must answer --version (a browser that cannot start says
+# so here, not as a test timeout).
+ensure_chromium() {
+    local missing=()
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        command -v apt-get >/dev/null 2>&1 ||
+            _skiff_fail "missing ${missing[*]} and there is no apt-get to install them; install them by hand" ||
+            return 1
+        _skiff_say "installing ${missing[*]} with apt-get"
+        _skiff_as_root apt-get update -q || _skiff_fail "apt-get update failed" || return 1
+        _skiff_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" ||
+            _skiff_fail "apt-get install ${missing[*]} failed" || return 1
+    fi
+    local browser driver
+    browser="$(/usr/bin/chromium --headless=new --no-sandbox --version 2>/dev/null)" ||
+        _skiff_fail "/usr/bin/chromium does not start (try: /usr/bin/chromium --headless=new --no-sandbox --version)" ||
+        return 1
+    driver="$(/usr/bin/chromedriver --version 2>/dev/null)" ||
+        _skiff_fail "/usr/bin/chromedriver does not start (try: /usr/bin/chromedriver --version)" || return 1
+    _skiff_say "chromium ready (${browser}; ${driver%% (*})"
 }

@@ -16,7 +16,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tower_http::timeout::TimeoutLayer;
+
+pub mod dashboard;
+pub mod watch;
 
 /// Every request, body included, is answered or dropped within this time.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -179,14 +182,22 @@ async fn post_task(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<CallbackQuery>, QueryRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let path = match path {
         Ok(Path(path)) => path,
         Err(rejection) => return problem(rejection.status(), rejection.body_text()),
     };
+    // The dashboard puts these routes in a browser: another site's page may not use them.
+    if !path.ends_with("/events") && dashboard::cross_site(&headers) {
+        return problem(StatusCode::FORBIDDEN, "a request from another site's page is refused");
+    }
     if let Some(task) = path.strip_suffix("/terminate") {
         return terminate(&state, task).await;
+    }
+    if let Some(task) = path.strip_suffix("/rerun") {
+        return dashboard::rerun(&state, task).await;
     }
     if let Some(task) = path.strip_suffix("/events") {
         let code = match query {
@@ -202,7 +213,7 @@ async fn post_task(
     }
     problem(
         StatusCode::NOT_FOUND,
-        "POST /v1/tasks/{task}/terminate or /v1/tasks/{task}/events",
+        "POST /v1/tasks/{task}/terminate, /v1/tasks/{task}/rerun or /v1/tasks/{task}/events",
     )
 }
 

@@ -136,6 +136,8 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     if let Some(aci) = &aci {
         runtimes.push(aci.clone());
     }
+    // The dashboard reads running containers' output through them too.
+    let api_runtimes = runtimes.clone();
     let config = ControllerConfig {
         default_runtime,
         max_running: args.max_running,
@@ -151,7 +153,11 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| format!("{host}:{}", state.display())),
         ..ControllerConfig::default()
     };
-    let store = source.store.clone();
+    // Every status write and delete, the controller's and the API's, is published for
+    // `GET /v1/watch` (the dashboard's live updates).
+    let hub = api::watch::Hub::new();
+    let store: Arc<dyn crate::store::Store> =
+        Arc::new(api::watch::WatchedStore::new(source.store.clone(), hub.clone()));
     let controller = Controller::new(store.clone(), runtimes, config);
 
     let runtime = tokio_runtime()?;
@@ -208,7 +214,8 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                 api_token: api_token.clone(),
             };
             tracing::info!("serving the API on http://{local}");
-            (controller, Some(api::router(state)))
+            let dashboard = api::dashboard::router(state.clone(), hub.clone(), &api_runtimes);
+            (controller, Some(api::router(state).merge(dashboard)))
         }
     };
     let metrics = controller.metrics();
@@ -255,6 +262,8 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             trigger.cancel();
         });
         let outcome = controller.run(shutdown).await.map_err(anyhow::Error::from);
+        // Open /v1/watch streams end with the controller; readers reconnect to the next one.
+        hub.close();
         if let Some(progress) = progress {
             progress.abort();
             super::progress::finish(&progress_metrics);
