@@ -28,7 +28,6 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 use tower_http::timeout::TimeoutLayer;
 
 const APP_JS: &str = include_str!("../../web/app.js");
@@ -115,15 +114,7 @@ pub fn cross_site(headers: &HeaderMap) -> bool {
 /// Whether the request carries the API's bearer token, or none is required. The same
 /// check as the management routes' (`--api-token-file`), in constant time.
 fn authorized(api: &ApiState, headers: &HeaderMap) -> bool {
-    let Some(expected) = &api.api_token else {
-        return true;
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+    super::check_bearer(api, headers).is_ok()
 }
 
 fn unauthorized() -> Response {

@@ -72,28 +72,31 @@ fn problem(code: StatusCode, message: impl Into<String>) -> Response {
 async fn require_bearer(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     // The callback route has its own token; everything else under /v1 is management.
     let is_callback = request.method() == axum::http::Method::POST && request.uri().path().ends_with("/events");
-    if let Some(expected) = &state.api_token
-        && !is_callback
-    {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let refusal = match given {
-            None => "a bearer token is required (see --api-token-file)",
-            Some(given) if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => "wrong token",
-            Some(_) => "",
-        };
-        if !refusal.is_empty() {
-            let mut response = problem(StatusCode::UNAUTHORIZED, refusal);
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-            return response;
-        }
+    if !is_callback && let Err(refusal) = check_bearer(&state, request.headers()) {
+        let mut response = problem(StatusCode::UNAUTHORIZED, refusal);
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return response;
     }
     next.run(request).await
+}
+
+/// The management token check (`--api-token-file`), in constant time, shared by the API's
+/// routes and the dashboard's: `Err` says what is wrong with the request.
+pub(crate) fn check_bearer(state: &ApiState, headers: &HeaderMap) -> Result<(), &'static str> {
+    let Some(expected) = &state.api_token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => Err("a bearer token is required (see --api-token-file)"),
+        Some(given) if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => Err("wrong token"),
+        Some(_) => Ok(()),
+    }
 }
 
 async fn healthz(State(state): State<ApiState>) -> Response {
