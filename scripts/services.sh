@@ -34,6 +34,17 @@ _skiff_as_root() {
     fi
 }
 
+# Installs Debian packages (none given: nothing to do), saying which and why it failed.
+_skiff_apt_install() {
+    [ "$#" -gt 0 ] || return 0
+    command -v apt-get >/dev/null 2>&1 ||
+        _skiff_fail "missing $* and there is no apt-get to install them; install them by hand" || return 1
+    _skiff_say "installing $* with apt-get"
+    _skiff_as_root apt-get update -q || _skiff_fail "apt-get update failed" || return 1
+    _skiff_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" ||
+        _skiff_fail "apt-get install $* failed" || return 1
+}
+
 _skiff_docker_answers() {
     command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1
 }
@@ -44,15 +55,7 @@ ensure_docker() {
     local missing=()
     command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
     [ -x /bin/busybox ] || missing+=(busybox-static)
-    if [ "${#missing[@]}" -gt 0 ]; then
-        command -v apt-get >/dev/null 2>&1 ||
-            _skiff_fail "missing ${missing[*]} and there is no apt-get to install them; install them by hand" ||
-            return 1
-        _skiff_say "installing ${missing[*]} with apt-get"
-        _skiff_as_root apt-get update -q || _skiff_fail "apt-get update failed" || return 1
-        _skiff_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" ||
-            _skiff_fail "apt-get install ${missing[*]} failed" || return 1
-    fi
+    _skiff_apt_install "${missing[@]}" || return 1
 
     if _skiff_docker_answers; then
         _skiff_say "docker engine answers ($(docker version --format '{{.Server.Version}}, API {{.Server.APIVersion}}' 2>/dev/null))"
@@ -194,15 +197,7 @@ ensure_chromium() {
     local missing=()
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
-    if [ "${#missing[@]}" -gt 0 ]; then
-        command -v apt-get >/dev/null 2>&1 ||
-            _skiff_fail "missing ${missing[*]} and there is no apt-get to install them; install them by hand" ||
-            return 1
-        _skiff_say "installing ${missing[*]} with apt-get"
-        _skiff_as_root apt-get update -q || _skiff_fail "apt-get update failed" || return 1
-        _skiff_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" ||
-            _skiff_fail "apt-get install ${missing[*]} failed" || return 1
-    fi
+    _skiff_apt_install "${missing[@]}" || return 1
     local browser driver
     browser="$(/usr/bin/chromium --headless=new --no-sandbox --version 2>/dev/null)" ||
         _skiff_fail "/usr/bin/chromium does not start (try: /usr/bin/chromium --headless=new --no-sandbox --version)" ||

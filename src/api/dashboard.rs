@@ -37,16 +37,6 @@ const APP_CSS: &str = include_str!("../../web/app.css");
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                        img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-const PHASES: [Phase; 7] = [
-    Phase::Pending,
-    Phase::Creating,
-    Phase::Running,
-    Phase::Deleting,
-    Phase::Succeeded,
-    Phase::Failed,
-    Phase::Invalid,
-];
-
 #[derive(Clone)]
 struct Dash {
     api: ApiState,
@@ -500,7 +490,7 @@ fn render_index(statuses: Result<&[TaskStatus], NoData>, auth_required: bool, no
         r#"<span class="count count-all" data-phase="">All <b>{}</b></span>"#,
         list.len()
     );
-    for phase in PHASES {
+    for phase in Phase::ALL {
         let n = list.iter().filter(|s| s.phase == phase).count();
         let _ = write!(
             body,
@@ -512,7 +502,7 @@ fn render_index(statuses: Result<&[TaskStatus], NoData>, auth_required: bool, no
     body.push_str(
         r#"<section id="tools" class="tools hidden"><input id="filter-text" type="search" placeholder="filter by text" aria-label="filter by text"> <select id="filter-phase" aria-label="filter by phase"><option value="">every phase</option>"#,
     );
-    for phase in PHASES {
+    for phase in Phase::ALL {
         let _ = write!(body, r#"<option value="{p}">{p}</option>"#, p = phase.as_str());
     }
     body.push_str("</select></section>\n");
