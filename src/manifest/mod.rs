@@ -5,6 +5,7 @@
 //! never passes silently. Durations and quantities stay strings here: validation turns
 //! them into typed values and explains any mistake with the field path and a fix.
 
+pub mod limits;
 mod parse;
 mod validate;
 

@@ -1,8 +1,8 @@
 //! Semantic validation: a parsed [`ContainerTask`] becomes a resolved [`TaskSpec`], or a
 //! list of every mistake, each naming the field path and the fix.
 
+use super::limits::{MAX_RETRY_DELAY, aci_resource_problems};
 use super::{Cleanup, CompletionMode, ContainerTask, ManifestError, Quantity, RuntimeKind, Volume};
-use crate::controller::reconcile::MAX_RETRY_DELAY;
 use crate::task::{BadTaskKey, TaskKey};
 use sha2::{Digest, Sha256};
 use std::path::{Component, Path, PathBuf};
@@ -332,7 +332,7 @@ pub fn validate(
     let mut aci_location = None;
     if runtime == RuntimeKind::Aci {
         // What ARM would refuse with an opaque 400, or ACI cannot do at all, is said here.
-        for problem in crate::runtime::aci::resource_problems(cpu, memory_bytes) {
+        for problem in aci_resource_problems(cpu, memory_bytes) {
             fail(problem);
         }
         if spec.working_dir.is_some() {

@@ -9,7 +9,7 @@
 //!   and fetched again a little before it expires (see [`token_refresh_margin`]); a
 //!   refresh that fails while the old token is still good keeps the old one. The
 //!   credentials' own HTTP goes through this module's reqwest client (one reqwest in the
-//!   build, rustls), see [`IdentityTransport`].
+//!   build, rustls), see [`crate::azure::identity`].
 //! - **Adopting.** A group's name is the container's deterministic name, so
 //!   [`ensure`](Runtime::ensure) first GETs it: a group of this controller made for this
 //!   attempt (tag [`LABEL_ATTEMPT_ID`]) is adopted, never created again (invariant 2); one
@@ -58,8 +58,10 @@
 use super::{
     ContainerSpec, ContainerState, ContainerSummary, Inspection, LABEL_ATTEMPT_ID, LABEL_TASK, Runtime, RuntimeError,
 };
+use crate::azure::CredentialKind;
 use crate::fsutil;
 use crate::manifest::RuntimeKind;
+use crate::manifest::limits::{aci_memory_gb, aci_resource_problems};
 use crate::status::{Reason, Timestamp};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
@@ -84,11 +86,6 @@ pub const DEFAULT_CREATE_QUOTA: &str = "100/5m,300/1h";
 /// Resources of a container whose spec names none.
 pub const DEFAULT_CPU: f64 = 1.0;
 pub const DEFAULT_MEMORY_GB: f64 = 1.5;
-/// The most one Linux container group may ask for in most regions; ARM answers an
-/// opaque `400 ProviderFailed` beyond, so requests are checked first ([`resource_problems`]).
-pub const MAX_CPU: f64 = 4.0;
-pub const MAX_MEMORY_GB: f64 = 16.0;
-
 /// The tag naming the controller that made a group (the id in `<state>/aci-owner`).
 pub const TAG_OWNER: &str = "skiff.owner";
 /// Always a secret: the callback URL carries the task's token.
@@ -108,55 +105,6 @@ const TOKEN_GRACE: Duration = Duration::from_secs(30);
 /// How often `ensure` looks again when the name changes under it (a racing create, a
 /// stale group going away) before calling it a transient failure.
 const ENSURE_ROUNDS: usize = 4;
-
-/// Which `azure_identity` credential gets ARM tokens (`--azure-credential`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredentialKind {
-    /// `ManagedIdentityCredential`: App Service / Functions (`IDENTITY_ENDPOINT` and
-    /// `IDENTITY_HEADER`) or IMDS on a VM; `AZURE_CLIENT_ID` picks a user-assigned identity.
-    Managed,
-    /// `WorkloadIdentityCredential`: AKS workload identity (`AZURE_TENANT_ID`,
-    /// `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE`).
-    Workload,
-    /// `ClientSecretCredential`: a service principal (`AZURE_TENANT_ID`,
-    /// `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`).
-    Secret,
-    /// `AzureCliCredential`: whoever `az login` signed in.
-    Cli,
-}
-
-impl CredentialKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CredentialKind::Managed => "managed",
-            CredentialKind::Workload => "workload",
-            CredentialKind::Secret => "secret",
-            CredentialKind::Cli => "cli",
-        }
-    }
-}
-
-impl std::fmt::Display for CredentialKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for CredentialKind {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "managed" => Ok(CredentialKind::Managed),
-            "workload" => Ok(CredentialKind::Workload),
-            "secret" => Ok(CredentialKind::Secret),
-            "cli" => Ok(CredentialKind::Cli),
-            other => Err(format!(
-                "{other:?} is not a credential; write managed, workload, secret or cli"
-            )),
-        }
-    }
-}
 
 /// Where ARM tokens come from.
 #[derive(Debug, Clone)]
@@ -321,38 +269,6 @@ pub enum AciError {
     StateDir { path: PathBuf, source: std::io::Error },
 }
 
-/// What ACI cannot give one container of `cpu` cores and `memory_bytes` of memory
-/// (`None`: the defaults), each problem naming its field and the limit: for validation
-/// (`Invalid`, every problem at once) and for `ensure` (a request never goes to ARM to come
-/// back as an opaque `400 ProviderFailed`). Empty when ACI can.
-pub fn resource_problems(cpu: Option<f64>, memory_bytes: Option<u64>) -> Vec<String> {
-    let mut problems = Vec::new();
-    if let Some(cpu) = cpu
-        && !(cpu > 0.0 && cpu <= MAX_CPU)
-    {
-        problems.push(format!(
-            "spec.resources.cpu: {cpu} cores is not what an ACI container group can have; ask for more than 0 and at most {MAX_CPU}"
-        ));
-    }
-    if let Some(bytes) = memory_bytes {
-        let gb = memory_gb(bytes);
-        if bytes == 0 || gb > MAX_MEMORY_GB {
-            problems.push(format!(
-                "spec.resources.memory: {gb} GB is not what an ACI container group can have; ask for more than 0 and at most {MAX_MEMORY_GB}Gi"
-            ));
-        }
-    }
-    problems
-}
-
-/// Bytes → ACI's `memoryInGB`, which counts in tenths of a GiB (`1.5Gi` → 1.5): rounded
-/// up, so that a container never gets less than it asked for.
-pub fn memory_gb(bytes: u64) -> f64 {
-    const GIB: u128 = 1 << 30;
-    let tenths = (u128::from(bytes) * 10).div_ceil(GIB);
-    tenths as f64 / 10.0
-}
-
 /// How long before a token's expiry it is fetched again: five minutes, or half of its
 /// lifetime for a short-lived one.
 pub fn token_refresh_margin(lifetime: Duration) -> Duration {
@@ -449,7 +365,9 @@ impl AciRuntime {
         let credential_name = config.credential.describe();
         let credential = match &config.credential {
             AciCredential::Custom(credential) => credential.clone(),
-            AciCredential::Azure(kind) => azure_credential(*kind, &http)?,
+            AciCredential::Azure(kind) => {
+                crate::azure::credential(*kind, &http).map_err(|err| AciError::Credential(err.to_string()))?
+            }
         };
         let groups_url = format!(
             "{endpoint}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ContainerInstance/containerGroups",
@@ -539,79 +457,6 @@ fn load_or_create_owner(state_dir: &Path) -> std::io::Result<String> {
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Builds the chosen `azure_identity` credential, its HTTP going through `http`.
-pub(crate) fn azure_credential(
-    kind: CredentialKind,
-    http: &reqwest::Client,
-) -> Result<Arc<dyn TokenCredential>, AciError> {
-    use azure_core::http::{ClientOptions, Transport};
-    use azure_identity::{
-        AzureCliCredential, AzureCliCredentialOptions, ClientAssertionCredentialOptions, ClientSecretCredential,
-        ClientSecretCredentialOptions, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
-        WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
-    };
-    let client_options = ClientOptions {
-        transport: Some(Transport::new(Arc::new(IdentityTransport(http.clone())))),
-        ..Default::default()
-    };
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let failed = |err: azure_core::Error| {
-        AciError::Credential(format!(
-            "--azure-credential {kind}: {err}; see the README's section on real Azure"
-        ))
-    };
-    let credential: Arc<dyn TokenCredential> = match kind {
-        CredentialKind::Managed => ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
-            user_assigned_id: env("AZURE_CLIENT_ID").map(UserAssignedId::ClientId),
-            client_options,
-        }))
-        .map_err(failed)?,
-        CredentialKind::Workload => WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
-            credential_options: ClientAssertionCredentialOptions { client_options },
-            ..Default::default()
-        }))
-        .map_err(failed)?,
-        CredentialKind::Secret => {
-            let vars = ["AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"];
-            let missing: Vec<&str> = vars.into_iter().filter(|v| env(v).is_none()).collect();
-            let (Some(tenant), Some(client), Some(secret)) = (env(vars[0]), env(vars[1]), env(vars[2])) else {
-                return Err(AciError::Credential(format!(
-                    "--azure-credential secret needs {} in the environment",
-                    missing.join(", ")
-                )));
-            };
-            ClientSecretCredential::new(
-                &tenant,
-                client,
-                azure_core::credentials::Secret::new(secret),
-                Some(ClientSecretCredentialOptions { client_options }),
-            )
-            .map_err(failed)?
-        }
-        CredentialKind::Cli => AzureCliCredential::new(Some(AzureCliCredentialOptions {
-            tenant_id: env("AZURE_TENANT_ID"),
-            ..Default::default()
-        }))
-        .map_err(failed)?,
-    };
-    Ok(credential)
-}
-
-/// `azure_identity`'s HTTP over this module's reqwest client, so that the build has one
-/// reqwest (azure_core's own transport would bring another major version of it).
-#[derive(Debug)]
-struct IdentityTransport(reqwest::Client);
-
-#[async_trait]
-impl azure_core::http::HttpClient for IdentityTransport {
-    async fn execute_request(
-        &self,
-        request: &azure_core::http::Request,
-    ) -> azure_core::Result<azure_core::http::AsyncRawResponse> {
-        crate::azure_http::send(&self.0, request, "identity").await
-    }
 }
 
 /// The create token bucket: for each window one token per allowed create. A token is
@@ -1375,7 +1220,7 @@ impl Inner {
                 "ACI replaces the image's entrypoint and arguments together; give command as well as args",
             ));
         }
-        let problems = resource_problems(spec.cpu, spec.memory_bytes);
+        let problems = aci_resource_problems(spec.cpu, spec.memory_bytes);
         if !problems.is_empty() {
             return Err(permanent(name, problems.join("; ")));
         }
@@ -1443,7 +1288,7 @@ impl Inner {
             "environmentVariables": env,
             "resources": {"requests": {
                 "cpu": spec.cpu.unwrap_or(DEFAULT_CPU),
-                "memoryInGB": spec.memory_bytes.map(memory_gb).unwrap_or(DEFAULT_MEMORY_GB),
+                "memoryInGB": spec.memory_bytes.map(aci_memory_gb).unwrap_or(DEFAULT_MEMORY_GB),
             }},
         });
         if !command.is_empty() {
@@ -1834,24 +1679,6 @@ mod tests {
         for bad in ["", "10", "0/5m", "10/0s", "x/5m", "10/forever"] {
             assert!(bad.parse::<CreateQuota>().is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn memory_counts_in_tenths_of_a_gib_rounded_up() {
-        assert_eq!(memory_gb(1_610_612_736), 1.5);
-        assert_eq!(memory_gb(512 << 20), 0.5);
-        assert_eq!(memory_gb(1_000_000_000), 1.0);
-        assert_eq!(memory_gb(1), 0.1);
-    }
-
-    #[test]
-    fn resources_beyond_aci_are_refused_with_the_limit() {
-        assert!(resource_problems(None, None).is_empty());
-        assert!(resource_problems(Some(4.0), Some(16 << 30)).is_empty());
-        let problems = resource_problems(Some(8.0), Some(32 << 30));
-        assert!(problems[0].contains("spec.resources.cpu") && problems[0].contains("at most 4"));
-        assert!(problems[1].contains("spec.resources.memory") && problems[1].contains("at most 16Gi"));
-        assert_eq!(resource_problems(Some(0.0), Some(0)).len(), 2);
     }
 
     #[test]
