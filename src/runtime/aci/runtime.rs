@@ -12,6 +12,7 @@ use crate::fsutil;
 use crate::manifest::RuntimeKind;
 use crate::runtime::{
     ContainerSpec, ContainerState, ContainerSummary, Inspection, LABEL_ATTEMPT_ID, LABEL_TASK, Runtime, RuntimeError,
+    kept_logs,
 };
 use crate::status::Reason;
 use async_trait::async_trait;
@@ -177,7 +178,7 @@ fn load_or_create_owner(state_dir: &Path) -> std::io::Result<String> {
 
 impl Inner {
     fn log_path(&self, name: &str) -> PathBuf {
-        self.logs.join(format!("{name}.log"))
+        kept_logs::path(&self.logs, name)
     }
 
     fn owns(&self, group: &Group) -> bool {
@@ -296,18 +297,9 @@ impl Inner {
         let Some(content) = self.arm.logs(name, None).await? else {
             return Ok(());
         };
-        let path = self.log_path(name);
-        let written = path.clone();
-        tokio::task::spawn_blocking(move || fsutil::write_atomic(&written, content.as_bytes()))
+        kept_logs::save(&self.logs, name, content.into_bytes())
             .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
-            .map_err(|err| {
-                RuntimeError::Transient(format!(
-                    "aci: cannot keep the logs of {name} in {}: {err}",
-                    path.display()
-                ))
-            })
+            .map_err(|err| RuntimeError::Transient(format!("aci: {err}")))
     }
 
     /// Waits until the GET answers 404. `false` if the group is still there at the end.
@@ -467,11 +459,11 @@ impl Runtime for AciRuntime {
     }
 
     async fn forget(&self, container_prefix: &str) -> Result<(), RuntimeError> {
-        crate::runtime::forget_logs(&self.inner.logs, container_prefix).await
+        kept_logs::forget(&self.inner.logs, container_prefix).await
     }
 
     async fn forget_earlier_run(&self, container_prefix: &str) -> Result<(), RuntimeError> {
-        crate::runtime::forget_earlier_logs(&self.inner.logs, container_prefix).await
+        kept_logs::forget_earlier(&self.inner.logs, container_prefix).await
     }
 
     /// ARM has no event stream for container groups: completion is seen by polling (and

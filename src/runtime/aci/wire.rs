@@ -2,8 +2,8 @@
 //! how a group maps to what the controller sees: [`Provisioning`] for `ensure` to follow,
 //! [`ContainerState`] for `inspect`, and a failed provisioning's reason from its events.
 
-use crate::runtime::ContainerState;
-use crate::status::{Reason, Timestamp};
+use crate::runtime::{ContainerState, parse_time};
+use crate::status::Reason;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -231,12 +231,6 @@ impl Group {
             Provisioning::InProgress | Provisioning::Failed { .. } => ContainerState::Created,
         }
     }
-}
-
-/// ARM's RFC 3339 times.
-fn parse_time(text: Option<&str>) -> Option<Timestamp> {
-    let time = chrono::DateTime::parse_from_rfc3339(text?).ok()?;
-    (time.timestamp() > 0).then(|| time.with_timezone(&chrono::Utc))
 }
 
 #[cfg(test)]

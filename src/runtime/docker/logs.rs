@@ -5,16 +5,14 @@
 
 use super::{Inner, status_of, transient, unreadable_logs};
 use crate::fsutil;
-use crate::runtime::RuntimeError;
+use crate::runtime::{RuntimeError, kept_logs};
 use crate::status::LOG_TAIL_BYTES;
 use bollard::Docker;
 use bollard::query_parameters::LogsOptions;
 use futures_util::StreamExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Inner {
     /// All of the output (`tail` = "all") or its last lines (`tail` = a number; then the
@@ -36,7 +34,7 @@ impl Inner {
         };
         // A little more than the tail, so that it can start on a line boundary.
         let limit = (tail != "all").then_some(LOG_TAIL_BYTES as u64 + 256);
-        match crate::runtime::read_end(&self.log_path(name), limit).await {
+        match kept_logs::read_end(&self.log_path(name), limit).await {
             Ok(bytes) => Ok(Some(bytes)),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => match engine_error {
                 Some(err) => Err(err),
@@ -76,11 +74,7 @@ impl Inner {
     /// such container.
     pub(super) async fn save_logs(&self, docker: &Docker, name: &str) -> Result<bool, RuntimeError> {
         let path = self.log_path(name);
-        let temp = self.logs.join(format!(
-            ".{name}.log.{}.{}.tmp",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let temp = fsutil::temp_path(&path);
         let result = self.copy_logs(docker, name, &temp).await;
         match result {
             Ok(true) => {}

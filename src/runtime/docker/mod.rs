@@ -215,7 +215,7 @@ impl Inner {
     }
 
     fn log_path(&self, name: &str) -> PathBuf {
-        self.logs.join(format!("{name}.log"))
+        super::kept_logs::path(&self.logs, name)
     }
 
     /// `None` when there is no container of that name.
@@ -605,11 +605,11 @@ impl Runtime for DockerRuntime {
     }
 
     async fn forget(&self, container_prefix: &str) -> Result<(), RuntimeError> {
-        super::forget_logs(&self.inner.logs, container_prefix).await
+        super::kept_logs::forget(&self.inner.logs, container_prefix).await
     }
 
     async fn forget_earlier_run(&self, container_prefix: &str) -> Result<(), RuntimeError> {
-        super::forget_earlier_logs(&self.inner.logs, container_prefix).await
+        super::kept_logs::forget_earlier(&self.inner.logs, container_prefix).await
     }
 
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>> {

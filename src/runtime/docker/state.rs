@@ -2,16 +2,8 @@
 //! [`ContainerState`], with the engine's quirks smoothed (the zero time for "never", a
 //! start stamped after a quick finish).
 
-use crate::runtime::ContainerState;
-use crate::status::Timestamp;
+use crate::runtime::{ContainerState, parse_time};
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum};
-
-/// The engine's RFC 3339 times; it writes the zero time for "never".
-fn parse_time(text: Option<&str>) -> Option<Timestamp> {
-    let text = text?;
-    let time = chrono::DateTime::parse_from_rfc3339(text).ok()?;
-    (time.timestamp() > 0).then(|| time.with_timezone(&chrono::Utc))
-}
 
 pub(super) fn state_of(found: &ContainerInspectResponse) -> ContainerState {
     let Some(state) = &found.state else {
