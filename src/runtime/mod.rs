@@ -2,6 +2,7 @@
 //! implementation lives in its own file and knows nothing of tasks or statuses.
 
 pub mod aci;
+pub mod adopt;
 pub mod cgroup;
 pub mod docker;
 pub mod kept_logs;

@@ -10,6 +10,7 @@ use super::wire::{Group, Provisioning};
 use super::{AciConfig, AciCredential, AciError, TAG_OWNER, lock};
 use crate::fsutil;
 use crate::manifest::RuntimeKind;
+use crate::runtime::adopt::{self, Verdict};
 use crate::runtime::{
     ContainerSpec, ContainerState, ContainerSummary, Inspection, LABEL_ATTEMPT_ID, LABEL_TASK, Runtime, RuntimeError,
     kept_logs,
@@ -385,29 +386,30 @@ impl Runtime for AciRuntime {
                     None => continue,
                 },
             };
-            if !inner.owns(&group) {
-                return Err(RuntimeError::Transient(format!(
-                    "aci: the name {name} is taken by a container group that {}; waiting for it to go",
-                    match group.tag(TAG_OWNER) {
-                        Some(other) => format!("another skiff controller made (owner {other})"),
-                        None => "skiff did not make".to_string(),
-                    }
-                )));
-            }
-            let deleting = group.provisioning_state() == "Deleting";
-            if let Some(wanted) = spec.labels.get(LABEL_ATTEMPT_ID)
-                && group.tag(LABEL_ATTEMPT_ID) != Some(wanted.as_str())
-            {
+            let wanted = spec.labels.get(LABEL_ATTEMPT_ID).map(String::as_str);
+            match adopt::verdict(group.tag(TAG_OWNER), &inner.owner, group.tag(LABEL_ATTEMPT_ID), wanted) {
+                Verdict::Foreign { owner } => {
+                    return Err(RuntimeError::Transient(format!(
+                        "aci: the name {name} is taken by a container group that {}; waiting for it to go",
+                        match owner {
+                            Some(other) => format!("another skiff controller made (owner {other})"),
+                            None => "skiff did not make".to_string(),
+                        }
+                    )));
+                }
                 // Same name, another attempt: never adopt it.
-                tracing::info!(
-                    container = name,
-                    "aci: deleting a container group made for another attempt"
-                );
-                inner.delete_group(name, deleting).await?;
-                let _ = tokio::fs::remove_file(inner.log_path(name)).await;
-                continue;
+                Verdict::Replace => {
+                    let deleting = group.provisioning_state() == "Deleting";
+                    tracing::info!(
+                        container = name,
+                        "aci: deleting a container group made for another attempt"
+                    );
+                    inner.delete_group(name, deleting).await?;
+                    let _ = tokio::fs::remove_file(inner.log_path(name)).await;
+                    continue;
+                }
+                Verdict::Adopt => return inner.follow_provisioning(name, group).await,
             }
-            return inner.follow_provisioning(name, group).await;
         }
         Err(RuntimeError::Transient(format!(
             "aci: the container group {name} kept changing while it was being made; will look again"

@@ -41,6 +41,7 @@ mod state;
 use pull::Pull;
 use state::state_of;
 
+use super::adopt::{self, Verdict};
 use super::{
     ContainerSpec, ContainerState, ContainerSummary, Inspection, LABEL_ATTEMPT_ID, LABEL_TASK, Runtime, RuntimeError,
 };
@@ -483,31 +484,34 @@ impl Runtime for DockerRuntime {
         while Instant::now() < deadline {
             if let Some(found) = inner.inspect_raw(docker, name).await? {
                 let labels = labels_of(&found);
-                let label = |key: &str| labels.and_then(|l| l.get(key));
-                if label(LABEL_STATE_DIR) != Some(&inner.owner) {
+                let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+                let wanted = spec.labels.get(LABEL_ATTEMPT_ID).map(String::as_str);
+                match adopt::verdict(label(LABEL_STATE_DIR), &inner.owner, label(LABEL_ATTEMPT_ID), wanted) {
                     // Another controller's (or a person's): never ours to adopt or remove.
-                    return Err(RuntimeError::Transient(format!(
-                        "docker: the name {name} is taken by a container that {}; waiting for it to go",
-                        match label(LABEL_STATE_DIR) {
-                            Some(other) => format!("another skiff controller made (state folder {other})"),
-                            None => "skiff did not make".to_string(),
-                        }
-                    )));
-                }
-                if let Some(wanted) = spec.labels.get(LABEL_ATTEMPT_ID)
-                    && label(LABEL_ATTEMPT_ID) != Some(wanted)
-                {
+                    Verdict::Foreign { owner } => {
+                        return Err(RuntimeError::Transient(format!(
+                            "docker: the name {name} is taken by a container that {}; waiting for it to go",
+                            match owner {
+                                Some(other) => format!("another skiff controller made (state folder {other})"),
+                                None => "skiff did not make".to_string(),
+                            }
+                        )));
+                    }
                     // Same name, another attempt: one an earlier run kept (`cleanup`), or
                     // one left from before its status file was deleted. Never adopt it.
-                    tracing::info!(container = name, "removing a container made for another attempt");
-                    inner.remove(docker, name).await?;
-                    let _ = tokio::fs::remove_file(inner.log_path(name)).await;
-                    continue;
+                    Verdict::Replace => {
+                        tracing::info!(container = name, "removing a container made for another attempt");
+                        inner.remove(docker, name).await?;
+                        let _ = tokio::fs::remove_file(inner.log_path(name)).await;
+                        continue;
+                    }
+                    Verdict::Adopt => {
+                        return match state_of(&found) {
+                            ContainerState::Created => inner.start(docker, name).await,
+                            _ => Ok(()),
+                        };
+                    }
                 }
-                return match state_of(&found) {
-                    ContainerState::Created => inner.start(docker, name).await,
-                    _ => Ok(()),
-                };
             }
             inner.ensure_image(docker, image).await?;
             let body = inner.create_body(spec, image)?;
