@@ -193,3 +193,10 @@ pub(crate) fn parse_time(text: Option<&str>) -> Option<Timestamp> {
     let time = chrono::DateTime::parse_from_rfc3339(text?).ok()?;
     (time.timestamp() > 0).then(|| time.with_timezone(&chrono::Utc))
 }
+
+/// A std mutex's guard, also after a panic elsewhere poisoned it: the guarded maps and
+/// gates stay consistent between statements, so the runtime carries on rather than
+/// panicking in turn.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

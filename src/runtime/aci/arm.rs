@@ -3,9 +3,10 @@
 //! and transport errors made Transient, and the reads of a group, its logs and the listing.
 //! What a call means for a container is the runtime's business ([`super::runtime`]).
 
+use super::config::{API_VERSION, AciConfig};
 use super::wire::{Group, GroupList, Logs};
-use super::{API_VERSION, AciConfig, lock};
 use crate::runtime::RuntimeError;
+use crate::runtime::lock;
 use azure_core::credentials::TokenCredential;
 use serde::Deserialize;
 use serde_json::Value;

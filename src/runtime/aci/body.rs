@@ -3,7 +3,7 @@
 //! limits, labels that cannot be tags), said before anything reaches ARM. Also the names
 //! and tag keys ACI accepts.
 
-use super::{DEFAULT_CPU, DEFAULT_MEMORY_GB, TAG_OWNER};
+use super::config::{DEFAULT_CPU, DEFAULT_MEMORY_GB, TAG_OWNER};
 use crate::manifest::limits::{aci_memory_gb, aci_resource_problems};
 use crate::runtime::{ContainerSpec, RuntimeError};
 use crate::status::Reason;

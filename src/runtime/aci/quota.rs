@@ -3,7 +3,7 @@
 //! was answered, so no window of ARM's clock sees more creates than the quota; a create
 //! waits in line for at most `max_wait`, else it is told when the next token comes back.
 
-use super::lock;
+use crate::runtime::lock;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,12 +5,13 @@
 
 use super::arm::Arm;
 use super::body::{check_name, create_body};
+use super::config::{AciConfig, AciCredential, AciError, TAG_OWNER};
 use super::quota::CreateLimiter;
 use super::wire::{Group, Provisioning};
-use super::{AciConfig, AciCredential, AciError, TAG_OWNER, lock};
 use crate::fsutil;
 use crate::manifest::RuntimeKind;
 use crate::runtime::adopt::{self, Verdict};
+use crate::runtime::lock;
 use crate::runtime::{
     ContainerSpec, ContainerState, ContainerSummary, Inspection, LABEL_ATTEMPT_ID, LABEL_TASK, Runtime, RuntimeError,
     kept_logs,
