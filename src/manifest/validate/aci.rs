@@ -2,7 +2,8 @@
 //! [`crate::manifest::limits`], a working directory, args without a command), azureFile
 //! volumes' account, share and key, and `spec.aci` (only on aci; its location).
 
-use super::{ValidationContext, is_env_name};
+use super::context::ValidationContext;
+use super::values::is_env_name;
 use crate::manifest::limits::aci_resource_problems;
 use crate::manifest::{RuntimeKind, Spec};
 

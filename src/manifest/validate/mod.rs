@@ -3,21 +3,23 @@
 //!
 //! Here: the sections every task goes through, in the order their mistakes are listed;
 //! [`runtimes`] (what each runtime accepts) and [`aci`] (ACI's rules) beside them, and
-//! [`values`] (the texts a manifest spells: names, durations, quantities).
+//! [`values`] (the texts a manifest spells: names, durations, quantities) and [`context`]
+//! (what validation knows of the controller) below them.
 
 mod aci;
+mod context;
 mod runtimes;
 mod values;
+
+pub use context::{Features, ValidationContext};
 
 use super::limits::MAX_RETRY_DELAY;
 use super::{Cleanup, CompletionMode, ContainerTask, ManifestError, RuntimeKind, Volume};
 use crate::task::{BadTaskKey, TaskKey};
+use context::NUL;
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
 use std::time::Duration;
-use values::{
-    MAX_ARG_BYTES, check_name, is_allowed_host_path, is_env_name, parse_cpu, parse_duration, parse_memory, too_long,
-};
+use values::{MAX_ARG_BYTES, check_name, is_env_name, parse_cpu, parse_duration, parse_memory, too_long};
 
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
@@ -26,44 +28,6 @@ const MAX_RETRIES: u32 = 100;
 /// Most indexes of one fan-out: each has its own entry in the status, which is rewritten
 /// whole at every step.
 const MAX_COMPLETIONS: u32 = 1000;
-const MAX_NAME_LEN: usize = 63;
-/// Why a field with a NUL is refused: the OS ends every argument, variable and path at it.
-const NUL: &str = "contains a NUL character (\\0), which no program, variable or path can hold; remove it";
-
-/// Which parts of the contract this build acts on. A manifest that needs a part that is
-/// not here is `Invalid` with a message saying so, never silently half-run.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Features {
-    pub docker: bool,
-    pub aci: bool,
-    pub event_completion: bool,
-    pub fan_out: bool,
-    pub depends_on: bool,
-}
-
-impl Features {
-    /// What this version of skiff implements.
-    pub const CURRENT: Features = Features {
-        docker: true,
-        aci: true,
-        // The controller narrows this to whether it serves the callback route.
-        event_completion: true,
-        fan_out: true,
-        depends_on: true,
-    };
-}
-
-/// What validation needs to know about the controller.
-pub struct ValidationContext<'a> {
-    /// `--runtime`: used when `spec.runtime` is absent.
-    pub default_runtime: RuntimeKind,
-    /// `--allow-host-path` prefixes.
-    pub allow_host_paths: &'a [PathBuf],
-    pub features: Features,
-    /// Whether a variable is set in the controller's environment; `None` skips the
-    /// check (as `skiff validate` does, since it does not run where the controller runs).
-    pub env_is_set: Option<&'a dyn Fn(&str) -> bool>,
-}
 
 /// A value for one environment variable of a container.
 #[derive(Clone, PartialEq, Eq)]

@@ -3,7 +3,8 @@
 //! (docker only), and where volumes come from (hostPath: process and docker, under
 //! `--allow-host-path`, unmoved on process; azureFile: aci). ACI's own limits are [`super::aci`].
 
-use super::{Features, NUL, ValidationContext, is_allowed_host_path};
+use super::context::{Features, NUL, ValidationContext};
+use super::values::is_allowed_host_path;
 use crate::manifest::{RuntimeKind, Spec};
 use std::path::Path;
 

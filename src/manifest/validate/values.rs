@@ -5,7 +5,8 @@ use crate::manifest::Quantity;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::MAX_NAME_LEN;
+/// The longest task name (`metadata.name`, or the file's stem when it is not set).
+const MAX_NAME_LEN: usize = 63;
 
 /// Linux refuses to start a program given one argument or `NAME=value` of this many
 /// bytes or more (MAX_ARG_STRLEN, counting the terminating NUL), in a container too.
