@@ -3,7 +3,8 @@
 //! `<state>/logs/<name>.log`, atomically and durably, so that `skiff logs` and `logTail`
 //! work once the container is gone.
 
-use super::{Inner, status_of, transient, unreadable_logs};
+use super::Inner;
+use super::errors::{status_of, transient, unreadable_logs};
 use crate::fsutil;
 use crate::runtime::{RuntimeError, kept_logs};
 use crate::status::LOG_TAIL_BYTES;

@@ -33,12 +33,14 @@
 //! The engine may be older than bollard: the API version is negotiated on first use
 //! (Debian's dockerd 20.10 speaks 1.41), and only calls that 1.41 has are made.
 
+mod errors;
 mod events;
 mod logs;
 mod pull;
 mod state;
 
-use pull::Pull;
+use errors::{engine_message, status_of, transient};
+use pull::Pulls;
 use state::state_of;
 
 use super::adopt::{self, Verdict};
@@ -49,7 +51,6 @@ use crate::manifest::RuntimeKind;
 use crate::status::Reason;
 use async_trait::async_trait;
 use bollard::Docker;
-use bollard::errors::Error as EngineError;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
@@ -102,11 +103,10 @@ struct Inner {
     /// The value of [`LABEL_STATE_DIR`] on this controller's containers.
     owner: String,
     default_network: Option<String>,
-    pull_timeout_ms: AtomicU64,
     /// `--max-log-size`: the most of a container's output kept after it is deleted.
     max_log_bytes: AtomicU64,
     /// Pulls in flight, and pulls that failed lately, by image reference.
-    pulls: std::sync::Mutex<HashMap<String, Pull>>,
+    pulls: Arc<Pulls>,
 }
 
 impl DockerRuntime {
@@ -143,9 +143,8 @@ impl DockerRuntime {
                 logs,
                 owner: state_dir.to_string_lossy().into_owned(),
                 default_network,
-                pull_timeout_ms: AtomicU64::new(DEFAULT_PULL_TIMEOUT.as_millis() as u64),
                 max_log_bytes: AtomicU64::new(super::log_cap::DEFAULT_MAX_LOG_BYTES),
-                pulls: std::sync::Mutex::new(HashMap::new()),
+                pulls: Arc::new(Pulls::new(DEFAULT_PULL_TIMEOUT)),
             }),
         })
     }
@@ -153,7 +152,7 @@ impl DockerRuntime {
     /// How long a pull may take (default [`DEFAULT_PULL_TIMEOUT`]).
     pub fn with_pull_timeout(self, timeout: Duration) -> Self {
         let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        self.inner.pull_timeout_ms.store(millis, Ordering::Relaxed);
+        self.inner.pulls.timeout_ms.store(millis, Ordering::Relaxed);
         self
     }
 
@@ -408,33 +407,6 @@ impl Inner {
     }
 }
 
-/// The HTTP status of an engine's error answer.
-fn status_of(err: &EngineError) -> Option<u16> {
-    match err {
-        EngineError::DockerResponseServerError { status_code, .. } => Some(*status_code),
-        _ => None,
-    }
-}
-
-/// The engine's own words, without bollard's wrapping.
-fn engine_message(err: &EngineError) -> String {
-    match err {
-        EngineError::DockerResponseServerError { message, .. } => message.clone(),
-        EngineError::DockerStreamError { error } => error.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn transient(action: &str, err: EngineError) -> RuntimeError {
-    RuntimeError::Transient(format!("docker: cannot {action}: {err}"))
-}
-
-/// The engine answered that this container's logs cannot be read back: 501, its logging
-/// driver keeps none; 409, it is dead or being removed. Retrying will not change that.
-fn unreadable_logs(err: &EngineError) -> bool {
-    matches!(status_of(err), Some(409 | 501))
-}
-
 fn labels_of(found: &ContainerInspectResponse) -> Option<&HashMap<String, String>> {
     found.config.as_ref()?.labels.as_ref()
 }
@@ -513,7 +485,7 @@ impl Runtime for DockerRuntime {
                     }
                 }
             }
-            inner.ensure_image(docker, image).await?;
+            inner.pulls.ensure_image(docker, image).await?;
             let body = inner.create_body(spec, image)?;
             let options = CreateContainerOptions {
                 name: Some(name.to_string()),

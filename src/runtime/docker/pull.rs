@@ -3,15 +3,16 @@
 //! failed is remembered a while, so that an image that cannot be had fails the attempt
 //! ([`Reason::ImagePullFailed`]) rather than being pulled again and again.
 
-use super::{Inner, engine_message, status_of, transient};
+use super::errors::{engine_message, status_of, transient};
 use crate::runtime::RuntimeError;
 use crate::status::Reason;
 use bollard::Docker;
 use bollard::errors::Error as EngineError;
 use bollard::query_parameters::CreateImageOptions;
 use futures_util::StreamExt;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -19,15 +20,15 @@ use tokio::sync::watch;
 /// reconcile timed out) learns the outcome rather than starting the same pull again.
 const FAILED_PULL_MEMORY: Duration = Duration::from_secs(60);
 
-pub(super) enum Pull {
+enum Pull {
     Running(watch::Receiver<Option<PullResult>>),
     Failed { at: Instant, error: PullError },
 }
 
-pub(super) type PullResult = Result<(), PullError>;
+type PullResult = Result<(), PullError>;
 
 #[derive(Clone)]
-pub(super) struct PullError {
+struct PullError {
     /// The image cannot be had (as opposed to: the engine went away meanwhile).
     permanent: bool,
     message: String,
@@ -46,7 +47,22 @@ impl PullError {
     }
 }
 
-impl Inner {
+/// The runtime's pulls: one task per image reference, however many `ensure`s wait for it.
+pub(super) struct Pulls {
+    /// Pulls in flight, and pulls that failed lately, by image reference.
+    running: std::sync::Mutex<HashMap<String, Pull>>,
+    /// How long one pull may take.
+    pub(super) timeout_ms: AtomicU64,
+}
+
+impl Pulls {
+    pub(super) fn new(timeout: Duration) -> Self {
+        Pulls {
+            running: std::sync::Mutex::new(HashMap::new()),
+            timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
+        }
+    }
+
     /// Makes sure `image` is present, pulling it if not. The pull runs in a task of its
     /// own, shared by every `ensure` that needs the image (a fan-out of a hundred pulls
     /// once), and it goes on when the `ensure` waiting for it is cancelled (a reconcile
@@ -59,7 +75,7 @@ impl Inner {
         }
         let reference = with_default_tag(image);
         let mut outcome = {
-            let mut pulls = self.pulls.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut pulls = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             match pulls.get(&reference) {
                 Some(Pull::Failed { at, error }) if at.elapsed() < FAILED_PULL_MEMORY => {
                     return Err(error.clone().into_runtime_error());
@@ -127,7 +143,7 @@ impl Inner {
             }
             Ok(())
         };
-        let limit = Duration::from_millis(self.pull_timeout_ms.load(Ordering::Relaxed));
+        let limit = Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed));
         let result = match tokio::time::timeout(limit, pulling).await {
             Ok(result) => result,
             Err(_) => Err(PullError {
@@ -143,7 +159,7 @@ impl Inner {
             Err(err) => tracing::warn!(image = %reference, "{}", err.message),
         }
         {
-            let mut pulls = self.pulls.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut pulls = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             match &result {
                 // Remembered for a while, for an `ensure` that stopped waiting.
                 Err(error) if error.permanent => {
