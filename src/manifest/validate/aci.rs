@@ -5,7 +5,7 @@
 use super::context::ValidationContext;
 use super::values::is_env_name;
 use crate::manifest::limits::aci_resource_problems;
-use crate::manifest::{RuntimeKind, Spec};
+use crate::manifest::wire::{RuntimeKind, Spec};
 
 /// ACI's rules for a task on `runtime` (nothing but `spec.aci`'s misplacement when it is
 /// not aci). The task's own location, if it names one.

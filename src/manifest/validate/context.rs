@@ -1,7 +1,7 @@
 //! What validation knows of the controller it validates for: which parts of the contract
 //! this build acts on, the default runtime, the allowed host paths, which variables are set.
 
-use crate::manifest::RuntimeKind;
+use crate::manifest::wire::RuntimeKind;
 use std::path::PathBuf;
 
 /// Why a field with a NUL is refused: the OS ends every argument, variable and path at it.

@@ -14,7 +14,8 @@ mod values;
 pub use context::{Features, ValidationContext};
 
 use super::limits::MAX_RETRY_DELAY;
-use super::{Cleanup, CompletionMode, ContainerTask, ManifestError, RuntimeKind, Volume};
+use super::parse::ManifestError;
+use super::wire::{Cleanup, CompletionMode, ContainerTask, RuntimeKind, Spec, Volume};
 use crate::task::{BadTaskKey, TaskKey};
 use context::NUL;
 use sha2::{Digest, Sha256};
@@ -169,7 +170,7 @@ fn metadata(task: &ContainerTask, default_name: &str, fail: &mut impl FnMut(Stri
 }
 
 /// The program: what no OS can pass to one (a NUL, an argument beyond Linux's limit).
-fn program(spec: &super::Spec, fail: &mut impl FnMut(String)) {
+fn program(spec: &Spec, fail: &mut impl FnMut(String)) {
     // A NUL cannot be passed to a program (the OS ends every argument, variable and path
     // at it), so such a task could never be created: say so now, naming the field.
     for (field, parts) in [("spec.command", &spec.command), ("spec.args", &spec.args)] {
@@ -194,7 +195,7 @@ fn program(spec: &super::Spec, fail: &mut impl FnMut(String)) {
 }
 
 /// `env`: names, duplicates, reserved names, values and where they come from.
-fn env(spec: &super::Spec, ctx: &ValidationContext<'_>, fail: &mut impl FnMut(String)) -> Vec<(String, EnvValue)> {
+fn env(spec: &Spec, ctx: &ValidationContext<'_>, fail: &mut impl FnMut(String)) -> Vec<(String, EnvValue)> {
     let mut env = Vec::new();
     let mut seen_env = std::collections::HashSet::new();
     for (i, var) in spec.env.iter().enumerate() {
@@ -245,7 +246,7 @@ fn env(spec: &super::Spec, ctx: &ValidationContext<'_>, fail: &mut impl FnMut(St
 }
 
 /// `resources`: cpu and memory as numbers (what a runtime can give is its own rule).
-fn resources(spec: &super::Spec, fail: &mut impl FnMut(String)) -> (Option<f64>, Option<u64>) {
+fn resources(spec: &Spec, fail: &mut impl FnMut(String)) -> (Option<f64>, Option<u64>) {
     let (mut cpu, mut memory_bytes) = (None, None);
     if let Some(resources) = &spec.resources {
         if let Some(q) = &resources.cpu {
@@ -273,12 +274,7 @@ struct Timing {
     retries: u32,
 }
 
-fn timing(
-    spec: &super::Spec,
-    ctx: &ValidationContext<'_>,
-    notes: &mut Vec<String>,
-    fail: &mut impl FnMut(String),
-) -> Timing {
+fn timing(spec: &Spec, ctx: &ValidationContext<'_>, notes: &mut Vec<String>, fail: &mut impl FnMut(String)) -> Timing {
     let completion = spec.completion.clone().unwrap_or_default();
     let completion_mode = completion.mode.unwrap_or(CompletionMode::Poll);
     if completion_mode == CompletionMode::Event && !ctx.features.event_completion {
@@ -356,7 +352,7 @@ fn timing(
 }
 
 /// Fan-out and fan-in: `completions`, `parallelism`, `dependsOn`.
-fn fan(spec: &super::Spec, ctx: &ValidationContext<'_>, fail: &mut impl FnMut(String)) -> (u32, u32, Vec<TaskKey>) {
+fn fan(spec: &Spec, ctx: &ValidationContext<'_>, fail: &mut impl FnMut(String)) -> (u32, u32, Vec<TaskKey>) {
     let completions = spec.completions.unwrap_or(1);
     let parallelism = spec.parallelism.unwrap_or(1);
     if completions == 0 {

@@ -5,7 +5,7 @@
 
 use super::context::{Features, NUL, ValidationContext};
 use super::values::is_allowed_host_path;
-use crate::manifest::{RuntimeKind, Spec};
+use crate::manifest::wire::{RuntimeKind, Spec};
 use std::path::Path;
 
 /// The runtime the task runs on, and whether this controller has it.

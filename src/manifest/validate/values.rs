@@ -1,7 +1,7 @@
 //! The values a manifest spells as text: names, variable names, durations, host paths,
 //! cpu and memory quantities, and the argument size Linux accepts.
 
-use crate::manifest::Quantity;
+use crate::manifest::wire::Quantity;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
