@@ -2,7 +2,7 @@
 //! with no Kubernetes. See ARCHITECTURE.md for the map of modules.
 
 pub mod api;
-mod azure_http;
+pub mod azure;
 pub mod callback;
 pub mod cli;
 pub mod controller;

@@ -12,10 +12,11 @@ use arm_sim::{ArmSim, Fault, FaultRule, LOCATION, RESOURCE_GROUP, SUBSCRIPTION, 
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use serde_json::Value;
 use skiff::api::{self, ApiState};
+use skiff::azure::CredentialKind;
 use skiff::callback::{CallbackSecret, Inbox};
 use skiff::controller::{Callbacks, Controller, ControllerConfig, Outcome};
 use skiff::manifest::RuntimeKind;
-use skiff::runtime::aci::{AciConfig, AciCredential, AciRuntime, CredentialKind, TAG_OWNER};
+use skiff::runtime::aci::{AciConfig, AciCredential, AciRuntime, TAG_OWNER};
 use skiff::runtime::{
     AzureFileMount, ContainerSpec, ContainerState, LABEL_ATTEMPT_ID, LABEL_TASK, Runtime, RuntimeError,
 };

@@ -3,11 +3,12 @@
 
 use super::{ControllerArgs, UsageError, state_dir, tokio_runtime};
 use crate::api::{self, ApiState};
+use crate::azure::CredentialKind;
 use crate::callback::{CallbackSecret, Inbox};
 use crate::controller::{Callbacks, Controller, ControllerConfig, Outcome};
 use crate::manifest::RuntimeKind;
 use crate::runtime::Runtime;
-use crate::runtime::aci::{AciConfig, AciCredential, AciRuntime, CredentialKind};
+use crate::runtime::aci::{AciConfig, AciCredential, AciRuntime};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use std::os::unix::fs::DirBuilderExt;
@@ -357,29 +358,13 @@ fn aci_runtime(
         }
         return Ok(None);
     };
-    let kind = args.source.azure_credential.unwrap_or_else(guess_credential);
+    let kind = args.source.azure_credential.unwrap_or_else(CredentialKind::guess);
     let mut config = AciConfig::new(subscription, group, location, AciCredential::Azure(kind));
     config.arm_endpoint = args.arm_endpoint.clone();
     config.create_quota = args.aci_create_quota.clone();
     let aci = AciRuntime::new(state, config).map_err(|err| UsageError(err.to_string()))?;
     tracing::info!("aci: containers run as container groups; tokens from the {kind} credential");
     Ok(Some(Arc::new(aci)))
-}
-
-/// The credential the environment points at, in DefaultAzureCredential's order (without
-/// its probing): workload identity, a service principal's secret, a managed identity's
-/// endpoint; else the Azure CLI.
-pub(super) fn guess_credential() -> CredentialKind {
-    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
-    if set("AZURE_FEDERATED_TOKEN_FILE") {
-        CredentialKind::Workload
-    } else if set("AZURE_CLIENT_SECRET") {
-        CredentialKind::Secret
-    } else if set("IDENTITY_ENDPOINT") || set("MSI_ENDPOINT") {
-        CredentialKind::Managed
-    } else {
-        CredentialKind::Cli
-    }
 }
 
 async fn wait_for_signal() {

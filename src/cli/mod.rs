@@ -88,7 +88,7 @@ pub struct SourceArgs {
     /// Where Azure tokens come from: managed, workload, secret or cli (default: guessed
     /// from the environment, else cli).
     #[arg(long, env = "SKIFF_AZURE_CREDENTIAL", value_parser = parse_credential)]
-    pub azure_credential: Option<crate::runtime::aci::CredentialKind>,
+    pub azure_credential: Option<crate::azure::CredentialKind>,
     /// Where skiff keeps its own state (default: `<dir>/.skiff`).
     #[arg(long, env = "SKIFF_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -308,7 +308,7 @@ fn parse_create_quota(text: &str) -> Result<crate::runtime::aci::CreateQuota, St
     text.parse()
 }
 
-fn parse_credential(text: &str) -> Result<crate::runtime::aci::CredentialKind, String> {
+fn parse_credential(text: &str) -> Result<crate::azure::CredentialKind, String> {
     text.parse()
 }
 

@@ -55,9 +55,9 @@ fn open_blob(source: &SourceArgs, url: &str) -> anyhow::Result<BlobStore> {
         crate::store::blob::location::Auth::Token => {
             let kind = source
                 .azure_credential
-                .unwrap_or_else(super::controller::guess_credential);
-            let credential = crate::runtime::aci::azure_credential(kind, &reqwest::Client::new())
-                .map_err(|err| UsageError(err.to_string()))?;
+                .unwrap_or_else(crate::azure::CredentialKind::guess);
+            let credential =
+                crate::azure::credential(kind, &reqwest::Client::new()).map_err(|err| UsageError(err.to_string()))?;
             Some(credential)
         }
         _ => None,

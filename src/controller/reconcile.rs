@@ -19,8 +19,8 @@ mod fanout;
 /// Largest `SKIFF_DEPENDENCY_RESULTS`, in bytes of JSON: environments are not for bulk data.
 pub const MAX_DEPENDENCY_RESULTS: usize = 32 * 1024;
 
-/// Longest delay between retries, whatever `backoff` and the attempt count say.
-pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+/// Longest delay between retries: a rule the manifest is validated against too.
+pub use crate::manifest::limits::MAX_RETRY_DELAY;
 /// How soon to look again while waiting for a container to appear or vanish.
 const SOON: Duration = Duration::from_millis(500);
 /// How soon to look again after the runtime could not be asked.

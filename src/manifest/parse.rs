@@ -1,6 +1,6 @@
 //! Bytes → [`ContainerTask`], with errors that name the file, line and column.
 
-use super::{API_VERSION, ContainerTask, KIND};
+use super::wire::{API_VERSION, ContainerTask, KIND};
 use serde::Deserialize;
 
 /// Manifests are small; anything larger is a mistake (or an attack), not a task.

@@ -2,8 +2,10 @@
 //! implementation lives in its own file and knows nothing of tasks or statuses.
 
 pub mod aci;
+pub mod adopt;
 pub mod cgroup;
 pub mod docker;
+pub mod kept_logs;
 pub mod log_cap;
 pub mod process;
 pub mod supervisor;
@@ -185,42 +187,16 @@ pub trait Runtime: Send + Sync {
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>>;
 }
 
-/// The end of a file (its last `limit` bytes), or all of it: how runtimes read the logs
-/// they keep after a container is gone.
-pub(crate) async fn read_end(path: &std::path::Path, limit: Option<u64>) -> std::io::Result<Vec<u8>> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = tokio::fs::File::open(path).await?;
-    if let Some(limit) = limit {
-        let len = file.metadata().await?.len();
-        file.seek(std::io::SeekFrom::Start(len.saturating_sub(limit))).await?;
-    }
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).await?;
-    Ok(bytes)
+/// An engine's RFC 3339 time (Docker's, ARM's); the zero time, which engines write for
+/// "never", and anything before 1970 are no time.
+pub(crate) fn parse_time(text: Option<&str>) -> Option<Timestamp> {
+    let time = chrono::DateTime::parse_from_rfc3339(text?).ok()?;
+    (time.timestamp() > 0).then(|| time.with_timezone(&chrono::Utc))
 }
 
-/// [`Runtime::forget_earlier_run`] for a runtime keeping logs in `logs`: looks for the
-/// first attempt's log (single or index 0) before listing the folder, so that a new
-/// task costs two `stat`s, not a scan of every log.
-pub(crate) async fn forget_earlier_logs(logs: &std::path::Path, container_prefix: &str) -> Result<(), RuntimeError> {
-    for first in [format!("{container_prefix}1.log"), format!("{container_prefix}1-0.log")] {
-        if tokio::fs::try_exists(logs.join(first)).await.unwrap_or(true) {
-            return forget_logs(logs, container_prefix).await;
-        }
-    }
-    Ok(())
-}
-
-/// Removes the kept logs of a task's containers (`<logs>/<name>.log`, and the dot-prefixed
-/// temporary copies of a save that was interrupted): what `Runtime::forget` does for every
-/// runtime that keeps logs in the state folder.
-pub(crate) async fn forget_logs(logs: &std::path::Path, container_prefix: &str) -> Result<(), RuntimeError> {
-    let mut entries = tokio::fs::read_dir(logs).await?;
-    while let Some(entry) = entries.next_entry().await? {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        if file.trim_start_matches('.').starts_with(container_prefix) {
-            let _ = tokio::fs::remove_file(entry.path()).await;
-        }
-    }
-    Ok(())
+/// A std mutex's guard, also after a panic elsewhere poisoned it: the guarded maps and
+/// gates stay consistent between statements, so the runtime carries on rather than
+/// panicking in turn.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -238,7 +238,7 @@ impl Layout {
 
     /// The container's output, while it runs and after it was deleted.
     pub fn log_path(&self, name: &str) -> PathBuf {
-        self.logs.join(format!("{name}.log"))
+        super::kept_logs::path(&self.logs, name)
     }
 
     /// `None` when the container does not exist.
@@ -405,7 +405,7 @@ impl Runtime for ProcessRuntime {
 
     async fn log_tail(&self, name: &str) -> Result<Option<String>, RuntimeError> {
         // A little more than the tail, so that it can start on a line boundary.
-        match super::read_end(&self.layout.log_path(name), Some(LOG_TAIL_BYTES as u64 + 256)).await {
+        match super::kept_logs::read_end(&self.layout.log_path(name), Some(LOG_TAIL_BYTES as u64 + 256)).await {
             Ok(bytes) => Ok(Some(crate::status::log_tail(&bytes))),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(err.into()),
@@ -430,11 +430,11 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn forget(&self, container_prefix: &str) -> Result<(), RuntimeError> {
-        super::forget_logs(&self.layout.logs, container_prefix).await
+        super::kept_logs::forget(&self.layout.logs, container_prefix).await
     }
 
     async fn forget_earlier_run(&self, container_prefix: &str) -> Result<(), RuntimeError> {
-        super::forget_earlier_logs(&self.layout.logs, container_prefix).await
+        super::kept_logs::forget_earlier(&self.layout.logs, container_prefix).await
     }
 
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>> {

@@ -58,6 +58,6 @@ impl azure_core::http::HttpClient for Transport {
             _ => &self.counters.other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        crate::azure_http::send(&self.client, request, "blob").await
+        crate::azure::http::send(&self.client, request, "blob").await
     }
 }

@@ -26,39 +26,47 @@
 //!   the engine refuses as wrong (4xx: a bad network, a memory limit it rejects, a
 //!   command that is not in the image) is [`RuntimeError::Permanent`].
 //!
+//! Here: the runtime, its engine client and ownership, creating, starting and removing;
+//! [`pull`] (images), [`logs`] (kept logs), [`events`] (the event stream) and [`state`]
+//! (what an inspection means) beside it.
+//!
 //! The engine may be older than bollard: the API version is negotiated on first use
 //! (Debian's dockerd 20.10 speaks 1.41), and only calls that 1.41 has are made.
 
+mod errors;
+mod events;
+mod logs;
+mod pull;
+mod state;
+
+use errors::{engine_message, status_of, transient};
+use pull::Pulls;
+use state::state_of;
+
+use super::adopt::{self, Verdict};
 use super::{
     ContainerSpec, ContainerState, ContainerSummary, Inspection, LABEL_ATTEMPT_ID, LABEL_TASK, Runtime, RuntimeError,
 };
-use crate::fsutil;
 use crate::manifest::RuntimeKind;
-use crate::status::{LOG_TAIL_BYTES, Reason, Timestamp};
+use crate::status::Reason;
 use async_trait::async_trait;
 use bollard::Docker;
-use bollard::errors::Error as EngineError;
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig};
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, KillContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions,
+    CreateContainerOptions, KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
 };
-use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{OnceCell, mpsc, watch};
+use tokio::sync::{OnceCell, mpsc};
 
 /// The state folder of the controller that made a container: its owner.
 pub const LABEL_STATE_DIR: &str = "skiff.state-dir";
 
 /// How long a pull may take before the image counts as one that cannot be had.
 pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a failed pull is remembered: an `ensure` that stopped waiting for it (its
-/// reconcile timed out) learns the outcome rather than starting the same pull again.
-const FAILED_PULL_MEMORY: Duration = Duration::from_secs(60);
 /// How long the engine may take to answer one request (bollard's default). Not the
 /// streams: a pull is bounded by its own limit, logs and events by nothing.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -70,19 +78,11 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How many lines `log_tail` asks the engine for: the engine counts lines, not bytes;
 /// 256 lines hold the 4 KiB tail unless the lines are very short.
 const TAIL_LINES: &str = "256";
-/// Backoff between reconnections to the event stream.
-const EVENTS_BACKOFF_MIN: Duration = Duration::from_millis(200);
-const EVENTS_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// An event stream that lasted this long was a working connection: the backoff starts
-/// again from its minimum.
-const EVENTS_HEALTHY: Duration = Duration::from_secs(10);
 /// How long `ensure` keeps looking again when the name changes under it (a racing
 /// create, a removal in flight) before calling it a transient failure. The engine
 /// reserves a name before the container can be inspected, and with the vfs driver a
 /// create copies the whole image, so the winner of a race may take a while to appear.
 const ENSURE_RACE: Duration = Duration::from_secs(30);
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 pub struct DockerRuntime {
     inner: Arc<Inner>,
@@ -103,38 +103,10 @@ struct Inner {
     /// The value of [`LABEL_STATE_DIR`] on this controller's containers.
     owner: String,
     default_network: Option<String>,
-    pull_timeout_ms: AtomicU64,
     /// `--max-log-size`: the most of a container's output kept after it is deleted.
     max_log_bytes: AtomicU64,
     /// Pulls in flight, and pulls that failed lately, by image reference.
-    pulls: std::sync::Mutex<HashMap<String, Pull>>,
-}
-
-enum Pull {
-    Running(watch::Receiver<Option<PullResult>>),
-    Failed { at: Instant, error: PullError },
-}
-
-type PullResult = Result<(), PullError>;
-
-#[derive(Clone)]
-struct PullError {
-    /// The image cannot be had (as opposed to: the engine went away meanwhile).
-    permanent: bool,
-    message: String,
-}
-
-impl PullError {
-    fn into_runtime_error(self) -> RuntimeError {
-        if self.permanent {
-            RuntimeError::Permanent {
-                reason: Reason::ImagePullFailed,
-                message: self.message,
-            }
-        } else {
-            RuntimeError::Transient(self.message)
-        }
-    }
+    pulls: Arc<Pulls>,
 }
 
 impl DockerRuntime {
@@ -171,9 +143,8 @@ impl DockerRuntime {
                 logs,
                 owner: state_dir.to_string_lossy().into_owned(),
                 default_network,
-                pull_timeout_ms: AtomicU64::new(DEFAULT_PULL_TIMEOUT.as_millis() as u64),
                 max_log_bytes: AtomicU64::new(super::log_cap::DEFAULT_MAX_LOG_BYTES),
-                pulls: std::sync::Mutex::new(HashMap::new()),
+                pulls: Arc::new(Pulls::new(DEFAULT_PULL_TIMEOUT)),
             }),
         })
     }
@@ -181,7 +152,7 @@ impl DockerRuntime {
     /// How long a pull may take (default [`DEFAULT_PULL_TIMEOUT`]).
     pub fn with_pull_timeout(self, timeout: Duration) -> Self {
         let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        self.inner.pull_timeout_ms.store(millis, Ordering::Relaxed);
+        self.inner.pulls.timeout_ms.store(millis, Ordering::Relaxed);
         self
     }
 
@@ -244,7 +215,7 @@ impl Inner {
     }
 
     fn log_path(&self, name: &str) -> PathBuf {
-        self.logs.join(format!("{name}.log"))
+        super::kept_logs::path(&self.logs, name)
     }
 
     /// `None` when there is no container of that name.
@@ -266,151 +237,6 @@ impl Inner {
     /// or removed in its name.
     async fn inspect_own(&self, docker: &Docker, name: &str) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
         Ok(self.inspect_raw(docker, name).await?.filter(|found| self.is_own(found)))
-    }
-
-    /// All of the output (`tail` = "all") or its last lines (`tail` = a number; then the
-    /// kept copy is read from its last 4 KiB or so): from the engine while this
-    /// controller's container exists, else from the copy `delete` kept, also when the
-    /// engine does not answer. `None` when there is neither.
-    async fn output(&self, name: &str, tail: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
-        let from_engine = async {
-            let docker = self.client().await?;
-            match self.inspect_own(docker, name).await? {
-                Some(_) => self.engine_logs(docker, name, tail).await,
-                None => Ok(None),
-            }
-        };
-        let engine_error = match from_engine.await {
-            Ok(Some(bytes)) => return Ok(Some(bytes)),
-            Ok(None) => None,
-            Err(err) => Some(err),
-        };
-        // A little more than the tail, so that it can start on a line boundary.
-        let limit = (tail != "all").then_some(LOG_TAIL_BYTES as u64 + 256);
-        match super::read_end(&self.log_path(name), limit).await {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => match engine_error {
-                Some(err) => Err(err),
-                None => Ok(None),
-            },
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    /// Makes sure `image` is present, pulling it if not. The pull runs in a task of its
-    /// own, shared by every `ensure` that needs the image (a fan-out of a hundred pulls
-    /// once), and it goes on when the `ensure` waiting for it is cancelled (a reconcile
-    /// that timed out): the next `ensure` joins it, or learns how it failed.
-    async fn ensure_image(self: &Arc<Self>, docker: &Docker, image: &str) -> Result<(), RuntimeError> {
-        match docker.inspect_image(image).await {
-            Ok(_) => return Ok(()),
-            Err(err) if status_of(&err) == Some(404) => {}
-            Err(err) => return Err(transient(&format!("inspect the image {image}"), err)),
-        }
-        let reference = with_default_tag(image);
-        let mut outcome = {
-            let mut pulls = self.pulls.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match pulls.get(&reference) {
-                Some(Pull::Failed { at, error }) if at.elapsed() < FAILED_PULL_MEMORY => {
-                    return Err(error.clone().into_runtime_error());
-                }
-                // (A pull whose task ended without a word, in a panic, is started again.)
-                Some(Pull::Running(outcome)) if outcome.has_changed().is_ok() => outcome.clone(),
-                _ => {
-                    let (tx, rx) = watch::channel(None);
-                    pulls.insert(reference.clone(), Pull::Running(rx.clone()));
-                    tokio::spawn(self.clone().pull(docker.clone(), reference.clone(), tx));
-                    rx
-                }
-            }
-        };
-        let result = match outcome.wait_for(Option::is_some).await {
-            Ok(done) => done.clone().unwrap_or(Ok(())),
-            // The pulling task ended without a word: the runtime is shutting down.
-            Err(_) => Err(PullError {
-                permanent: false,
-                message: format!("docker: the pull of {reference} was abandoned"),
-            }),
-        };
-        result.map_err(PullError::into_runtime_error)?;
-        // A pull that "succeeds" without producing the image must not loop forever.
-        match docker.inspect_image(image).await {
-            Ok(_) => Ok(()),
-            Err(err) if status_of(&err) == Some(404) => Err(RuntimeError::Permanent {
-                reason: Reason::ImagePullFailed,
-                message: format!("docker: the image {image} is still absent after pulling {reference}"),
-            }),
-            Err(err) => Err(transient(&format!("inspect the image {image}"), err)),
-        }
-    }
-
-    /// Pulls `reference` within the pull time limit, and tells the waiters how it went.
-    async fn pull(self: Arc<Self>, docker: Docker, reference: String, tx: watch::Sender<Option<PullResult>>) {
-        tracing::info!(image = %reference, "pulling the image");
-        let options = CreateImageOptions {
-            from_image: Some(reference.clone()),
-            ..Default::default()
-        };
-        let pulling = async {
-            let mut progress = docker.create_image(Some(options), None, None);
-            while let Some(item) = progress.next().await {
-                match item {
-                    // Progress lines; a failure comes as an error item (bollard turns the
-                    // stream's errorDetail into one) or as an error answer.
-                    Ok(_) => {}
-                    Err(
-                        err @ (EngineError::DockerResponseServerError { .. } | EngineError::DockerStreamError { .. }),
-                    ) => {
-                        return Err(PullError {
-                            permanent: true,
-                            message: format!("docker: cannot pull the image {reference}: {}", engine_message(&err)),
-                        });
-                    }
-                    // The engine went away mid-pull: not the image's fault.
-                    Err(err) => {
-                        return Err(PullError {
-                            permanent: false,
-                            message: format!("docker: cannot pull the image {reference}: {err}"),
-                        });
-                    }
-                }
-            }
-            Ok(())
-        };
-        let limit = Duration::from_millis(self.pull_timeout_ms.load(Ordering::Relaxed));
-        let result = match tokio::time::timeout(limit, pulling).await {
-            Ok(result) => result,
-            Err(_) => Err(PullError {
-                permanent: true,
-                message: format!(
-                    "docker: the image {reference} could not be pulled within {}",
-                    humantime::format_duration(limit)
-                ),
-            }),
-        };
-        match &result {
-            Ok(()) => tracing::info!(image = %reference, "pulled the image"),
-            Err(err) => tracing::warn!(image = %reference, "{}", err.message),
-        }
-        {
-            let mut pulls = self.pulls.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match &result {
-                // Remembered for a while, for an `ensure` that stopped waiting.
-                Err(error) if error.permanent => {
-                    let failed = Pull::Failed {
-                        at: Instant::now(),
-                        error: error.clone(),
-                    };
-                    pulls.insert(reference.clone(), failed);
-                }
-                _ => {
-                    pulls.remove(&reference);
-                }
-            }
-            // Failures of other images are forgotten in time, not only when retried.
-            pulls.retain(|_, pull| !matches!(pull, Pull::Failed { at, .. } if at.elapsed() >= FAILED_PULL_MEMORY));
-        }
-        let _ = tx.send(Some(result));
     }
 
     fn create_body(&self, spec: &ContainerSpec, image: &str) -> Result<ContainerCreateBody, RuntimeError> {
@@ -532,133 +358,6 @@ impl Inner {
         }
     }
 
-    /// The container's logs (stdout and stderr, interleaved as the engine stored them),
-    /// `tail` lines or "all". `None` when there is no such container.
-    async fn engine_logs(&self, docker: &Docker, name: &str, tail: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
-        let options = LogsOptions {
-            stdout: true,
-            stderr: true,
-            tail: tail.to_string(),
-            ..Default::default()
-        };
-        let mut stream = docker.logs(name, Some(options));
-        let mut bytes = Vec::new();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(chunk) => bytes.extend_from_slice(chunk.as_ref()),
-                Err(err) if status_of(&err) == Some(404) => return Ok(None),
-                Err(err) if unreadable_logs(&err) => {
-                    bytes.extend_from_slice(format!("(skiff: the engine cannot give the logs: {err})\n").as_bytes());
-                    break;
-                }
-                Err(err) => return Err(transient(&format!("read the logs of {name}"), err)),
-            }
-        }
-        Ok(Some(bytes))
-    }
-
-    /// Copies all of the container's output into its log file, replacing the file
-    /// atomically (a repeated `delete` must not double it). `false` when there is no
-    /// such container.
-    async fn save_logs(&self, docker: &Docker, name: &str) -> Result<bool, RuntimeError> {
-        let path = self.log_path(name);
-        let temp = self.logs.join(format!(
-            ".{name}.log.{}.{}.tmp",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = self.copy_logs(docker, name, &temp).await;
-        match result {
-            Ok(true) => {}
-            other => {
-                let _ = tokio::fs::remove_file(&temp).await;
-                return other;
-            }
-        }
-        let renamed = async {
-            tokio::fs::rename(&temp, &path).await?;
-            // Durable before the container (the only other copy) is removed.
-            let logs = self.logs.clone();
-            tokio::task::spawn_blocking(move || fsutil::sync_dir(&logs))
-                .await
-                .map_err(std::io::Error::other)?
-        };
-        if let Err(err) = renamed.await {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(RuntimeError::Transient(format!(
-                "docker: cannot keep the logs of {name} in {}: {err}",
-                path.display()
-            )));
-        }
-        Ok(true)
-    }
-
-    /// Streams the logs into `temp`, fsynced, keeping the head and tail within
-    /// `--max-log-size` (they may be large). The file is written on a blocking thread.
-    async fn copy_logs(&self, docker: &Docker, name: &str, temp: &Path) -> Result<bool, RuntimeError> {
-        let io_error = |err: std::io::Error| {
-            RuntimeError::Transient(format!(
-                "docker: cannot write the logs of {name} to {}: {err}",
-                temp.display()
-            ))
-        };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(temp)
-            .map_err(io_error)?;
-        let cap = self.max_log_bytes.load(Ordering::Relaxed);
-        let (chunks, mut received) = mpsc::channel::<Vec<u8>>(16);
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut log = super::log_cap::CappedLog::new(file, cap)?;
-            while let Some(chunk) = received.blocking_recv() {
-                log.append(&chunk)?;
-            }
-            log.sync()
-        });
-        let options = LogsOptions {
-            stdout: true,
-            stderr: true,
-            tail: "all".to_string(),
-            ..Default::default()
-        };
-        let mut stream = docker.logs(name, Some(options));
-        let mut found = true;
-        let mut failure = None;
-        while let Some(item) = stream.next().await {
-            let chunk = match item {
-                Ok(chunk) => Vec::from(chunk.into_bytes()),
-                Err(err) if status_of(&err) == Some(404) => {
-                    found = false;
-                    break;
-                }
-                // A logging driver that cannot be read back (e.g. `none`): say so in the
-                // file, and let the deletion go on rather than keep the container forever.
-                Err(err) if unreadable_logs(&err) => {
-                    let note = format!("(skiff: the engine cannot give the logs: {err})\n");
-                    let _ = chunks.send(note.into()).await;
-                    break;
-                }
-                Err(err) => {
-                    failure = Some(transient(&format!("read the logs of {name}"), err));
-                    break;
-                }
-            };
-            if chunks.send(chunk).await.is_err() {
-                // The writer stopped: its error is reported below.
-                break;
-            }
-        }
-        drop(chunks);
-        let written = writer.await.map_err(|err| io_error(std::io::Error::other(err)))?;
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
-        written.map_err(io_error)?;
-        Ok(found)
-    }
-
     /// Waits (a little) until the engine reports the container stopped. `false` when it
     /// vanished meanwhile.
     async fn wait_stopped(&self, docker: &Docker, name: &str) -> Result<bool, RuntimeError> {
@@ -705,198 +404,6 @@ impl Inner {
             "label".to_string(),
             vec![LABEL_TASK.to_string(), format!("{LABEL_STATE_DIR}={}", self.owner)],
         )])
-    }
-
-    /// Follows the engine's event stream for as long as `tx` has a receiver, sending the
-    /// names of containers that started, died, ran out of memory or were removed. The
-    /// stream is reopened whenever it ends (the engine restarted, the socket broke).
-    async fn watch_events(self: Arc<Self>, tx: mpsc::UnboundedSender<String>) {
-        let mut backoff = EVENTS_BACKOFF_MIN;
-        // Whether the current outage was reported: one warning per outage, not per try.
-        let mut reported = false;
-        // Until the engine was reached once, its absence is no news: a controller that
-        // runs only process tasks need not have one, and one that runs docker tasks hears
-        // of it loudly from their creates.
-        let mut connected = false;
-        loop {
-            match self.follow_events(&tx, reported).await {
-                Followed::ReceiverGone => return,
-                Followed::Failed(err) => {
-                    if !reported {
-                        if connected {
-                            tracing::warn!("docker events: {err}; retrying");
-                        } else {
-                            tracing::debug!("docker events: {err}; retrying");
-                        }
-                        reported = true;
-                    }
-                }
-                Followed::Ended { reason, healthy } => {
-                    connected = true;
-                    tracing::warn!("docker events: {reason}; reconnecting");
-                    reported = true;
-                    if healthy {
-                        backoff = EVENTS_BACKOFF_MIN;
-                    }
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(EVENTS_BACKOFF_MAX);
-        }
-    }
-
-    /// One connection to the event stream, from the listing that opens it to its end.
-    async fn follow_events(&self, tx: &mpsc::UnboundedSender<String>, reconnecting: bool) -> Followed {
-        let docker = match self.client().await {
-            Ok(docker) => docker,
-            Err(err) => return Followed::Failed(err.to_string()),
-        };
-        // Ask for events from a little before the listing below, so that nothing that
-        // happens between the listing and the stream's start is missed (the engine replays
-        // its recent events; the margin covers the rounding to seconds).
-        let since = chrono::Utc::now().timestamp() - 2;
-        // Everything that may have changed while no stream was open (before the start, or
-        // while the engine restarted) is looked at again.
-        match self.list(docker).await {
-            Ok(containers) => {
-                for container in containers {
-                    if tx.send(container.name).is_err() {
-                        return Followed::ReceiverGone;
-                    }
-                }
-            }
-            Err(err) => return Followed::Failed(err.to_string()),
-        }
-        if reconnecting {
-            tracing::info!("docker events: following the engine's events");
-        }
-        let mut filters = self.label_filters();
-        filters.insert("type".into(), vec!["container".into()]);
-        filters.insert(
-            "event".into(),
-            ["start", "die", "oom", "destroy"].map(String::from).to_vec(),
-        );
-        let options = EventsOptions {
-            since: Some(since.to_string()),
-            until: None,
-            filters: Some(filters),
-        };
-        let opened = Instant::now();
-        let mut stream = docker.events(Some(options));
-        let reason = loop {
-            match stream.next().await {
-                Some(Ok(event)) => {
-                    let name = event.actor.and_then(|actor| actor.attributes?.remove("name"));
-                    if let Some(name) = name
-                        && tx.send(name).is_err()
-                    {
-                        return Followed::ReceiverGone;
-                    }
-                }
-                Some(Err(err)) => break err.to_string(),
-                None => break "the engine closed the stream".to_string(),
-            }
-        };
-        Followed::Ended {
-            reason,
-            // A stream that worked for a while was a good connection: the backoff starts
-            // again from its minimum, while one that fails at once keeps backing off. (Not
-            // "delivered an event": the replay of recent events delivers some at once.)
-            healthy: opened.elapsed() >= EVENTS_HEALTHY,
-        }
-    }
-}
-
-/// How one connection to the event stream ended.
-enum Followed {
-    /// Nobody listens any more: stop for good.
-    ReceiverGone,
-    /// It could not be opened.
-    Failed(String),
-    Ended {
-        reason: String,
-        healthy: bool,
-    },
-}
-
-/// The HTTP status of an engine's error answer.
-fn status_of(err: &EngineError) -> Option<u16> {
-    match err {
-        EngineError::DockerResponseServerError { status_code, .. } => Some(*status_code),
-        _ => None,
-    }
-}
-
-/// The engine's own words, without bollard's wrapping.
-fn engine_message(err: &EngineError) -> String {
-    match err {
-        EngineError::DockerResponseServerError { message, .. } => message.clone(),
-        EngineError::DockerStreamError { error } => error.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn transient(action: &str, err: EngineError) -> RuntimeError {
-    RuntimeError::Transient(format!("docker: cannot {action}: {err}"))
-}
-
-/// The engine answered that this container's logs cannot be read back: 501, its logging
-/// driver keeps none; 409, it is dead or being removed. Retrying will not change that.
-fn unreadable_logs(err: &EngineError) -> bool {
-    matches!(status_of(err), Some(409 | 501))
-}
-
-/// `name` → `name:latest`: a pull of a bare name would fetch every tag of the repository.
-fn with_default_tag(image: &str) -> String {
-    if image.contains('@') {
-        return image.to_string();
-    }
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if last.contains(':') {
-        image.to_string()
-    } else {
-        format!("{image}:latest")
-    }
-}
-
-/// The engine's RFC 3339 times; it writes the zero time for "never".
-fn parse_time(text: Option<&str>) -> Option<Timestamp> {
-    let text = text?;
-    let time = chrono::DateTime::parse_from_rfc3339(text).ok()?;
-    (time.timestamp() > 0).then(|| time.with_timezone(&chrono::Utc))
-}
-
-fn state_of(found: &ContainerInspectResponse) -> ContainerState {
-    let Some(state) = &found.state else {
-        // An answer without a state: the container exists but says nothing; look again.
-        return ContainerState::Running { started_at: None };
-    };
-    let started_at = parse_time(state.started_at.as_deref());
-    let finished_at = parse_time(state.finished_at.as_deref());
-    let exited = || ContainerState::Exited {
-        exit_code: state.exit_code.and_then(|code| i32::try_from(code).ok()),
-        // The engine stamps the start after the process began, so a process that ends at
-        // once can seem to finish before it started; a status must not say so.
-        started_at: match (started_at, finished_at) {
-            (Some(started), Some(finished)) if started > finished => Some(finished),
-            _ => started_at,
-        },
-        finished_at,
-        message: match &state.error {
-            Some(error) if !error.is_empty() => Some(error.clone()),
-            _ if state.oom_killed == Some(true) => Some("OOMKilled".to_string()),
-            _ => None,
-        },
-    };
-    match state.status {
-        Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
-        Some(
-            ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::RESTARTING | ContainerStateStatusEnum::PAUSED,
-        ) => ContainerState::Running { started_at },
-        Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => exited(),
-        // Removing, stopping, or a status this version does not know: go by the flag.
-        _ if state.running == Some(true) => ContainerState::Running { started_at },
-        _ => exited(),
     }
 }
 
@@ -949,33 +456,36 @@ impl Runtime for DockerRuntime {
         while Instant::now() < deadline {
             if let Some(found) = inner.inspect_raw(docker, name).await? {
                 let labels = labels_of(&found);
-                let label = |key: &str| labels.and_then(|l| l.get(key));
-                if label(LABEL_STATE_DIR) != Some(&inner.owner) {
+                let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+                let wanted = spec.labels.get(LABEL_ATTEMPT_ID).map(String::as_str);
+                match adopt::verdict(label(LABEL_STATE_DIR), &inner.owner, label(LABEL_ATTEMPT_ID), wanted) {
                     // Another controller's (or a person's): never ours to adopt or remove.
-                    return Err(RuntimeError::Transient(format!(
-                        "docker: the name {name} is taken by a container that {}; waiting for it to go",
-                        match label(LABEL_STATE_DIR) {
-                            Some(other) => format!("another skiff controller made (state folder {other})"),
-                            None => "skiff did not make".to_string(),
-                        }
-                    )));
-                }
-                if let Some(wanted) = spec.labels.get(LABEL_ATTEMPT_ID)
-                    && label(LABEL_ATTEMPT_ID) != Some(wanted)
-                {
+                    Verdict::Foreign { owner } => {
+                        return Err(RuntimeError::Transient(format!(
+                            "docker: the name {name} is taken by a container that {}; waiting for it to go",
+                            match owner {
+                                Some(other) => format!("another skiff controller made (state folder {other})"),
+                                None => "skiff did not make".to_string(),
+                            }
+                        )));
+                    }
                     // Same name, another attempt: one an earlier run kept (`cleanup`), or
                     // one left from before its status file was deleted. Never adopt it.
-                    tracing::info!(container = name, "removing a container made for another attempt");
-                    inner.remove(docker, name).await?;
-                    let _ = tokio::fs::remove_file(inner.log_path(name)).await;
-                    continue;
+                    Verdict::Replace => {
+                        tracing::info!(container = name, "removing a container made for another attempt");
+                        inner.remove(docker, name).await?;
+                        let _ = tokio::fs::remove_file(inner.log_path(name)).await;
+                        continue;
+                    }
+                    Verdict::Adopt => {
+                        return match state_of(&found) {
+                            ContainerState::Created => inner.start(docker, name).await,
+                            _ => Ok(()),
+                        };
+                    }
                 }
-                return match state_of(&found) {
-                    ContainerState::Created => inner.start(docker, name).await,
-                    _ => Ok(()),
-                };
             }
-            inner.ensure_image(docker, image).await?;
+            inner.pulls.ensure_image(docker, image).await?;
             let body = inner.create_body(spec, image)?;
             let options = CreateContainerOptions {
                 name: Some(name.to_string()),
@@ -1071,11 +581,11 @@ impl Runtime for DockerRuntime {
     }
 
     async fn forget(&self, container_prefix: &str) -> Result<(), RuntimeError> {
-        super::forget_logs(&self.inner.logs, container_prefix).await
+        super::kept_logs::forget(&self.inner.logs, container_prefix).await
     }
 
     async fn forget_earlier_run(&self, container_prefix: &str) -> Result<(), RuntimeError> {
-        super::forget_earlier_logs(&self.inner.logs, container_prefix).await
+        super::kept_logs::forget_earlier(&self.inner.logs, container_prefix).await
     }
 
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>> {
@@ -1091,28 +601,5 @@ impl Runtime for DockerRuntime {
             }
         });
         Some(rx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bare_image_names_get_the_latest_tag() {
-        assert_eq!(with_default_tag("busybox"), "busybox:latest");
-        assert_eq!(with_default_tag("skiff-busybox:test"), "skiff-busybox:test");
-        assert_eq!(with_default_tag("localhost:5000/a/b"), "localhost:5000/a/b:latest");
-        assert_eq!(with_default_tag("localhost:5000/a/b:1"), "localhost:5000/a/b:1");
-        assert_eq!(with_default_tag("a/b@sha256:00"), "a/b@sha256:00");
-    }
-
-    #[test]
-    fn the_zero_time_is_no_time() {
-        assert_eq!(parse_time(Some("0001-01-01T00:00:00Z")), None);
-        assert_eq!(parse_time(None), None);
-        assert_eq!(parse_time(Some("garbage")), None);
-        let t = parse_time(Some("2026-11-21T10:00:00.123456789Z")).map(|t| t.timestamp_millis());
-        assert_eq!(t, Some(1_795_255_200_123));
     }
 }

@@ -1,0 +1,90 @@
+//! ACI's rules: what an ACI container group cannot be given (resources beyond
+//! [`crate::manifest::limits`], a working directory, args without a command), azureFile
+//! volumes' account, share and key, and `spec.aci` (only on aci; its location).
+
+use super::context::ValidationContext;
+use super::values::is_env_name;
+use crate::manifest::limits::aci_resource_problems;
+use crate::manifest::wire::{RuntimeKind, Spec};
+
+/// ACI's rules for a task on `runtime` (nothing but `spec.aci`'s misplacement when it is
+/// not aci). The task's own location, if it names one.
+pub(super) fn rules(
+    spec: &Spec,
+    runtime: RuntimeKind,
+    cpu: Option<f64>,
+    memory_bytes: Option<u64>,
+    ctx: &ValidationContext<'_>,
+    fail: &mut impl FnMut(String),
+) -> Option<String> {
+    let mut aci_location = None;
+    if runtime == RuntimeKind::Aci {
+        // What ARM would refuse with an opaque 400, or ACI cannot do at all, is said here.
+        for problem in aci_resource_problems(cpu, memory_bytes) {
+            fail(problem);
+        }
+        if spec.working_dir.is_some() {
+            fail("spec.workingDir: ACI cannot set a container's working directory; remove it and cd in the command, e.g. [sh, -c, \"cd /work && ...\"]".into());
+        }
+        if spec.command.is_empty() && !spec.args.is_empty() {
+            fail("spec.args: ACI replaces the image's entrypoint and arguments together; give spec.command too".into());
+        }
+        for (i, volume) in spec.volumes.iter().enumerate() {
+            let Some(file) = &volume.azure_file else { continue };
+            let at = format!("spec.volumes[{i}].azureFile");
+            let account = &file.storage_account_name;
+            if !(3..=24).contains(&account.len())
+                || !account.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            {
+                fail(format!(
+                    "{at}.storageAccountName: {account:?} is not a storage account name (3 to 24 lowercase letters and digits)"
+                ));
+            }
+            let share = &file.share_name;
+            if !(3..=63).contains(&share.len())
+                || !share
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                || share.starts_with('-')
+                || share.ends_with('-')
+                || share.contains("--")
+            {
+                fail(format!(
+                    "{at}.shareName: {share:?} is not a file share name (3 to 63 lowercase letters, digits and single dashes)"
+                ));
+            }
+            let key = &file.storage_account_key_from.env;
+            if !is_env_name(key) {
+                fail(format!(
+                    "{at}.storageAccountKeyFrom.env: {key:?} is not a valid variable name"
+                ));
+            } else if let Some(is_set) = ctx.env_is_set
+                && !is_set(key)
+            {
+                fail(format!(
+                    "{at}.storageAccountKeyFrom.env: {key} is not set in the controller's environment; export it before starting skiff"
+                ));
+            }
+        }
+    }
+    if let Some(aci) = &spec.aci {
+        if runtime != RuntimeKind::Aci {
+            fail(format!(
+                "spec.aci: is for the aci runtime only; remove it (this task runs on {runtime})"
+            ));
+        }
+        if aci.subscription_id.is_some() || aci.resource_group.is_some() {
+            fail("spec.aci: subscriptionId and resourceGroup are the controller's (--aci-subscription-id, --aci-resource-group); per-task values are not supported yet, remove them".into());
+        }
+        if let Some(location) = &aci.location {
+            if location.is_empty() || !location.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                fail(format!(
+                    "spec.aci.location: {location:?} is not an Azure region name, e.g. westus2"
+                ));
+            } else {
+                aci_location = Some(location.to_ascii_lowercase());
+            }
+        }
+    }
+    aci_location
+}

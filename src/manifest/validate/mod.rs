@@ -1,0 +1,396 @@
+//! Semantic validation: a parsed [`ContainerTask`] becomes a resolved [`TaskSpec`], or a
+//! list of every mistake, each naming the field path and the fix.
+//!
+//! Here: the sections every task goes through, in the order their mistakes are listed;
+//! [`runtimes`] (what each runtime accepts) and [`aci`] (ACI's rules) beside them, and
+//! [`values`] (the texts a manifest spells: names, durations, quantities) and [`context`]
+//! (what validation knows of the controller) below them.
+
+mod aci;
+mod context;
+mod runtimes;
+mod values;
+
+pub use context::{Features, ValidationContext};
+
+use super::limits::MAX_RETRY_DELAY;
+use super::parse::ManifestError;
+use super::wire::{Cleanup, CompletionMode, ContainerTask, RuntimeKind, Spec, Volume};
+use crate::task::{BadTaskKey, TaskKey};
+use context::NUL;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use values::{MAX_ARG_BYTES, check_name, is_env_name, parse_cpu, parse_duration, parse_memory, too_long};
+
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_RETRIES: u32 = 100;
+/// Most indexes of one fan-out: each has its own entry in the status, which is rewritten
+/// whole at every step.
+const MAX_COMPLETIONS: u32 = 1000;
+
+/// A value for one environment variable of a container.
+#[derive(Clone, PartialEq, Eq)]
+pub enum EnvValue {
+    Value(String),
+    /// Read from the controller's environment when the container is created.
+    FromEnv(String),
+}
+
+impl std::fmt::Debug for EnvValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnvValue::Value(value) => write!(f, "{value:?}"),
+            EnvValue::FromEnv(var) => write!(f, "valueFrom(env {var})"),
+        }
+    }
+}
+
+/// A validated spec with every default filled in: what the controller acts on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    pub name: String,
+    pub spec_hash: String,
+    pub runtime: RuntimeKind,
+    pub image: Option<String>,
+    /// The program and its first arguments (docker: the entrypoint); empty means the
+    /// image's own.
+    pub command: Vec<String>,
+    /// Further arguments (docker: the image's cmd is replaced by these).
+    pub args: Vec<String>,
+    /// docker only: the network mode, overriding `--docker-network`.
+    pub network: Option<String>,
+    pub working_dir: Option<String>,
+    pub env: Vec<(String, EnvValue)>,
+    pub cpu: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub volumes: Vec<Volume>,
+    /// aci only: `spec.aci.location`, overriding the controller's `--aci-location`.
+    pub aci_location: Option<String>,
+    pub completion_mode: CompletionMode,
+    pub poll_interval: Duration,
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+    pub backoff: Duration,
+    pub cleanup: Cleanup,
+    pub completions: u32,
+    pub parallelism: u32,
+    pub depends_on: Vec<TaskKey>,
+    /// Things the user should know that are not errors, e.g. a field this runtime ignores.
+    pub notes: Vec<String>,
+}
+
+/// `sha256:<hex>` over the canonical JSON of `spec`: struct fields in declaration order,
+/// absent fields omitted. Comments, key order and formatting never change it.
+pub fn spec_hash(task: &ContainerTask) -> String {
+    let canonical = serde_json::to_vec(&task.spec).unwrap_or_default();
+    format!("sha256:{}", hex::encode(Sha256::digest(&canonical)))
+}
+
+/// Validates `task`, read from `file`, whose stem is `default_name`.
+pub fn validate(
+    file: &str,
+    default_name: &str,
+    task: &ContainerTask,
+    ctx: &ValidationContext<'_>,
+) -> Result<TaskSpec, Vec<ManifestError>> {
+    let mut errors = Vec::new();
+    let mut fail = |detail: String| errors.push(ManifestError::new(file, detail));
+    let spec = &task.spec;
+    let mut notes = Vec::new();
+
+    // Every section reports into `fail`, in this order, so that every mistake is said at once.
+    let name = metadata(task, default_name, &mut fail);
+    let runtime = runtimes::runtime(spec, ctx, &mut notes, &mut fail);
+    program(spec, &mut fail);
+    let env = env(spec, ctx, &mut fail);
+    let (cpu, memory_bytes) = resources(spec, &mut fail);
+    runtimes::volumes(spec, runtime, ctx, &mut fail);
+    let aci_location = aci::rules(spec, runtime, cpu, memory_bytes, ctx, &mut fail);
+    let Timing {
+        completion_mode,
+        poll_interval,
+        timeout,
+        backoff,
+        retries,
+    } = timing(spec, ctx, &mut notes, &mut fail);
+    let (completions, parallelism, depends_on) = fan(spec, ctx, &mut fail);
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(TaskSpec {
+        name,
+        spec_hash: spec_hash(task),
+        runtime,
+        image: spec.image.clone(),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        network: spec.network.clone(),
+        working_dir: spec.working_dir.clone(),
+        env,
+        cpu,
+        memory_bytes,
+        volumes: spec.volumes.clone(),
+        aci_location,
+        completion_mode,
+        poll_interval,
+        timeout,
+        retries,
+        backoff,
+        cleanup: spec.cleanup.unwrap_or(Cleanup::Always),
+        completions,
+        parallelism,
+        depends_on,
+        notes,
+    })
+}
+
+/// `metadata`: the task's name (from the file's stem unless set) and its labels.
+fn metadata(task: &ContainerTask, default_name: &str, fail: &mut impl FnMut(String)) -> String {
+    let name = task.metadata.name.clone().unwrap_or_else(|| default_name.to_string());
+    if let Err(why) = check_name(&name) {
+        if task.metadata.name.is_some() {
+            fail(format!("metadata.name: {name:?} {why}"));
+        } else {
+            // The user never wrote a name: the file's gave it, so blame the file name.
+            let problem = why.split("; ").next().unwrap_or(why);
+            fail(format!(
+                "file name: {name:?} (the file name without its extension) names the task, as metadata.name is not set, and {problem}; rename the file, or set metadata.name"
+            ));
+        }
+    }
+    for key in task.metadata.labels.keys() {
+        if key.trim().is_empty() {
+            fail("metadata.labels: a label key is empty; give every label a name".into());
+        }
+    }
+    name
+}
+
+/// The program: what no OS can pass to one (a NUL, an argument beyond Linux's limit).
+fn program(spec: &Spec, fail: &mut impl FnMut(String)) {
+    // A NUL cannot be passed to a program (the OS ends every argument, variable and path
+    // at it), so such a task could never be created: say so now, naming the field.
+    for (field, parts) in [("spec.command", &spec.command), ("spec.args", &spec.args)] {
+        for (i, part) in parts.iter().enumerate() {
+            if part.contains('\0') {
+                fail(format!("{field}[{i}]: {NUL}"));
+            } else if part.len() >= MAX_ARG_BYTES {
+                fail(format!("{field}[{i}]: {}", too_long(part.len())));
+            }
+        }
+    }
+    if let Some(dir) = &spec.working_dir {
+        if dir.trim().is_empty() {
+            fail("spec.workingDir: is empty; remove it or give a directory".into());
+        } else if dir.contains('\0') {
+            fail(format!("spec.workingDir: {NUL}"));
+        }
+    }
+    if spec.image.as_deref().is_some_and(|image| image.contains('\0')) {
+        fail(format!("spec.image: {NUL}"));
+    }
+}
+
+/// `env`: names, duplicates, reserved names, values and where they come from.
+fn env(spec: &Spec, ctx: &ValidationContext<'_>, fail: &mut impl FnMut(String)) -> Vec<(String, EnvValue)> {
+    let mut env = Vec::new();
+    let mut seen_env = std::collections::HashSet::new();
+    for (i, var) in spec.env.iter().enumerate() {
+        let at = format!("spec.env[{i}]");
+        if !is_env_name(&var.name) {
+            fail(format!(
+                "{at}.name: {:?} is not a valid variable name; use letters, digits and '_', not starting with a digit",
+                var.name
+            ));
+        } else if var.name.starts_with("SKIFF_") {
+            fail(format!(
+                "{at}.name: {} is reserved: skiff sets SKIFF_* variables itself; rename it",
+                var.name
+            ));
+        } else if !seen_env.insert(var.name.clone()) {
+            fail(format!("{at}.name: {} is set twice; keep one", var.name));
+        }
+        match (&var.value, &var.value_from) {
+            (Some(value), None) => {
+                if value.contains('\0') {
+                    fail(format!("{at}.value: {NUL}"));
+                } else if var.name.len() + 1 + value.len() >= MAX_ARG_BYTES {
+                    fail(format!("{at}.value: {}", too_long(value.len())));
+                }
+                env.push((var.name.clone(), EnvValue::Value(value.clone())));
+            }
+            (None, Some(from)) => {
+                if !is_env_name(&from.env) {
+                    fail(format!(
+                        "{at}.valueFrom.env: {:?} is not a valid variable name",
+                        from.env
+                    ));
+                } else if let Some(is_set) = ctx.env_is_set
+                    && !is_set(&from.env)
+                {
+                    fail(format!(
+                        "{at}.valueFrom.env: {} is not set in the controller's environment; export it before starting skiff",
+                        from.env
+                    ));
+                }
+                env.push((var.name.clone(), EnvValue::FromEnv(from.env.clone())));
+            }
+            (Some(_), Some(_)) => fail(format!("{at}: has both value and valueFrom; keep one")),
+            (None, None) => fail(format!("{at}: has neither value nor valueFrom; add `value: ...`")),
+        }
+    }
+    env
+}
+
+/// `resources`: cpu and memory as numbers (what a runtime can give is its own rule).
+fn resources(spec: &Spec, fail: &mut impl FnMut(String)) -> (Option<f64>, Option<u64>) {
+    let (mut cpu, mut memory_bytes) = (None, None);
+    if let Some(resources) = &spec.resources {
+        if let Some(q) = &resources.cpu {
+            match parse_cpu(q) {
+                Ok(value) => cpu = Some(value),
+                Err(why) => fail(format!("spec.resources.cpu: {why}")),
+            }
+        }
+        if let Some(q) = &resources.memory {
+            match parse_memory(q) {
+                Ok(value) => memory_bytes = Some(value),
+                Err(why) => fail(format!("spec.resources.memory: {why}")),
+            }
+        }
+    }
+    (cpu, memory_bytes)
+}
+
+/// Completion, durations and retries.
+struct Timing {
+    completion_mode: CompletionMode,
+    poll_interval: Duration,
+    timeout: Option<Duration>,
+    backoff: Duration,
+    retries: u32,
+}
+
+fn timing(spec: &Spec, ctx: &ValidationContext<'_>, notes: &mut Vec<String>, fail: &mut impl FnMut(String)) -> Timing {
+    let completion = spec.completion.clone().unwrap_or_default();
+    let completion_mode = completion.mode.unwrap_or(CompletionMode::Poll);
+    if completion_mode == CompletionMode::Event && !ctx.features.event_completion {
+        fail(
+            "spec.completion.mode: event completion needs the controller's HTTP API; start it with --listen 127.0.0.1:PORT (and --callback-url if containers reach it at another address), or use `mode: poll`"
+                .into(),
+        );
+    }
+    let poll_interval = match &completion.poll_interval {
+        None => DEFAULT_POLL_INTERVAL,
+        Some(text) => match parse_duration(text) {
+            Ok(d) if d < MIN_POLL_INTERVAL => {
+                fail(format!(
+                    "spec.completion.pollInterval: {text:?} is too short; use at least 100ms"
+                ));
+                d
+            }
+            Ok(d) => d,
+            Err(()) => {
+                fail(format!(
+                    "spec.completion.pollInterval: {text:?} is not a duration; write e.g. 10s or 1m"
+                ));
+                DEFAULT_POLL_INTERVAL
+            }
+        },
+    };
+    let timeout = match &spec.timeout {
+        None => None,
+        Some(text) => match parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                fail("spec.timeout: must be longer than zero; remove it for no timeout".into());
+                None
+            }
+            Ok(d) => Some(d),
+            Err(()) => {
+                fail(format!(
+                    "spec.timeout: {text:?} is not a duration; write e.g. 10m or 1h30m"
+                ));
+                None
+            }
+        },
+    };
+    let backoff = match &spec.backoff {
+        None => DEFAULT_BACKOFF,
+        Some(text) => match parse_duration(text) {
+            Ok(d) if d > MAX_RETRY_DELAY => {
+                notes.push(format!(
+                    "spec.backoff: {} is longer than the longest wait between retries, {}; retries wait {} at most",
+                    text.trim(),
+                    humantime::format_duration(MAX_RETRY_DELAY),
+                    humantime::format_duration(MAX_RETRY_DELAY),
+                ));
+                d
+            }
+            Ok(d) => d,
+            Err(()) => {
+                fail(format!(
+                    "spec.backoff: {text:?} is not a duration; write e.g. 10s or 1m"
+                ));
+                DEFAULT_BACKOFF
+            }
+        },
+    };
+    let retries = spec.retries.unwrap_or(0);
+    if retries > MAX_RETRIES {
+        fail(format!("spec.retries: {retries} is too many; at most {MAX_RETRIES}"));
+    }
+    Timing {
+        completion_mode,
+        poll_interval,
+        timeout,
+        backoff,
+        retries,
+    }
+}
+
+/// Fan-out and fan-in: `completions`, `parallelism`, `dependsOn`.
+fn fan(spec: &Spec, ctx: &ValidationContext<'_>, fail: &mut impl FnMut(String)) -> (u32, u32, Vec<TaskKey>) {
+    let completions = spec.completions.unwrap_or(1);
+    let parallelism = spec.parallelism.unwrap_or(1);
+    if completions == 0 {
+        fail("spec.completions: must be at least 1".into());
+    } else if completions > MAX_COMPLETIONS {
+        fail(format!(
+            "spec.completions: {completions} is too many for one task; at most {MAX_COMPLETIONS}, so split the work over several tasks"
+        ));
+    } else if completions > 1 && !ctx.features.fan_out {
+        fail(format!(
+            "spec.completions: fan-out ({completions} completions) is not supported yet by this version of skiff; remove it or set 1"
+        ));
+    }
+    if parallelism == 0 {
+        fail("spec.parallelism: must be at least 1".into());
+    } else if parallelism > 1 && !ctx.features.fan_out {
+        fail(format!(
+            "spec.parallelism: {parallelism} is not supported yet by this version of skiff (it needs fan-out); remove it or set 1"
+        ));
+    }
+    let mut depends_on = Vec::new();
+    for (i, dep) in spec.depends_on.iter().enumerate() {
+        let parsed = match dep.trim() {
+            "" => Err(BadTaskKey::Empty),
+            _ => TaskKey::parse(dep),
+        };
+        match parsed {
+            Ok(key) => depends_on.push(key),
+            Err(problem) => fail(format!(
+                "spec.dependsOn[{i}]: {dep:?} is not a task ({problem}); name it by its path without extension, e.g. jobs/split"
+            )),
+        }
+    }
+    if !depends_on.is_empty() && !ctx.features.depends_on {
+        fail("spec.dependsOn: dependencies are not supported yet by this version of skiff; remove dependsOn".into());
+    }
+    (completions, parallelism, depends_on)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,192 @@
+//! The create body: a [`ContainerSpec`] as the PUT of a container group, or a Permanent
+//! error for what ACI cannot do (a working directory, host mounts, resources beyond its
+//! limits, labels that cannot be tags), said before anything reaches ARM. Also the names
+//! and tag keys ACI accepts.
+
+use super::config::{DEFAULT_CPU, DEFAULT_MEMORY_GB, TAG_OWNER};
+use crate::manifest::limits::{aci_memory_gb, aci_resource_problems};
+use crate::runtime::{ContainerSpec, RuntimeError};
+use crate::status::Reason;
+use serde_json::{Value, json};
+
+/// Always a secret: the callback URL carries the task's token.
+const CALLBACK_ENV: &str = "SKIFF_CALLBACK_URL";
+/// ARM's limits on tags.
+const MAX_TAG_KEY: usize = 512;
+const MAX_TAG_VALUE: usize = 256;
+const MAX_TAGS: usize = 50;
+
+/// The request body for `spec`: a group of one container, tagged with its labels and
+/// `owner`, in the task's location or else `default_location`.
+pub(super) fn create_body(spec: &ContainerSpec, owner: &str, default_location: &str) -> Result<Value, RuntimeError> {
+    let name = spec.name.as_str();
+    let image = spec
+        .image
+        .as_deref()
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| permanent(name, "the aci runtime needs spec.image"))?;
+    if spec.working_dir.is_some() {
+        return Err(permanent(
+            name,
+            "ACI cannot set a working directory; remove workingDir (e.g. run `sh -c \"cd /dir && ...\"`)",
+        ));
+    }
+    if !spec.mounts.is_empty() {
+        return Err(permanent(name, "ACI cannot mount host paths; use azureFile volumes"));
+    }
+    if spec.command.is_empty() && !spec.args.is_empty() {
+        return Err(permanent(
+            name,
+            "ACI replaces the image's entrypoint and arguments together; give command as well as args",
+        ));
+    }
+    let problems = aci_resource_problems(spec.cpu, spec.memory_bytes);
+    if !problems.is_empty() {
+        return Err(permanent(name, problems.join("; ")));
+    }
+    let secret: std::collections::HashSet<&str> = spec
+        .secret_env
+        .iter()
+        .map(String::as_str)
+        .chain([CALLBACK_ENV])
+        .collect();
+    let env: Vec<Value> = spec
+        .env
+        .iter()
+        .map(|(key, value)| {
+            if secret.contains(key.as_str()) {
+                json!({"name": key, "secureValue": value})
+            } else {
+                json!({"name": key, "value": value})
+            }
+        })
+        .collect();
+    let mounts = &spec.azure_files;
+    let mut volumes = Vec::new();
+    let mut volume_mounts = Vec::new();
+    for mount in mounts {
+        let key = std::env::var(&mount.storage_account_key_env).map_err(|_| {
+            permanent(
+                name,
+                format!(
+                    "volume {}: storageAccountKeyFrom.env {} is not set in the controller's environment",
+                    mount.name, mount.storage_account_key_env
+                ),
+            )
+        })?;
+        volumes.push(json!({
+            "name": mount.name,
+            "azureFile": {
+                "shareName": mount.share_name,
+                "storageAccountName": mount.storage_account_name,
+                "storageAccountKey": key,
+                "readOnly": mount.read_only,
+            }
+        }));
+        volume_mounts.push(json!({"name": mount.name, "mountPath": mount.mount_path, "readOnly": mount.read_only}));
+    }
+    let mut tags = serde_json::Map::new();
+    for (key, value) in &spec.labels {
+        if value.chars().count() > MAX_TAG_VALUE {
+            return Err(permanent(
+                name,
+                format!("the label {key} is longer than the {MAX_TAG_VALUE} characters an Azure tag may hold"),
+            ));
+        }
+        tags.insert(tag_key(key), Value::String(value.clone()));
+    }
+    tags.insert(TAG_OWNER.to_string(), Value::String(owner.to_string()));
+    if tags.len() > MAX_TAGS {
+        return Err(permanent(
+            name,
+            format!("more than {MAX_TAGS} labels; Azure allows {MAX_TAGS} tags"),
+        ));
+    }
+    let command: Vec<&String> = spec.command.iter().chain(&spec.args).collect();
+    let mut container = json!({
+        "image": image,
+        "environmentVariables": env,
+        "resources": {"requests": {
+            "cpu": spec.cpu.unwrap_or(DEFAULT_CPU),
+            "memoryInGB": spec.memory_bytes.map(aci_memory_gb).unwrap_or(DEFAULT_MEMORY_GB),
+        }},
+    });
+    if !command.is_empty() {
+        container["command"] = json!(command);
+    }
+    if !volume_mounts.is_empty() {
+        container["volumeMounts"] = Value::Array(volume_mounts);
+    }
+    let mut properties = json!({
+        "osType": "Linux",
+        "restartPolicy": "Never",
+        "containers": [{"name": name, "properties": container}],
+    });
+    if !volumes.is_empty() {
+        properties["volumes"] = Value::Array(volumes);
+    }
+    Ok(json!({
+        "location": spec.location.as_deref().map(str::trim).filter(|l| !l.is_empty()).unwrap_or(default_location),
+        "tags": tags,
+        "properties": properties,
+    }))
+}
+
+/// ACI names groups and containers with lowercase letters, digits and single dashes, at
+/// most 63 characters, starting and ending with a letter or digit. skiff's names always
+/// are; anything else is refused before it reaches a URL.
+pub(super) fn check_name(name: &str) -> Result<(), RuntimeError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Permanent {
+            reason: Reason::CreateFailed,
+            message: format!(
+                "aci: {name:?} cannot name a container group (lowercase letters, digits and single dashes, at most 63)"
+            ),
+        })
+    }
+}
+
+/// A label key as a tag key: ARM refuses `<>%&\?/` in tag names.
+fn tag_key(key: &str) -> String {
+    key.chars()
+        .map(|c| if "<>%&\\?/".contains(c) { '_' } else { c })
+        .take(MAX_TAG_KEY)
+        .collect()
+}
+
+fn permanent(name: &str, message: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Permanent {
+        reason: Reason::CreateFailed,
+        message: format!("aci: {name}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_keys_lose_the_characters_arm_refuses() {
+        assert_eq!(tag_key("skiff.task"), "skiff.task");
+        assert_eq!(tag_key("a/b?c"), "a_b_c");
+    }
+
+    #[test]
+    fn names_must_be_what_aci_accepts() {
+        assert!(check_name("skiff-jobs-thumb-1a2b3c4d-1").is_ok());
+        for bad in ["", "Skiff", "a--b", "-a", "a-", &"a".repeat(64)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! The aci runtime itself: [`AciRuntime`], its set-up (state folder, owner id, client),
+//! and the [`Runtime`] contract over ARM: `ensure` adopts this attempt's group or creates
+//! it (after the quota) and follows its provisioning; `inspect`; `delete` keeps the logs,
+//! then deletes and waits for the group to be gone; `list` shows only this owner's groups.
+
+use super::arm::Arm;
+use super::body::{check_name, create_body};
+use super::config::{AciConfig, AciCredential, AciError, TAG_OWNER};
+use super::quota::CreateLimiter;
+use super::wire::{Group, Provisioning};
+use crate::fsutil;
+use crate::manifest::RuntimeKind;
+use crate::runtime::adopt::{self, Verdict};
+use crate::runtime::lock;
+use crate::runtime::{
+    ContainerSpec, ContainerState, ContainerSummary, Inspection, LABEL_ATTEMPT_ID, LABEL_TASK, Runtime, RuntimeError,
+    kept_logs,
+};
+use crate::status::Reason;
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How many lines `log_tail` asks for (ARM counts lines, not bytes).
+const TAIL_LINES: u32 = 256;
+/// How often `ensure` looks again when the name changes under it (a racing create, a
+/// stale group going away) before calling it a transient failure.
+const ENSURE_ROUNDS: usize = 4;
+
+pub struct AciRuntime {
+    inner: Arc<Inner>,
+    /// The subscription and resource group: replicas see each other's groups exactly
+    /// when they share both.
+    placement: crate::runtime::Placement,
+}
+
+struct Inner {
+    arm: Arm,
+    /// Where groups are made, unless a task names its own.
+    location: String,
+    limiter: Arc<CreateLimiter>,
+    /// `<state>/logs`, shared with the other runtimes.
+    logs: PathBuf,
+    owner: String,
+    max_wait: Duration,
+    provision_wait: Duration,
+    delete_wait: Duration,
+    poll_min: Duration,
+    poll_max: Duration,
+    create_if_none_match: bool,
+    /// The current pause of each group being provisioned, so that the backoff goes on
+    /// across `ensure` calls instead of starting again from `poll_min`.
+    pauses: std::sync::Mutex<HashMap<String, Duration>>,
+}
+
+impl AciRuntime {
+    /// A runtime making groups as `config` says, keeping logs and its owner id in
+    /// `state_dir`. Builds the credential (reading its environment variables) but makes no
+    /// call yet: the first token is fetched by the first call, so that a controller starts
+    /// while Azure is out of reach.
+    pub fn new(state_dir: &Path, config: AciConfig) -> Result<Self, AciError> {
+        let state_error = |source: std::io::Error| AciError::StateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        };
+        for (flag, value) in [
+            ("--aci-subscription-id", &config.subscription_id),
+            ("--aci-resource-group", &config.resource_group),
+            ("--aci-location", &config.location),
+        ] {
+            if value.trim().is_empty() {
+                return Err(AciError::Config(format!("{flag} is empty; the aci runtime needs it")));
+            }
+        }
+        let endpoint = config.arm_endpoint.trim_end_matches('/').to_string();
+        let url = reqwest::Url::parse(&endpoint)
+            .map_err(|err| AciError::Config(format!("--arm-endpoint {endpoint}: {err}")))?;
+        let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+            return Err(AciError::Config(format!(
+                "--arm-endpoint {endpoint}: tokens go only over https (plain http only to a local simulator)"
+            )));
+        }
+        if config.create_quota.windows.is_empty() {
+            return Err(AciError::Config(
+                "--aci-create-quota: give at least one window, e.g. 100/5m".into(),
+            ));
+        }
+        std::fs::create_dir_all(state_dir).map_err(state_error)?;
+        let logs = state_dir.join("logs");
+        std::fs::create_dir_all(&logs).map_err(state_error)?;
+        let owner = load_or_create_owner(state_dir).map_err(state_error)?;
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(Duration::from_secs(10))
+            // ARM does not redirect; a redirect must not carry the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|err| AciError::Config(format!("cannot make an HTTP client: {err}")))?;
+        let credential = match &config.credential {
+            AciCredential::Custom(credential) => credential.clone(),
+            AciCredential::Azure(kind) => {
+                crate::azure::credential(*kind, &http).map_err(|err| AciError::Credential(err.to_string()))?
+            }
+        };
+        Ok(AciRuntime {
+            placement: crate::runtime::Placement::aci(&config.subscription_id, &config.resource_group, owner.clone()),
+            inner: Arc::new(Inner {
+                arm: Arm::new(&config, endpoint, http, credential),
+                location: config.location.trim().to_string(),
+                limiter: Arc::new(CreateLimiter::new(&config.create_quota)),
+                logs,
+                owner,
+                max_wait: config.max_wait,
+                provision_wait: config.provision_wait,
+                delete_wait: config.delete_wait,
+                poll_min: config.poll_min,
+                poll_max: config.poll_max.max(config.poll_min),
+                create_if_none_match: config.create_if_none_match,
+                pauses: std::sync::Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The last value of each `x-ms-ratelimit-remaining-*` header ARM sent, by header
+    /// name (e.g. `x-ms-ratelimit-remaining-subscription-writes`), for metrics.
+    pub fn rate_limit_remaining(&self) -> BTreeMap<String, u64> {
+        self.inner.arm.rate_limits()
+    }
+
+    /// For each window of the create quota (as written, e.g. `100/5m`), how many creates
+    /// it allows right now, for metrics.
+    pub fn create_tokens_available(&self) -> Vec<(String, u32)> {
+        self.inner.limiter.available()
+    }
+
+    /// The id this controller's groups are tagged with ([`TAG_OWNER`]).
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// Fetches a token now: a start-up check of the credential.
+    pub async fn check_credential(&self) -> Result<(), RuntimeError> {
+        self.inner.arm.token().await.map(|_| ())
+    }
+
+    /// The container's output, kept after the group was deleted.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.inner.log_path(name)
+    }
+
+    /// All of a container's output: the copy `delete` kept, else ARM's while the group
+    /// exists. `None` when there is neither. For `skiff logs`.
+    pub async fn output(&self, name: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
+        match tokio::fs::read(self.inner.log_path(name)).await {
+            Ok(bytes) => return Ok(Some(bytes)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err.into()),
+        }
+        Ok(self.inner.arm.logs(name, None).await?.map(String::into_bytes))
+    }
+}
+
+/// The owner id, made once per state folder.
+fn load_or_create_owner(state_dir: &Path) -> std::io::Result<String> {
+    let path = state_dir.join("aci-owner");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    let owner = format!("{:032x}", rand::random::<u128>());
+    fsutil::write_atomic(&path, format!("{owner}\n").as_bytes())?;
+    Ok(owner)
+}
+
+impl Inner {
+    fn log_path(&self, name: &str) -> PathBuf {
+        kept_logs::path(&self.logs, name)
+    }
+
+    fn owns(&self, group: &Group) -> bool {
+        group.tag(TAG_OWNER) == Some(self.owner.as_str())
+    }
+
+    /// This controller's group of that name; another's is none at all to it.
+    async fn own_group(&self, name: &str) -> Result<Option<Group>, RuntimeError> {
+        Ok(self.arm.get_group(name).await?.filter(|g| self.owns(g)))
+    }
+
+    /// PUTs the group as a create. `Ok(None)`: it exists already (a racing create); look
+    /// again and adopt it.
+    async fn create(&self, spec: &ContainerSpec) -> Result<Option<Group>, RuntimeError> {
+        let name = spec.name.as_str();
+        let body = create_body(spec, &self.owner, &self.location)?;
+        // Whatever an earlier holder of this name wrote is not this container's output.
+        let _ = tokio::fs::remove_file(self.log_path(name)).await;
+        let ticket = self
+            .limiter
+            .acquire(self.max_wait)
+            .await
+            .map_err(|exhausted| RuntimeError::Transient(exhausted.to_string()))?;
+        let what = format!("PUT {name}");
+        let answer = self
+            .arm
+            .call(
+                reqwest::Method::PUT,
+                &self.arm.group_url(name),
+                Some(&body),
+                &what,
+                self.create_if_none_match,
+            )
+            .await;
+        drop(ticket);
+        let answer = answer?;
+        match answer.status {
+            200 | 201 => {
+                if answer.status == 200 {
+                    // ARM ignored If-None-Match and updated a group made meanwhile.
+                    tracing::warn!(container = name, "aci: the create of {name} updated an existing group");
+                } else {
+                    tracing::debug!(container = name, "aci: created {name}");
+                }
+                Ok(Some(serde_json::from_slice(&answer.body).unwrap_or_default()))
+            }
+            412 => Ok(None),
+            // The group is being deleted, or the resource group is missing: conditions that
+            // pass, or that a person fixes; not the task's fault.
+            404 | 409 => Err(RuntimeError::Transient(format!(
+                "aci: {what}: ARM answered {}: {}",
+                answer.status,
+                answer.error()
+            ))),
+            status => {
+                let code = answer.code().unwrap_or_default();
+                let config = ["Quota", "Registration", "NotRegistered", "Throttl"]
+                    .iter()
+                    .any(|w| code.contains(w));
+                if config {
+                    Err(RuntimeError::Transient(format!(
+                        "aci: {what}: ARM answered {status}: {}",
+                        answer.error()
+                    )))
+                } else {
+                    // ProviderFailed (resources ACI cannot give), an image name it refuses,
+                    // a bad volume: creating again cannot help.
+                    Err(RuntimeError::Permanent {
+                        reason: Reason::CreateFailed,
+                        message: format!("aci: ARM refused to create {name} ({status}): {}", answer.error()),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Follows the group's provisioning with GETs until it is terminal or the wait is
+    /// over; a failed provisioning is Permanent.
+    async fn follow_provisioning(&self, name: &str, mut group: Group) -> Result<(), RuntimeError> {
+        let deadline = Instant::now() + self.provision_wait;
+        let mut pause = lock(&self.pauses).get(name).copied().unwrap_or(self.poll_min);
+        loop {
+            match group.provisioning(name) {
+                Provisioning::InProgress => {}
+                done => {
+                    lock(&self.pauses).remove(name);
+                    return match done {
+                        Provisioning::Failed { reason, message } => Err(RuntimeError::Permanent { reason, message }),
+                        Provisioning::Deleting => Err(RuntimeError::Transient(format!(
+                            "aci: the container group {name} is being deleted; will look again"
+                        ))),
+                        _ => Ok(()),
+                    };
+                }
+            }
+            if Instant::now() + pause > deadline {
+                // Still provisioning: the controller sees Created and calls again.
+                lock(&self.pauses).insert(name.to_string(), pause);
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(self.poll_max);
+            group = match self.own_group(name).await? {
+                Some(group) => group,
+                None => {
+                    return Err(RuntimeError::Transient(format!(
+                        "aci: the container group {name} vanished while it was provisioned"
+                    )));
+                }
+            };
+        }
+    }
+
+    /// Copies the container's logs into its log file, durably, before the group goes.
+    async fn save_logs(&self, name: &str) -> Result<(), RuntimeError> {
+        let Some(content) = self.arm.logs(name, None).await? else {
+            return Ok(());
+        };
+        kept_logs::save(&self.logs, name, content.into_bytes())
+            .await
+            .map_err(|err| RuntimeError::Transient(format!("aci: {err}")))
+    }
+
+    /// Waits until the GET answers 404. `false` if the group is still there at the end.
+    async fn wait_gone(&self, name: &str) -> Result<bool, RuntimeError> {
+        let deadline = Instant::now() + self.delete_wait;
+        let mut pause = self.poll_min;
+        loop {
+            if self.arm.get_group(name).await?.is_none() {
+                return Ok(true);
+            }
+            if Instant::now() + pause > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(self.poll_max);
+        }
+    }
+
+    /// DELETE (200, 202, 204: accepted; 404: gone already), then wait for it to be gone.
+    async fn delete_group(&self, name: &str, already_deleting: bool) -> Result<(), RuntimeError> {
+        if !already_deleting {
+            let what = format!("DELETE {name}");
+            let answer = self
+                .arm
+                .call(reqwest::Method::DELETE, &self.arm.group_url(name), None, &what, false)
+                .await?;
+            match answer.status {
+                200 | 202 | 204 => {}
+                404 => return Ok(()),
+                status => {
+                    return Err(RuntimeError::Transient(format!(
+                        "aci: {what}: ARM answered {status}: {}",
+                        answer.error()
+                    )));
+                }
+            }
+        }
+        if self.wait_gone(name).await? {
+            Ok(())
+        } else {
+            Err(RuntimeError::Transient(format!(
+                "aci: the container group {name} is still being deleted; will look again"
+            )))
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let mut found = Vec::new();
+        for group in self.arm.list_groups().await? {
+            if !self.owns(&group) || group.tag(LABEL_TASK).is_none() {
+                continue;
+            }
+            let Some(name) = group.name.clone() else { continue };
+            found.push(ContainerSummary {
+                name,
+                labels: group.tags.unwrap_or_default(),
+            });
+        }
+        Ok(found)
+    }
+}
+
+#[async_trait]
+impl Runtime for AciRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Aci
+    }
+
+    async fn placement(&self) -> Result<crate::runtime::Placement, RuntimeError> {
+        Ok(self.placement.clone())
+    }
+
+    async fn ensure(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let inner = &self.inner;
+        let name = spec.name.as_str();
+        check_name(name)?;
+        for _ in 0..ENSURE_ROUNDS {
+            let group = match inner.arm.get_group(name).await? {
+                Some(group) => group,
+                None => match inner.create(spec).await? {
+                    Some(created) => return inner.follow_provisioning(name, created).await,
+                    // Made meanwhile by a racing create: adopt it.
+                    None => continue,
+                },
+            };
+            let wanted = spec.labels.get(LABEL_ATTEMPT_ID).map(String::as_str);
+            match adopt::verdict(group.tag(TAG_OWNER), &inner.owner, group.tag(LABEL_ATTEMPT_ID), wanted) {
+                Verdict::Foreign { owner } => {
+                    return Err(RuntimeError::Transient(format!(
+                        "aci: the name {name} is taken by a container group that {}; waiting for it to go",
+                        match owner {
+                            Some(other) => format!("another skiff controller made (owner {other})"),
+                            None => "skiff did not make".to_string(),
+                        }
+                    )));
+                }
+                // Same name, another attempt: never adopt it.
+                Verdict::Replace => {
+                    let deleting = group.provisioning_state() == "Deleting";
+                    tracing::info!(
+                        container = name,
+                        "aci: deleting a container group made for another attempt"
+                    );
+                    inner.delete_group(name, deleting).await?;
+                    let _ = tokio::fs::remove_file(inner.log_path(name)).await;
+                    continue;
+                }
+                Verdict::Adopt => return inner.follow_provisioning(name, group).await,
+            }
+        }
+        Err(RuntimeError::Transient(format!(
+            "aci: the container group {name} kept changing while it was being made; will look again"
+        )))
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Inspection, RuntimeError> {
+        Ok(match self.inner.own_group(name).await? {
+            None => Inspection {
+                state: ContainerState::Absent,
+                attempt_id: None,
+            },
+            Some(group) => Inspection {
+                state: group.state(name),
+                attempt_id: group.tag(LABEL_ATTEMPT_ID).map(str::to_string),
+            },
+        })
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), RuntimeError> {
+        let inner = &self.inner;
+        let Some(group) = inner.own_group(name).await? else {
+            return Ok(());
+        };
+        lock(&inner.pauses).remove(name);
+        let deleting = group.provisioning_state() == "Deleting";
+        if !deleting {
+            inner.save_logs(name).await?;
+        }
+        inner.delete_group(name, deleting).await
+    }
+
+    async fn log_tail(&self, name: &str) -> Result<Option<String>, RuntimeError> {
+        let bytes = match tokio::fs::read(self.inner.log_path(name)).await {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                match self.inner.arm.logs(name, Some(TAIL_LINES)).await? {
+                    Some(text) => text.into_bytes(),
+                    None => return Ok(None),
+                }
+            }
+            Err(err) => return Err(err.into()),
+        };
+        Ok(Some(crate::status::log_tail(&bytes)))
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        self.inner.list().await
+    }
+
+    async fn forget(&self, container_prefix: &str) -> Result<(), RuntimeError> {
+        kept_logs::forget(&self.inner.logs, container_prefix).await
+    }
+
+    async fn forget_earlier_run(&self, container_prefix: &str) -> Result<(), RuntimeError> {
+        kept_logs::forget_earlier(&self.inner.logs, container_prefix).await
+    }
+
+    /// ARM has no event stream for container groups: completion is seen by polling (and
+    /// by callbacks in event mode, which do not go through the runtime).
+    fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+        None
+    }
+}

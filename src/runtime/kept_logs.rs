@@ -1,0 +1,65 @@
+//! Kept logs: a container's output in `<state>/logs/<name>.log`, the one file every
+//! runtime keeps (the process runtime's supervisor writes it as the container runs; docker
+//! and aci copy it there before the container goes), so that `skiff logs` and `logTail`
+//! work after the container is gone, whatever ran it.
+
+use super::RuntimeError;
+use crate::fsutil;
+use std::path::{Path, PathBuf};
+
+/// Where the output of container `name` is kept in the logs folder `logs`.
+pub fn path(logs: &Path, name: &str) -> PathBuf {
+    logs.join(format!("{name}.log"))
+}
+
+/// Replaces the kept output of `name` with `bytes`, atomically and durably (before the
+/// container, the only other copy, is removed). The error says which file.
+pub async fn save(logs: &Path, name: &str, bytes: Vec<u8>) -> Result<(), String> {
+    let path = path(logs, name);
+    let written = path.clone();
+    tokio::task::spawn_blocking(move || fsutil::write_atomic(&written, &bytes))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|err| format!("cannot keep the logs of {name} in {}: {err}", path.display()))
+}
+
+/// The end of a file (its last `limit` bytes), or all of it: how runtimes read the logs
+/// they keep after a container is gone.
+pub async fn read_end(path: &std::path::Path, limit: Option<u64>) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await?;
+    if let Some(limit) = limit {
+        let len = file.metadata().await?.len();
+        file.seek(std::io::SeekFrom::Start(len.saturating_sub(limit))).await?;
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).await?;
+    Ok(bytes)
+}
+
+/// [`Runtime::forget_earlier_run`](super::Runtime::forget_earlier_run) for a runtime keeping logs in `logs`: looks for the
+/// first attempt's log (single or index 0) before listing the folder, so that a new
+/// task costs two `stat`s, not a scan of every log.
+pub async fn forget_earlier(logs: &std::path::Path, container_prefix: &str) -> Result<(), RuntimeError> {
+    for first in [format!("{container_prefix}1.log"), format!("{container_prefix}1-0.log")] {
+        if tokio::fs::try_exists(logs.join(first)).await.unwrap_or(true) {
+            return forget(logs, container_prefix).await;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the kept logs of a task's containers (`<logs>/<name>.log`, and the dot-prefixed
+/// temporary copies of a save that was interrupted): what `Runtime::forget` does for every
+/// runtime that keeps logs in the state folder.
+pub async fn forget(logs: &std::path::Path, container_prefix: &str) -> Result<(), RuntimeError> {
+    let mut entries = tokio::fs::read_dir(logs).await?;
+    while let Some(entry) = entries.next_entry().await? {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.trim_start_matches('.').starts_with(container_prefix) {
+            let _ = tokio::fs::remove_file(entry.path()).await;
+        }
+    }
+    Ok(())
+}
