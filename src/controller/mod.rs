@@ -8,6 +8,7 @@
 //! - [`health`] tells `/healthz` whether the loop still turns.
 
 mod act;
+pub mod clock;
 mod dependencies;
 mod desired;
 mod health;
@@ -164,6 +165,12 @@ struct Shared {
     callbacks: Option<Callbacks>,
     /// Who owns which task, when replicas share the store (see [`ownership`]).
     ownership: Option<Arc<dyn crate::store::ownership::Ownership>>,
+    /// The time of day and the randomness of the pipeline (see [`clock`]).
+    clock: Arc<dyn clock::Clock>,
+    entropy: clock::Entropy,
+    /// Parse manifests on the calling task instead of the blocking pool: a thread's
+    /// timing would make the simulator's runs differ.
+    parse_inline: bool,
 }
 
 /// What one reconcile reports back to the loop.
@@ -219,6 +226,9 @@ impl Controller {
                 metrics: Arc::new(Metrics::new()),
                 health: Arc::new(Health::default()),
                 callbacks: None,
+                clock: Arc::new(clock::SystemClock),
+                entropy: clock::Entropy::from_os(),
+                parse_inline: false,
             }),
             woken,
             control: None,
@@ -234,6 +244,18 @@ impl Controller {
         }
         self.control = Some(rx);
         (self, tx)
+    }
+
+    /// Runs the pipeline on `clock`, with randomness drawn from `seed`, and parses on
+    /// the loop's own thread: what the deterministic simulator needs to replay a run.
+    /// Call it before [`Controller::run`], right after [`Controller::new`].
+    pub fn deterministic(mut self, clock: Arc<dyn clock::Clock>, seed: u64) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.clock = clock;
+            shared.entropy = clock::Entropy::seeded(seed);
+            shared.parse_inline = true;
+        }
+        self
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
@@ -264,7 +286,8 @@ impl Controller {
         drop(runtime_tx);
 
         let mut queue = WorkQueue::new();
-        let mut known: HashMap<TaskKey, TaskState> = HashMap::new();
+        // Ordered, so that a relist queues the same keys in the same order on every run.
+        let mut known: BTreeMap<TaskKey, TaskState> = BTreeMap::new();
         // Fingerprints of final tasks: a relist skips those whose files did not change.
         let mut settled: HashMap<TaskKey, Fingerprint> = HashMap::new();
         let mut running: JoinSet<Reconciled> = JoinSet::new();
@@ -462,7 +485,7 @@ impl Controller {
     async fn relist(
         &self,
         queue: &mut WorkQueue,
-        known: &mut HashMap<TaskKey, TaskState>,
+        known: &mut BTreeMap<TaskKey, TaskState>,
         settled: &HashMap<TaskKey, Fingerprint>,
     ) -> Result<(), StoreError> {
         let mut listed = self.shared.store.list().await?;
@@ -594,7 +617,7 @@ fn update_gauges(metrics: &Metrics, phases: &mut HashMap<TaskKey, (Phase, Runtim
     }
 }
 
-fn once_outcome(known: &HashMap<TaskKey, TaskState>) -> Option<Outcome> {
+fn once_outcome(known: &BTreeMap<TaskKey, TaskState>) -> Option<Outcome> {
     let mut all_succeeded = true;
     for state in known.values() {
         match state {
@@ -628,7 +651,7 @@ impl Shared {
             m.infra_failures
         });
         let raw = Duration::from_millis(250).saturating_mul(1 << failures.min(10));
-        raw.min(MAX_INFRA_BACKOFF).mul_f64(0.8 + 0.4 * rand::random::<f64>())
+        raw.min(MAX_INFRA_BACKOFF).mul_f64(0.8 + 0.4 * self.entropy.unit())
     }
 
     /// What this controller can run: what is built, what is enabled, what is served.
@@ -831,7 +854,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         },
         _ => None,
     };
-    let now = chrono::Utc::now();
+    let now = shared.clock.now();
     let mut input = Input {
         key,
         desired: &desired,
@@ -841,7 +864,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         log_tail: single.log_tail,
         slot: Slot::Granted,
         now,
-        jitter: rand::random::<f64>(),
+        jitter: shared.entropy.unit(),
         event: single.event,
         terminate,
         index: None,
