@@ -24,7 +24,10 @@ pub(super) async fn execute(
     dependency_results: Option<String>,
     decision: &Decision,
 ) -> Result<Option<Duration>, StoreError> {
-    let decided = decision.status.as_ref().map(|new| with_attempt_ids(shared, before, new));
+    let decided = decision
+        .status
+        .as_ref()
+        .map(|new| with_attempt_ids(shared, before, new));
     if let Some(new) = &decided {
         let changed = before.is_none_or(|old| !old.same_state(new) || old.observed_at != new.observed_at);
         if changed {

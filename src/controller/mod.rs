@@ -888,6 +888,14 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
             for lane in &started {
                 shared.limits.enqueue(key, lane.unwrap_or(0), order, runtime);
             }
+            // Its containers that exist already hold their slots meanwhile (a fan-out with
+            // a live lane and a lane to start): else, once caught up, another task could
+            // take their slots and run past --max-running.
+            let waiting = started.iter().map(|lane| (lane.unwrap_or(0), Standing::Waiting, None));
+            let live =
+                live_lanes(status.as_ref()).filter(|(lane, ..)| !started.iter().any(|l| l.unwrap_or(0) == *lane));
+            let standings: Vec<_> = waiting.chain(live).collect();
+            shared.limits.settle_task(key, order, &standings);
             return Ok(Reconciled {
                 key: key.clone(),
                 state: TaskState::Active,
@@ -998,6 +1006,30 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         deferred: false,
         phase,
     })
+}
+
+/// The lanes whose container may exist according to a status, as standings: each
+/// holds a slot of its runtime.
+fn live_lanes(
+    status: Option<&crate::status::TaskStatus>,
+) -> impl Iterator<Item = (u32, Standing, Option<RuntimeKind>)> + '_ {
+    let single = status
+        .filter(|s| s.indexes.is_empty() && s.phase.has_container())
+        .map(|s| (0, Standing::Live, s.current().map(|a| a.runtime)));
+    let lanes = status.into_iter().flat_map(|s| {
+        s.indexes
+            .iter()
+            .filter(|lane| lane.phase.has_container())
+            .map(move |lane| {
+                let runtime = s
+                    .attempts
+                    .iter()
+                    .find(|a| a.index == Some(lane.index) && a.number == lane.attempt)
+                    .map(|a| a.runtime);
+                (lane.index, Standing::Live, runtime)
+            })
+    });
+    single.into_iter().chain(lanes)
 }
 
 /// Looks at one container of the task: its state, its log tail once it has finished,
