@@ -161,10 +161,15 @@ pub(super) async fn execute(
 fn with_attempt_ids(shared: &Shared, before: Option<&TaskStatus>, new: &TaskStatus) -> TaskStatus {
     let mut new = new.clone();
     for record in new.attempts.iter_mut().filter(|a| a.id.is_none()) {
+        // Only a record written before ids existed stays without one. A new attempt
+        // whose name and `createdAt` match an earlier one's (a spec change restarting
+        // within the same millisecond) is new all the same: without an id of its own
+        // it would share the earlier one's (its `createdAt`), and that container could
+        // be adopted as its own.
         let known = before.is_some_and(|old| {
             old.attempts
                 .iter()
-                .any(|b| b.container == record.container && b.created_at == record.created_at)
+                .any(|b| b.id.is_none() && b.container == record.container && b.created_at == record.created_at)
         });
         if !known {
             record.id = Some(shared.entropy.attempt_id());

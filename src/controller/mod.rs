@@ -186,6 +186,34 @@ struct Reconciled {
     /// The phase written (or kept), the runtime of its current attempt, and how many
     /// of its containers may exist (a fan-out's live indexes).
     phase: Option<(Phase, RuntimeKind, i64)>,
+    /// The task was seen through: its containers hold their slots (or it can have none
+    /// that skiff may know of). Until every task listed at start-up has been, nothing
+    /// starts: a task whose reconcile failed may have a live container, and its slot
+    /// would otherwise go to another task, past `--max-running`.
+    observed: bool,
+}
+
+impl Reconciled {
+    /// Seen through, nothing else to report.
+    fn new(key: &TaskKey, state: TaskState, requeue: Option<Duration>) -> Self {
+        Reconciled {
+            key: key.clone(),
+            state,
+            requeue,
+            wake: Vec::new(),
+            deferred: false,
+            phase: None,
+            observed: true,
+        }
+    }
+
+    /// Not seen through (an error, a timeout, a manifest being written): look again.
+    fn retry(key: &TaskKey, requeue: Duration) -> Self {
+        Reconciled {
+            observed: false,
+            ..Reconciled::new(key, TaskState::Active, Some(requeue))
+        }
+    }
 }
 
 /// A task's standing, as far as `--once` and resync are concerned.
@@ -365,11 +393,13 @@ impl Controller {
                             // A reconcile that panicked is a bug; the task is retried, not lost.
                             let Some(key) = in_flight.remove(&err.id()) else { continue };
                             tracing::error!(task = %key, "reconcile failed: {err}");
-                            Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, wake: Vec::new(), deferred: false, phase: None }
+                            Reconciled::retry(&key, shared.infra_backoff(&key))
                         }
                     };
                     queue.done(&done.key);
-                    unobserved.remove(&done.key);
+                    if done.observed {
+                        unobserved.remove(&done.key);
+                    }
                     update_gauges(&shared.metrics, &mut phases, &done);
                     match done.state {
                         TaskState::Removed => {
@@ -458,7 +488,7 @@ impl Controller {
                             Ok(done) => done,
                             Err(_) => {
                                 tracing::warn!(task = %key, "reconcile took longer than {}s; retrying", timeout.as_secs());
-                                Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, wake: Vec::new(), deferred: false, phase: None }
+                                Reconciled::retry(&key, shared.infra_backoff(&key))
                             }
                         }
                     });
@@ -701,14 +731,7 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
         Err(StoreError::Conflict { path }) => {
             // Someone changed the status since it was read: read it again now.
             tracing::info!(task = %key, "{path} changed under this reconcile; re-reading");
-            Reconciled {
-                key: key.clone(),
-                state: TaskState::Active,
-                requeue: Some(Duration::ZERO),
-                wake: Vec::new(),
-                deferred: false,
-                phase: None,
-            }
+            Reconciled::retry(key, Duration::ZERO)
         }
         Err(err) if err.needs_person() => {
             // A status file skiff cannot use (garbage, a FIFO, a folder, too large, a name
@@ -717,28 +740,14 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
             // the relist notices (its fingerprint changes); retrying would never succeed,
             // and `--once` must end. `get` and the API show the same problem.
             tracing::warn!(task = %key, "{err}");
-            Reconciled {
-                key: key.clone(),
-                state: TaskState::Final(Phase::Invalid),
-                requeue: None,
-                wake: Vec::new(),
-                deferred: false,
-                phase: None,
-            }
+            Reconciled::new(key, TaskState::Final(Phase::Invalid), None)
         }
         Err(err) => {
             if matches!(err, StoreError::Unavailable { .. }) {
                 shared.health.store_result::<(), _>(&Err(&err));
             }
             tracing::warn!(task = %key, "{err}");
-            Reconciled {
-                key: key.clone(),
-                state: TaskState::Active,
-                requeue: Some(shared.infra_backoff(key)),
-                wake: Vec::new(),
-                deferred: false,
-                phase: None,
-            }
+            Reconciled::retry(key, shared.infra_backoff(key))
         }
     }
 }
@@ -754,14 +763,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         local_dir,
     }) = read_desired(shared, key).await?
     else {
-        return Ok(Reconciled {
-            key: key.clone(),
-            state: TaskState::Active,
-            requeue: Some(SETTLE_TIME),
-            wake: Vec::new(),
-            deferred: false,
-            phase: None,
-        });
+        return Ok(Reconciled::retry(key, SETTLE_TIME));
     };
     let file = file.unwrap_or_else(|| key.to_string());
     let mut wake = Vec::new();
@@ -897,12 +899,9 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
             let standings: Vec<_> = waiting.chain(live).collect();
             shared.limits.settle_task(key, order, &standings);
             return Ok(Reconciled {
-                key: key.clone(),
-                state: TaskState::Active,
-                requeue: None,
                 wake,
                 deferred: true,
-                phase: None,
+                ..Reconciled::new(key, TaskState::Active, None)
             });
         }
         let mut granted = Vec::new();
@@ -999,12 +998,9 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         (s.phase, runtime, live as i64)
     });
     Ok(Reconciled {
-        key: key.clone(),
-        state,
-        requeue,
         wake,
-        deferred: false,
         phase,
+        ..Reconciled::new(key, state, requeue)
     })
 }
 

@@ -101,12 +101,8 @@ pub(super) fn not_acting(shared: &Shared, key: &TaskKey, order: u64, gate: Gate)
         Gate::Proceed | Gate::Acquired => (None, false),
     };
     Reconciled {
-        key: key.clone(),
-        state: TaskState::Active,
-        requeue,
-        wake: Vec::new(),
         deferred,
-        phase: None,
+        ..Reconciled::new(key, TaskState::Active, requeue)
     }
 }
 

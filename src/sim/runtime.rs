@@ -78,8 +78,9 @@ impl FakeRuntime {
             ends: now + chrono::Duration::from_std(runs).unwrap_or_default(),
             exit_code,
             lost: state.chance(p),
+            creator: self.epoch,
         };
-        state.on_create(&spec.name, &container, self.epoch);
+        state.on_create(&spec.name, &container);
         state.record(&format!(
             "created {} {attempt_id} runs {runs:?} exit {exit_code}",
             spec.name

@@ -354,6 +354,15 @@ impl Schedule {
 
     async fn play(mut self) -> Result<Passed, Failed> {
         self.world.lock().faults = self.faults.clone();
+        let setup = format!(
+            "{} replica(s), max-running {:?}, per-runtime {:?}, {} workers, faults {:?}",
+            self.replicas,
+            self.config.max_running,
+            self.config.max_running_per_runtime.get(&RuntimeKind::Process),
+            self.config.workers,
+            self.faults
+        );
+        self.say(setup);
         let steps = self.rng.random_range(10..40);
         // A few tasks before the first controller starts, the rest while it runs.
         for _ in 0..self.rng.random_range(0..3) {
@@ -370,9 +379,13 @@ impl Schedule {
         while self.nodes.len() < self.replicas {
             self.start_node();
         }
-        for _ in 0..60 {
-            self.sleep(Duration::from_secs(60)).await;
+        // Up to two hours of simulated time: longer than any backoff, deadline or run.
+        for _ in 0..240 {
+            self.sleep(Duration::from_secs(30)).await;
             self.check()?;
+            if self.settled().is_ok() {
+                break;
+            }
         }
         self.settled()?;
         let state = self.world.lock();
