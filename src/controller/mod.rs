@@ -191,6 +191,11 @@ struct Reconciled {
     /// starts: a task whose reconcile failed may have a live container, and its slot
     /// would otherwise go to another task, past `--max-running`.
     observed: bool,
+    /// The task's files as they were before this reconcile read them: a final task is
+    /// skipped by the relist while they stay so. Taken before, not after, so that a
+    /// change made while the reconcile ran (whose notification may be lost) is seen by
+    /// the next relist.
+    fingerprint: Option<Fingerprint>,
 }
 
 impl Reconciled {
@@ -204,6 +209,7 @@ impl Reconciled {
             deferred: false,
             phase: None,
             observed: true,
+            fingerprint: None,
         }
     }
 
@@ -411,7 +417,7 @@ impl Controller {
                         }
                     }
                     if matches!(done.state, TaskState::Final(_)) {
-                        if let Some(fp) = self.fingerprint(&done.key).await {
+                        if let Some(fp) = done.fingerprint.clone() {
                             settled.insert(done.key.clone(), fp);
                         }
                     } else {
@@ -480,12 +486,14 @@ impl Controller {
                     let handle = running.spawn(async move {
                         let timeout = shared.config.reconcile_timeout;
                         let started = std::time::Instant::now();
+                        // Cheap enough: two stats, or the blob store's cached listing.
+                        let before = shared.store.list_one(&key).await.ok().flatten().map(|l| l.fingerprint);
                         let result = tokio::time::timeout(timeout, reconcile_task(&shared, &key)).await;
                         shared.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
                         let outcome = if result.is_ok() { "success" } else { "error" };
                         shared.metrics.reconciles.get_or_create(&Metrics::label("result", outcome)).inc();
                         match result {
-                            Ok(done) => done,
+                            Ok(done) => Reconciled { fingerprint: before, ..done },
                             Err(_) => {
                                 tracing::warn!(task = %key, "reconcile took longer than {}s; retrying", timeout.as_secs());
                                 Reconciled::retry(&key, shared.infra_backoff(&key))
@@ -547,11 +555,6 @@ impl Controller {
         Ok(())
     }
 
-    async fn fingerprint(&self, key: &TaskKey) -> Option<Fingerprint> {
-        // Cheap enough: two stats. A relist compares against it.
-        let listed = self.shared.store.list_one(key).await.ok()?;
-        listed.map(|l| l.fingerprint)
-    }
 
     /// Deletes containers that carry skiff's labels but whose task no longer exists:
     /// what a crash between "delete the container" and "forget the task" can leave.
