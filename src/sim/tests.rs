@@ -10,9 +10,11 @@ fn one_seed_replays_exactly() {
 }
 
 #[test]
-fn two_thousand_schedules_keep_every_invariant() {
-    let failures = run_many(0, 2_000, 2);
+fn five_hundred_schedules_keep_every_invariant() {
+    // Debug builds run some 15 schedules a second per thread; `scripts/simulate` runs
+    // the hundred thousand in release.
+    let failures = run_many(0, 500, 2);
     if let Some(first) = failures.first() {
-        panic!("{} of 2000 schedules failed; the first:\n{first}", failures.len());
+        panic!("{} of 500 schedules failed; the first:\n{first}", failures.len());
     }
 }

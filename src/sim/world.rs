@@ -267,6 +267,17 @@ impl State {
         self.stats.writes += 1;
         for attempt in &new.attempts {
             let Some(id) = attempt.attempt_id() else { continue };
+            // An exit code comes from the attempt's own container, never another's.
+            if attempt.exit_code.is_some()
+                && attempt.completed_by != Some(crate::status::CompletedBy::Event)
+                && !self.created.contains(&(attempt.container.clone(), id.clone()))
+            {
+                let message = format!(
+                    "{key}: attempt {} ({}) records exit code {:?} but no container was made for it",
+                    attempt.number, attempt.container, attempt.exit_code
+                );
+                self.violation(message);
+            }
             match (self.exit_codes.get(&id), attempt.exit_code) {
                 (Some(old), Some(code)) if *old != code => self.violation(format!(
                     "{key}: attempt {} ({}) had exit code {old} recorded, now {code}",
