@@ -555,7 +555,6 @@ impl Controller {
         Ok(())
     }
 
-
     /// Deletes containers that carry skiff's labels but whose task no longer exists:
     /// what a crash between "delete the container" and "forget the task" can leave.
     fn collect_orphans(&self) {
