@@ -1902,7 +1902,9 @@ fn an_attempt_stopped_from_outside_is_forgotten_once_its_container_is_gone() {
             ]
         );
         assert_eq!(d.actions, vec![ensure(2)]);
-        assert!(!d.starts_attempt(Some(&stopping)), "it keeps the slot it held");
+        // A new container: it asks for the slot it held, and gets it back at once
+        // (`Limits::try_acquire`) unless the limit is overdrawn.
+        assert!(d.starts_attempt(Some(&stopping)), "it asks again for the slot it held");
         // Without a slot it waits, the stopped attempt forgotten.
         let d = Case::new(valid(&spec), Some(stopping.clone()))
             .observed(gone())
