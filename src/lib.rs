@@ -10,6 +10,8 @@ pub mod fsutil;
 pub mod manifest;
 pub mod metrics;
 pub mod runtime;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod status;
 pub mod store;
 pub mod task;

@@ -24,12 +24,15 @@ pub(super) async fn execute(
     dependency_results: Option<String>,
     decision: &Decision,
 ) -> Result<Option<Duration>, StoreError> {
-    let decided = decision.status.as_ref().map(|new| with_attempt_ids(before, new));
+    let decided = decision
+        .status
+        .as_ref()
+        .map(|new| with_attempt_ids(shared, before, new));
     if let Some(new) = &decided {
         let changed = before.is_none_or(|old| !old.same_state(new) || old.observed_at != new.observed_at);
         if changed {
             let mut new = new.clone();
-            new.updated_at = chrono::Utc::now();
+            new.updated_at = shared.clock.now();
             shared.store.write_status(key, &new).await?;
             log_transition(key, before, &new);
             drop_settled_events(shared, key, before, &new);
@@ -155,16 +158,21 @@ pub(super) async fn execute(
 /// create, like everything the act depends on. An attempt already recorded keeps what it
 /// has (none, for one written before ids existed: its container is labelled with its
 /// `createdAt`).
-fn with_attempt_ids(before: Option<&TaskStatus>, new: &TaskStatus) -> TaskStatus {
+fn with_attempt_ids(shared: &Shared, before: Option<&TaskStatus>, new: &TaskStatus) -> TaskStatus {
     let mut new = new.clone();
     for record in new.attempts.iter_mut().filter(|a| a.id.is_none()) {
+        // Only a record written before ids existed stays without one. A new attempt
+        // whose name and `createdAt` match an earlier one's (a spec change restarting
+        // within the same millisecond) is new all the same: without an id of its own
+        // it would share the earlier one's (its `createdAt`), and that container could
+        // be adopted as its own.
         let known = before.is_some_and(|old| {
             old.attempts
                 .iter()
-                .any(|b| b.container == record.container && b.created_at == record.created_at)
+                .any(|b| b.id.is_none() && b.container == record.container && b.created_at == record.created_at)
         });
         if !known {
-            record.id = Some(crate::status::AttemptRecord::new_id());
+            record.id = Some(shared.entropy.attempt_id());
         }
     }
     new

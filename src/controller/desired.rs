@@ -69,7 +69,7 @@ pub(super) async fn read_desired(shared: &Shared, key: &TaskKey) -> Result<Optio
     let features = shared.features();
     let name_file = file.clone();
     let parsed_bytes = bytes.clone();
-    let judged = tokio::task::spawn_blocking(move || {
+    let judge = move || {
         let task = manifest::parse_manifest(&name_file, &bytes).map_err(|err| (stem.clone(), err.to_string()))?;
         let env_is_set = |var: &str| std::env::var_os(var).is_some();
         let ctx = ValidationContext {
@@ -85,12 +85,15 @@ pub(super) async fn read_desired(shared: &Shared, key: &TaskKey) -> Result<Optio
                 errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
             )
         })
-    })
-    .await
-    .map_err(|err| StoreError::Io {
-        path: file.clone(),
-        source: std::io::Error::other(err.to_string()),
-    })?;
+    };
+    let judged = if shared.parse_inline {
+        judge()
+    } else {
+        tokio::task::spawn_blocking(judge).await.map_err(|err| StoreError::Io {
+            path: file.clone(),
+            source: std::io::Error::other(err.to_string()),
+        })?
+    };
     let desired = match judged {
         Ok(spec) => {
             let spec = Box::new(spec);
@@ -100,7 +103,7 @@ pub(super) async fn read_desired(shared: &Shared, key: &TaskKey) -> Result<Optio
         Err((name, message)) => {
             // A file saved in pieces may not parse, or may lack a field, for a moment.
             let fresh = modified
-                .and_then(|m| SystemTime::now().duration_since(m).ok())
+                .and_then(|m| SystemTime::from(shared.clock.now()).duration_since(m).ok())
                 .is_some_and(|age| age < SETTLE_TIME);
             if fresh {
                 return Ok(None);

@@ -95,7 +95,14 @@ impl Limits {
             return Slot::Granted;
         };
         if state.holds(key, lane) {
-            return Slot::Granted;
+            // A lane keeps its slot from one container to the next (a spec change's
+            // restart), unless the limit is overdrawn: a container taken over beyond
+            // it (from a dead replica, or a lowered limit) holds a slot while it lives,
+            // but its successor waits its turn like anyone.
+            if self.max.is_none_or(|max| state.held <= max) {
+                return Slot::Granted;
+            }
+            state.release(key, lane);
         }
         let Some(max) = self.max else {
             state.hold(key, lane);

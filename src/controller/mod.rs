@@ -8,19 +8,23 @@
 //! - [`health`] tells `/healthz` whether the loop still turns.
 
 mod act;
+pub mod clock;
 mod dependencies;
 mod desired;
 mod health;
 pub mod limits;
+mod observe;
 mod ownership;
 pub mod queue;
 pub mod reconcile;
 mod replicas;
+mod run;
 
 use act::execute;
 use desired::{DesiredRead, read_desired};
 use health::HEARTBEAT;
 pub use health::{Health, HealthReport};
+use observe::observe;
 
 use crate::callback::{CallbackSecret, Inbox};
 use crate::manifest::{Features, RuntimeKind, TaskSpec};
@@ -164,6 +168,12 @@ struct Shared {
     callbacks: Option<Callbacks>,
     /// Who owns which task, when replicas share the store (see [`ownership`]).
     ownership: Option<Arc<dyn crate::store::ownership::Ownership>>,
+    /// The time of day and the randomness of the pipeline (see [`clock`]).
+    clock: Arc<dyn clock::Clock>,
+    entropy: clock::Entropy,
+    /// Parse manifests on the calling task instead of the blocking pool: a thread's
+    /// timing would make the simulator's runs differ.
+    parse_inline: bool,
 }
 
 /// What one reconcile reports back to the loop.
@@ -179,6 +189,40 @@ struct Reconciled {
     /// The phase written (or kept), the runtime of its current attempt, and how many
     /// of its containers may exist (a fan-out's live indexes).
     phase: Option<(Phase, RuntimeKind, i64)>,
+    /// The task was seen through: its containers hold their slots (or it can have none
+    /// that skiff may know of). Until every task listed at start-up has been, nothing
+    /// starts: a task whose reconcile failed may have a live container, and its slot
+    /// would otherwise go to another task, past `--max-running`.
+    observed: bool,
+    /// The task's files as they were before this reconcile read them: a final task is
+    /// skipped by the relist while they stay so. Taken before, not after, so that a
+    /// change made while the reconcile ran (whose notification may be lost) is seen by
+    /// the next relist.
+    fingerprint: Option<Fingerprint>,
+}
+
+impl Reconciled {
+    /// Seen through, nothing else to report.
+    fn new(key: &TaskKey, state: TaskState, requeue: Option<Duration>) -> Self {
+        Reconciled {
+            key: key.clone(),
+            state,
+            requeue,
+            wake: Vec::new(),
+            deferred: false,
+            phase: None,
+            observed: true,
+            fingerprint: None,
+        }
+    }
+
+    /// Not seen through (an error, a timeout, a manifest being written): look again.
+    fn retry(key: &TaskKey, requeue: Duration) -> Self {
+        Reconciled {
+            observed: false,
+            ..Reconciled::new(key, TaskState::Active, Some(requeue))
+        }
+    }
 }
 
 /// A task's standing, as far as `--once` and resync are concerned.
@@ -219,6 +263,9 @@ impl Controller {
                 metrics: Arc::new(Metrics::new()),
                 health: Arc::new(Health::default()),
                 callbacks: None,
+                clock: Arc::new(clock::SystemClock),
+                entropy: clock::Entropy::from_os(),
+                parse_inline: false,
             }),
             woken,
             control: None,
@@ -236,6 +283,18 @@ impl Controller {
         (self, tx)
     }
 
+    /// Runs the pipeline on `clock`, with randomness drawn from `seed`, and parses on
+    /// the loop's own thread: what the deterministic simulator needs to replay a run.
+    /// Call it before [`Controller::run`], right after [`Controller::new`].
+    pub fn deterministic(mut self, clock: Arc<dyn clock::Clock>, seed: u64) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.clock = clock;
+            shared.entropy = clock::Entropy::seeded(seed);
+            shared.parse_inline = true;
+        }
+        self
+    }
+
     pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()
     }
@@ -243,371 +302,6 @@ impl Controller {
     pub fn health(&self) -> Arc<Health> {
         self.shared.health.clone()
     }
-
-    /// Runs until `shutdown` fires, or with `once`, until every task is final.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<Outcome, ControllerError> {
-        let shared = self.shared.clone();
-        let mut store_events = shared.store.watch()?;
-        let (runtime_tx, mut runtime_events) = mpsc::unbounded_channel::<String>();
-        for runtime in shared.runtimes.values() {
-            if let Some(mut rx) = runtime.subscribe() {
-                let tx = runtime_tx.clone();
-                tokio::spawn(async move {
-                    while let Some(name) = rx.recv().await {
-                        if tx.send(name).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        }
-        drop(runtime_tx);
-
-        let mut queue = WorkQueue::new();
-        let mut known: HashMap<TaskKey, TaskState> = HashMap::new();
-        // Fingerprints of final tasks: a relist skips those whose files did not change.
-        let mut settled: HashMap<TaskKey, Fingerprint> = HashMap::new();
-        let mut running: JoinSet<Reconciled> = JoinSet::new();
-        let mut in_flight: HashMap<tokio::task::Id, TaskKey> = HashMap::new();
-
-        let started = std::time::Instant::now();
-        // A remote store may be unreachable at start: wait for it, saying why on /healthz.
-        let mut wait = Duration::from_millis(250);
-        loop {
-            match self.relist(&mut queue, &mut known, &settled).await {
-                Ok(()) => break,
-                Err(err @ StoreError::Unavailable { .. }) => {
-                    shared.health.store_result::<(), _>(&Err(&err));
-                    tracing::warn!("cannot list {}; retrying in {wait:?}: {err}", shared.store.location());
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(Outcome::Shutdown),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    wait = (wait * 2).min(MAX_INFRA_BACKOFF);
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
-        shared.health.store_result::<(), StoreError>(&Ok(()));
-        // Replicas sharing the store say where their containers live (see `replicas`).
-        let presence = shared.ownership.clone().map(|owner| {
-            let stop = shutdown.child_token();
-            let task = tokio::spawn(replicas::announce(shared.clone(), owner, stop.clone()));
-            (stop, task)
-        });
-        // Tasks not yet reconciled since start-up; when none is left, the controller has
-        // caught up with the world and says so once.
-        let mut unobserved: std::collections::HashSet<TaskKey> = known.keys().cloned().collect();
-        let mut caught_up = false;
-        let mut deferred: Vec<TaskKey> = Vec::new();
-        self.collect_orphans();
-        let mut resync =
-            tokio::time::interval_at(tokio::time::Instant::now() + shared.config.resync, shared.config.resync);
-        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        let mut control = self.control.take();
-        let mut phases: HashMap<TaskKey, (Phase, RuntimeKind, i64)> = HashMap::new();
-
-        let outcome = loop {
-            shared.health.turn();
-            shared.metrics.queue_depth.set(queue.len() as i64);
-            if !caught_up && unobserved.is_empty() && running.is_empty() {
-                caught_up = true;
-                shared.caught_up.store(true, std::sync::atomic::Ordering::Release);
-                for key in deferred.drain(..) {
-                    queue.schedule(key, Duration::ZERO);
-                }
-                let active = known.values().filter(|s| **s == TaskState::Active).count();
-                tracing::info!(
-                    "caught up: {} tasks observed in {} ms, {active} active",
-                    known.len(),
-                    started.elapsed().as_millis()
-                );
-            }
-            if shared.config.once && running.is_empty() && queue.is_empty() {
-                if let Some(outcome) = once_outcome(&known) {
-                    break outcome;
-                }
-            }
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break Outcome::Shutdown,
-                Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
-                    let done = match joined {
-                        Ok((id, done)) => {
-                            in_flight.remove(&id);
-                            done
-                        }
-                        Err(err) => {
-                            // A reconcile that panicked is a bug; the task is retried, not lost.
-                            let Some(key) = in_flight.remove(&err.id()) else { continue };
-                            tracing::error!(task = %key, "reconcile failed: {err}");
-                            Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, wake: Vec::new(), deferred: false, phase: None }
-                        }
-                    };
-                    queue.done(&done.key);
-                    unobserved.remove(&done.key);
-                    update_gauges(&shared.metrics, &mut phases, &done);
-                    match done.state {
-                        TaskState::Removed => {
-                            known.remove(&done.key);
-                            settled.remove(&done.key);
-                        }
-                        state => {
-                            known.insert(done.key.clone(), state);
-                        }
-                    }
-                    if matches!(done.state, TaskState::Final(_)) {
-                        if let Some(fp) = self.fingerprint(&done.key).await {
-                            settled.insert(done.key.clone(), fp);
-                        }
-                    } else {
-                        settled.remove(&done.key);
-                    }
-                    if let Some(delay) = done.requeue {
-                        queue.schedule(done.key.clone(), delay);
-                    }
-                    if done.deferred {
-                        if caught_up {
-                            queue.schedule(done.key.clone(), Duration::ZERO);
-                        } else {
-                            deferred.push(done.key.clone());
-                        }
-                    }
-                    for other in done.wake {
-                        queue.schedule(other, Duration::ZERO);
-                    }
-                }
-                Some(event) = store_events.recv() => match event {
-                    StoreEvent::Changed(key) => {
-                        shared.first_seen(&key);
-                        known.entry(key.clone()).or_insert(TaskState::Active);
-                        settled.remove(&key);
-                        queue.schedule(key, Duration::ZERO);
-                    }
-                    StoreEvent::Rescan => {
-                        let relisted = self.relist(&mut queue, &mut known, &settled).await;
-                        shared.health.store_result(&relisted);
-                        if let Err(err) = relisted {
-                            tracing::warn!("relist of {} failed, will retry: {err}", shared.store.location());
-                        }
-                    }
-                    StoreEvent::Reachable(error) => shared.health.store_result(&error.map_or(Ok(()), Err)),
-                },
-                Some(name) = runtime_events.recv() => {
-                    let key = shared.containers.lock().ok().and_then(|m| m.get(&name).cloned());
-                    if let Some(key) = key {
-                        shared.memory(&key, |m| m.engine_seen = true);
-                        queue.schedule(key, Duration::ZERO);
-                    }
-                }
-                Some(key) = self.woken.recv() => queue.schedule(key, Duration::ZERO),
-                Some(request) = next_control(&mut control) => match request {
-                    Control::Terminate(key) => {
-                        shared.memory(&key, |m| m.terminate = true);
-                        queue.schedule(key, Duration::ZERO);
-                    }
-                    Control::Event(key, at) => {
-                        shared.memory(&key, |m| m.event_at = Some(at));
-                        queue.schedule(key, Duration::ZERO);
-                    }
-                },
-                _ = heartbeat.tick() => {}
-                _ = resync.tick() => {
-                    let relisted = self.relist(&mut queue, &mut known, &settled).await;
-                    shared.health.store_result(&relisted);
-                    if let Err(err) = relisted {
-                        tracing::warn!("resync of {} failed, will retry: {err}", shared.store.location());
-                    }
-                    self.collect_orphans();
-                }
-                key = queue.next(), if running.len() < shared.config.workers => {
-                    let shared = shared.clone();
-                    let task_key = key.clone();
-                    let handle = running.spawn(async move {
-                        let timeout = shared.config.reconcile_timeout;
-                        let started = std::time::Instant::now();
-                        let result = tokio::time::timeout(timeout, reconcile_task(&shared, &key)).await;
-                        shared.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
-                        let outcome = if result.is_ok() { "success" } else { "error" };
-                        shared.metrics.reconciles.get_or_create(&Metrics::label("result", outcome)).inc();
-                        match result {
-                            Ok(done) => done,
-                            Err(_) => {
-                                tracing::warn!(task = %key, "reconcile took longer than {}s; retrying", timeout.as_secs());
-                                Reconciled { requeue: Some(shared.infra_backoff(&key)), key, state: TaskState::Active, wake: Vec::new(), deferred: false, phase: None }
-                            }
-                        }
-                    });
-                    in_flight.insert(handle.id(), task_key);
-                }
-            }
-        };
-        // Finish the status writes in flight; running containers are durable and left alone.
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while running.join_next().await.is_some() {} }).await;
-        // Hand the tasks over: other replicas take them at once rather than when leases lapse.
-        if let Some(owner) = &shared.ownership {
-            owner.release_all().await;
-        }
-        if let Some((stop, task)) = presence {
-            // Withdrawn, so that the others stop counting this replica as live.
-            stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-        }
-        Ok(outcome)
-    }
-
-    /// Lists the store and queues every task whose files changed since it was last
-    /// final, plus every task not yet final.
-    async fn relist(
-        &self,
-        queue: &mut WorkQueue,
-        known: &mut HashMap<TaskKey, TaskState>,
-        settled: &HashMap<TaskKey, Fingerprint>,
-    ) -> Result<(), StoreError> {
-        let mut listed = self.shared.store.list().await?;
-        // First come, first served: order new tasks by when their files last changed.
-        listed.sort_by_key(|l| {
-            (
-                l.fingerprint.0.iter().map(|(_, m)| *m).max().unwrap_or(0),
-                l.key.clone(),
-            )
-        });
-        let mut present = std::collections::HashSet::new();
-        for item in listed {
-            present.insert(item.key.clone());
-            self.shared.first_seen(&item.key);
-            if settled.get(&item.key) == Some(&item.fingerprint) {
-                continue;
-            }
-            known.entry(item.key.clone()).or_insert(TaskState::Active);
-            if !queue.is_pending(&item.key) {
-                queue.schedule(item.key, Duration::ZERO);
-            }
-        }
-        // A task whose files all vanished between notifications still needs its cleanup.
-        for key in known.keys() {
-            if !present.contains(key) {
-                queue.schedule(key.clone(), Duration::ZERO);
-            }
-        }
-        Ok(())
-    }
-
-    async fn fingerprint(&self, key: &TaskKey) -> Option<Fingerprint> {
-        // Cheap enough: two stats. A relist compares against it.
-        let listed = self.shared.store.list_one(key).await.ok()?;
-        listed.map(|l| l.fingerprint)
-    }
-
-    /// Deletes containers that carry skiff's labels but whose task no longer exists:
-    /// what a crash between "delete the container" and "forget the task" can leave.
-    fn collect_orphans(&self) {
-        let shared = self.shared.clone();
-        tokio::spawn(async move {
-            for runtime in shared.runtimes.values() {
-                let Ok(containers) = runtime.list().await else { continue };
-                for container in containers {
-                    let Some(task) = container.labels.get(runtime::LABEL_TASK) else {
-                        continue;
-                    };
-                    // A label is not ours to trust as a path: someone else's container may
-                    // carry it.
-                    let Ok(key) = TaskKey::parse(task) else {
-                        continue;
-                    };
-                    let has_manifest = !matches!(shared.store.read_manifest(&key).await, Ok(ManifestRead::Missing));
-                    let status = shared.store.read_status(&key).await;
-                    let has_status = !matches!(status, Ok(None));
-                    if !has_manifest && !has_status {
-                        tracing::info!(container = %container.name, task = %key, "removing an orphaned container");
-                        let _ = runtime.delete(&container.name).await;
-                        continue;
-                    }
-                    if let Ok(Some(status)) = &status
-                        && given_up_elsewhere(runtime.as_ref(), status, &container).await
-                    {
-                        // This replica died holding the task, and another, unable to see
-                        // this container, gave its attempt up and ran the next one: what
-                        // is left of it here (a duplicate, or its remains) goes.
-                        tracing::info!(container = %container.name, task = %key, "removing a container whose attempt another replica gave up (PlacementUnreachable)");
-                        let _ = runtime.delete(&container.name).await;
-                    }
-                }
-            }
-        });
-    }
-}
-
-/// The status records `container`'s attempt as given up out of reach, on this very
-/// runtime's placement (the same attempt: its attempt id matches).
-async fn given_up_elsewhere(
-    runtime: &dyn Runtime,
-    status: &crate::status::TaskStatus,
-    container: &runtime::ContainerSummary,
-) -> bool {
-    let Ok(ours) = runtime.placement().await else {
-        return false;
-    };
-    let Some(attempt_id) = container.labels.get(runtime::LABEL_ATTEMPT_ID) else {
-        return false;
-    };
-    status.attempts.iter().any(|a| {
-        a.container == container.name
-            && a.reason == Some(Reason::PlacementUnreachable)
-            && a.placement.as_ref() == Some(&ours)
-            && a.attempt_id().as_ref() == Some(attempt_id)
-    })
-}
-
-async fn next_control(control: &mut Option<mpsc::UnboundedReceiver<Control>>) -> Option<Control> {
-    match control {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Keeps the task and live-container gauges in step with the phases just written.
-fn update_gauges(metrics: &Metrics, phases: &mut HashMap<TaskKey, (Phase, RuntimeKind, i64)>, done: &Reconciled) {
-    let old = match (&done.phase, done.state) {
-        (_, TaskState::Removed) => phases.remove(&done.key),
-        (Some(new), _) => phases.insert(done.key.clone(), *new),
-        (None, _) => return,
-    };
-    let apply = |(phase, runtime, live): (Phase, RuntimeKind, i64), delta: i64| {
-        metrics
-            .tasks
-            .get_or_create(&Metrics::label("phase", phase.as_str()))
-            .inc_by(delta);
-        if live > 0 {
-            metrics
-                .live_containers
-                .get_or_create(&Metrics::label("runtime", runtime.as_str()))
-                .inc_by(delta * live);
-        }
-    };
-    if let Some(old) = old {
-        apply(old, -1);
-    }
-    if let Some(new) = phases.get(&done.key) {
-        apply(*new, 1);
-    }
-}
-
-fn once_outcome(known: &HashMap<TaskKey, TaskState>) -> Option<Outcome> {
-    let mut all_succeeded = true;
-    for state in known.values() {
-        match state {
-            TaskState::Active => return None,
-            TaskState::Final(Phase::Succeeded) | TaskState::Removed => {}
-            TaskState::Final(_) => all_succeeded = false,
-        }
-    }
-    Some(if all_succeeded {
-        Outcome::AllSucceeded
-    } else {
-        Outcome::SomeFailed
-    })
 }
 
 impl Shared {
@@ -628,7 +322,7 @@ impl Shared {
             m.infra_failures
         });
         let raw = Duration::from_millis(250).saturating_mul(1 << failures.min(10));
-        raw.min(MAX_INFRA_BACKOFF).mul_f64(0.8 + 0.4 * rand::random::<f64>())
+        raw.min(MAX_INFRA_BACKOFF).mul_f64(0.8 + 0.4 * self.entropy.unit())
     }
 
     /// What this controller can run: what is built, what is enabled, what is served.
@@ -678,14 +372,7 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
         Err(StoreError::Conflict { path }) => {
             // Someone changed the status since it was read: read it again now.
             tracing::info!(task = %key, "{path} changed under this reconcile; re-reading");
-            Reconciled {
-                key: key.clone(),
-                state: TaskState::Active,
-                requeue: Some(Duration::ZERO),
-                wake: Vec::new(),
-                deferred: false,
-                phase: None,
-            }
+            Reconciled::retry(key, Duration::ZERO)
         }
         Err(err) if err.needs_person() => {
             // A status file skiff cannot use (garbage, a FIFO, a folder, too large, a name
@@ -694,28 +381,14 @@ async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
             // the relist notices (its fingerprint changes); retrying would never succeed,
             // and `--once` must end. `get` and the API show the same problem.
             tracing::warn!(task = %key, "{err}");
-            Reconciled {
-                key: key.clone(),
-                state: TaskState::Final(Phase::Invalid),
-                requeue: None,
-                wake: Vec::new(),
-                deferred: false,
-                phase: None,
-            }
+            Reconciled::new(key, TaskState::Final(Phase::Invalid), None)
         }
         Err(err) => {
             if matches!(err, StoreError::Unavailable { .. }) {
                 shared.health.store_result::<(), _>(&Err(&err));
             }
             tracing::warn!(task = %key, "{err}");
-            Reconciled {
-                key: key.clone(),
-                state: TaskState::Active,
-                requeue: Some(shared.infra_backoff(key)),
-                wake: Vec::new(),
-                deferred: false,
-                phase: None,
-            }
+            Reconciled::retry(key, shared.infra_backoff(key))
         }
     }
 }
@@ -731,14 +404,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         local_dir,
     }) = read_desired(shared, key).await?
     else {
-        return Ok(Reconciled {
-            key: key.clone(),
-            state: TaskState::Active,
-            requeue: Some(SETTLE_TIME),
-            wake: Vec::new(),
-            deferred: false,
-            phase: None,
-        });
+        return Ok(Reconciled::retry(key, SETTLE_TIME));
     };
     let file = file.unwrap_or_else(|| key.to_string());
     let mut wake = Vec::new();
@@ -833,7 +499,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         },
         _ => None,
     };
-    let now = chrono::Utc::now();
+    let now = shared.clock.now();
     let mut input = Input {
         key,
         desired: &desired,
@@ -843,7 +509,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         log_tail: single.log_tail,
         slot: Slot::Granted,
         now,
-        jitter: rand::random::<f64>(),
+        jitter: shared.entropy.unit(),
         event: single.event,
         terminate,
         index: None,
@@ -867,13 +533,18 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
             for lane in &started {
                 shared.limits.enqueue(key, lane.unwrap_or(0), order, runtime);
             }
+            // Its containers that exist already hold their slots meanwhile (a fan-out with
+            // a live lane and a lane to start): else, once caught up, another task could
+            // take their slots and run past --max-running.
+            let waiting = started.iter().map(|lane| (lane.unwrap_or(0), Standing::Waiting, None));
+            let live =
+                live_lanes(status.as_ref()).filter(|(lane, ..)| !started.iter().any(|l| l.unwrap_or(0) == *lane));
+            let standings: Vec<_> = waiting.chain(live).collect();
+            shared.limits.settle_task(key, order, &standings);
             return Ok(Reconciled {
-                key: key.clone(),
-                state: TaskState::Active,
-                requeue: None,
                 wake,
                 deferred: true,
-                phase: None,
+                ..Reconciled::new(key, TaskState::Active, None)
             });
         }
         let mut granted = Vec::new();
@@ -970,85 +641,32 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         (s.phase, runtime, live as i64)
     });
     Ok(Reconciled {
-        key: key.clone(),
-        state,
-        requeue,
         wake,
-        deferred: false,
         phase,
+        ..Reconciled::new(key, state, requeue)
     })
 }
 
-/// Looks at one container of the task: its state, its log tail once it has finished,
-/// and the completion event recorded for it.
-async fn observe(shared: &Shared, key: &TaskKey, record: &crate::status::AttemptRecord, deleting: bool) -> Lane {
-    let container = &record.container;
-    let kind = record.runtime;
-    let attempt_id = crate::callback::attempt_id(record);
-    if let Ok(mut map) = shared.containers.lock() {
-        map.insert(container.clone(), key.clone());
-    }
-    let failure = shared.memory(key, |m| m.create_failures.remove(container));
-    let mut log_tail = None;
-    // A container placed where this replica cannot look is not looked for: not finding
-    // it would say nothing, and making it would run the attempt twice.
-    let reach = match (&record.placement, shared.runtime(kind)) {
-        (Some(theirs), Some(runtime)) => match runtime.placement().await {
-            Ok(ours) if ours == *theirs => None,
-            Ok(_) => Some(Observed::PlacementUnreachable(theirs.clone())),
-            Err(err) => Some(Observed::Unreachable(err.to_string())),
-        },
-        _ => None,
-    };
-    let observed = match (failure, reach, shared.runtime(kind)) {
-        (Some((reason, message)), _, _) => Observed::CreateFailed { reason, message },
-        (None, Some(out_of_sight), _) => out_of_sight,
-        (None, None, None) => Observed::Unreachable(format!("the {kind} runtime is not enabled in this controller")),
-        (None, None, Some(runtime)) => match runtime.inspect(container).await {
-            Ok(inspection) => {
-                let stale =
-                    matches!((&inspection.attempt_id, &attempt_id), (Some(found), Some(wanted)) if found != wanted);
-                if stale {
-                    // The name belongs to the current attempt: anything else under it
-                    // is a leftover that nothing else would ever remove.
-                    tracing::info!(task = %key, container, "removing a stale container of another attempt");
-                }
-                match (stale, inspection.state) {
-                    (true, _) => match runtime.delete(container).await {
-                        Ok(()) => Observed::Container(ContainerState::Absent),
-                        Err(err) => Observed::Unreachable(format!("cannot remove a stale container: {err}")),
-                    },
-                    (false, state) => {
-                        let finished = matches!(state, ContainerState::Exited { .. })
-                            || (state == ContainerState::Absent && deleting);
-                        if finished {
-                            log_tail = runtime.log_tail(container).await.ok().flatten();
-                            if let Some(tail) = &log_tail
-                                && let Err(err) = shared.store.save_log(container, tail).await
-                            {
-                                tracing::debug!(task = %key, "saving the output failed: {err}");
-                            }
-                        }
-                        Observed::Container(state)
-                    }
-                }
-            }
-            Err(err) => Observed::Unreachable(err.to_string()),
-        },
-    };
-    // Read after the container: an event recorded before the container exited is then
-    // always seen, so a container that called back is never judged ExitedWithoutEvent.
-    // Only this attempt's own event: a re-run's container has the same name.
-    let event = shared
-        .callbacks
-        .as_ref()
-        .zip(attempt_id.as_deref())
-        .and_then(|(c, id)| c.inbox.read(container, id));
-    Lane {
-        observed,
-        seen_by_engine: false,
-        log_tail,
-        event,
-        slot: Slot::Granted,
-    }
+/// The lanes whose container may exist according to a status, as standings: each
+/// holds a slot of its runtime.
+fn live_lanes(
+    status: Option<&crate::status::TaskStatus>,
+) -> impl Iterator<Item = (u32, Standing, Option<RuntimeKind>)> + '_ {
+    let single = status
+        .filter(|s| s.indexes.is_empty() && s.phase.has_container())
+        .map(|s| (0, Standing::Live, s.current().map(|a| a.runtime)));
+    let lanes = status.into_iter().flat_map(|s| {
+        s.indexes
+            .iter()
+            .filter(|lane| lane.phase.has_container())
+            .map(move |lane| {
+                let runtime = s
+                    .attempts
+                    .iter()
+                    .find(|a| a.index == Some(lane.index) && a.number == lane.attempt)
+                    .map(|a| a.runtime);
+                (lane.index, Standing::Live, runtime)
+            })
+    });
+    single.into_iter().chain(lanes)
 }

@@ -39,8 +39,8 @@ pub(super) enum Gate {
     Deferred,
 }
 
-fn jitter(delay: Duration) -> Duration {
-    delay.mul_f64(0.75 + 0.5 * rand::random::<f64>())
+fn jitter(shared: &Shared, delay: Duration) -> Duration {
+    delay.mul_f64(0.75 + 0.5 * shared.entropy.unit())
 }
 
 /// Before reading: a replica at capacity claims nothing more.
@@ -49,7 +49,7 @@ pub(super) fn before_read(shared: &Shared, key: &TaskKey) -> Gate {
         return Gate::Proceed;
     };
     match shared.config.max_running {
-        Some(max) if !owner.holds(key) && owner.held() >= max => Gate::Later(jitter(FULL)),
+        Some(max) if !owner.holds(key) && owner.held() >= max => Gate::Later(jitter(shared, FULL)),
         _ => Gate::Proceed,
     }
 }
@@ -87,7 +87,7 @@ pub(super) async fn claim(
     Ok(if owner.acquire(key).await? {
         Gate::Acquired
     } else {
-        Gate::Later(jitter(HELD_ELSEWHERE))
+        Gate::Later(jitter(shared, HELD_ELSEWHERE))
     })
 }
 
@@ -101,12 +101,8 @@ pub(super) fn not_acting(shared: &Shared, key: &TaskKey, order: u64, gate: Gate)
         Gate::Proceed | Gate::Acquired => (None, false),
     };
     Reconciled {
-        key: key.clone(),
-        state: TaskState::Active,
-        requeue,
-        wake: Vec::new(),
         deferred,
-        phase: None,
+        ..Reconciled::new(key, TaskState::Active, requeue)
     }
 }
 

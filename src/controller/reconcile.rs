@@ -211,7 +211,14 @@ impl Decision {
             return Vec::new();
         };
         if after.indexes.is_empty() {
-            let was_live = before.is_some_and(|s| s.indexes.is_empty() && s.phase.has_container());
+            // The same attempt's container, not merely a live one: a new attempt that
+            // follows a live one at once (a spec change's restart) starts a container
+            // too. Its lane usually still holds its slot and gets it back at once, but
+            // one whose slot went back (the status write that ended the earlier attempt
+            // was lost) must ask again, or it would run past the limit.
+            let attempt = |s: &TaskStatus| s.current().map(|a| (a.container.clone(), a.created_at));
+            let was_live =
+                before.is_some_and(|s| s.indexes.is_empty() && s.phase.has_container() && attempt(s) == attempt(after));
             return if after.phase.has_container() && !was_live {
                 vec![None]
             } else {

@@ -1188,8 +1188,9 @@ fn spec_changed_and_container_gone_starts_afresh_at_attempt_1() {
     // The old spec's containers go first (`cleanup` may have kept them, and the new
     // run reuses their names), then the new attempt 1.
     assert_eq!(d.actions, vec![delete(1), delete(2), ensure(1)]);
-    // The task held a slot for its old container and keeps it for the new one.
-    assert!(!d.starts_attempt(Some(&before)));
+    // A new container asks for its slot: the lane that held one for the old container
+    // gets it back at once (`Limits::try_acquire`), unless the limit is overdrawn.
+    assert!(d.starts_attempt(Some(&before)));
     // Without a slot it would wait, at attempt 0 of the new spec, and still delete.
     let d = Case::new(valid(&spec_b()), Some(before))
         .observed(gone())
@@ -1901,7 +1902,9 @@ fn an_attempt_stopped_from_outside_is_forgotten_once_its_container_is_gone() {
             ]
         );
         assert_eq!(d.actions, vec![ensure(2)]);
-        assert!(!d.starts_attempt(Some(&stopping)), "it keeps the slot it held");
+        // A new container: it asks for the slot it held, and gets it back at once
+        // (`Limits::try_acquire`) unless the limit is overdrawn.
+        assert!(d.starts_attempt(Some(&stopping)), "it asks again for the slot it held");
         // Without a slot it waits, the stopped attempt forgotten.
         let d = Case::new(valid(&spec), Some(stopping.clone()))
             .observed(gone())

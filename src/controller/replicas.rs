@@ -28,7 +28,7 @@ const FORGET: Duration = Duration::from_secs(24 * 3600);
 pub(super) async fn announce(shared: Arc<Shared>, owner: Arc<dyn Ownership>, shutdown: CancellationToken) {
     let id = owner.replica_id();
     let name = shared.config.replica_name.clone();
-    let started_at = chrono::Utc::now();
+    let started_at = shared.clock.now();
     // Other replicas (by id) and runtimes already warned about: once is enough.
     let mut warned: HashSet<(String, String)> = HashSet::new();
     loop {
@@ -38,7 +38,7 @@ pub(super) async fn announce(shared: Arc<Shared>, owner: Arc<dyn Ownership>, shu
             name: name.clone(),
             placements,
             started_at,
-            heartbeat_at: chrono::Utc::now(),
+            heartbeat_at: shared.clock.now(),
         };
         match owner.publish(&record).await {
             Ok(()) => {}
@@ -47,7 +47,7 @@ pub(super) async fn announce(shared: Arc<Shared>, owner: Arc<dyn Ownership>, shu
         match owner.replicas().await {
             Ok(others) => {
                 for other in others.iter().filter(|o| o.id != id) {
-                    let age = age(other);
+                    let age = age(shared.clock.now(), other);
                     if age > FORGET {
                         owner.withdraw(&other.id).await;
                         continue;
@@ -84,8 +84,8 @@ async fn placements(shared: &Shared) -> BTreeMap<String, Placement> {
     placements
 }
 
-fn age(record: &ReplicaRecord) -> Duration {
-    (chrono::Utc::now() - record.heartbeat_at).to_std().unwrap_or_default()
+fn age(now: crate::status::Timestamp, record: &ReplicaRecord) -> Duration {
+    (now - record.heartbeat_at).to_std().unwrap_or_default()
 }
 
 /// For each runtime both replicas use but place differently: the warning that says so,

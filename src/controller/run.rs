@@ -1,0 +1,372 @@
+//! The controller's loop: the first listing, then each event in turn (a reconcile done,
+//! a store or runtime notification, a freed slot, an API request, the resync and
+//! heartbeat timers), the relist, and orphan collection. One reconcile pass is in
+//! `mod.rs` (`try_reconcile`); observation in `observe.rs`.
+
+use super::*;
+
+impl Controller {
+    /// Runs until `shutdown` fires, or with `once`, until every task is final.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<Outcome, ControllerError> {
+        let shared = self.shared.clone();
+        let mut store_events = shared.store.watch()?;
+        let (runtime_tx, mut runtime_events) = mpsc::unbounded_channel::<String>();
+        for runtime in shared.runtimes.values() {
+            if let Some(mut rx) = runtime.subscribe() {
+                let tx = runtime_tx.clone();
+                tokio::spawn(async move {
+                    while let Some(name) = rx.recv().await {
+                        if tx.send(name).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+        drop(runtime_tx);
+
+        let mut queue = WorkQueue::new();
+        // Ordered, so that a relist queues the same keys in the same order on every run.
+        let mut known: BTreeMap<TaskKey, TaskState> = BTreeMap::new();
+        // Fingerprints of final tasks: a relist skips those whose files did not change.
+        let mut settled: HashMap<TaskKey, Fingerprint> = HashMap::new();
+        let mut running: JoinSet<Reconciled> = JoinSet::new();
+        let mut in_flight: HashMap<tokio::task::Id, TaskKey> = HashMap::new();
+
+        let started = std::time::Instant::now();
+        // A remote store may be unreachable at start: wait for it, saying why on /healthz.
+        let mut wait = Duration::from_millis(250);
+        loop {
+            match self.relist(&mut queue, &mut known, &settled).await {
+                Ok(()) => break,
+                Err(err @ StoreError::Unavailable { .. }) => {
+                    shared.health.store_result::<(), _>(&Err(&err));
+                    tracing::warn!("cannot list {}; retrying in {wait:?}: {err}", shared.store.location());
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(Outcome::Shutdown),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(MAX_INFRA_BACKOFF);
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        shared.health.store_result::<(), StoreError>(&Ok(()));
+        // Replicas sharing the store say where their containers live (see `replicas`).
+        let presence = shared.ownership.clone().map(|owner| {
+            let stop = shutdown.child_token();
+            let task = tokio::spawn(replicas::announce(shared.clone(), owner, stop.clone()));
+            (stop, task)
+        });
+        // Tasks not yet reconciled since start-up; when none is left, the controller has
+        // caught up with the world and says so once.
+        let mut unobserved: std::collections::HashSet<TaskKey> = known.keys().cloned().collect();
+        let mut caught_up = false;
+        let mut deferred: Vec<TaskKey> = Vec::new();
+        self.collect_orphans();
+        let mut resync =
+            tokio::time::interval_at(tokio::time::Instant::now() + shared.config.resync, shared.config.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut control = self.control.take();
+        let mut phases: HashMap<TaskKey, (Phase, RuntimeKind, i64)> = HashMap::new();
+
+        let outcome = loop {
+            shared.health.turn();
+            shared.metrics.queue_depth.set(queue.len() as i64);
+            if !caught_up && unobserved.is_empty() && running.is_empty() {
+                caught_up = true;
+                shared.caught_up.store(true, std::sync::atomic::Ordering::Release);
+                for key in deferred.drain(..) {
+                    queue.schedule(key, Duration::ZERO);
+                }
+                let active = known.values().filter(|s| **s == TaskState::Active).count();
+                tracing::info!(
+                    "caught up: {} tasks observed in {} ms, {active} active",
+                    known.len(),
+                    started.elapsed().as_millis()
+                );
+            }
+            if shared.config.once && running.is_empty() && queue.is_empty() {
+                if let Some(outcome) = once_outcome(&known) {
+                    break outcome;
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Outcome::Shutdown,
+                Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
+                    let done = match joined {
+                        Ok((id, done)) => {
+                            in_flight.remove(&id);
+                            done
+                        }
+                        Err(err) => {
+                            // A reconcile that panicked is a bug; the task is retried, not lost.
+                            let Some(key) = in_flight.remove(&err.id()) else { continue };
+                            tracing::error!(task = %key, "reconcile failed: {err}");
+                            Reconciled::retry(&key, shared.infra_backoff(&key))
+                        }
+                    };
+                    queue.done(&done.key);
+                    if done.observed {
+                        unobserved.remove(&done.key);
+                    }
+                    update_gauges(&shared.metrics, &mut phases, &done);
+                    match done.state {
+                        TaskState::Removed => {
+                            known.remove(&done.key);
+                            settled.remove(&done.key);
+                        }
+                        state => {
+                            known.insert(done.key.clone(), state);
+                        }
+                    }
+                    if matches!(done.state, TaskState::Final(_)) {
+                        if let Some(fp) = done.fingerprint.clone() {
+                            settled.insert(done.key.clone(), fp);
+                        }
+                    } else {
+                        settled.remove(&done.key);
+                    }
+                    if let Some(delay) = done.requeue {
+                        queue.schedule(done.key.clone(), delay);
+                    }
+                    if done.deferred {
+                        if caught_up {
+                            queue.schedule(done.key.clone(), Duration::ZERO);
+                        } else {
+                            deferred.push(done.key.clone());
+                        }
+                    }
+                    for other in done.wake {
+                        queue.schedule(other, Duration::ZERO);
+                    }
+                }
+                Some(event) = store_events.recv() => match event {
+                    StoreEvent::Changed(key) => {
+                        shared.first_seen(&key);
+                        known.entry(key.clone()).or_insert(TaskState::Active);
+                        settled.remove(&key);
+                        queue.schedule(key, Duration::ZERO);
+                    }
+                    StoreEvent::Rescan => {
+                        let relisted = self.relist(&mut queue, &mut known, &settled).await;
+                        shared.health.store_result(&relisted);
+                        if let Err(err) = relisted {
+                            tracing::warn!("relist of {} failed, will retry: {err}", shared.store.location());
+                        }
+                    }
+                    StoreEvent::Reachable(error) => shared.health.store_result(&error.map_or(Ok(()), Err)),
+                },
+                Some(name) = runtime_events.recv() => {
+                    let key = shared.containers.lock().ok().and_then(|m| m.get(&name).cloned());
+                    if let Some(key) = key {
+                        shared.memory(&key, |m| m.engine_seen = true);
+                        queue.schedule(key, Duration::ZERO);
+                    }
+                }
+                Some(key) = self.woken.recv() => queue.schedule(key, Duration::ZERO),
+                Some(request) = next_control(&mut control) => match request {
+                    Control::Terminate(key) => {
+                        shared.memory(&key, |m| m.terminate = true);
+                        queue.schedule(key, Duration::ZERO);
+                    }
+                    Control::Event(key, at) => {
+                        shared.memory(&key, |m| m.event_at = Some(at));
+                        queue.schedule(key, Duration::ZERO);
+                    }
+                },
+                _ = heartbeat.tick() => {}
+                _ = resync.tick() => {
+                    let relisted = self.relist(&mut queue, &mut known, &settled).await;
+                    shared.health.store_result(&relisted);
+                    if let Err(err) = relisted {
+                        tracing::warn!("resync of {} failed, will retry: {err}", shared.store.location());
+                    }
+                    self.collect_orphans();
+                }
+                key = queue.next(), if running.len() < shared.config.workers => {
+                    let shared = shared.clone();
+                    let task_key = key.clone();
+                    let handle = running.spawn(async move {
+                        let timeout = shared.config.reconcile_timeout;
+                        let started = std::time::Instant::now();
+                        // Cheap enough: two stats, or the blob store's cached listing.
+                        let before = shared.store.list_one(&key).await.ok().flatten().map(|l| l.fingerprint);
+                        let result = tokio::time::timeout(timeout, reconcile_task(&shared, &key)).await;
+                        shared.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+                        let outcome = if result.is_ok() { "success" } else { "error" };
+                        shared.metrics.reconciles.get_or_create(&Metrics::label("result", outcome)).inc();
+                        match result {
+                            Ok(done) => Reconciled { fingerprint: before, ..done },
+                            Err(_) => {
+                                tracing::warn!(task = %key, "reconcile took longer than {}s; retrying", timeout.as_secs());
+                                Reconciled::retry(&key, shared.infra_backoff(&key))
+                            }
+                        }
+                    });
+                    in_flight.insert(handle.id(), task_key);
+                }
+            }
+        };
+        // Finish the status writes in flight; running containers are durable and left alone.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while running.join_next().await.is_some() {} }).await;
+        // Hand the tasks over: other replicas take them at once rather than when leases lapse.
+        if let Some(owner) = &shared.ownership {
+            owner.release_all().await;
+        }
+        if let Some((stop, task)) = presence {
+            // Withdrawn, so that the others stop counting this replica as live.
+            stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Lists the store and queues every task whose files changed since it was last
+    /// final, plus every task not yet final.
+    async fn relist(
+        &self,
+        queue: &mut WorkQueue,
+        known: &mut BTreeMap<TaskKey, TaskState>,
+        settled: &HashMap<TaskKey, Fingerprint>,
+    ) -> Result<(), StoreError> {
+        let mut listed = self.shared.store.list().await?;
+        // First come, first served: order new tasks by when their files last changed.
+        listed.sort_by_key(|l| {
+            (
+                l.fingerprint.0.iter().map(|(_, m)| *m).max().unwrap_or(0),
+                l.key.clone(),
+            )
+        });
+        let mut present = std::collections::HashSet::new();
+        for item in listed {
+            present.insert(item.key.clone());
+            self.shared.first_seen(&item.key);
+            if settled.get(&item.key) == Some(&item.fingerprint) {
+                continue;
+            }
+            known.entry(item.key.clone()).or_insert(TaskState::Active);
+            if !queue.is_pending(&item.key) {
+                queue.schedule(item.key, Duration::ZERO);
+            }
+        }
+        // A task whose files all vanished between notifications still needs its cleanup.
+        for key in known.keys() {
+            if !present.contains(key) {
+                queue.schedule(key.clone(), Duration::ZERO);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes containers that carry skiff's labels but whose task no longer exists:
+    /// what a crash between "delete the container" and "forget the task" can leave.
+    fn collect_orphans(&self) {
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            for runtime in shared.runtimes.values() {
+                let Ok(containers) = runtime.list().await else { continue };
+                for container in containers {
+                    let Some(task) = container.labels.get(runtime::LABEL_TASK) else {
+                        continue;
+                    };
+                    // A label is not ours to trust as a path: someone else's container may
+                    // carry it.
+                    let Ok(key) = TaskKey::parse(task) else {
+                        continue;
+                    };
+                    let has_manifest = !matches!(shared.store.read_manifest(&key).await, Ok(ManifestRead::Missing));
+                    let status = shared.store.read_status(&key).await;
+                    let has_status = !matches!(status, Ok(None));
+                    if !has_manifest && !has_status {
+                        tracing::info!(container = %container.name, task = %key, "removing an orphaned container");
+                        let _ = runtime.delete(&container.name).await;
+                        continue;
+                    }
+                    if let Ok(Some(status)) = &status
+                        && given_up_elsewhere(runtime.as_ref(), status, &container).await
+                    {
+                        // This replica died holding the task, and another, unable to see
+                        // this container, gave its attempt up and ran the next one: what
+                        // is left of it here (a duplicate, or its remains) goes.
+                        tracing::info!(container = %container.name, task = %key, "removing a container whose attempt another replica gave up (PlacementUnreachable)");
+                        let _ = runtime.delete(&container.name).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The status records `container`'s attempt as given up out of reach, on this very
+/// runtime's placement (the same attempt: its attempt id matches).
+async fn given_up_elsewhere(
+    runtime: &dyn Runtime,
+    status: &crate::status::TaskStatus,
+    container: &runtime::ContainerSummary,
+) -> bool {
+    let Ok(ours) = runtime.placement().await else {
+        return false;
+    };
+    let Some(attempt_id) = container.labels.get(runtime::LABEL_ATTEMPT_ID) else {
+        return false;
+    };
+    status.attempts.iter().any(|a| {
+        a.container == container.name
+            && a.reason == Some(Reason::PlacementUnreachable)
+            && a.placement.as_ref() == Some(&ours)
+            && a.attempt_id().as_ref() == Some(attempt_id)
+    })
+}
+
+async fn next_control(control: &mut Option<mpsc::UnboundedReceiver<Control>>) -> Option<Control> {
+    match control {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Keeps the task and live-container gauges in step with the phases just written.
+fn update_gauges(metrics: &Metrics, phases: &mut HashMap<TaskKey, (Phase, RuntimeKind, i64)>, done: &Reconciled) {
+    let old = match (&done.phase, done.state) {
+        (_, TaskState::Removed) => phases.remove(&done.key),
+        (Some(new), _) => phases.insert(done.key.clone(), *new),
+        (None, _) => return,
+    };
+    let apply = |(phase, runtime, live): (Phase, RuntimeKind, i64), delta: i64| {
+        metrics
+            .tasks
+            .get_or_create(&Metrics::label("phase", phase.as_str()))
+            .inc_by(delta);
+        if live > 0 {
+            metrics
+                .live_containers
+                .get_or_create(&Metrics::label("runtime", runtime.as_str()))
+                .inc_by(delta * live);
+        }
+    };
+    if let Some(old) = old {
+        apply(old, -1);
+    }
+    if let Some(new) = phases.get(&done.key) {
+        apply(*new, 1);
+    }
+}
+
+fn once_outcome(known: &BTreeMap<TaskKey, TaskState>) -> Option<Outcome> {
+    let mut all_succeeded = true;
+    for state in known.values() {
+        match state {
+            TaskState::Active => return None,
+            TaskState::Final(Phase::Succeeded) | TaskState::Removed => {}
+            TaskState::Final(_) => all_succeeded = false,
+        }
+    }
+    Some(if all_succeeded {
+        Outcome::AllSucceeded
+    } else {
+        Outcome::SomeFailed
+    })
+}

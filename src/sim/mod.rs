@@ -1,0 +1,48 @@
+//! Deterministic simulation of the whole controller, in the manner of FoundationDB's
+//! and TigerBeetle's simulation testing: the real [`Controller`](crate::controller::Controller)
+//! (its loop, queue, limits, `decide`, persist-then-act) runs over in-memory fakes of
+//! the store, the ownership leases and the runtime, on tokio's paused clock in one
+//! thread, with every choice drawn from one seed. A schedule writes, edits, breaks and
+//! deletes manifests, deletes statuses, sends terminate requests, injects faults and
+//! outages, and crashes controllers at any await point (their durable state alone
+//! survives); the invariants are checked at every status write and container create,
+//! and once everything has calmed down.
+//!
+//! Built for tests, and with the `sim` feature for the `skiff-sim` binary
+//! (`scripts/simulate`).
+
+pub mod clock;
+pub mod ownership;
+pub mod runtime;
+mod schedule;
+pub mod store;
+pub mod world;
+
+#[cfg(test)]
+mod tests;
+
+pub use schedule::{Failed, Passed, run};
+
+/// Runs `count` schedules from `first` on, on `threads` threads; the failures found, in
+/// seed order.
+pub fn run_many(first: u64, count: u64, threads: usize) -> Vec<Failed> {
+    let threads = threads.max(1) as u64;
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for worker in 0..threads {
+            let failures = &failures;
+            scope.spawn(move || {
+                let mut seed = first + worker;
+                while seed < first + count {
+                    if let Err(failed) = run(seed) {
+                        failures.lock().unwrap_or_else(|p| p.into_inner()).push(failed);
+                    }
+                    seed += threads;
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+    failures.sort_by_key(|f| f.seed);
+    failures
+}

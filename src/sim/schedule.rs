@@ -1,0 +1,518 @@
+//! One schedule: a seed becomes a small world (a few tasks, limits, faults, one or two
+//! replicas), a sequence of things happening to it (manifests written, edited, broken
+//! and deleted, statuses deleted by a person, terminate requests, crashes and restarts,
+//! outages, time passing), then a calm period in which everything must settle. The real
+//! `Controller` runs throughout, on tokio's paused clock in one thread, so the run is a
+//! pure function of the seed.
+
+use super::clock::SimClock;
+use super::ownership::{FakeOwnership, LEASE};
+use super::runtime::FakeRuntime;
+use super::store::FakeStore;
+use super::world::{Faults, Manifest, Stats, World};
+use crate::controller::{Control, Controller, ControllerConfig};
+use crate::manifest::{Features, RuntimeKind, ValidationContext};
+use crate::status::Phase;
+use crate::store::StoreEvent;
+use crate::task::TaskKey;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What a passing schedule reports.
+#[derive(Debug, Clone)]
+pub struct Passed {
+    /// A hash of every call the fakes saw, in order: equal for two runs of one seed.
+    pub trace: u64,
+    pub stats: Stats,
+}
+
+/// What a failing schedule reports: enough to understand it and to replay it.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub seed: u64,
+    pub violations: Vec<String>,
+    /// What happened, step by step, up to the violation.
+    pub story: Vec<String>,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "seed {} violated:", self.seed)?;
+        for violation in &self.violations {
+            writeln!(f, "  - {violation}")?;
+        }
+        writeln!(f, "what happened:")?;
+        for line in &self.story {
+            writeln!(f, "  {line}")?;
+        }
+        write!(f, "replay: scripts/simulate --seed {}", self.seed)
+    }
+}
+
+/// Runs the schedule of `seed` to its end.
+pub fn run(seed: u64) -> Result<Passed, Failed> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|err| Failed {
+            seed,
+            violations: vec![format!("cannot build a runtime: {err}")],
+            story: Vec::new(),
+        })?;
+    runtime.block_on(Schedule::new(seed).play())
+}
+
+/// One task as the generator knows it.
+struct TaskGen {
+    completions: u32,
+    parallelism: u32,
+    edition: u32,
+    retries: u32,
+    timeout_s: u32,
+    poll_s: u32,
+    /// The manifest currently written is garbage.
+    broken: bool,
+}
+
+impl TaskGen {
+    fn manifest(&self) -> Vec<u8> {
+        if self.broken {
+            return b"apiVersion: skiff/v1\nkind: ContainerTask\nspec: [unclosed\n".to_vec();
+        }
+        format!(
+            "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [work]\n  env: [{{name: EDITION, value: \"{}\"}}]\n  retries: {}\n  backoff: 1s\n  timeout: {}s\n  completion: {{mode: poll, pollInterval: {}s}}\n  completions: {}\n  parallelism: {}\n",
+            self.edition, self.retries, self.timeout_s, self.poll_s, self.completions, self.parallelism
+        )
+        .into_bytes()
+    }
+}
+
+/// A running controller replica.
+struct Node {
+    epoch: u64,
+    handle: tokio::task::JoinHandle<()>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+struct Schedule {
+    seed: u64,
+    rng: StdRng,
+    world: Arc<World>,
+    config: ControllerConfig,
+    replicas: usize,
+    faults: Faults,
+    tasks: BTreeMap<TaskKey, TaskGen>,
+    nodes: Vec<Node>,
+    story: Vec<String>,
+}
+
+impl Schedule {
+    fn new(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let clock = Arc::new(SimClock::new());
+        let world = World::new(rng.random(), clock);
+        let max_running = rng.random_bool(0.7).then(|| rng.random_range(1..=4));
+        let per_runtime = rng.random_bool(0.3).then(|| rng.random_range(1..=3));
+        let config = ControllerConfig {
+            default_runtime: RuntimeKind::Process,
+            max_running,
+            max_running_per_runtime: per_runtime
+                .map(|cap| HashMap::from([(RuntimeKind::Process, cap)]))
+                .unwrap_or_default(),
+            resync: Duration::from_secs(30),
+            workers: rng.random_range(1..=4),
+            reconcile_timeout: Duration::from_secs(60),
+            ..ControllerConfig::default()
+        };
+        let replicas = if rng.random_bool(0.2) { 2 } else { 1 };
+        let mut state = world.lock();
+        state.max_running = match (max_running, per_runtime) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        state.replicated = replicas > 1;
+        drop(state);
+        let faults = match rng.random_range(0..4) {
+            0 => Faults::none(),
+            1 => Faults {
+                delay_max: Duration::from_millis(rng.random_range(1..2000)),
+                ..Faults::none()
+            },
+            _ => Faults {
+                delay_max: Duration::from_millis(rng.random_range(0..1500)),
+                store_unavailable: rng.random_range(0.0..0.15),
+                store_ambiguous: rng.random_range(0.0..0.1),
+                runtime_transient: rng.random_range(0.0..0.15),
+                runtime_permanent: rng.random_range(0.0..0.05),
+                runtime_ambiguous: rng.random_range(0.0..0.1),
+                runtime_lost: rng.random_range(0.0..0.05),
+                engine_event_drop: rng.random_range(0.0..0.5),
+                ..Faults::none()
+            },
+        };
+        Schedule {
+            seed,
+            rng,
+            world,
+            config,
+            replicas,
+            faults,
+            tasks: BTreeMap::new(),
+            nodes: Vec::new(),
+            story: Vec::new(),
+        }
+    }
+
+    fn say(&mut self, what: String) {
+        let at = self.world.now().format("%H:%M:%S%.3f");
+        let line = format!("{at} {what}");
+        let mut state = self.world.lock();
+        if state.verbose {
+            state.log.push(line.clone());
+        }
+        self.story.push(line);
+    }
+
+    fn start_node(&mut self) {
+        let epoch = self.world.lock().born();
+        let ownership = (self.replicas > 1).then(|| {
+            Arc::new(FakeOwnership::new(self.world.clone(), epoch)) as Arc<dyn crate::store::ownership::Ownership>
+        });
+        let store = Arc::new(FakeStore::new(self.world.clone(), epoch, ownership));
+        let runtime = Arc::new(FakeRuntime::new(self.world.clone(), epoch));
+        let controller = Controller::new(store, vec![runtime], self.config.clone())
+            .deterministic(self.world.clock.clone(), self.rng.random());
+        let (controller, control) = controller.with_api(None);
+        let handle = tokio::spawn(async move {
+            let _ = controller.run(CancellationToken::new()).await;
+        });
+        self.say(format!("controller {epoch} starts"));
+        self.nodes.push(Node { epoch, handle, control });
+    }
+
+    /// The controller dies at whatever await point it is: nothing it held in memory
+    /// survives, and none of its calls in flight ever returns.
+    fn crash(&mut self, which: usize) {
+        let node = self.nodes.remove(which);
+        node.handle.abort();
+        let now = self.world.now();
+        self.world.lock().died(node.epoch, now, LEASE);
+        self.say(format!("controller {} crashes", node.epoch));
+    }
+
+    fn write_manifest(&mut self, key: &TaskKey) {
+        let Some(task) = self.tasks.get(key) else { return };
+        let bytes = task.manifest();
+        let parallelism = task.parallelism as usize;
+        let now = self.world.now();
+        let notify = !self.rng.random_bool(0.1);
+        let mut state = self.world.lock();
+        let version = state.next_version;
+        state.next_version += 1;
+        state.manifests.insert(
+            key.clone(),
+            Manifest {
+                bytes,
+                version,
+                modified: now,
+                parallelism,
+            },
+        );
+        state.record(&format!("manifest {key} v{version}"));
+        if notify {
+            state.notify_store(StoreEvent::Changed(key.clone()));
+        }
+    }
+
+    async fn sleep(&mut self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+
+    fn check(&self) -> Result<(), Failed> {
+        let state = self.world.lock();
+        if state.violations.is_empty() {
+            return Ok(());
+        }
+        Err(Failed {
+            seed: self.seed,
+            violations: state.violations.clone(),
+            story: self.story(&state),
+        })
+    }
+
+    async fn step(&mut self) {
+        let keys: Vec<TaskKey> = self.tasks.keys().cloned().collect();
+        let roll = self.rng.random_range(0..100);
+        match roll {
+            // A new task, or an edit of one (a new spec hash), or a broken manifest.
+            0..=14 => {
+                let n = self.rng.random_range(0..5);
+                let key = task_key(n);
+                let fresh = !self.tasks.contains_key(&key) || !self.world.lock().manifests.contains_key(&key);
+                if fresh && !self.tasks.contains_key(&key) {
+                    let completions = if self.rng.random_bool(0.6) {
+                        1
+                    } else {
+                        self.rng.random_range(2..=3)
+                    };
+                    let task = TaskGen {
+                        completions,
+                        parallelism: self.rng.random_range(1..=completions),
+                        edition: 0,
+                        retries: self.rng.random_range(0..=2),
+                        timeout_s: self.rng.random_range(5..=60),
+                        poll_s: self.rng.random_range(1..=10),
+                        broken: false,
+                    };
+                    self.tasks.insert(key.clone(), task);
+                } else if let Some(task) = self.tasks.get_mut(&key) {
+                    task.broken = self.rng.random_bool(0.15);
+                    if !task.broken {
+                        task.edition += 1;
+                        task.retries = self.rng.random_range(0..=2);
+                    }
+                }
+                let (edition, broken) = self.tasks.get(&key).map(|t| (t.edition, t.broken)).unwrap_or_default();
+                self.say(format!(
+                    "manifest {key} written (edition {edition}{})",
+                    if broken { ", broken" } else { "" }
+                ));
+                self.write_manifest(&key);
+            }
+            15..=19 if !keys.is_empty() => {
+                let key = keys[self.rng.random_range(0..keys.len())].clone();
+                self.say(format!("manifest {key} deleted"));
+                let mut state = self.world.lock();
+                if state.manifests.remove(&key).is_some() {
+                    state.record(&format!("manifest {key} deleted"));
+                    state.notify_store(StoreEvent::Changed(key));
+                }
+            }
+            20..=24 if !keys.is_empty() => {
+                // A person deletes the status: "run it again".
+                // Only where the contract offers the gesture: a status with no container
+                // (one deleted under a running container leaves it unaccounted for).
+                let key = keys[self.rng.random_range(0..keys.len())].clone();
+                let mut state = self.world.lock();
+                let idle = state.statuses.get(&key).is_some_and(|s| {
+                    !s.status.phase.has_container() && !s.status.indexes.iter().any(|l| l.phase.has_container())
+                });
+                if idle && state.statuses.remove(&key).is_some() {
+                    drop(state);
+                    self.say(format!("status {key} deleted by a person"));
+                    let mut state = self.world.lock();
+                    state.on_status_delete(&key);
+                    state.record(&format!("status {key} deleted"));
+                    state.notify_store(StoreEvent::Changed(key));
+                }
+            }
+            25..=28 if !keys.is_empty() && !self.nodes.is_empty() => {
+                let key = keys[self.rng.random_range(0..keys.len())].clone();
+                let node = self.rng.random_range(0..self.nodes.len());
+                self.say(format!("terminate {key}"));
+                let _ = self.nodes[node].control.send(Control::Terminate(key));
+            }
+            29..=33 if !self.nodes.is_empty() => {
+                let which = self.rng.random_range(0..self.nodes.len());
+                self.crash(which);
+            }
+            34..=38 if self.nodes.len() < self.replicas => self.start_node(),
+            39..=41 => {
+                let mut state = self.world.lock();
+                state.faults.store_outage = !state.faults.store_outage;
+                let on = state.faults.store_outage;
+                drop(state);
+                self.say(format!("store outage {}", if on { "begins" } else { "ends" }));
+            }
+            42..=44 => {
+                let mut state = self.world.lock();
+                state.faults.runtime_outage = !state.faults.runtime_outage;
+                let on = state.faults.runtime_outage;
+                drop(state);
+                self.say(format!("runtime outage {}", if on { "begins" } else { "ends" }));
+            }
+            45..=74 => {
+                let ms = self.rng.random_range(0..300);
+                self.sleep(Duration::from_millis(ms)).await;
+            }
+            _ => {
+                let ms = match self.rng.random_range(0..3) {
+                    0 => self.rng.random_range(300..3_000),
+                    1 => self.rng.random_range(3_000..15_000),
+                    _ => self.rng.random_range(15_000..60_000),
+                };
+                self.sleep(Duration::from_millis(ms)).await;
+            }
+        }
+    }
+
+    async fn play(mut self) -> Result<Passed, Failed> {
+        self.world.lock().faults = self.faults.clone();
+        let setup = format!(
+            "{} replica(s), max-running {:?}, per-runtime {:?}, {} workers, faults {:?}",
+            self.replicas,
+            self.config.max_running,
+            self.config.max_running_per_runtime.get(&RuntimeKind::Process),
+            self.config.workers,
+            self.faults
+        );
+        self.say(setup);
+        let steps = self.rng.random_range(10..40);
+        // A few tasks before the first controller starts, the rest while it runs.
+        for _ in 0..self.rng.random_range(0..3) {
+            self.step_of_kind_manifest();
+        }
+        self.start_node();
+        for _ in 0..steps {
+            self.step().await;
+            self.check()?;
+        }
+        // Calm: the faults stop, the replicas come back, and everything must settle.
+        self.world.lock().faults = Faults::none();
+        self.say("calm: faults stop".into());
+        while self.nodes.len() < self.replicas {
+            self.start_node();
+        }
+        // Up to two hours of simulated time: longer than any backoff, deadline or run.
+        for _ in 0..240 {
+            self.sleep(Duration::from_secs(30)).await;
+            self.check()?;
+            if self.settled().is_ok() {
+                break;
+            }
+        }
+        self.settled()?;
+        let state = self.world.lock();
+        Ok(Passed {
+            trace: state.trace,
+            stats: state.stats.clone(),
+        })
+    }
+
+    fn step_of_kind_manifest(&mut self) {
+        let n = self.rng.random_range(0..5);
+        let key = task_key(n);
+        if self.tasks.contains_key(&key) {
+            return;
+        }
+        let completions = if self.rng.random_bool(0.6) {
+            1
+        } else {
+            self.rng.random_range(2..=3)
+        };
+        self.tasks.insert(
+            key.clone(),
+            TaskGen {
+                completions,
+                parallelism: self.rng.random_range(1..=completions),
+                edition: 0,
+                retries: self.rng.random_range(0..=2),
+                timeout_s: self.rng.random_range(5..=60),
+                poll_s: self.rng.random_range(1..=10),
+                broken: false,
+            },
+        );
+        self.say(format!("manifest {key} written before start"));
+        self.write_manifest(&key);
+    }
+
+    /// What happened: the steps, or with `SKIFF_SIM_VERBOSE=1` every call between them.
+    fn story(&self, state: &super::world::State) -> Vec<String> {
+        if state.verbose {
+            state.log.clone()
+        } else {
+            self.story.clone()
+        }
+    }
+
+    /// After the calm: every task with a manifest is final for its current spec, every
+    /// task without one is gone, and no container is left.
+    fn settled(&self) -> Result<(), Failed> {
+        let mut problems = Vec::new();
+        let state = self.world.lock();
+        for (key, manifest) in &state.manifests {
+            let status = state.statuses.get(key).map(|s| &s.status);
+            let broken = self.tasks.get(key).is_some_and(|t| t.broken);
+            match (status, broken) {
+                (None, _) => problems.push(format!("{key}: has a manifest but no status after the calm (lost)")),
+                (Some(status), true) if status.phase != Phase::Invalid => problems.push(format!(
+                    "{key}: broken manifest, but the status is {} after the calm",
+                    status.phase
+                )),
+                (Some(status), false) => {
+                    let hash = spec_hash(key, &manifest.bytes);
+                    if !status.phase.is_terminal() || Some(&status.spec_hash) != hash.as_ref() {
+                        problems.push(format!(
+                            "{key}: still {} ({:?}: {}) for spec {} after the calm (want final for {hash:?})",
+                            status.phase,
+                            status.reason,
+                            status.message.as_deref().unwrap_or(""),
+                            status.spec_hash
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for key in state.statuses.keys() {
+            if !state.manifests.contains_key(key) {
+                problems.push(format!(
+                    "{key}: its manifest is gone but its status remains after the calm"
+                ));
+            }
+        }
+        for (name, container) in &state.containers {
+            problems.push(format!(
+                "{name}: container (attempt {}) outlives its task after the calm",
+                container.attempt_id
+            ));
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let mut story = self.story(&state);
+        story.extend(state.statuses.iter().map(|(k, s)| {
+            format!(
+                "final status {k}: {} attempt {} {:?} {:?}",
+                s.status.phase, s.status.attempt, s.status.reason, s.status.message
+            )
+        }));
+        Err(Failed {
+            seed: self.seed,
+            violations: problems,
+            story,
+        })
+    }
+}
+
+/// Task `n`: some at the root, some in a folder.
+fn task_key(n: u32) -> TaskKey {
+    let name = if n % 2 == 0 {
+        format!("t{n}")
+    } else {
+        format!("jobs/t{n}")
+    };
+    TaskKey::parse(&name).expect("the simulator's task names are valid keys")
+}
+
+/// The spec hash the controller computes for these bytes.
+fn spec_hash(key: &TaskKey, bytes: &[u8]) -> Option<String> {
+    let file = format!("{key}.yaml");
+    let stem = key.as_str().rsplit('/').next().unwrap_or(key.as_str());
+    let task = crate::manifest::parse_manifest(&file, bytes).ok()?;
+    let ctx = ValidationContext {
+        default_runtime: RuntimeKind::Process,
+        allow_host_paths: &[],
+        features: Features::CURRENT,
+        env_is_set: None,
+    };
+    crate::manifest::validate(&file, stem, &task, &ctx)
+        .ok()
+        .map(|s| s.spec_hash)
+}

@@ -1,0 +1,402 @@
+//! The durable state every fake shares (manifests, statuses, containers, leases), the
+//! faults they inject, and the invariants checked at the very moment a status is
+//! written or a container created. What survives a crash is exactly this; what a
+//! controller keeps in memory dies with it.
+
+use super::clock::SimClock;
+use crate::controller::clock::Clock;
+use crate::runtime::{LABEL_ATTEMPT_ID, LABEL_TASK};
+use crate::status::{Phase, TaskStatus, Timestamp};
+use crate::store::StoreEvent;
+use crate::task::TaskKey;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How unkind the infrastructure is. Probabilities are per call.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Each call waits up to this long (uniform), before and after its effect.
+    pub delay_max: Duration,
+    pub store_unavailable: f64,
+    /// A write that lands but answers Unavailable (a timeout after the fact).
+    pub store_ambiguous: f64,
+    /// Every store call fails.
+    pub store_outage: bool,
+    pub runtime_transient: f64,
+    /// A create refused for good (an image that cannot be had).
+    pub runtime_permanent: f64,
+    /// A create that lands but answers a transient error.
+    pub runtime_ambiguous: f64,
+    /// A create that succeeds, and whose container the runtime then loses track of.
+    pub runtime_lost: f64,
+    /// Every runtime call fails transiently (the engine is down).
+    pub runtime_outage: bool,
+    /// An exit the engine does not report (polling must catch it).
+    pub engine_event_drop: f64,
+}
+
+impl Faults {
+    pub fn none() -> Self {
+        Faults::default()
+    }
+}
+
+/// A manifest as a person left it.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub bytes: Vec<u8>,
+    pub version: u64,
+    pub modified: Timestamp,
+    /// `spec.parallelism` (the generator keeps it fixed per task), for the limit check.
+    pub parallelism: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub status: TaskStatus,
+    pub version: u64,
+    pub modified: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub task: Option<TaskKey>,
+    pub attempt_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub started: Timestamp,
+    /// When it exits on its own.
+    pub ends: Timestamp,
+    pub exit_code: i32,
+    /// The runtime lost track of it: it reports an exit without a code.
+    pub lost: bool,
+    /// The controller incarnation that made it.
+    pub creator: u64,
+}
+
+/// A lease on a task, held by a replica (see `FakeOwnership`).
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub holder: String,
+    /// `None` while its holder lives (it renews it); set when the holder dies.
+    pub expires: Option<Timestamp>,
+}
+
+pub struct State {
+    /// The controller incarnations still alive: a call from a dead one (a crashed
+    /// controller's leftover task) never returns.
+    pub alive: BTreeSet<u64>,
+    next_incarnation: u64,
+    pub faults: Faults,
+    rng: StdRng,
+    pub manifests: BTreeMap<TaskKey, Manifest>,
+    pub statuses: BTreeMap<TaskKey, Stored>,
+    pub next_version: u64,
+    pub store_watchers: Vec<(u64, mpsc::UnboundedSender<StoreEvent>)>,
+    pub containers: BTreeMap<String, Container>,
+    /// Every (container, attempt id) ever created.
+    pub created: BTreeSet<(String, String)>,
+    pub runtime_watchers: Vec<(u64, mpsc::UnboundedSender<String>)>,
+    pub leases: BTreeMap<TaskKey, Lease>,
+    /// `--max-running`, and the process runtime's own cap: the lower binds.
+    pub max_running: Option<usize>,
+    /// Replicas share the store: each keeps its own limit, over the tasks it holds.
+    pub replicated: bool,
+    pub violations: Vec<String>,
+    /// A hash of everything that happened, in order: two runs of one seed must agree.
+    pub trace: u64,
+    /// Per task: the spec hash and phase of its last terminal status, and the highest
+    /// attempt written for a spec hash; both forgotten when the status is deleted.
+    terminal: BTreeMap<TaskKey, (String, Phase)>,
+    attempts: BTreeMap<TaskKey, (String, u32)>,
+    /// Attempt id → the exit code recorded for it.
+    exit_codes: BTreeMap<String, i32>,
+    pub stats: Stats,
+    /// Every call, when a replay asks for the whole story (`SKIFF_SIM_VERBOSE=1`).
+    pub verbose: bool,
+    pub log: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub creates: u64,
+    pub writes: u64,
+    pub crashes: u64,
+}
+
+pub struct World {
+    state: Mutex<State>,
+    pub clock: Arc<SimClock>,
+}
+
+impl World {
+    pub fn new(seed: u64, clock: Arc<SimClock>) -> Arc<Self> {
+        Arc::new(World {
+            state: Mutex::new(State {
+                alive: BTreeSet::new(),
+                next_incarnation: 1,
+                faults: Faults::none(),
+                rng: StdRng::seed_from_u64(seed),
+                manifests: BTreeMap::new(),
+                statuses: BTreeMap::new(),
+                next_version: 1,
+                store_watchers: Vec::new(),
+                containers: BTreeMap::new(),
+                created: BTreeSet::new(),
+                runtime_watchers: Vec::new(),
+                leases: BTreeMap::new(),
+                max_running: None,
+                replicated: false,
+                violations: Vec::new(),
+                trace: 0xcbf2_9ce4_8422_2325,
+                terminal: BTreeMap::new(),
+                attempts: BTreeMap::new(),
+                exit_codes: BTreeMap::new(),
+                stats: Stats::default(),
+                verbose: std::env::var_os("SKIFF_SIM_VERBOSE").is_some_and(|v| v == "1"),
+                log: Vec::new(),
+            }),
+            clock,
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Waits as a call to a remote service would: never returns for a dead incarnation.
+    pub async fn call(&self, epoch: u64, what: &str) {
+        let delay = {
+            let mut state = self.lock();
+            if !state.alive.contains(&epoch) {
+                None
+            } else {
+                if state.verbose {
+                    state.log.push(format!("  [{epoch}]"));
+                }
+                state.record(what);
+                Some(state.delay())
+            }
+        };
+        let Some(delay) = delay else {
+            return std::future::pending().await;
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if !self.lock().alive.contains(&epoch) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl State {
+    pub fn record(&mut self, what: &str) {
+        if self.verbose {
+            self.log.push(format!("    {what}"));
+        }
+        for byte in what.bytes() {
+            self.trace ^= u64::from(byte);
+            self.trace = self.trace.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.rng.random_bool(p.min(1.0))
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.rng.random_range(0..n) }
+    }
+
+    fn delay(&mut self) -> Duration {
+        let max = self.faults.delay_max.as_millis() as u64;
+        // Most calls are quick; some take the whole allowance.
+        if max == 0 || self.chance(0.5) {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(self.below(max + 1))
+        }
+    }
+
+    pub fn violation(&mut self, message: String) {
+        self.violations.push(message);
+    }
+
+    pub fn notify_store(&mut self, event: StoreEvent) {
+        let alive = &self.alive;
+        self.store_watchers
+            .retain(|(epoch, tx)| alive.contains(epoch) && tx.send(event.clone()).is_ok());
+    }
+
+    pub fn notify_runtime(&mut self, name: &str) {
+        let alive = &self.alive;
+        self.runtime_watchers
+            .retain(|(epoch, tx)| alive.contains(epoch) && tx.send(name.to_string()).is_ok());
+    }
+
+    /// A new controller incarnation, alive from now.
+    pub fn born(&mut self) -> u64 {
+        let epoch = self.next_incarnation;
+        self.next_incarnation += 1;
+        self.alive.insert(epoch);
+        epoch
+    }
+
+    /// The incarnation dies: its calls in flight never return, and the leases it held
+    /// lapse after `lease` (it no longer renews them).
+    pub fn died(&mut self, epoch: u64, now: Timestamp, lease: Duration) {
+        self.alive.remove(&epoch);
+        self.stats.crashes += 1;
+        let holder = epoch.to_string();
+        let expires = now + chrono::Duration::from_std(lease).unwrap_or_default();
+        for held in self.leases.values_mut().filter(|l| l.holder == holder) {
+            held.expires = Some(expires);
+        }
+    }
+
+    /// Invariants that hold at the moment a status is written.
+    pub fn on_status_write(&mut self, key: &TaskKey, new: &TaskStatus) {
+        self.stats.writes += 1;
+        for attempt in &new.attempts {
+            let Some(id) = attempt.attempt_id() else { continue };
+            // An exit code comes from the attempt's own container, never another's.
+            if attempt.exit_code.is_some()
+                && attempt.completed_by != Some(crate::status::CompletedBy::Event)
+                && !self.created.contains(&(attempt.container.clone(), id.clone()))
+            {
+                let message = format!(
+                    "{key}: attempt {} ({}) records exit code {:?} but no container was made for it",
+                    attempt.number, attempt.container, attempt.exit_code
+                );
+                self.violation(message);
+            }
+            match (self.exit_codes.get(&id), attempt.exit_code) {
+                (Some(old), Some(code)) if *old != code => self.violation(format!(
+                    "{key}: attempt {} ({}) had exit code {old} recorded, now {code}",
+                    attempt.number, attempt.container
+                )),
+                (Some(old), None) => self.violation(format!(
+                    "{key}: attempt {} ({}) had exit code {old} recorded, now none",
+                    attempt.number, attempt.container
+                )),
+                (None, Some(code)) => {
+                    self.exit_codes.insert(id, code);
+                }
+                _ => {}
+            }
+        }
+        if let Some((hash, phase)) = self.terminal.get(key)
+            && *hash == new.spec_hash
+            && new.phase != Phase::Invalid
+            && new.phase != *phase
+        {
+            let message = format!(
+                "{key}: was {phase} for spec {hash}, now written {} (invariant 3)",
+                new.phase
+            );
+            self.violation(message);
+        }
+        // A fan-out's `attempt` summarises its lanes; each lane's attempts are checked
+        // through their records.
+        if let Some((hash, attempt)) = self.attempts.get(key)
+            && new.indexes.is_empty()
+            && *hash == new.spec_hash
+            && new.attempt < *attempt
+        {
+            let message = format!("{key}: attempt went back from {attempt} to {}", new.attempt);
+            self.violation(message);
+        }
+        self.attempts.insert(key.clone(), (new.spec_hash.clone(), new.attempt));
+        if new.phase.is_terminal() {
+            self.terminal.insert(key.clone(), (new.spec_hash.clone(), new.phase));
+            // Invariant 1 (cleanup: always): no container of its attempts is left.
+            let ids: BTreeSet<String> = new.attempts.iter().filter_map(|a| a.attempt_id()).collect();
+            let left: Vec<String> = self
+                .containers
+                .iter()
+                .filter(|(_, c)| ids.contains(&c.attempt_id))
+                .map(|(name, _)| name.clone())
+                .collect();
+            if !left.is_empty() {
+                let message = format!(
+                    "{key}: {} written while container(s) {left:?} still exist (invariant 1)",
+                    new.phase
+                );
+                self.violation(message);
+            }
+        }
+    }
+
+    pub fn on_status_delete(&mut self, key: &TaskKey) {
+        self.terminal.remove(key);
+        self.attempts.remove(key);
+    }
+
+    /// Invariants that hold at the moment a container is created.
+    pub fn on_create(&mut self, name: &str, container: &Container) {
+        self.stats.creates += 1;
+        let id = container.attempt_id.clone();
+        if !self.created.insert((name.to_string(), id.clone())) {
+            self.violation(format!("{name}: attempt {id} created a second time (invariant 2)"));
+        }
+        let Some(key) = container.labels.get(LABEL_TASK).and_then(|t| TaskKey::parse(t).ok()) else {
+            self.violation(format!("{name}: created without a task label"));
+            return;
+        };
+        // Persist, then act: the status recorded this very attempt before the create.
+        let recorded = self.statuses.get(&key).is_some_and(|stored| {
+            stored.status.phase.has_container()
+                && stored
+                    .status
+                    .attempts
+                    .iter()
+                    .any(|a| a.container == name && a.attempt_id().as_deref() == Some(id.as_str()))
+        });
+        if !recorded {
+            self.violation(format!(
+                "{name}: created before the status recorded attempt {id} (persist, then act)"
+            ));
+        }
+        // Replicas each keep their own limit over the tasks they hold, which this
+        // checker cannot attribute yet (leases change hands while slots are held): the
+        // limit is checked in schedules of one replica.
+        let live = self.containers.len() + 1;
+        if !self.replicated
+            && let Some(max) = self.max_running
+            && live > max
+        {
+            let names: Vec<&String> = self.containers.keys().collect();
+            let message = format!("{name}: {live} containers at once, over the limit of {max} (with {names:?})");
+            self.violation(message);
+        }
+        if let Some(manifest) = self.manifests.get(&key) {
+            let of_task = 1 + self
+                .containers
+                .values()
+                .filter(|c| c.task.as_ref() == Some(&key))
+                .count();
+            if of_task > manifest.parallelism {
+                let message = format!(
+                    "{name}: {of_task} containers of {key} at once, over its parallelism {}",
+                    manifest.parallelism
+                );
+                self.violation(message);
+            }
+        }
+    }
+
+    pub fn container_of(labels: &BTreeMap<String, String>) -> (Option<TaskKey>, String) {
+        (
+            labels.get(LABEL_TASK).and_then(|t| TaskKey::parse(t).ok()),
+            labels.get(LABEL_ATTEMPT_ID).cloned().unwrap_or_default(),
+        )
+    }
+}
