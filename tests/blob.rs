@@ -726,3 +726,68 @@ fn a_busy_store_answering_503_is_retried_with_backoff_and_reported_then_work_res
     });
     assert_eq!(controller.terminate(), Some(0));
 }
+
+/// The operator's commands on a blob store (issue 18): `rerun` (conditional delete),
+/// `rerun --failed` (conditional write), `terminate` through the API the controller
+/// recorded in its state folder; the controller's `--log-format json` lines all parse.
+#[test]
+fn rerun_and_terminate_work_on_a_blob_store() {
+    let Some(endpoint) = azurite_or_skip("blob operator commands") else {
+        return;
+    };
+    let ws = Workspace::new();
+    let box_ = Container::create(&endpoint, &unique_container("operate"));
+    let log = ws.root().join("controller.log");
+    let state = ws.root().join("state");
+    let marker = ws.root().join("marker");
+    box_.task("once.yaml", &ws.ledger_line(), "");
+    box_.task(
+        "fan.yaml",
+        &format!(
+            "if [ \"$SKIFF_INDEX\" = 1 ] && [ ! -e {m} ]; then touch {m}; exit 1; fi; echo \"fan-$SKIFF_INDEX\" >> {l}",
+            m = marker.display(),
+            l = ws.ledger().display()
+        ),
+        "  completions: 3\n  parallelism: 1\n",
+    );
+    box_.task("long.yaml", "sleep 60", "");
+    let controller = blob_controller(&box_, &state, &log, &["--log-format", "json"]);
+    wait_for(LONG, "once and fan to finish, long to run", &log, || {
+        box_.phase("once").as_deref() == Some("Succeeded")
+            && box_.phase("fan").as_deref() == Some("Failed")
+            && box_.phase("long").as_deref() == Some("Running")
+    });
+    let state_arg = state.to_str().expect("utf-8").to_string();
+    let out = skiff_blob(&box_, &["rerun", "once", "--state-dir", &state_arg]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = skiff_blob(&box_, &["rerun", "fan", "--failed", "--state-dir", &state_arg]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = skiff_blob(&box_, &["terminate", "long", "--state-dir", &state_arg]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = skiff_blob(&box_, &["rerun", "nosuch", "--state-dir", &state_arg]);
+    assert_eq!(out.status.code(), Some(2));
+    wait_for(LONG, "the reruns to succeed and long to be terminated", &log, || {
+        box_.phase("fan").as_deref() == Some("Succeeded")
+            && box_.phase("long").as_deref() == Some("Failed")
+            && ws.ledger_lines().iter().filter(|l| l.starts_with("once")).count() == 2
+    });
+    let fan_runs: Vec<String> = ws
+        .ledger_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("fan-"))
+        .collect();
+    assert_eq!(
+        fan_runs.iter().filter(|l| *l == "fan-0").count(),
+        1,
+        "index 0 ran once: {fan_runs:?}"
+    );
+    assert_eq!(
+        box_.status("long").expect("status")["attempts"][0]["completedBy"],
+        "terminate"
+    );
+    drop(controller);
+    let text = std::fs::read_to_string(&log).expect("log");
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+    }
+}
