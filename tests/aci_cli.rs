@@ -7,31 +7,9 @@ mod support;
 #[path = "support/arm_sim.rs"]
 mod arm_sim;
 
-use arm_sim::{ArmSim, LOCATION, RESOURCE_GROUP, SUBSCRIPTION, SimConfig};
+use arm_sim::{ArmSim, SimConfig};
 use std::time::{Duration, Instant};
 use support::Workspace;
-
-fn aci_flags(sim: &ArmSim, extra: &[&str]) -> Vec<String> {
-    let mut flags: Vec<String> = [
-        "--runtime",
-        "aci",
-        "--aci-subscription-id",
-        SUBSCRIPTION,
-        "--aci-resource-group",
-        RESOURCE_GROUP,
-        "--aci-location",
-        LOCATION,
-        "--arm-endpoint",
-        &sim.endpoint,
-        "--azure-credential",
-        "managed",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    flags.extend(extra.iter().map(|s| s.to_string()));
-    flags
-}
 
 fn task(ws: &Workspace, name: &str, script: &str, extra: &str) {
     ws.write(
@@ -56,7 +34,7 @@ async fn killed_with_sigkill_mid_run_and_restarted_every_group_is_created_once_a
             "  completion: {pollInterval: 300ms}\n",
         );
     }
-    let flags = aci_flags(&sim, &["--once", "--max-running", "10", "--aci-create-quota", "10/1s"]);
+    let flags = sim.controller_flags(&["--once", "--max-running", "10", "--aci-create-quota", "10/1s"]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     for target in [8, 18] {
         let controller = ws.controller(&flags);
@@ -92,7 +70,7 @@ async fn a_bad_resource_request_is_invalid_before_any_call() {
     let sim = ArmSim::start(SimConfig::default()).await;
     let ws = Workspace::new();
     task(&ws, "huge", "true", "  resources: {cpu: 8, memory: 64Gi}\n");
-    let flags = aci_flags(&sim, &["--once"]);
+    let flags = sim.controller_flags(&["--once"]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let controller = ws.controller(&flags);
     let code = tokio::task::spawn_blocking(move || controller.wait(Duration::from_secs(60)))

@@ -8,7 +8,7 @@ mod support;
 #[path = "support/arm_sim.rs"]
 mod arm_sim;
 
-use arm_sim::{ArmSim, LOCATION, RESOURCE_GROUP, SUBSCRIPTION, SimConfig};
+use arm_sim::{ArmSim, SimConfig};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -185,15 +185,8 @@ async fn the_thumbnail_example_on_aci_reads_and_writes_its_file_share() {
     const KEY: &str = "c2tpZmYtbWVkaWEta2V5LW5ldmVyLWluLWEtc3RhdHVz";
     let log = std::fs::File::create(ws.root().join(".controller.log")).unwrap();
     let child = std::process::Command::new(support::SKIFF)
-        .args(["controller", "--dir", &dir(&ws), "--once", "--runtime", "aci"])
-        .args([
-            "--aci-subscription-id",
-            SUBSCRIPTION,
-            "--aci-resource-group",
-            RESOURCE_GROUP,
-        ])
-        .args(["--aci-location", LOCATION, "--arm-endpoint", &sim.endpoint])
-        .args(["--azure-credential", "managed"])
+        .args(["controller", "--dir", &dir(&ws)])
+        .args(sim.controller_flags(&["--once"]))
         .env("SKIFF_MEDIA_KEY", KEY)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -278,25 +271,8 @@ async fn the_fan_out_example_on_aci_completes_by_callback_and_fans_in() {
     ws.copy_example("fan-out", "busybox");
     let listen = format!("127.0.0.1:{}", support::free_port());
     let callback = format!("http://{listen}");
-    let flags = [
-        "--once",
-        "--runtime",
-        "aci",
-        "--aci-subscription-id",
-        SUBSCRIPTION,
-        "--aci-resource-group",
-        RESOURCE_GROUP,
-        "--aci-location",
-        LOCATION,
-        "--arm-endpoint",
-        &sim.endpoint,
-        "--azure-credential",
-        "managed",
-        "--listen",
-        &listen,
-        "--callback-url",
-        &callback,
-    ];
+    let flags = sim.controller_flags(&["--once", "--listen", &listen, "--callback-url", &callback]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let controller = ws.controller(&flags);
     let code = tokio::task::spawn_blocking(move || controller.wait(LONG))
         .await
@@ -684,24 +660,8 @@ async fn curl_callbacks_on_aci_ride_out_controller_restarts() {
     // ACI needs a callback URL the containers reach: a fixed one, the same after restarts.
     let listen = format!("127.0.0.1:{}", support::free_port());
     let callback = format!("http://{listen}");
-    let flags = [
-        "--runtime",
-        "aci",
-        "--aci-subscription-id",
-        SUBSCRIPTION,
-        "--aci-resource-group",
-        RESOURCE_GROUP,
-        "--aci-location",
-        LOCATION,
-        "--arm-endpoint",
-        &sim.endpoint,
-        "--azure-credential",
-        "managed",
-        "--listen",
-        &listen,
-        "--callback-url",
-        &callback,
-    ];
+    let flags = sim.controller_flags(&["--listen", &listen, "--callback-url", &callback]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let code = tokio::task::block_in_place(|| kill_and_restart(&ws, &flags, 5, Duration::from_millis(1500)));
     assert_eq!(code, Some(0), "{}", ws.controller_log());
     check_restarted_results(&ws, TASKS);

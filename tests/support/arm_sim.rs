@@ -231,6 +231,29 @@ impl Drop for ArmSim {
 }
 
 impl ArmSim {
+    /// The controller flags that point the aci runtime at this simulator, then `extra`.
+    pub fn controller_flags(&self, extra: &[&str]) -> Vec<String> {
+        let mut flags: Vec<String> = [
+            "--runtime",
+            "aci",
+            "--aci-subscription-id",
+            SUBSCRIPTION,
+            "--aci-resource-group",
+            RESOURCE_GROUP,
+            "--aci-location",
+            LOCATION,
+            "--arm-endpoint",
+            &self.endpoint,
+            "--azure-credential",
+            "managed",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        flags
+    }
+
     /// Starts a simulator on the current tokio runtime.
     pub async fn start(config: SimConfig) -> ArmSim {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
