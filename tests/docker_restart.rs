@@ -81,7 +81,12 @@ fn tasks_survive_the_engine_being_killed_and_started_again() {
             >= 3
     });
     kill_and_restart_dockerd();
-    let code = controller.wait(LONG);
+    let mut controller = controller;
+    // wait_until says what the controller logged when it does not end.
+    ws.wait_until(LONG, "the --once controller to exit", || {
+        matches!(controller.child.try_wait(), Ok(Some(_)))
+    });
+    let code = controller.wait(Duration::from_secs(5));
     assert_eq!(code, Some(0), "every task ends Succeeded\n{}", ws.controller_log());
     for i in 0..12 {
         let status = ws.status(&format!("r{i:02}")).unwrap();
