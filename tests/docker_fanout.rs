@@ -1,4 +1,5 @@
-//! Fan-out, fan-in and limits on a real Docker Engine.
+//! --max-running on a real Docker Engine (the fan-out example on docker is in
+//! tests/examples.rs).
 
 mod support;
 
@@ -6,45 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use support::{DOCKER_IMAGE, Workspace, docker_or_skip, skiff_containers};
+use support::{DOCKER_IMAGE, Workspace, docker_or_skip};
 
 const LONG: Duration = Duration::from_secs(180);
-
-#[test]
-fn the_fan_out_example_merges_all_five_worker_results_on_docker() {
-    if !docker_or_skip("the_fan_out_example_on_docker") {
-        return;
-    }
-    let ws = Workspace::new();
-    ws.copy_example("fan-out", DOCKER_IMAGE);
-    let code = ws
-        .controller(&["--once", "--runtime", "docker", "--docker-network", "host"])
-        .wait(LONG);
-    assert_eq!(code, Some(0), "{}", ws.controller_log());
-    let workers = ws.status("workers").unwrap();
-    assert!(
-        workers["attempts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|a| a["runtime"] == "docker")
-    );
-    let merge = ws.status("merge").unwrap();
-    assert_eq!(merge["phase"], "Succeeded", "{merge:#}");
-    assert_eq!(merge["result"]["merged"], workers["result"]);
-    let indexes: Vec<u64> = merge["result"]["merged"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["index"].as_u64().unwrap())
-        .collect();
-    assert_eq!(indexes, [0, 1, 2, 3, 4]);
-    assert_eq!(merge["result"]["sumOfSquares"], 30);
-    assert!(
-        skiff_containers(&ws.root().join(".skiff")).is_empty(),
-        "every container removed"
-    );
-}
 
 /// Running containers of this workspace, as the engine lists them.
 fn running_containers(state_dir: &Path) -> usize {

@@ -228,6 +228,13 @@ fn check_fan_out(ws: &Workspace, runtime: &str) {
     assert_eq!(merge["result"]["workers"], 5);
     assert_eq!(merge["result"]["sumOfSquares"], 30);
     assert_eq!(merge["result"]["merged"], workers["result"]);
+    let indexes: Vec<u64> = workers["result"]
+        .as_array()
+        .expect("the fan-out's result lists its indexes' results")
+        .iter()
+        .map(|r| r["index"].as_u64().expect("an index"))
+        .collect();
+    assert_eq!(indexes, [0, 1, 2, 3, 4], "in index order");
 }
 
 #[test]
