@@ -320,9 +320,14 @@ impl Inner {
                 }
                 // An engine killed in the middle of a start can leave the container
                 // "created" while containerd still holds its task: every later start then
-                // fails with "already exists". The container never ran as far as the engine
-                // knows; remove it, and the next ensure creates it afresh.
-                Some(500) if engine_message(&err).contains("already exists") => {
+                // fails with "already exists" (or, from containerd, "id already in use").
+                // The container never ran as far as the engine knows; remove it, and the
+                // next ensure creates it afresh.
+                Some(500)
+                    if ["already exists", "id already in use"]
+                        .iter()
+                        .any(|said| engine_message(&err).contains(said)) =>
+                {
                     tracing::warn!(container = name, "removing a container the engine can no longer start");
                     self.remove(docker, name).await?;
                     Err(transient(&format!("start {name}"), err))
