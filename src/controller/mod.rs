@@ -3,11 +3,13 @@
 //! - [`queue`] decides *when* a task is reconciled (keyed, delayed, never twice at once);
 //! - [`reconcile`] decides *what* to do, as a pure function;
 //! - [`limits`] decides *whether* a new container may start;
-//! - this module runs the loop and one reconcile: read ([`desired`]) the manifest and
-//!   the status, observe the container, decide, then persist and act ([`act`]);
+//! - [`pass`] is one reconcile, top to bottom: read ([`desired`]), own ([`ownership`]),
+//!   observe ([`observe`]), decide, admit ([`admit`]), persist and act ([`act`]), settle;
+//! - [`run`] is the loop around it: relist, events, timers, orphan collection;
 //! - [`health`] tells `/healthz` whether the loop still turns.
 
 mod act;
+mod admit;
 pub mod clock;
 mod dependencies;
 mod desired;
@@ -15,6 +17,7 @@ mod health;
 pub mod limits;
 mod observe;
 mod ownership;
+mod pass;
 pub mod queue;
 pub mod reconcile;
 mod replicas;
@@ -33,7 +36,7 @@ use crate::runtime::{self, ContainerState, Runtime};
 use crate::status::{Phase, Reason};
 use crate::store::{Fingerprint, ManifestRead, Store, StoreError, StoreEvent};
 use crate::task::TaskKey;
-use limits::{CreateRate, Slots, Standing};
+use limits::{CreateRate, Slots};
 use queue::WorkQueue;
 use reconcile::{Dependencies, Desired, Input, Lane, Observed, Slot};
 use std::collections::{BTreeMap, HashMap};
@@ -79,7 +82,7 @@ pub struct ControllerConfig {
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
-            default_runtime: RuntimeKind::Process,
+            default_runtime: RuntimeKind::default(),
             max_running: None,
             max_running_per_runtime: HashMap::new(),
             create_rates: HashMap::new(),
@@ -327,12 +330,7 @@ impl Shared {
 
     /// What this controller can run: what is built, what is enabled, what is served.
     fn features(&self) -> Features {
-        Features {
-            docker: self.runtimes.contains_key(&RuntimeKind::Docker),
-            aci: self.runtimes.contains_key(&RuntimeKind::Aci),
-            event_completion: self.callbacks.is_some(),
-            ..Features::CURRENT
-        }
+        Features::enabled(self.runtimes.keys().copied(), self.callbacks.is_some())
     }
 
     fn runtime(&self, kind: RuntimeKind) -> Option<&Arc<dyn Runtime>> {
@@ -361,312 +359,4 @@ impl Shared {
             names.retain(|_, (_, owner)| owner != key);
         }
     }
-}
-
-async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
-    match try_reconcile(shared, key).await {
-        Ok(done) => {
-            shared.memory(key, |m| m.infra_failures = 0);
-            done
-        }
-        Err(StoreError::Conflict { path }) => {
-            // Someone changed the status since it was read: read it again now.
-            tracing::info!(task = %key, "{path} changed under this reconcile; re-reading");
-            Reconciled::retry(key, Duration::ZERO)
-        }
-        Err(err) if err.needs_person() => {
-            // A status file skiff cannot use (garbage, a FIFO, a folder, too large, a name
-            // too long) is never overwritten: it may be a person's, or the only record of
-            // what ran. The task is Invalid until someone fixes or deletes the file, which
-            // the relist notices (its fingerprint changes); retrying would never succeed,
-            // and `--once` must end. `get` and the API show the same problem.
-            tracing::warn!(task = %key, "{err}");
-            Reconciled::new(key, TaskState::Final(Phase::Invalid), None)
-        }
-        Err(err) => {
-            if matches!(err, StoreError::Unavailable { .. }) {
-                shared.health.store_result::<(), _>(&Err(&err));
-            }
-            tracing::warn!(task = %key, "{err}");
-            Reconciled::retry(key, shared.infra_backoff(key))
-        }
-    }
-}
-
-async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled, StoreError> {
-    let order = shared.first_seen(key);
-    if let gate @ (ownership::Gate::Later(_) | ownership::Gate::Deferred) = ownership::before_read(shared, key) {
-        return Ok(ownership::not_acting(shared, key, order, gate));
-    }
-    let Some(DesiredRead {
-        mut desired,
-        file,
-        local_dir,
-    }) = read_desired(shared, key).await?
-    else {
-        return Ok(Reconciled::retry(key, SETTLE_TIME));
-    };
-    let file = file.unwrap_or_else(|| key.to_string());
-    let mut wake = Vec::new();
-    match &desired {
-        Desired::Valid(spec) => match shared.claim_name(&spec.name, key, order) {
-            Ok(other) => wake.extend(other),
-            Err(owner) => {
-                desired = Desired::Invalid {
-                    name: spec.name.clone(),
-                    message: format!(
-                        "{file}: metadata.name: {:?} is already the name of task {owner}; names must be unique, so rename one of them",
-                        spec.name
-                    ),
-                }
-            }
-        },
-        _ => shared.release_names(key),
-    }
-    let status = shared.store.read_status_for_update(key).await?;
-    match ownership::claim(shared, key, &desired, status.as_ref()).await? {
-        ownership::Gate::Proceed => {}
-        // What was read before the task was ours may be stale (its last owner may have
-        // moved it on since): start over, reading afresh as its owner.
-        ownership::Gate::Acquired => {
-            shared.store.refresh(key).await?;
-            return Box::pin(try_reconcile(shared, key)).await;
-        }
-        gate => return Ok(ownership::not_acting(shared, key, order, gate)),
-    }
-
-    let dependencies = match &desired {
-        Desired::Valid(spec) => match dependencies::evaluate(shared, key, spec, &file, status.as_ref()).await? {
-            Ok(dependencies) => dependencies,
-            Err(message) => {
-                desired = Desired::Invalid {
-                    name: spec.name.clone(),
-                    message,
-                };
-                Dependencies::None
-            }
-        },
-        _ => {
-            shared.graph.forget(key);
-            Dependencies::None
-        }
-    };
-
-    // Observe the containers the status says may exist, on the runtime each was made on.
-    let mut single = Lane::default();
-    let mut lanes = BTreeMap::new();
-    if let Some(status) = &status {
-        if status.indexes.is_empty() {
-            if let Some(record) = status.live_container().and(status.current()) {
-                single = observe(shared, key, record, status.phase == Phase::Deleting).await;
-            }
-        } else {
-            for lane in status.indexes.iter().filter(|l| l.phase.has_container()) {
-                let record = status
-                    .attempts
-                    .iter()
-                    .find(|a| a.index == Some(lane.index) && a.number == lane.attempt);
-                if let Some(record) = record {
-                    let seen = observe(shared, key, record, lane.phase == Phase::Deleting).await;
-                    lanes.insert(lane.index, seen);
-                }
-            }
-        }
-    }
-    let (seen_by_engine, terminate) = shared.memory(key, |m| {
-        (std::mem::take(&mut m.engine_seen), std::mem::take(&mut m.terminate))
-    });
-    for lane in lanes.values_mut() {
-        lane.seen_by_engine = seen_by_engine;
-    }
-    let results = match &dependencies {
-        Dependencies::Met { results, .. } => Some(results.clone()),
-        _ => None,
-    };
-    // Where a container started now would live, recorded with its attempt.
-    let placement = match &desired {
-        Desired::Valid(spec) => match shared.runtime(spec.runtime) {
-            Some(runtime) => match runtime.placement().await {
-                Ok(placement) => Some(placement),
-                Err(err) => {
-                    // The status can only say "retrying"; the cause (an engine that does
-                    // not answer, its socket's path) is here.
-                    tracing::warn!(task = %key, "cannot reach the {} runtime: {err}", spec.runtime);
-                    None
-                }
-            },
-            None => None,
-        },
-        _ => None,
-    };
-    let now = shared.clock.now();
-    let mut input = Input {
-        key,
-        desired: &desired,
-        status: status.as_ref(),
-        observed: single.observed,
-        seen_by_engine,
-        log_tail: single.log_tail,
-        slot: Slot::Granted,
-        now,
-        jitter: shared.entropy.unit(),
-        event: single.event,
-        terminate,
-        index: None,
-        lanes,
-        dependencies,
-        placement,
-    };
-    // Ask for slots only for the containers the decision would start.
-    let mut decision = reconcile::decide(input.clone());
-    let started = decision.started_lanes(status.as_ref());
-    let mut waiting_lane = None;
-    let mut token_wait = None;
-    if !started.is_empty() {
-        let runtime = match &desired {
-            Desired::Valid(spec) => spec.runtime,
-            _ => shared.config.default_runtime,
-        };
-        if !shared.caught_up.load(std::sync::atomic::Ordering::Acquire) {
-            // Start nothing before every task has been seen once: names are then known
-            // and first come, first served has everyone in line.
-            for lane in &started {
-                shared.limits.enqueue(key, lane.unwrap_or(0), order, runtime);
-            }
-            // Its containers that exist already hold their slots meanwhile (a fan-out with
-            // a live lane and a lane to start): else, once caught up, another task could
-            // take their slots and run past --max-running.
-            let waiting = started.iter().map(|lane| (lane.unwrap_or(0), Standing::Waiting, None));
-            let live =
-                live_lanes(status.as_ref()).filter(|(lane, ..)| !started.iter().any(|l| l.unwrap_or(0) == *lane));
-            let standings: Vec<_> = waiting.chain(live).collect();
-            shared.limits.settle_task(key, order, &standings);
-            return Ok(Reconciled {
-                wake,
-                deferred: true,
-                ..Reconciled::new(key, TaskState::Active, None)
-            });
-        }
-        let mut granted = Vec::new();
-        let mut refused = None;
-        for lane in &started {
-            let (slot, wait) = shared.limits.try_acquire(key, lane.unwrap_or(0), order, runtime);
-            if slot == Slot::Granted {
-                granted.push(*lane);
-            } else {
-                waiting_lane = Some(lane.unwrap_or(0));
-                token_wait = wait;
-                refused = Some(slot);
-                // The lanes after it are behind it in line.
-                break;
-            }
-        }
-        if let Some(full) = refused {
-            // Hold back everything not granted: the single container (which a fan-out
-            // that became a task of one completion starts too), and every lane of a
-            // fan-out, or a lane past the parallelism cut of the first decision could
-            // start without a slot.
-            input.slot = full.clone();
-            let count = decision.status.as_ref().map_or(0, |s| s.indexes.len() as u32);
-            for index in 0..count {
-                if !granted.contains(&Some(index)) {
-                    input.lanes.entry(index).or_default().slot = full.clone();
-                }
-            }
-            decision = reconcile::decide(input);
-        }
-    }
-    let standings: Vec<(u32, Standing, Option<RuntimeKind>)> = match &decision.status {
-        None => Vec::new(),
-        Some(s) if s.indexes.is_empty() => {
-            let standing = if s.phase.has_container() {
-                Standing::Live
-            } else if waiting_lane.is_some() && s.reason == Some(Reason::WaitingForSlot) {
-                Standing::Waiting
-            } else {
-                Standing::Idle
-            };
-            vec![(0, standing, s.current().map(|a| a.runtime))]
-        }
-        Some(s) => s
-            .indexes
-            .iter()
-            .map(|lane| {
-                let standing = if lane.phase.has_container() {
-                    Standing::Live
-                } else if waiting_lane == Some(lane.index) {
-                    Standing::Waiting
-                } else {
-                    Standing::Idle
-                };
-                let runtime = s
-                    .attempts
-                    .iter()
-                    .find(|a| a.index == Some(lane.index) && a.number == lane.attempt)
-                    .map(|a| a.runtime);
-                (lane.index, standing, runtime)
-            })
-            .collect(),
-    };
-    shared.limits.settle_task(key, order, &standings);
-
-    let mut requeue = execute(shared, key, status.as_ref(), &desired, local_dir, results, &decision).await?;
-    if let Some(wait) = token_wait {
-        requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
-    }
-    ownership::after(shared, key, decision.status.as_ref()).await;
-    let state = match &decision.status {
-        None => TaskState::Removed,
-        Some(s) if s.phase.is_final() => TaskState::Final(s.phase),
-        Some(_) => TaskState::Active,
-    };
-    if state == TaskState::Removed {
-        shared.release_names(key);
-        shared.graph.forget(key);
-    }
-    let changed = match (status.as_ref(), decision.status.as_ref()) {
-        (Some(before), Some(after)) => before.phase != after.phase || before.spec_hash != after.spec_hash,
-        (None, None) => false,
-        _ => true,
-    };
-    if changed {
-        wake.extend(shared.graph.dependents(key));
-    }
-    let phase = decision.status.as_ref().map(|s| {
-        let runtime = s.current().map(|a| a.runtime).unwrap_or(shared.config.default_runtime);
-        let live = standings
-            .iter()
-            .filter(|(_, standing, _)| *standing == Standing::Live)
-            .count();
-        (s.phase, runtime, live as i64)
-    });
-    Ok(Reconciled {
-        wake,
-        phase,
-        ..Reconciled::new(key, state, requeue)
-    })
-}
-
-/// The lanes whose container may exist according to a status, as standings: each
-/// holds a slot of its runtime.
-fn live_lanes(
-    status: Option<&crate::status::TaskStatus>,
-) -> impl Iterator<Item = (u32, Standing, Option<RuntimeKind>)> + '_ {
-    let single = status
-        .filter(|s| s.indexes.is_empty() && s.phase.has_container())
-        .map(|s| (0, Standing::Live, s.current().map(|a| a.runtime)));
-    let lanes = status.into_iter().flat_map(|s| {
-        s.indexes
-            .iter()
-            .filter(|lane| lane.phase.has_container())
-            .map(move |lane| {
-                let runtime = s
-                    .attempts
-                    .iter()
-                    .find(|a| a.index == Some(lane.index) && a.number == lane.attempt)
-                    .map(|a| a.runtime);
-                (lane.index, Standing::Live, runtime)
-            })
-    });
-    single.into_iter().chain(lanes)
 }

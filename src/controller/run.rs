@@ -1,7 +1,7 @@
 //! The controller's loop: the first listing, then each event in turn (a reconcile done,
 //! a store or runtime notification, a freed slot, an API request, the resync and
 //! heartbeat timers), the relist, and orphan collection. One reconcile pass is in
-//! `mod.rs` (`try_reconcile`); observation in `observe.rs`.
+//! `pass.rs`; observation in `observe.rs`.
 
 use super::*;
 
@@ -194,7 +194,7 @@ impl Controller {
                         let started = std::time::Instant::now();
                         // Cheap enough: two stats, or the blob store's cached listing.
                         let before = shared.store.list_one(&key).await.ok().flatten().map(|l| l.fingerprint);
-                        let result = tokio::time::timeout(timeout, reconcile_task(&shared, &key)).await;
+                        let result = tokio::time::timeout(timeout, pass::reconcile_task(&shared, &key)).await;
                         shared.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
                         let outcome = if result.is_ok() { "success" } else { "error" };
                         shared.metrics.reconciles.get_or_create(&Metrics::label("result", outcome)).inc();

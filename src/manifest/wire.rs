@@ -84,9 +84,12 @@ pub struct Spec {
     pub network: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+// Which runtime runs a task. The default (`--runtime` unset) is the process runtime:
+// it needs nothing installed. (A plain comment: a doc comment would enter the schema.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
+    #[default]
     Process,
     Docker,
     Aci,

@@ -28,6 +28,18 @@ impl Features {
         fan_out: true,
         depends_on: true,
     };
+
+    /// What a controller with these runtimes enabled, and with or without the callback
+    /// route, can run.
+    pub fn enabled(runtimes: impl IntoIterator<Item = RuntimeKind>, event_completion: bool) -> Features {
+        let runtimes: Vec<RuntimeKind> = runtimes.into_iter().collect();
+        Features {
+            docker: runtimes.contains(&RuntimeKind::Docker),
+            aci: runtimes.contains(&RuntimeKind::Aci),
+            event_completion,
+            ..Features::CURRENT
+        }
+    }
 }
 
 /// What validation needs to know about the controller.

@@ -1,0 +1,328 @@
+//! Slot admission: which of the containers a decision would start may start now, and
+//! where each of a task's lanes stands towards the limits afterwards.
+//!
+//! The bargaining with [`Slots`] is the only stateful step; what to ask for, what to
+//! hold back when a slot is refused, and which lanes hold slots are pure functions of
+//! the decision and the status, tested below.
+
+use super::limits::{Lane, Slots, Standing};
+use super::reconcile::{self, Decision, Input, Slot};
+use crate::manifest::RuntimeKind;
+use crate::status::{Reason, TaskStatus};
+use crate::task::TaskKey;
+use std::time::Duration;
+
+/// A lane's standing, with the runtime its container lives on (a lane holds a slot of
+/// its own runtime's cap as well as of the global limit).
+pub(super) type LaneStanding = (Lane, Standing, Option<RuntimeKind>);
+
+/// What admission made of a decision.
+pub(super) enum Admitted {
+    /// The decision to carry out: the first one, or one deciding again with the
+    /// refused lanes held back.
+    Decided {
+        decision: Box<Decision>,
+        /// The lane refused a slot (it waits in line), if one was.
+        waiting_lane: Option<Lane>,
+        /// How long until the create rate gives its next token, when that refused.
+        token_wait: Option<Duration>,
+    },
+    /// Start-up has not seen every task yet: nothing starts; the lanes are put in line
+    /// and these are the task's standings meanwhile.
+    Deferred(Vec<LaneStanding>),
+}
+
+/// Asks for a slot for each container the decision starts, in lane order; decides
+/// again with every lane not granted held back when one is refused.
+pub(super) fn admit(
+    slots: &Slots,
+    caught_up: bool,
+    key: &TaskKey,
+    order: u64,
+    runtime: RuntimeKind,
+    mut input: Input<'_>,
+    decision: Decision,
+) -> Admitted {
+    let started = decision.started_lanes(input.status);
+    if started.is_empty() {
+        return Admitted::Decided {
+            decision: Box::new(decision),
+            waiting_lane: None,
+            token_wait: None,
+        };
+    }
+    if !caught_up {
+        // Start nothing before every task has been seen once: names are then known and
+        // first come, first served has everyone in line.
+        for lane in &started {
+            slots.enqueue(key, lane.unwrap_or(0), order, runtime);
+        }
+        return Admitted::Deferred(deferred_standings(&started, input.status));
+    }
+    let mut granted = Vec::new();
+    for lane in &started {
+        let (slot, token_wait) = slots.try_acquire(key, lane.unwrap_or(0), order, runtime);
+        if slot != Slot::Granted {
+            let lanes = decision.status.as_ref().map_or(0, |s| s.indexes.len() as u32);
+            hold_back(&mut input, lanes, &granted, slot);
+            return Admitted::Decided {
+                decision: Box::new(reconcile::decide(input)),
+                waiting_lane: Some(lane.unwrap_or(0)),
+                token_wait,
+            };
+        }
+        granted.push(*lane);
+    }
+    Admitted::Decided {
+        decision: Box::new(decision),
+        waiting_lane: None,
+        token_wait: None,
+    }
+}
+
+/// Marks every container not granted a slot as refused: the single container (which a
+/// fan-out that became a task of one completion starts too), and every lane of a
+/// fan-out, or a lane past the parallelism cut of the first decision could start
+/// without a slot. The lanes after a refused one are behind it in line, so they are
+/// refused too.
+fn hold_back(input: &mut Input<'_>, lanes: u32, granted: &[Option<Lane>], full: Slot) {
+    input.slot = full.clone();
+    for index in 0..lanes {
+        if !granted.contains(&Some(index)) {
+            input.lanes.entry(index).or_default().slot = full.clone();
+        }
+    }
+}
+
+/// While start-up is not over: the lanes to start wait in line, and the containers
+/// that exist already hold their slots (a fan-out with a live lane and a lane to
+/// start), or once caught up another task could take them and run past the limit.
+fn deferred_standings(started: &[Option<Lane>], status: Option<&TaskStatus>) -> Vec<LaneStanding> {
+    let waiting = started.iter().map(|lane| (lane.unwrap_or(0), Standing::Waiting, None));
+    let live = standings(status, None)
+        .into_iter()
+        .filter(|(lane, standing, _)| *standing == Standing::Live && !started.iter().any(|l| l.unwrap_or(0) == *lane));
+    waiting.chain(live).collect()
+}
+
+/// Where each lane of a task stands according to a status: a lane whose container may
+/// exist holds a slot, the lane refused one waits (when the status says it waits), any
+/// other holds nothing.
+pub(super) fn standings(status: Option<&TaskStatus>, waiting_lane: Option<Lane>) -> Vec<LaneStanding> {
+    let Some(status) = status else {
+        return Vec::new();
+    };
+    if status.indexes.is_empty() {
+        let standing = if status.phase.has_container() {
+            Standing::Live
+        } else if waiting_lane.is_some() && status.reason == Some(Reason::WaitingForSlot) {
+            Standing::Waiting
+        } else {
+            Standing::Idle
+        };
+        return vec![(0, standing, status.current().map(|a| a.runtime))];
+    }
+    status
+        .indexes
+        .iter()
+        .map(|lane| {
+            let standing = if lane.phase.has_container() {
+                Standing::Live
+            } else if waiting_lane == Some(lane.index) {
+                Standing::Waiting
+            } else {
+                Standing::Idle
+            };
+            let runtime = status
+                .attempts
+                .iter()
+                .find(|a| a.index == Some(lane.index) && a.number == lane.attempt)
+                .map(|a| a.runtime);
+            (lane.index, standing, runtime)
+        })
+        .collect()
+}
+
+/// Where each lane stands when a status write failed: it may have been written all the
+/// same (a store that timed out after the write), or not at all. A lane whose container
+/// may exist under either status keeps its slot until a later pass reads which it was;
+/// any other holds nothing.
+pub(super) fn standings_unsure(before: Option<&TaskStatus>, after: Option<&TaskStatus>) -> Vec<LaneStanding> {
+    let mut merged: Vec<LaneStanding> = standings(before, None);
+    for (lane, standing, runtime) in standings(after, None) {
+        match merged.iter_mut().find(|(l, ..)| *l == lane) {
+            Some(known) if standing == Standing::Live => *known = (lane, standing, runtime),
+            Some(_) => {}
+            None => merged.push((lane, standing, runtime)),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{AttemptRecord, IndexStatus, Phase};
+
+    fn attempt(index: Option<u32>, number: u32, runtime: RuntimeKind) -> AttemptRecord {
+        AttemptRecord {
+            number,
+            id: None,
+            runtime,
+            container: format!("c-{}-{number}", index.unwrap_or(0)),
+            index,
+            created_at: None,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            completed_by: None,
+            reason: None,
+            message: None,
+            placement: None,
+        }
+    }
+
+    fn single(phase: Phase, reason: Option<Reason>) -> TaskStatus {
+        let mut status = TaskStatus::new("t", "t", "h", std::time::SystemTime::UNIX_EPOCH.into());
+        status.phase = phase;
+        status.reason = reason;
+        status.attempt = 1;
+        status.attempts = vec![attempt(None, 1, RuntimeKind::Docker)];
+        status
+    }
+
+    fn fan_out(phases: &[Phase]) -> TaskStatus {
+        let mut status = TaskStatus::new("t", "t", "h", std::time::SystemTime::UNIX_EPOCH.into());
+        status.phase = Phase::Running;
+        status.indexes = phases
+            .iter()
+            .enumerate()
+            .map(|(i, phase)| IndexStatus {
+                phase: *phase,
+                attempt: 1,
+                ..IndexStatus::pending(i as u32)
+            })
+            .collect();
+        status.attempts = (0..phases.len() as u32)
+            .map(|i| attempt(Some(i), 1, RuntimeKind::Process))
+            .collect();
+        status
+    }
+
+    #[test]
+    fn a_container_that_may_exist_holds_its_slot_on_its_runtime() {
+        for phase in [Phase::Creating, Phase::Running, Phase::Deleting] {
+            assert_eq!(
+                standings(Some(&single(phase, None)), None),
+                [(0, Standing::Live, Some(RuntimeKind::Docker))],
+                "{phase}"
+            );
+        }
+        for phase in [Phase::Pending, Phase::Succeeded, Phase::Failed, Phase::Invalid] {
+            assert_eq!(
+                standings(Some(&single(phase, None)), None)[0].1,
+                Standing::Idle,
+                "{phase}"
+            );
+        }
+        assert!(standings(None, None).is_empty(), "a removed task holds nothing");
+    }
+
+    #[test]
+    fn only_the_refused_lane_that_says_so_waits() {
+        let waiting = single(Phase::Pending, Some(Reason::WaitingForSlot));
+        assert_eq!(standings(Some(&waiting), Some(0))[0].1, Standing::Waiting);
+        // Refused, but the decision went elsewhere (backoff): it gives up its place.
+        let backing_off = single(Phase::Pending, Some(Reason::BackoffAfterFailure));
+        assert_eq!(standings(Some(&backing_off), Some(0))[0].1, Standing::Idle);
+        assert_eq!(standings(Some(&waiting), None)[0].1, Standing::Idle);
+
+        let lanes = fan_out(&[Phase::Running, Phase::Pending, Phase::Pending, Phase::Succeeded]);
+        let got: Vec<_> = standings(Some(&lanes), Some(1))
+            .into_iter()
+            .map(|(l, s, _)| (l, s))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, Standing::Live),
+                (1, Standing::Waiting),
+                (2, Standing::Idle),
+                (3, Standing::Idle)
+            ]
+        );
+    }
+
+    #[test]
+    fn while_deferred_live_lanes_keep_their_slots_and_new_ones_wait() {
+        let lanes = fan_out(&[Phase::Running, Phase::Creating, Phase::Pending]);
+        let got = deferred_standings(&[Some(1), Some(2)], Some(&lanes));
+        let got: Vec<_> = got.into_iter().map(|(l, s, _)| (l, s)).collect();
+        assert_eq!(
+            got,
+            [(1, Standing::Waiting), (2, Standing::Waiting), (0, Standing::Live)]
+        );
+        assert_eq!(
+            deferred_standings(&[None], None)
+                .into_iter()
+                .map(|(l, s, _)| (l, s))
+                .collect::<Vec<_>>(),
+            [(0, Standing::Waiting)]
+        );
+    }
+
+    #[test]
+    fn after_a_failed_write_a_lane_live_under_either_status_keeps_its_slot() {
+        // The write that would start the container may have landed all the same.
+        let before = single(Phase::Pending, None);
+        let after = single(Phase::Creating, None);
+        assert_eq!(standings_unsure(Some(&before), Some(&after))[0].1, Standing::Live);
+        // The write that would end it may not have: its container may still run.
+        let before = fan_out(&[Phase::Running, Phase::Running]);
+        let after = fan_out(&[Phase::Failed, Phase::Running]);
+        let got: Vec<_> = standings_unsure(Some(&before), Some(&after))
+            .into_iter()
+            .map(|(l, s, _)| (l, s))
+            .collect();
+        assert_eq!(got, [(0, Standing::Live), (1, Standing::Live)]);
+        // Neither lets a container exist: nothing is held.
+        let idle = standings_unsure(Some(&single(Phase::Pending, None)), Some(&single(Phase::Failed, None)));
+        assert_eq!(idle[0].1, Standing::Idle);
+        assert_eq!(standings_unsure(None, Some(&after)).len(), 2);
+    }
+
+    #[test]
+    fn a_refusal_holds_back_every_lane_not_granted() {
+        let key = TaskKey::new("t");
+        let desired = reconcile::Desired::Absent;
+        let mut input = Input {
+            key: &key,
+            desired: &desired,
+            status: None,
+            observed: Default::default(),
+            seen_by_engine: false,
+            log_tail: None,
+            slot: Slot::Granted,
+            now: std::time::SystemTime::UNIX_EPOCH.into(),
+            jitter: 0.0,
+            event: None,
+            terminate: false,
+            index: None,
+            lanes: Default::default(),
+            dependencies: Default::default(),
+            placement: None,
+        };
+        let full = Slot::Full {
+            limit: "max-running 2/2".into(),
+        };
+        hold_back(&mut input, 4, &[Some(0), Some(2)], full.clone());
+        assert_eq!(input.slot, full);
+        let refused: Vec<u32> = input
+            .lanes
+            .iter()
+            .filter(|(_, lane)| lane.slot == full)
+            .map(|(index, _)| *index)
+            .collect();
+        assert_eq!(refused, [1, 3]);
+    }
+}

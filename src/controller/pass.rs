@@ -1,0 +1,400 @@
+//! One reconcile pass of one task, top to bottom: read the manifest and the status, own
+//! the task (when replicas share the store), observe its containers, decide (the pure
+//! [`reconcile::decide`]), admit the containers it starts ([`admit`]), persist and act
+//! ([`act`]), then settle its slots and report to the loop ([`run`](super::run)).
+//!
+//! Slots are settled only after the status is durable: a lane keeps its slot until a
+//! written status says its container is gone. When a write fails, it may have landed
+//! or not, so a lane keeps its slot if either status lets its container exist.
+
+use super::admit::{self, Admitted};
+use super::*;
+use crate::status::{Placement, TaskStatus};
+
+/// One pass, with its errors turned into what the loop does next.
+pub(super) async fn reconcile_task(shared: &Arc<Shared>, key: &TaskKey) -> Reconciled {
+    match try_reconcile(shared, key).await {
+        Ok(done) => {
+            shared.memory(key, |m| m.infra_failures = 0);
+            done
+        }
+        Err(StoreError::Conflict { path }) => {
+            // Someone changed the status since it was read: read it again now.
+            tracing::info!(task = %key, "{path} changed under this reconcile; re-reading");
+            Reconciled::retry(key, Duration::ZERO)
+        }
+        Err(err) if err.needs_person() => {
+            // A status file skiff cannot use (garbage, a FIFO, a folder, too large, a name
+            // too long) is never overwritten: it may be a person's, or the only record of
+            // what ran. The task is Invalid until someone fixes or deletes the file, which
+            // the relist notices (its fingerprint changes); retrying would never succeed,
+            // and `--once` must end. `get` and the API show the same problem.
+            tracing::warn!(task = %key, "{err}");
+            Reconciled::new(key, TaskState::Final(Phase::Invalid), None)
+        }
+        Err(err) => {
+            if matches!(err, StoreError::Unavailable { .. }) {
+                shared.health.store_result::<(), _>(&Err(&err));
+            }
+            tracing::warn!(task = %key, "{err}");
+            Reconciled::retry(key, shared.infra_backoff(key))
+        }
+    }
+}
+
+/// What was read of a task: its manifest, judged, and its status.
+struct Read {
+    desired: Desired,
+    /// The manifest's file, for messages.
+    file: String,
+    /// The manifest's folder on this machine, when it has one.
+    local_dir: Option<PathBuf>,
+    status: Option<TaskStatus>,
+    /// A task whose name this one took over: it is reconciled again.
+    wake: Vec<TaskKey>,
+}
+
+/// Requests that arrived between passes (an engine event, a terminate from the API),
+/// taken for this pass and given back if its decision is never persisted: a terminate
+/// must not be lost to a failed status write.
+#[derive(Clone, Copy, Default)]
+struct Requests {
+    seen_by_engine: bool,
+    terminate: bool,
+}
+
+impl Requests {
+    fn take(memory: &mut Memory) -> Self {
+        Requests {
+            seen_by_engine: std::mem::take(&mut memory.engine_seen),
+            terminate: std::mem::take(&mut memory.terminate),
+        }
+    }
+
+    fn put_back(self, memory: &mut Memory) {
+        memory.engine_seen |= self.seen_by_engine;
+        memory.terminate |= self.terminate;
+    }
+}
+
+async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled, StoreError> {
+    let order = shared.first_seen(key);
+
+    // Own, before reading: a replica at capacity claims nothing more.
+    if let gate @ (ownership::Gate::Later(_) | ownership::Gate::Deferred) = ownership::before_read(shared, key) {
+        return Ok(ownership::not_acting(shared, key, order, gate));
+    }
+
+    // Read.
+    let Some(Read {
+        mut desired,
+        file,
+        local_dir,
+        status,
+        wake,
+    }) = read(shared, key, order).await?
+    else {
+        return Ok(Reconciled::retry(key, SETTLE_TIME));
+    };
+
+    // Own, once read: take the task if it needs an owner.
+    match ownership::claim(shared, key, &desired, status.as_ref()).await? {
+        ownership::Gate::Proceed => {}
+        // What was read before the task was ours may be stale (its last owner may have
+        // moved it on since): start over, reading afresh as its owner.
+        ownership::Gate::Acquired => {
+            shared.store.refresh(key).await?;
+            return Box::pin(try_reconcile(shared, key)).await;
+        }
+        gate => return Ok(ownership::not_acting(shared, key, order, gate)),
+    }
+    let dependencies = dependencies_of(shared, key, &mut desired, &file, status.as_ref()).await?;
+
+    // Observe.
+    let (single, lanes) = observe_containers(shared, key, status.as_ref()).await;
+    let placement = placement_for(shared, key, &desired).await;
+    let requests = shared.memory(key, Requests::take);
+    let result = decide_and_act(
+        shared,
+        key,
+        order,
+        Pass {
+            desired: &desired,
+            status: status.as_ref(),
+            local_dir,
+            single,
+            lanes,
+            dependencies,
+            placement,
+            requests,
+        },
+    )
+    .await;
+    let done = match result {
+        Ok(done) => done,
+        Err(err) => {
+            shared.memory(key, |m| requests.put_back(m));
+            return Err(err);
+        }
+    };
+
+    // Report.
+    let mut wake = wake;
+    if done.state == TaskState::Removed {
+        shared.release_names(key);
+        shared.graph.forget(key);
+    }
+    if done.changed {
+        wake.extend(shared.graph.dependents(key));
+    }
+    Ok(Reconciled {
+        wake,
+        phase: done.phase,
+        deferred: done.deferred,
+        ..Reconciled::new(key, done.state, done.requeue)
+    })
+}
+
+/// Reads the manifest (judged) and the status; settles who owns the task's name.
+/// `None`: the manifest is probably still being written.
+async fn read(shared: &Arc<Shared>, key: &TaskKey, order: u64) -> Result<Option<Read>, StoreError> {
+    let Some(DesiredRead {
+        mut desired,
+        file,
+        local_dir,
+    }) = read_desired(shared, key).await?
+    else {
+        return Ok(None);
+    };
+    let file = file.unwrap_or_else(|| key.to_string());
+    let mut wake = Vec::new();
+    match &desired {
+        Desired::Valid(spec) => match shared.claim_name(&spec.name, key, order) {
+            Ok(other) => wake.extend(other),
+            Err(owner) => {
+                desired = Desired::Invalid {
+                    name: spec.name.clone(),
+                    message: format!(
+                        "{file}: metadata.name: {:?} is already the name of task {owner}; names must be unique, so rename one of them",
+                        spec.name
+                    ),
+                }
+            }
+        },
+        _ => shared.release_names(key),
+    }
+    let status = shared.store.read_status_for_update(key).await?;
+    Ok(Some(Read {
+        desired,
+        file,
+        local_dir,
+        status,
+        wake,
+    }))
+}
+
+/// Where the task's `dependsOn` stand; a dependency that cannot be (a cycle, a task that
+/// does not exist) makes the task Invalid.
+async fn dependencies_of(
+    shared: &Arc<Shared>,
+    key: &TaskKey,
+    desired: &mut Desired,
+    file: &str,
+    status: Option<&TaskStatus>,
+) -> Result<Dependencies, StoreError> {
+    let Desired::Valid(spec) = &*desired else {
+        shared.graph.forget(key);
+        return Ok(Dependencies::None);
+    };
+    Ok(match dependencies::evaluate(shared, key, spec, file, status).await? {
+        Ok(dependencies) => dependencies,
+        Err(message) => {
+            *desired = Desired::Invalid {
+                name: spec.name.clone(),
+                message,
+            };
+            Dependencies::None
+        }
+    })
+}
+
+/// Observes the containers the status says may exist, each on the runtime it was made
+/// on: the single container of a task of one completion, or each live lane of a fan-out.
+async fn observe_containers(
+    shared: &Arc<Shared>,
+    key: &TaskKey,
+    status: Option<&TaskStatus>,
+) -> (Lane, BTreeMap<u32, Lane>) {
+    let mut single = Lane::default();
+    let mut lanes = BTreeMap::new();
+    let Some(status) = status else {
+        return (single, lanes);
+    };
+    if status.indexes.is_empty() {
+        if let Some(record) = status.live_container().and(status.current()) {
+            single = observe(shared, key, record, status.phase == Phase::Deleting).await;
+        }
+        return (single, lanes);
+    }
+    for lane in status.indexes.iter().filter(|l| l.phase.has_container()) {
+        let record = status
+            .attempts
+            .iter()
+            .find(|a| a.index == Some(lane.index) && a.number == lane.attempt);
+        if let Some(record) = record {
+            let seen = observe(shared, key, record, lane.phase == Phase::Deleting).await;
+            lanes.insert(lane.index, seen);
+        }
+    }
+    (single, lanes)
+}
+
+/// Where a container started now would live, recorded with its attempt.
+async fn placement_for(shared: &Arc<Shared>, key: &TaskKey, desired: &Desired) -> Option<Placement> {
+    let Desired::Valid(spec) = desired else { return None };
+    let runtime = shared.runtime(spec.runtime)?;
+    match runtime.placement().await {
+        Ok(placement) => Some(placement),
+        Err(err) => {
+            // The status can only say "retrying"; the cause (an engine that does not
+            // answer, its socket's path) is here.
+            tracing::warn!(task = %key, "cannot reach the {} runtime: {err}", spec.runtime);
+            None
+        }
+    }
+}
+
+/// Everything one pass read and saw, for the decision.
+struct Pass<'a> {
+    desired: &'a Desired,
+    status: Option<&'a TaskStatus>,
+    local_dir: Option<PathBuf>,
+    single: Lane,
+    lanes: BTreeMap<u32, Lane>,
+    dependencies: Dependencies,
+    placement: Option<Placement>,
+    requests: Requests,
+}
+
+/// Where a pass leaves the task.
+struct Done {
+    state: TaskState,
+    requeue: Option<Duration>,
+    /// Held back until start-up has seen every task.
+    deferred: bool,
+    /// See [`Reconciled::phase`].
+    phase: Option<(Phase, RuntimeKind, i64)>,
+    /// Its phase or spec changed (or it appeared or went): its dependents look again.
+    changed: bool,
+}
+
+/// Decide, admit, persist and act, settle. An error means the decision may not have
+/// been persisted: a lane then keeps its slot if its container may exist under either
+/// the status read or the one decided, until a later pass reads which the store holds.
+async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: Pass<'_>) -> Result<Done, StoreError> {
+    let Pass {
+        desired,
+        status,
+        local_dir,
+        single,
+        mut lanes,
+        dependencies,
+        placement,
+        requests,
+    } = pass;
+    for lane in lanes.values_mut() {
+        lane.seen_by_engine = requests.seen_by_engine;
+    }
+    let results = match &dependencies {
+        Dependencies::Met { results, .. } => Some(results.clone()),
+        _ => None,
+    };
+    let input = Input {
+        key,
+        desired,
+        status,
+        observed: single.observed,
+        seen_by_engine: requests.seen_by_engine,
+        log_tail: single.log_tail,
+        slot: Slot::Granted,
+        now: shared.clock.now(),
+        jitter: shared.entropy.unit(),
+        event: single.event,
+        terminate: requests.terminate,
+        index: None,
+        lanes,
+        dependencies,
+        placement,
+    };
+
+    // Decide, and admit what it starts.
+    let decision = reconcile::decide(input.clone());
+    let runtime = match desired {
+        Desired::Valid(spec) => spec.runtime,
+        _ => shared.config.default_runtime,
+    };
+    let caught_up = shared.caught_up.load(std::sync::atomic::Ordering::Acquire);
+    let (decision, waiting_lane, token_wait) =
+        match admit::admit(&shared.limits, caught_up, key, order, runtime, input, decision) {
+            Admitted::Decided {
+                decision,
+                waiting_lane,
+                token_wait,
+            } => (*decision, waiting_lane, token_wait),
+            Admitted::Deferred(standings) => {
+                shared.limits.settle_task(key, order, &standings);
+                return Ok(Done {
+                    state: TaskState::Active,
+                    requeue: None,
+                    deferred: true,
+                    phase: None,
+                    changed: false,
+                });
+            }
+        };
+
+    // Persist, then act.
+    let acted = execute(shared, key, status, desired, local_dir, results, &decision).await;
+    let mut requeue = match acted {
+        Ok(requeue) => requeue,
+        Err(err) => {
+            shared
+                .limits
+                .settle_task(key, order, &admit::standings_unsure(status, decision.status.as_ref()));
+            return Err(err);
+        }
+    };
+
+    // Settle: the lanes hold slots as the status now written says.
+    let standings = admit::standings(decision.status.as_ref(), waiting_lane);
+    shared.limits.settle_task(key, order, &standings);
+    if let Some(wait) = token_wait {
+        requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+    }
+    ownership::after(shared, key, decision.status.as_ref()).await;
+    let state = match &decision.status {
+        None => TaskState::Removed,
+        Some(s) if s.phase.is_final() => TaskState::Final(s.phase),
+        Some(_) => TaskState::Active,
+    };
+    let changed = match (status, decision.status.as_ref()) {
+        (Some(before), Some(after)) => before.phase != after.phase || before.spec_hash != after.spec_hash,
+        (None, None) => false,
+        _ => true,
+    };
+    let phase = decision.status.as_ref().map(|s| {
+        let runtime = s.current().map(|a| a.runtime).unwrap_or(shared.config.default_runtime);
+        let live = standings
+            .iter()
+            .filter(|(_, standing, _)| *standing == limits::Standing::Live)
+            .count();
+        (s.phase, runtime, live as i64)
+    });
+    Ok(Done {
+        state,
+        requeue,
+        deferred: false,
+        phase,
+        changed,
+    })
+}
