@@ -60,34 +60,6 @@ fn once_exits_0_when_all_succeed_and_1_when_one_fails() {
 }
 
 #[test]
-fn a_failing_task_is_tried_retries_plus_one_times_then_fails_with_its_reason() {
-    let ws = Workspace::new();
-    ws.task(
-        "flaky.yaml",
-        &format!("{}; echo boom; exit 7", ws.ledger_line()),
-        "  retries: 2\n  backoff: 100ms\n",
-    );
-    assert_eq!(ws.controller(&["--once"]).wait(LONG), Some(1));
-    let status = ws.status("flaky").unwrap();
-    assert_eq!(status["phase"], "Failed");
-    assert_eq!(status["reason"], "ExitCode");
-    assert_eq!(status["attempt"], 3);
-    let attempts = status["attempts"].as_array().unwrap();
-    assert_eq!(attempts.len(), 3);
-    assert!(attempts.iter().all(|a| a["exitCode"] == 7));
-    assert!(status["message"].as_str().unwrap().contains("no retries left"));
-    assert!(status["logTail"].as_str().unwrap().contains("boom"));
-    assert_eq!(ws.ledger_lines(), vec!["flaky 1", "flaky 2", "flaky 3"]);
-    // Retries back off: the second retry waits about twice as long as the first.
-    let time =
-        |i: usize, field: &str| chrono::DateTime::parse_from_rfc3339(attempts[i][field].as_str().unwrap()).unwrap();
-    let gap1 = time(1, "createdAt") - time(0, "finishedAt");
-    let gap2 = time(2, "createdAt") - time(1, "finishedAt");
-    assert!(gap1.num_milliseconds() >= 70, "{gap1:?}");
-    assert!(gap2.num_milliseconds() >= 150, "{gap2:?}");
-}
-
-#[test]
 fn a_timeout_kills_the_whole_process_group_and_fails_with_deadline_exceeded() {
     let ws = Workspace::new();
     let secs = unique_secs();
@@ -284,29 +256,6 @@ fn crash_safety_under_repeated_sigkill() {
     ws.wait_until(Duration::from_secs(5), "no supervisor or child left", || {
         processes_mentioning(&ws.root().display().to_string()).is_empty()
     });
-}
-
-#[test]
-fn a_runtime_cap_holds_tasks_back_under_the_global_limit() {
-    let ws = Workspace::new();
-    for i in 0..8 {
-        ws.task(&format!("p{i}.yaml"), &ws.overlap_script(0.3), "");
-    }
-    let controller = ws.controller(&["--once", "--max-running", "6", "--max-running-process", "2"]);
-    let mut saw_cap = false;
-    let deadline = Instant::now() + LONG;
-    while Instant::now() < deadline && !(0..8).all(|i| ws.phase(&format!("p{i}")).as_deref() == Some("Succeeded")) {
-        saw_cap |= (0..8).any(|i| {
-            ws.status(&format!("p{i}")).is_some_and(|s| {
-                s["reason"] == "WaitingForSlot"
-                    && s["message"].as_str().unwrap_or("").contains("max-running-process 2/2")
-            })
-        });
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(controller.wait(LONG), Some(0));
-    assert_eq!(ws.most_at_once(), 2, "the process cap, not the global limit, held them");
-    assert!(saw_cap, "a waiting task names the cap that holds it");
 }
 
 /// Status files that are not skiff's to read: a FIFO (blocked every read forever), a

@@ -14,6 +14,9 @@
 pub mod clock;
 pub mod ownership;
 pub mod runtime;
+pub mod scenario;
+#[cfg(test)]
+mod scenarios;
 mod schedule;
 pub mod store;
 pub mod world;

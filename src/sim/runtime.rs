@@ -63,12 +63,21 @@ impl FakeRuntime {
     fn create(&self, state: &mut State, spec: &ContainerSpec) {
         let now = self.world.now();
         let (task, attempt_id) = State::container_of(&spec.labels);
-        let runs = Duration::from_millis(state.below(LONGEST_RUN.as_millis() as u64));
-        let exit_code = if state.chance(0.7) {
-            0
-        } else {
-            1 + state.below(3) as i32
+        let (runs, exit_code) = match state.behaviour.clone() {
+            Some(behaviour) => behaviour(spec),
+            None => {
+                let runs = Duration::from_millis(state.below(LONGEST_RUN.as_millis() as u64));
+                let exit_code = if state.chance(0.7) { 0 } else { 1 + state.below(3) as i32 };
+                (runs, exit_code)
+            }
         };
+        if let Some(creations) = &mut state.creations {
+            creations.push(super::world::Creation {
+                at: now,
+                name: spec.name.clone(),
+                env: spec.env.iter().cloned().collect(),
+            });
+        }
         let p = state.faults.runtime_lost;
         let container = Container {
             task,

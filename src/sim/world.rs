@@ -118,6 +118,26 @@ pub struct State {
     /// Every call, when a replay asks for the whole story (`SKIFF_SIM_VERBOSE=1`).
     pub verbose: bool,
     pub log: Vec<String>,
+    /// How containers behave, when a scenario chooses (else the seed does).
+    pub behaviour: Option<Behaviour>,
+    /// Every container made, in order, when a scenario watches (else `None`: a hundred
+    /// thousand schedules keep no history).
+    pub creations: Option<Vec<Creation>>,
+    /// Every status written, in order, when a scenario watches.
+    pub writes: Option<Vec<(TaskKey, TaskStatus)>>,
+    /// The most containers that existed at once.
+    pub peak: usize,
+}
+
+/// How long a container runs and how it exits, chosen from what it was given.
+pub type Behaviour = Arc<dyn Fn(&crate::runtime::ContainerSpec) -> (Duration, i32) + Send + Sync>;
+
+/// A container as it was made.
+#[derive(Debug, Clone)]
+pub struct Creation {
+    pub at: Timestamp,
+    pub name: String,
+    pub env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -158,6 +178,10 @@ impl World {
                 stats: Stats::default(),
                 verbose: std::env::var_os("SKIFF_SIM_VERBOSE").is_some_and(|v| v == "1"),
                 log: Vec::new(),
+                behaviour: None,
+                creations: None,
+                writes: None,
+                peak: 0,
             }),
             clock,
         })
@@ -265,6 +289,9 @@ impl State {
     /// Invariants that hold at the moment a status is written.
     pub fn on_status_write(&mut self, key: &TaskKey, new: &TaskStatus) {
         self.stats.writes += 1;
+        if let Some(writes) = &mut self.writes {
+            writes.push((key.clone(), new.clone()));
+        }
         for attempt in &new.attempts {
             let Some(id) = attempt.attempt_id() else { continue };
             // An exit code comes from the attempt's own container, never another's.
@@ -369,6 +396,7 @@ impl State {
         // checker cannot attribute yet (leases change hands while slots are held): the
         // limit is checked in schedules of one replica.
         let live = self.containers.len() + 1;
+        self.peak = self.peak.max(live);
         if !self.replicated
             && let Some(max) = self.max_running
             && live > max
