@@ -139,6 +139,9 @@ struct Memory {
     terminate: bool,
     /// When the last completion event was accepted, for the latency metric.
     event_at: Option<std::time::Instant>,
+    /// Containers of the task that its status does not record, found by orphan
+    /// collection, by name: (runtime, attempt id). The next pass removes them.
+    strays: HashMap<String, (RuntimeKind, String)>,
 }
 
 /// What the HTTP side shares with the controller, when it is served.

@@ -110,7 +110,8 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
     }
     let dependencies = dependencies_of(shared, key, &mut desired, &file, status.as_ref()).await?;
 
-    // Observe.
+    // Observe: first remove what the status no longer records, then look at what it does.
+    remove_strays(shared, key, status.as_ref()).await;
     let (single, lanes) = observe_containers(shared, key, status.as_ref()).await;
     let placement = placement_for(shared, key, &desired).await;
     let requests = shared.memory(key, Requests::take);
@@ -247,6 +248,39 @@ async fn observe_containers(
         }
     }
     (single, lanes)
+}
+
+/// Removes the task's containers that orphan collection found unrecorded by its status
+/// (a person deleted the status under a live container, to run the task again). Only a
+/// pass may: passes of one task never overlap, so the name cannot have been given to
+/// a new attempt's container between the look and the delete.
+async fn remove_strays(shared: &Arc<Shared>, key: &TaskKey, status: Option<&TaskStatus>) {
+    let strays = shared.memory(key, |m| std::mem::take(&mut m.strays));
+    for (name, (kind, attempt_id)) in strays {
+        let recorded = status.is_some_and(|s| {
+            s.attempts
+                .iter()
+                .any(|a| a.container == name && a.attempt_id().as_deref() == Some(attempt_id.as_str()))
+        });
+        let Some(runtime) = shared.runtime(kind) else { continue };
+        if recorded {
+            continue;
+        }
+        let result = match runtime.inspect(&name).await {
+            // Still that attempt's: it goes.
+            Ok(found) if found.attempt_id.as_deref() == Some(attempt_id.as_str()) => {
+                tracing::info!(task = %key, container = %name, "removing a container its status no longer records (the status was deleted under it)");
+                runtime.delete(&name).await
+            }
+            // Gone already, or the name holds another attempt now.
+            Ok(_) => Ok(()),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = result {
+            tracing::warn!(task = %key, container = %name, "cannot remove a container its status no longer records; will retry: {err}");
+            shared.memory(key, |m| m.strays.insert(name, (kind, attempt_id)));
+        }
+    }
 }
 
 /// Where a container started now would live, recorded with its attempt.

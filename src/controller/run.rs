@@ -24,6 +24,8 @@ impl Controller {
             }
         }
         drop(runtime_tx);
+        // Tasks with a container their status does not record, from orphan collection.
+        let (stray_tx, mut strays) = mpsc::unbounded_channel::<TaskKey>();
 
         let mut queue = WorkQueue::new();
         // Ordered, so that a relist queues the same keys in the same order on every run.
@@ -63,7 +65,7 @@ impl Controller {
         let mut unobserved: std::collections::HashSet<TaskKey> = known.keys().cloned().collect();
         let mut caught_up = false;
         let mut deferred: Vec<TaskKey> = Vec::new();
-        self.collect_orphans();
+        self.collect_orphans(&stray_tx);
         let mut resync =
             tokio::time::interval_at(tokio::time::Instant::now() + shared.config.resync, shared.config.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -167,6 +169,7 @@ impl Controller {
                     }
                 }
                 Some(key) = self.woken.recv() => queue.schedule(key, Duration::ZERO),
+                Some(key) = strays.recv() => queue.schedule(key, Duration::ZERO),
                 Some(request) = next_control(&mut control) => match request {
                     Control::Terminate(key) => {
                         shared.memory(&key, |m| m.terminate = true);
@@ -184,7 +187,7 @@ impl Controller {
                     if let Err(err) = relisted {
                         tracing::warn!("resync of {} failed, will retry: {err}", shared.store.location());
                     }
-                    self.collect_orphans();
+                    self.collect_orphans(&stray_tx);
                 }
                 key = queue.next(), if running.len() < shared.config.workers => {
                     let shared = shared.clone();
@@ -262,9 +265,14 @@ impl Controller {
     }
 
     /// Deletes containers that carry skiff's labels but whose task no longer exists:
-    /// what a crash between "delete the container" and "forget the task" can leave.
-    fn collect_orphans(&self) {
+    /// what a crash between "delete the container" and "forget the task" can leave. A
+    /// container whose task exists but whose status does not record its attempt (a
+    /// person deleted the status under it) is left to the task's next pass, which runs
+    /// alone for its task: deleting it from here could race a pass that has just made
+    /// the next attempt's container under the same name.
+    fn collect_orphans(&self, strays: &mpsc::UnboundedSender<TaskKey>) {
         let shared = self.shared.clone();
+        let strays = strays.clone();
         tokio::spawn(async move {
             for runtime in shared.runtimes.values() {
                 let Ok(containers) = runtime.list().await else { continue };
@@ -283,6 +291,25 @@ impl Controller {
                     if !has_manifest && !has_status {
                         tracing::info!(container = %container.name, task = %key, "removing an orphaned container");
                         let _ = runtime.delete(&container.name).await;
+                        continue;
+                    }
+                    let attempt_id = container.labels.get(runtime::LABEL_ATTEMPT_ID);
+                    let recorded = match (&status, attempt_id) {
+                        (Ok(Some(status)), Some(id)) => status
+                            .attempts
+                            .iter()
+                            .any(|a| a.container == container.name && a.attempt_id().as_ref() == Some(id)),
+                        // Read as absent: its status was deleted (a container is made only
+                        // once its status records it).
+                        (Ok(None), Some(_)) => false,
+                        // Unreadable, or made before attempt ids: leave it be.
+                        _ => true,
+                    };
+                    if !recorded && let Some(id) = attempt_id {
+                        shared.memory(&key, |m| {
+                            m.strays.insert(container.name.clone(), (runtime.kind(), id.clone()))
+                        });
+                        let _ = strays.send(key);
                         continue;
                     }
                     if let Ok(Some(status)) = &status

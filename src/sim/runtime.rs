@@ -67,7 +67,11 @@ impl FakeRuntime {
             Some(behaviour) => behaviour(spec),
             None => {
                 let runs = Duration::from_millis(state.below(LONGEST_RUN.as_millis() as u64));
-                let exit_code = if state.chance(0.7) { 0 } else { 1 + state.below(3) as i32 };
+                let exit_code = if state.chance(0.7) {
+                    0
+                } else {
+                    1 + state.below(3) as i32
+                };
                 (runs, exit_code)
             }
         };

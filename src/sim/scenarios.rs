@@ -25,8 +25,14 @@ fn a_failing_task_is_tried_retries_plus_one_times_then_fails_with_its_reason() {
     assert_eq!(status.attempt, 3);
     assert_eq!(status.attempts.len(), 3);
     assert!(status.attempts.iter().all(|a| a.exit_code == Some(7)));
-    assert!(status.message.as_deref().unwrap_or("").contains("no retries left"), "{status:?}");
-    assert!(status.log_tail.as_deref().unwrap_or("").contains("output of"), "{status:?}");
+    assert!(
+        status.message.as_deref().unwrap_or("").contains("no retries left"),
+        "{status:?}"
+    );
+    assert!(
+        status.log_tail.as_deref().unwrap_or("").contains("output of"),
+        "{status:?}"
+    );
     assert_eq!(ran.env_of_creations("SKIFF_ATTEMPT"), ["1", "2", "3"]);
     // Retries back off: the second retry waits about twice as long as the first.
     let gap = |i: usize| {
@@ -186,7 +192,10 @@ fn cycles_and_unknown_dependencies_are_invalid_and_a_failed_dependency_fails_its
     }
     let me = ran.status("me");
     assert_eq!(me.phase, Phase::Invalid);
-    assert!(me.message.as_deref().unwrap_or("").contains("depends on itself"), "{me:?}");
+    assert!(
+        me.message.as_deref().unwrap_or("").contains("depends on itself"),
+        "{me:?}"
+    );
     let orphan = ran.status("orphan");
     assert_eq!(orphan.phase, Phase::Invalid);
     assert!(
@@ -203,9 +212,16 @@ fn cycles_and_unknown_dependencies_are_invalid_and_a_failed_dependency_fails_its
         (Phase::Failed, Some(Reason::DependencyFailed))
     );
     let after = ran.status("after-broken");
-    assert_eq!((after.phase, after.reason), (Phase::Failed, Some(Reason::DependencyFailed)));
+    assert_eq!(
+        (after.phase, after.reason),
+        (Phase::Failed, Some(Reason::DependencyFailed))
+    );
     assert!(
-        after.message.as_deref().unwrap_or("").contains("dependency broken failed"),
+        after
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("dependency broken failed"),
         "{after:?}"
     );
     assert!(after.attempts.is_empty(), "it never ran");

@@ -295,19 +295,16 @@ impl Schedule {
                 }
             }
             20..=24 if !keys.is_empty() => {
-                // A person deletes the status: "run it again".
-                // Only where the contract offers the gesture: a status with no container
-                // (one deleted under a running container leaves it unaccounted for).
+                // A person deletes the status: "run it again". Under a live container too:
+                // orphan collection finds the container unrecorded and the task's next pass
+                // removes it (until then it runs outside the limits, as the person chose).
                 let key = keys[self.rng.random_range(0..keys.len())].clone();
                 let mut state = self.world.lock();
-                let idle = state.statuses.get(&key).is_some_and(|s| {
-                    !s.status.phase.has_container() && !s.status.indexes.iter().any(|l| l.phase.has_container())
-                });
-                if idle && state.statuses.remove(&key).is_some() {
+                if let Some(deleted) = state.statuses.remove(&key) {
                     drop(state);
                     self.say(format!("status {key} deleted by a person"));
                     let mut state = self.world.lock();
-                    state.on_status_delete(&key);
+                    state.on_status_deleted_by_person(&key, &deleted.status);
                     state.record(&format!("status {key} deleted"));
                     state.notify_store(StoreEvent::Changed(key));
                 }

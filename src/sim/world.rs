@@ -127,6 +127,8 @@ pub struct State {
     pub writes: Option<Vec<(TaskKey, TaskStatus)>>,
     /// The most containers that existed at once.
     pub peak: usize,
+    /// (container, attempt id) of every attempt recorded in a status a person deleted.
+    recorded_then_deleted: BTreeSet<(String, String)>,
 }
 
 /// How long a container runs and how it exits, chosen from what it was given.
@@ -182,6 +184,7 @@ impl World {
                 creations: None,
                 writes: None,
                 peak: 0,
+                recorded_then_deleted: BTreeSet::new(),
             }),
             clock,
         })
@@ -367,6 +370,18 @@ impl State {
         self.attempts.remove(key);
     }
 
+    /// A person deleted the status: a pass that recorded an attempt in it before may
+    /// still create its container (it persisted, then acts); that container is then
+    /// unrecorded, which orphan collection and the next pass deal with.
+    pub fn on_status_deleted_by_person(&mut self, key: &TaskKey, deleted: &TaskStatus) {
+        self.on_status_delete(key);
+        for attempt in &deleted.attempts {
+            if let Some(id) = attempt.attempt_id() {
+                self.recorded_then_deleted.insert((attempt.container.clone(), id));
+            }
+        }
+    }
+
     /// Invariants that hold at the moment a container is created.
     pub fn on_create(&mut self, name: &str, container: &Container) {
         self.stats.creates += 1;
@@ -387,7 +402,8 @@ impl State {
                     .iter()
                     .any(|a| a.container == name && a.attempt_id().as_deref() == Some(id.as_str()))
         });
-        if !recorded {
+        let person_deleted_it = self.recorded_then_deleted.contains(&(name.to_string(), id.clone()));
+        if !recorded && !person_deleted_it {
             self.violation(format!(
                 "{name}: created before the status recorded attempt {id} (persist, then act)"
             ));
@@ -395,7 +411,9 @@ impl State {
         // Replicas each keep their own limit over the tasks they hold, which this
         // checker cannot attribute yet (leases change hands while slots are held): the
         // limit is checked in schedules of one replica.
-        let live = self.containers.len() + 1;
+        // A container whose status no longer records it (deleted by a person under it)
+        // holds no slot: it is the person's until the task's next pass removes it.
+        let live = 1 + self.containers.iter().filter(|(name, c)| self.records(name, c)).count();
         self.peak = self.peak.max(live);
         if !self.replicated
             && let Some(max) = self.max_running
@@ -408,8 +426,8 @@ impl State {
         if let Some(manifest) = self.manifests.get(&key) {
             let of_task = 1 + self
                 .containers
-                .values()
-                .filter(|c| c.task.as_ref() == Some(&key))
+                .iter()
+                .filter(|(name, c)| c.task.as_ref() == Some(&key) && self.records(name, c))
                 .count();
             if of_task > manifest.parallelism {
                 let message = format!(
@@ -419,6 +437,18 @@ impl State {
                 self.violation(message);
             }
         }
+    }
+
+    /// The container's task's status records its attempt.
+    fn records(&self, name: &str, container: &Container) -> bool {
+        let Some(task) = &container.task else { return false };
+        self.statuses.get(task).is_some_and(|stored| {
+            stored
+                .status
+                .attempts
+                .iter()
+                .any(|a| a.container == name && a.attempt_id().as_deref() == Some(container.attempt_id.as_str()))
+        })
     }
 
     pub fn container_of(labels: &BTreeMap<String, String>) -> (Option<TaskKey>, String) {
