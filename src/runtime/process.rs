@@ -48,6 +48,17 @@ pub struct ProcessRuntime {
     cgroups: Option<super::cgroup::CgroupRoot>,
 }
 
+/// The process runtime's options for `task`: on the host, a relative `workingDir` is the
+/// manifest's folder's (`manifest_dir`), and without one the command runs in that folder.
+pub(crate) fn options(task: &crate::manifest::TaskSpec, manifest_dir: Option<PathBuf>) -> super::RuntimeOptions {
+    let working_dir = match (&task.working_dir, manifest_dir) {
+        (Some(dir), Some(base)) => Some(base.join(dir)),
+        (Some(dir), None) => Some(PathBuf::from(dir)),
+        (None, base) => base,
+    };
+    super::RuntimeOptions::Process { working_dir }
+}
+
 /// Where the runtime's files are; shared with blocking tasks and the CLI.
 pub struct Layout {
     containers: PathBuf,
@@ -71,6 +82,23 @@ impl ProcessRuntime {
             max_log_bytes: super::log_cap::DEFAULT_MAX_LOG_BYTES,
             cgroups: None,
         })
+    }
+
+    /// The runtime over the state folder `state_dir` as it is, for reading what it keeps
+    /// (`skiff logs`): creates nothing, neither folders nor a placement id (its placement
+    /// names the id only if there is one), and does not watch. Its containers would be
+    /// started by this very binary.
+    pub fn open(state_dir: &Path) -> Self {
+        let id_file = state_dir.join(STATE_ID_FILE);
+        let state_id = std::fs::read_to_string(id_file).map(|id| id.trim().to_string());
+        ProcessRuntime {
+            layout: Arc::new(Layout::new(state_dir)),
+            placement: super::Placement::process(state_id.unwrap_or_default(), host_name()),
+            supervisor_exe: std::env::current_exe().unwrap_or_default(),
+            watcher: Mutex::new(None),
+            max_log_bytes: super::log_cap::DEFAULT_MAX_LOG_BYTES,
+            cgroups: None,
+        }
     }
 
     /// Runs each container in a cgroup of its own (see [`super::cgroup`]), when this
@@ -115,7 +143,10 @@ impl ProcessRuntime {
             .arg(serde_json::to_string(&spec.labels).unwrap_or_default())
             .arg("--max-log-size")
             .arg(self.max_log_bytes.to_string());
-        if let Some(working_dir) = &spec.working_dir {
+        let super::RuntimeOptions::Process { working_dir } = &spec.options else {
+            return Err(spec.options.mismatch(RuntimeKind::Process, &spec.name));
+        };
+        if let Some(working_dir) = working_dir {
             command.arg("--working-dir").arg(working_dir);
         }
         if let Some(cgroups) = &self.cgroups {
@@ -405,11 +436,13 @@ impl Runtime for ProcessRuntime {
 
     async fn log_tail(&self, name: &str) -> Result<Option<String>, RuntimeError> {
         // A little more than the tail, so that it can start on a line boundary.
-        match super::kept_logs::read_end(&self.layout.log_path(name), Some(LOG_TAIL_BYTES as u64 + 256)).await {
-            Ok(bytes) => Ok(Some(crate::status::log_tail(&bytes))),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(err.into()),
-        }
+        let tail = super::kept_logs::read(&self.layout.logs, name, Some(LOG_TAIL_BYTES as u64 + 256)).await?;
+        Ok(tail.map(|bytes| crate::status::log_tail(&bytes)))
+    }
+
+    /// The log file the supervisor writes as the container runs, and which outlives it.
+    async fn output(&self, name: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
+        super::kept_logs::read(&self.layout.logs, name, None).await
     }
 
     async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
