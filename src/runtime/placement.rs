@@ -63,37 +63,54 @@ mod tests {
 
     #[test]
     fn each_runtime_says_what_differs() {
-        let said = |runtime: &str, a: &Placement, b: &Placement| a.difference(runtime, b).what;
         let here = Placement::process("s1", "h");
-        assert_eq!(
-            said("process", &here, &Placement::process("s2", "h")),
-            "runs processes under another state folder"
-        );
-        assert_eq!(
-            said("process", &here, &Placement::process("s1", "far")),
-            "runs processes on another machine"
-        );
         let engine = Placement::docker("E1", "/s");
-        assert_eq!(
-            said("docker", &engine, &Placement::docker("E2", "/s")),
-            "runs docker containers on another engine"
-        );
-        assert_eq!(
-            said("docker", &engine, &Placement::docker("E1", "/t")),
-            "labels its docker containers with another state folder"
-        );
         let group = Placement::aci("S", "G", "o");
-        assert_eq!(
-            said("aci", &group, &Placement::aci("S", "H", "o")),
-            "makes ACI container groups in another subscription or resource group"
-        );
-        assert_eq!(
-            said("aci", &group, &Placement::aci("s", "g", "p")),
-            "tags its ACI container groups with another owner"
-        );
-        assert_eq!(
-            group.difference("other", &here).remedy,
-            "give the replicas one placement"
-        );
+        let table = [
+            (
+                "process",
+                &here,
+                Placement::process("s2", "h"),
+                "runs processes under another state folder",
+            ),
+            (
+                "process",
+                &here,
+                Placement::process("s1", "far"),
+                "runs processes on another machine",
+            ),
+            (
+                "docker",
+                &engine,
+                Placement::docker("E2", "/s"),
+                "runs docker containers on another engine",
+            ),
+            (
+                "docker",
+                &engine,
+                Placement::docker("E1", "/t"),
+                "labels its docker containers with another state folder",
+            ),
+            (
+                "aci",
+                &group,
+                Placement::aci("S", "H", "o"),
+                "makes ACI container groups in another subscription or resource group",
+            ),
+            (
+                "aci",
+                &group,
+                Placement::aci("s", "g", "p"),
+                "tags its ACI container groups with another owner",
+            ),
+            ("other", &group, here.clone(), "places containers elsewhere"),
+        ];
+        for (runtime, mine, theirs, what) in table {
+            assert_eq!(
+                mine.difference(runtime, &theirs).what,
+                what,
+                "{runtime}: {mine} / {theirs}"
+            );
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! (`completedBy: engine`), whether the supervisor was started by this controller or
 //! adopted after a restart.
 
+use super::adopt::{self, Verdict};
 use super::supervisor::{self, Entry, State};
 use super::{ContainerSpec, ContainerState, ContainerSummary, Inspection, LABEL_ATTEMPT_ID, Runtime, RuntimeError};
 use crate::fsutil;
@@ -33,6 +34,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `delete` waits for a killed child's supervisor to record the exit.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 const STATE_SUFFIX: &str = ".state";
+/// The owner mark of every container in this runtime's state folder: its own.
+const OWN: &str = "this state folder";
 
 pub struct ProcessRuntime {
     layout: Arc<Layout>,
@@ -293,11 +296,13 @@ impl Layout {
 
     /// A container of this name exists but was made for another attempt.
     fn is_stale(&self, spec: &ContainerSpec) -> bool {
-        let Some(wanted) = spec.labels.get(LABEL_ATTEMPT_ID) else {
-            return false;
-        };
-        self.read_state(&spec.name)
-            .is_some_and(|state| state.supervisor.is_some() && state.labels.get(LABEL_ATTEMPT_ID) != Some(wanted))
+        let wanted = spec.labels.get(LABEL_ATTEMPT_ID).map(String::as_str);
+        self.read_state(&spec.name).is_some_and(|state| {
+            // The state folder is this controller's own: whatever it holds is ours, so the
+            // verdict is adopt or replace, never foreign.
+            let found = state.labels.get(LABEL_ATTEMPT_ID).map(String::as_str);
+            state.supervisor.is_some() && adopt::verdict(Some(OWN), OWN, found, wanted) == Verdict::Replace
+        })
     }
 
     fn inspect_sync(&self, name: &str) -> ContainerState {

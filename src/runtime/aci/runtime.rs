@@ -379,13 +379,7 @@ impl Runtime for AciRuntime {
             let wanted = spec.labels.get(LABEL_ATTEMPT_ID).map(String::as_str);
             match adopt::verdict(group.tag(TAG_OWNER), &inner.owner, group.tag(LABEL_ATTEMPT_ID), wanted) {
                 Verdict::Foreign { owner } => {
-                    return Err(RuntimeError::Transient(format!(
-                        "aci: the name {name} is taken by a container group that {}; waiting for it to go",
-                        match owner {
-                            Some(other) => format!("another skiff controller made (owner {other})"),
-                            None => "skiff did not make".to_string(),
-                        }
-                    )));
+                    return Err(adopt::taken("aci", name, "container group", owner, "owner"));
                 }
                 // Same name, another attempt: never adopt it.
                 Verdict::Replace => {

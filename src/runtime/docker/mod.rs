@@ -480,13 +480,7 @@ impl Runtime for DockerRuntime {
                 match adopt::verdict(label(LABEL_STATE_DIR), &inner.owner, label(LABEL_ATTEMPT_ID), wanted) {
                     // Another controller's (or a person's): never ours to adopt or remove.
                     Verdict::Foreign { owner } => {
-                        return Err(RuntimeError::Transient(format!(
-                            "docker: the name {name} is taken by a container that {}; waiting for it to go",
-                            match owner {
-                                Some(other) => format!("another skiff controller made (state folder {other})"),
-                                None => "skiff did not make".to_string(),
-                            }
-                        )));
+                        return Err(adopt::taken("docker", name, "container", owner, "state folder"));
                     }
                     // Same name, another attempt: one an earlier run kept (`cleanup`), or
                     // one left from before its status file was deleted. Never adopt it.
