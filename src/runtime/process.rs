@@ -522,6 +522,23 @@ mod tests {
         runtime.placement.clone()
     }
 
+    #[tokio::test]
+    async fn output_is_the_kept_log_read_from_a_folder_opened_as_it_is() {
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        let reader = ProcessRuntime::open(&state);
+        assert_eq!(reader.output("c-1").await.unwrap(), None, "no folder: no output");
+        assert!(!state.exists(), "opening creates nothing");
+        let made = ProcessRuntime::new(&state, PathBuf::from("/bin/true")).unwrap();
+        std::fs::write(state.join("logs").join("c-1.log"), b"hello\n").unwrap();
+        assert_eq!(reader.output("c-1").await.unwrap().as_deref(), Some(&b"hello\n"[..]));
+        assert_eq!(made.output("c-1").await.unwrap().as_deref(), Some(&b"hello\n"[..]));
+        assert_eq!(ProcessRuntime::open(&state).placement, made.placement);
+        nix::unistd::mkfifo(&state.join("logs").join("c-2.log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = reader.output("c-2").await.unwrap_err().to_string();
+        assert!(err.contains("c-2.log") && err.contains("not a regular file"), "{err}");
+    }
+
     #[test]
     fn a_state_folder_keeps_its_id_and_two_folders_have_two() {
         let root = tempfile::tempdir().unwrap();
