@@ -18,7 +18,7 @@ use skiff::controller::{Callbacks, Controller, ControllerConfig, Outcome};
 use skiff::manifest::RuntimeKind;
 use skiff::runtime::aci::{AciConfig, AciCredential, AciRuntime, TAG_OWNER};
 use skiff::runtime::{
-    AzureFileMount, ContainerSpec, ContainerState, LABEL_ATTEMPT_ID, LABEL_TASK, Runtime, RuntimeError,
+    AzureFileMount, ContainerSpec, ContainerState, LABEL_ATTEMPT_ID, LABEL_TASK, Runtime, RuntimeError, RuntimeOptions,
 };
 use skiff::status::Reason;
 use skiff::store::dir::DirStore;
@@ -59,9 +59,10 @@ fn spec(name: &str, script: &str) -> ContainerSpec {
         image: Some("busybox".to_string()),
         command: vec!["sh".into(), "-c".into(), script.into()],
         args: Vec::new(),
-        network: None,
-        mounts: Vec::new(),
-        working_dir: None,
+        options: RuntimeOptions::Aci {
+            azure_files: Vec::new(),
+            location: None,
+        },
         env: vec![("SKIFF_TASK".into(), format!("jobs/{name}"))],
         ..Default::default()
     }
@@ -111,7 +112,10 @@ async fn a_group_is_created_watched_to_its_exit_code_its_logs_kept_and_deleted()
         storage_account_name: "skiffdata".into(),
         storage_account_key_env: arm_sim::STORAGE_KEY_ENV.into(),
     };
-    spec.azure_files.push(mount);
+    spec.options = RuntimeOptions::Aci {
+        azure_files: vec![mount],
+        location: None,
+    };
     spec.cpu = Some(0.5);
     spec.memory_bytes = Some(512 << 20);
 

@@ -8,7 +8,7 @@ use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
 use skiff::runtime::docker::{DockerRuntime, LABEL_STATE_DIR};
 use skiff::runtime::{
-    ContainerSpec, ContainerState, LABEL_ATTEMPT, LABEL_ATTEMPT_ID, LABEL_TASK, Runtime, RuntimeError,
+    ContainerSpec, ContainerState, LABEL_ATTEMPT, LABEL_ATTEMPT_ID, LABEL_TASK, Runtime, RuntimeError, RuntimeOptions,
 };
 use skiff::status::Reason;
 use std::collections::{BTreeMap, HashMap};
@@ -174,10 +174,12 @@ fn spec(name: &str, script: &str) -> ContainerSpec {
         image: Some(IMAGE.to_string()),
         command: vec!["sh".into(), "-c".into()],
         args: vec![script.to_string()],
-        network: Some("none".into()),
-        mounts: Vec::new(),
-        working_dir: None,
         env: Vec::new(),
+        options: RuntimeOptions::Docker {
+            network: Some("none".into()),
+            mounts: Vec::new(),
+            working_dir: None,
+        },
         ..Default::default()
     }
 }
@@ -366,8 +368,11 @@ async fn env_working_dir_labels_and_network_are_applied() {
     );
     spec.args.extend(["zero".to_string(), "one".to_string()]);
     spec.env = vec![("FOO".into(), "bar baz".into()), ("SKIFF_INDEX".into(), "0".into())];
-    spec.working_dir = Some(PathBuf::from("/work/here"));
-    spec.network = None; // the runtime's default: host
+    spec.options = RuntimeOptions::Docker {
+        network: None, // the runtime's default: host
+        mounts: Vec::new(),
+        working_dir: Some("/work/here".into()),
+    };
     spec.memory_bytes = Some(64 * 1024 * 1024);
     spec.cpu = Some(0.5);
     engine.runtime.ensure(&spec).await.expect("ensure");
@@ -402,7 +407,11 @@ async fn env_working_dir_labels_and_network_are_applied() {
     // A network named in the spec wins over the default.
     let name = engine.name("net");
     let mut spec = self::spec(&name, "true");
-    spec.network = Some("none".into());
+    spec.options = RuntimeOptions::Docker {
+        network: Some("none".into()),
+        mounts: Vec::new(),
+        working_dir: None,
+    };
     engine.runtime.ensure(&spec).await.expect("ensure");
     let found = engine.docker.inspect_container(&name, None).await.expect("inspect");
     assert_eq!(found.host_config.and_then(|h| h.network_mode).as_deref(), Some("none"));
@@ -418,18 +427,22 @@ async fn host_folders_are_mounted() {
     std::fs::write(shared.path().join("in.txt"), "from the host\n").expect("write");
     let name = engine.name("mount");
     let mut spec = spec(&name, "cat /in/in.txt; echo written > /out/out.txt; touch /in/nope");
-    spec.mounts = vec![
-        skiff::runtime::Mount {
-            host_path: shared.path().to_path_buf(),
-            mount_path: "/in".into(),
-            read_only: true,
-        },
-        skiff::runtime::Mount {
-            host_path: shared.path().to_path_buf(),
-            mount_path: "/out".into(),
-            read_only: false,
-        },
-    ];
+    spec.options = RuntimeOptions::Docker {
+        network: Some("none".into()),
+        mounts: vec![
+            skiff::runtime::Mount {
+                host_path: shared.path().to_path_buf(),
+                mount_path: "/in".into(),
+                read_only: true,
+            },
+            skiff::runtime::Mount {
+                host_path: shared.path().to_path_buf(),
+                mount_path: "/out".into(),
+                read_only: false,
+            },
+        ],
+        working_dir: None,
+    };
     engine.runtime.ensure(&spec).await.expect("ensure");
     let state = engine.exited(&name).await;
     // `touch` on the read-only mount fails, so the script's last command fails.

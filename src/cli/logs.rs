@@ -1,11 +1,11 @@
-//! `skiff logs TASK [--follow]`: the output of the task's current (or last) attempt.
-//! Process output is read from its log file; Docker output from the engine while the
-//! container exists, and from the copy saved at deletion afterwards.
+//! `skiff logs TASK [--follow]`: the output of the task's current (or last) attempt,
+//! asked of the runtime it ran on ([`Runtime::output`]) when this machine can reach it;
+//! else the copy kept in the state folder, else the one its controller saved in the store.
 
 use super::{LogsArgs, UsageError, inspect, open_store, state_dir};
-use crate::manifest::RuntimeKind;
 use crate::runtime::docker::DockerRuntime;
-use crate::runtime::process::Layout;
+use crate::runtime::process::ProcessRuntime;
+use crate::runtime::{Runtime, kept_logs};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,19 +14,25 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let key = inspect::task_key(&args.task)?;
     let store = open_store(&args.source)?;
     let state = state_dir(&args.source);
-    let layout = Layout::new(&state);
     // With --blob and no --state-dir there is no local state to read (nor to create):
     // the output comes from what the controller saved in the store.
     let local = args.source.blob.is_none() || args.source.state_dir.is_some();
-    let docker = if local {
-        DockerRuntime::connect(&state, None).ok()
-    } else {
-        None
-    };
+    // The runtimes this machine reaches with no configuration (aci needs its own; what
+    // it kept is read from the state folder all the same).
+    let mut runtimes: Vec<Box<dyn Runtime>> = Vec::new();
+    if local {
+        runtimes.push(Box::new(ProcessRuntime::open(&state)));
+        if let Ok(docker) = DockerRuntime::connect(&state, None) {
+            runtimes.push(Box::new(docker));
+        }
+    }
+    let logs = state.join("logs");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut shown: Option<String> = None;
         let mut offset = 0usize;
+        // The last error said, so that --follow does not repeat it every turn.
+        let mut said: Option<String> = None;
         let mut stdout = std::io::stdout();
         loop {
             let Some(status) = store.read_status(&key).await? else {
@@ -49,14 +55,18 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
                     shown = Some(container.clone());
                     offset = 0;
                 }
-                let output = match runtime {
-                    RuntimeKind::Docker => match &docker {
-                        Some(docker) => docker.output(container).await.ok().flatten(),
-                        None => None,
-                    },
-                    _ if local => read_log(&layout.log_path(container)),
-                    _ => None,
+                let output = match runtimes.iter().find(|r| r.kind() == *runtime) {
+                    Some(runtime) => runtime.output(container).await,
+                    None if local => kept_logs::read(&logs, container, None).await,
+                    None => Ok(None),
                 };
+                let output = output.unwrap_or_else(|err| {
+                    if said.as_ref() != Some(&err.to_string()) {
+                        eprintln!("{}", super::printable(&err.to_string()));
+                        said = Some(err.to_string());
+                    }
+                    None
+                });
                 // Another machine's container: the output its controller saved in the store.
                 let output = match output {
                     Some(bytes) => Some(bytes),
@@ -86,19 +96,4 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
-}
-
-/// The most of a kept log `skiff logs` reads: far beyond what a controller keeps.
-const LOG_READ_LIMIT: u64 = 256 * 1024 * 1024;
-
-/// A process container's kept output, through the bounded reader: the path comes from
-/// a status file, which a person may have edited, so it may name a FIFO or a device.
-fn read_log(path: &std::path::Path) -> Option<Vec<u8>> {
-    let bytes = crate::fsutil::read_regular(path, LOG_READ_LIMIT);
-    if let Err(err) = &bytes
-        && !err.is_not_found()
-    {
-        eprintln!("{}: {err}", super::printable(&path.display().to_string()));
-    }
-    bytes.ok()
 }

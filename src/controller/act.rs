@@ -4,8 +4,8 @@
 use super::{Callbacks, FIRST_LOOK, Shared};
 use crate::callback;
 use crate::controller::reconcile::{Action, Decision, Desired};
-use crate::manifest::{CompletionMode, EnvValue, RuntimeKind, TaskSpec};
-use crate::runtime::{self, ContainerSpec, RuntimeError};
+use crate::manifest::{CompletionMode, EnvValue, TaskSpec};
+use crate::runtime::{self, ContainerSpec, RuntimeError, RuntimeOptions};
 use crate::status::{CompletedBy, Phase, Reason, TaskStatus};
 use crate::store::StoreError;
 use crate::task::TaskKey;
@@ -296,23 +296,16 @@ fn container_spec(
         };
         env.push((name.clone(), value));
     }
-    // On the host, a relative workingDir is the manifest's folder's; in a container it
-    // is the container's own path, passed as written.
-    let working_dir = match (&spec.working_dir, local_dir) {
-        (Some(dir), Some(base)) if spec.runtime == RuntimeKind::Process => Some(base.join(dir)),
-        (Some(dir), _) => Some(PathBuf::from(dir)),
-        (None, base) if spec.runtime == RuntimeKind::Process => base,
-        (None, _) => None,
-    };
+    // What only the task's runtime understands: it reads its own options from the spec
+    // (and the manifest's folder, against which a host path may be relative).
+    let options = RuntimeOptions::for_task(spec, container, local_dir)?;
     // Validation refuses a NUL; this catches one from anywhere else (the controller's
     // environment, a key): the OS would refuse such a create on every retry, forever.
     let has_nul = spec.command.iter().chain(&spec.args).any(|s| s.contains('\0'))
         || env
             .iter()
             .any(|(name, value)| name.contains('\0') || value.contains('\0'))
-        || working_dir
-            .as_ref()
-            .is_some_and(|dir| dir.as_os_str().as_encoded_bytes().contains(&0));
+        || options.has_nul();
     if has_nul {
         return Err(
             "the command, an argument, an environment variable or the working directory contains a NUL character, which no process can be given; remove it from the manifest"
@@ -337,53 +330,24 @@ fn container_spec(
                 .then(|| "SKIFF_CALLBACK_URL".to_string()),
         )
         .collect();
-    let azure_files = spec
-        .volumes
-        .iter()
-        .filter_map(|volume| {
-            let file = volume.azure_file.as_ref()?;
-            Some(runtime::AzureFileMount {
-                name: volume.name.clone(),
-                mount_path: volume.mount_path.clone(),
-                read_only: volume.read_only,
-                share_name: file.share_name.clone(),
-                storage_account_name: file.storage_account_name.clone(),
-                storage_account_key_env: file.storage_account_key_from.env.clone(),
-            })
-        })
-        .collect();
     Ok(ContainerSpec {
         name: container.to_string(),
         labels,
         image: spec.image.clone(),
         command: spec.command.clone(),
         args: spec.args.clone(),
-        network: spec.network.clone(),
-        mounts: spec
-            .volumes
-            .iter()
-            .filter_map(|v| {
-                Some(runtime::Mount {
-                    host_path: PathBuf::from(v.host_path.as_ref()?),
-                    mount_path: v.mount_path.clone(),
-                    read_only: v.read_only,
-                })
-            })
-            .collect(),
-        working_dir,
         env,
         cpu: spec.cpu,
         memory_bytes: spec.memory_bytes,
         secret_env,
-        azure_files,
-        location: spec.aci_location.clone(),
+        options,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{Features, ValidationContext, parse_manifest, validate};
+    use crate::manifest::{Features, RuntimeKind, ValidationContext, parse_manifest, validate};
 
     #[test]
     fn secrets_are_resolved_and_named_but_never_labelled() {

@@ -1,8 +1,8 @@
 //! Replicas sharing a store tell each other where their containers live.
 //!
 //! A replica that takes over a dead one's task adopts its container only if it can see
-//! it: the same state folder on the same machine (process), the same engine (docker),
-//! the same subscription and resource group (aci). Otherwise the survivor gives the
+//! it: each runtime says where its containers live ([`Placement`]), and how two
+//! placements differ ([`Placement::difference`]). Otherwise the survivor gives the
 //! attempt up (`PlacementUnreachable`) and runs the next one: the attempt may then run
 //! twice, once there and once here. Each replica therefore publishes its placement per
 //! runtime ([`ReplicaRecord`]) with a heartbeat, and warns once, naming the other
@@ -99,49 +99,16 @@ pub(super) fn differences(ours: &ReplicaRecord, other: &ReplicaRecord) -> Vec<(S
         if theirs == mine {
             continue;
         }
-        let (what, share) = what_differs(runtime, mine, theirs);
+        let difference = mine.difference(runtime, theirs);
         found.push((
             runtime.clone(),
             format!(
-                "replica {} {what} ({theirs}; this replica, {}: {mine}): a task it held when it died will be re-run, not adopted (reason PlacementUnreachable; its attempt may still be running there). To adopt instead, {share}.",
-                other.name, ours.name
+                "replica {} {} ({theirs}; this replica, {}: {mine}): a task it held when it died will be re-run, not adopted (reason PlacementUnreachable; its attempt may still be running there). To adopt instead, {}.",
+                other.name, difference.what, ours.name, difference.remedy
             ),
         ));
     }
     found
-}
-
-/// What sets the two placements apart, in words, and how to make them one.
-fn what_differs(runtime: &str, mine: &Placement, theirs: &Placement) -> (&'static str, &'static str) {
-    match runtime {
-        "process" if mine.host != theirs.host => (
-            "runs processes on another machine",
-            "run the replicas on one machine with one --state-dir",
-        ),
-        "process" => (
-            "runs processes under another state folder",
-            "give the replicas one --state-dir",
-        ),
-        "docker" if mine.engine_id != theirs.engine_id => (
-            "runs docker containers on another engine",
-            "give the replicas one Docker engine and one --state-dir path",
-        ),
-        "docker" => (
-            "labels its docker containers with another state folder",
-            "give the replicas one --state-dir path",
-        ),
-        "aci" if (&mine.subscription_id, &mine.resource_group) != (&theirs.subscription_id, &theirs.resource_group) => {
-            (
-                "makes ACI container groups in another subscription or resource group",
-                "give the replicas one subscription and resource group, and one aci-owner",
-            )
-        }
-        "aci" => (
-            "tags its ACI container groups with another owner",
-            "give the replicas one state folder's aci-owner",
-        ),
-        _ => ("places containers elsewhere", "give the replicas one placement"),
-    }
 }
 
 #[cfg(test)]

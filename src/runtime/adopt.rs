@@ -37,6 +37,19 @@ pub fn verdict<'a>(
     }
 }
 
+/// `ensure`'s answer to a [`Verdict::Foreign`] `thing` (e.g. "container group") found
+/// under `name` by `runtime`: Transient, it waits for the thing to go. `mark` says what
+/// the owner is known by (e.g. "owner", "state folder").
+pub fn taken(runtime: &str, name: &str, thing: &str, owner: Option<&str>, mark: &str) -> super::RuntimeError {
+    super::RuntimeError::Transient(format!(
+        "{runtime}: the name {name} is taken by a {thing} that {}; waiting for it to go",
+        match owner {
+            Some(other) => format!("another skiff controller made ({mark} {other})"),
+            None => "skiff did not make".to_string(),
+        }
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,35 @@ pub async fn save(logs: &Path, name: &str, bytes: Vec<u8>) -> Result<(), String>
         .map_err(|err| format!("cannot keep the logs of {name} in {}: {err}", path.display()))
 }
 
+/// The most of a kept log [`read`] reads whole: far beyond what a controller keeps
+/// (`--max-log-size`).
+pub const READ_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// The output of `name` kept in `logs`: all of it (`tail` = `None`), or its last `tail`
+/// bytes. `None` when none is kept. Read whole, it must be a regular file of at most
+/// [`READ_LIMIT`] bytes: its name comes from a status, which a person may have edited, so
+/// it may name a FIFO or a device. The error names the file.
+pub async fn read(logs: &Path, name: &str, tail: Option<u64>) -> Result<Option<Vec<u8>>, RuntimeError> {
+    let path = path(logs, name);
+    let failed = |err: &dyn std::fmt::Display| RuntimeError::Transient(format!("{}: {err}", path.display()));
+    match tail {
+        Some(_) => match read_end(&path, tail).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(failed(&err)),
+        },
+        None => {
+            let whole = path.clone();
+            match tokio::task::spawn_blocking(move || fsutil::read_regular(&whole, READ_LIMIT)).await {
+                Ok(Ok(bytes)) => Ok(Some(bytes)),
+                Ok(Err(err)) if err.is_not_found() => Ok(None),
+                Ok(Err(err)) => Err(failed(&err)),
+                Err(err) => Err(failed(&err)),
+            }
+        }
+    }
+}
+
 /// The end of a file (its last `limit` bytes), or all of it: how runtimes read the logs
 /// they keep after a container is gone.
 pub async fn read_end(path: &std::path::Path, limit: Option<u64>) -> std::io::Result<Vec<u8>> {

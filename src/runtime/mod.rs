@@ -7,6 +7,8 @@ pub mod cgroup;
 pub mod docker;
 pub mod kept_logs;
 pub mod log_cap;
+pub mod options;
+pub mod placement;
 pub mod process;
 pub mod supervisor;
 
@@ -18,6 +20,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
 
+pub use options::RuntimeOptions;
+
 /// Labels every container carries, so that its task can be found from the container.
 pub const LABEL_TASK: &str = "skiff.task";
 pub const LABEL_ATTEMPT: &str = "skiff.attempt";
@@ -27,8 +31,9 @@ pub const LABEL_SPEC_HASH: &str = "skiff.spec-hash";
 /// another attempt id is a stale one, never to be adopted.
 pub const LABEL_ATTEMPT_ID: &str = "skiff.attempt-id";
 
-/// Everything a runtime needs to run one attempt. Secret values are resolved here, in
-/// memory, and never written anywhere the user can read.
+/// Everything a runtime needs to run one attempt: what every runtime reads, and the
+/// [`RuntimeOptions`] only the task's own runtime reads. Secret values are resolved here,
+/// in memory, and never written anywhere the user can read.
 #[derive(Clone, Default)]
 pub struct ContainerSpec {
     pub name: String,
@@ -38,22 +43,15 @@ pub struct ContainerSpec {
     pub command: Vec<String>,
     /// Its arguments (docker: cmd); with an empty `command`, the image's cmd is replaced.
     pub args: Vec<String>,
-    /// docker: network mode.
-    pub network: Option<String>,
-    /// Host folders mounted into the container (docker); already checked against
-    /// `--allow-host-path`.
-    pub mounts: Vec<Mount>,
     /// Names of `env` entries whose values are secrets (from `valueFrom`, or the callback
     /// URL's token): a runtime that can hide values (ACI's `secureValue`) hides these.
     pub secret_env: std::collections::BTreeSet<String>,
-    /// Azure Files shares (aci).
-    pub azure_files: Vec<AzureFileMount>,
-    /// Where the container runs (aci), when the task names its own location.
-    pub location: Option<String>,
-    pub working_dir: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub cpu: Option<f64>,
     pub memory_bytes: Option<u64>,
+    /// What only the task's runtime understands (working directory, network, mounts,
+    /// location).
+    pub options: RuntimeOptions,
 }
 
 impl std::fmt::Debug for ContainerSpec {
@@ -65,6 +63,7 @@ impl std::fmt::Debug for ContainerSpec {
             .field("command", &self.command)
             .field("args", &self.args)
             .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
@@ -168,6 +167,10 @@ pub trait Runtime: Send + Sync {
 
     /// The last bytes of the container's output, also after it was deleted.
     async fn log_tail(&self, name: &str) -> Result<Option<String>, RuntimeError>;
+
+    /// All of the container's output: live while it runs, the kept copy once it is
+    /// deleted. `None` when there is neither. For `skiff logs`.
+    async fn output(&self, name: &str) -> Result<Option<Vec<u8>>, RuntimeError>;
 
     /// Containers carrying skiff's labels, for adopting and for removing orphans.
     async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError>;

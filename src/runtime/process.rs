@@ -11,6 +11,7 @@
 //! (`completedBy: engine`), whether the supervisor was started by this controller or
 //! adopted after a restart.
 
+use super::adopt::{self, Verdict};
 use super::supervisor::{self, Entry, State};
 use super::{ContainerSpec, ContainerState, ContainerSummary, Inspection, LABEL_ATTEMPT_ID, Runtime, RuntimeError};
 use crate::fsutil;
@@ -33,6 +34,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `delete` waits for a killed child's supervisor to record the exit.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 const STATE_SUFFIX: &str = ".state";
+/// The owner mark of every container in this runtime's state folder: its own.
+const OWN: &str = "this state folder";
 
 pub struct ProcessRuntime {
     layout: Arc<Layout>,
@@ -46,6 +49,17 @@ pub struct ProcessRuntime {
     max_log_bytes: u64,
     /// Where containers get a cgroup of their own, when this controller may make them.
     cgroups: Option<super::cgroup::CgroupRoot>,
+}
+
+/// The process runtime's options for `task`: on the host, a relative `workingDir` is the
+/// manifest's folder's (`manifest_dir`), and without one the command runs in that folder.
+pub(crate) fn options(task: &crate::manifest::TaskSpec, manifest_dir: Option<PathBuf>) -> super::RuntimeOptions {
+    let working_dir = match (&task.working_dir, manifest_dir) {
+        (Some(dir), Some(base)) => Some(base.join(dir)),
+        (Some(dir), None) => Some(PathBuf::from(dir)),
+        (None, base) => base,
+    };
+    super::RuntimeOptions::Process { working_dir }
 }
 
 /// Where the runtime's files are; shared with blocking tasks and the CLI.
@@ -71,6 +85,23 @@ impl ProcessRuntime {
             max_log_bytes: super::log_cap::DEFAULT_MAX_LOG_BYTES,
             cgroups: None,
         })
+    }
+
+    /// The runtime over the state folder `state_dir` as it is, for reading what it keeps
+    /// (`skiff logs`): creates nothing, neither folders nor a placement id (its placement
+    /// names the id only if there is one), and does not watch. Its containers would be
+    /// started by this very binary.
+    pub fn open(state_dir: &Path) -> Self {
+        let id_file = state_dir.join(STATE_ID_FILE);
+        let state_id = std::fs::read_to_string(id_file).map(|id| id.trim().to_string());
+        ProcessRuntime {
+            layout: Arc::new(Layout::new(state_dir)),
+            placement: super::Placement::process(state_id.unwrap_or_default(), host_name()),
+            supervisor_exe: std::env::current_exe().unwrap_or_default(),
+            watcher: Mutex::new(None),
+            max_log_bytes: super::log_cap::DEFAULT_MAX_LOG_BYTES,
+            cgroups: None,
+        }
     }
 
     /// Runs each container in a cgroup of its own (see [`super::cgroup`]), when this
@@ -115,7 +146,10 @@ impl ProcessRuntime {
             .arg(serde_json::to_string(&spec.labels).unwrap_or_default())
             .arg("--max-log-size")
             .arg(self.max_log_bytes.to_string());
-        if let Some(working_dir) = &spec.working_dir {
+        let super::RuntimeOptions::Process { working_dir } = &spec.options else {
+            return Err(spec.options.mismatch(RuntimeKind::Process, &spec.name));
+        };
+        if let Some(working_dir) = working_dir {
             command.arg("--working-dir").arg(working_dir);
         }
         if let Some(cgroups) = &self.cgroups {
@@ -262,11 +296,13 @@ impl Layout {
 
     /// A container of this name exists but was made for another attempt.
     fn is_stale(&self, spec: &ContainerSpec) -> bool {
-        let Some(wanted) = spec.labels.get(LABEL_ATTEMPT_ID) else {
-            return false;
-        };
-        self.read_state(&spec.name)
-            .is_some_and(|state| state.supervisor.is_some() && state.labels.get(LABEL_ATTEMPT_ID) != Some(wanted))
+        let wanted = spec.labels.get(LABEL_ATTEMPT_ID).map(String::as_str);
+        self.read_state(&spec.name).is_some_and(|state| {
+            // The state folder is this controller's own: whatever it holds is ours, so the
+            // verdict is adopt or replace, never foreign.
+            let found = state.labels.get(LABEL_ATTEMPT_ID).map(String::as_str);
+            state.supervisor.is_some() && adopt::verdict(Some(OWN), OWN, found, wanted) == Verdict::Replace
+        })
     }
 
     fn inspect_sync(&self, name: &str) -> ContainerState {
@@ -405,11 +441,13 @@ impl Runtime for ProcessRuntime {
 
     async fn log_tail(&self, name: &str) -> Result<Option<String>, RuntimeError> {
         // A little more than the tail, so that it can start on a line boundary.
-        match super::kept_logs::read_end(&self.layout.log_path(name), Some(LOG_TAIL_BYTES as u64 + 256)).await {
-            Ok(bytes) => Ok(Some(crate::status::log_tail(&bytes))),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(err.into()),
-        }
+        let tail = super::kept_logs::read(&self.layout.logs, name, Some(LOG_TAIL_BYTES as u64 + 256)).await?;
+        Ok(tail.map(|bytes| crate::status::log_tail(&bytes)))
+    }
+
+    /// The log file the supervisor writes as the container runs, and which outlives it.
+    async fn output(&self, name: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
+        super::kept_logs::read(&self.layout.logs, name, None).await
     }
 
     async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
@@ -482,6 +520,23 @@ mod tests {
     fn placement(dir: &Path) -> super::super::Placement {
         let runtime = ProcessRuntime::new(dir, PathBuf::from("/bin/true")).expect("a state folder");
         runtime.placement.clone()
+    }
+
+    #[tokio::test]
+    async fn output_is_the_kept_log_read_from_a_folder_opened_as_it_is() {
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        let reader = ProcessRuntime::open(&state);
+        assert_eq!(reader.output("c-1").await.unwrap(), None, "no folder: no output");
+        assert!(!state.exists(), "opening creates nothing");
+        let made = ProcessRuntime::new(&state, PathBuf::from("/bin/true")).unwrap();
+        std::fs::write(state.join("logs").join("c-1.log"), b"hello\n").unwrap();
+        assert_eq!(reader.output("c-1").await.unwrap().as_deref(), Some(&b"hello\n"[..]));
+        assert_eq!(made.output("c-1").await.unwrap().as_deref(), Some(&b"hello\n"[..]));
+        assert_eq!(ProcessRuntime::open(&state).placement, made.placement);
+        nix::unistd::mkfifo(&state.join("logs").join("c-2.log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = reader.output("c-2").await.unwrap_err().to_string();
+        assert!(err.contains("c-2.log") && err.contains("not a regular file"), "{err}");
     }
 
     #[test]

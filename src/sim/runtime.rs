@@ -189,6 +189,10 @@ impl Runtime for FakeRuntime {
         Ok(made.then(|| format!("output of {name}\n")))
     }
 
+    async fn output(&self, name: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
+        Ok(self.log_tail(name).await?.map(String::into_bytes))
+    }
+
     async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
         self.world.call(self.epoch, "runtime.list").await;
         self.transient()?;

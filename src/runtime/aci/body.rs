@@ -4,8 +4,9 @@
 //! and tag keys ACI accepts.
 
 use super::config::{DEFAULT_CPU, DEFAULT_MEMORY_GB, TAG_OWNER};
+use crate::manifest::TaskSpec;
 use crate::manifest::limits::{aci_memory_gb, aci_resource_problems};
-use crate::runtime::{ContainerSpec, RuntimeError};
+use crate::runtime::{AzureFileMount, ContainerSpec, RuntimeError, RuntimeOptions};
 use crate::status::Reason;
 use serde_json::{Value, json};
 
@@ -15,6 +16,40 @@ const CALLBACK_ENV: &str = "SKIFF_CALLBACK_URL";
 const MAX_TAG_KEY: usize = 512;
 const MAX_TAG_VALUE: usize = 256;
 const MAX_TAGS: usize = 50;
+
+/// The aci runtime's options for `task`, made into container `name`: its Azure Files
+/// shares and its location. ACI has neither a working directory nor host folders to
+/// mount: validation refuses both, and so does this (a Permanent create failure).
+pub(crate) fn options(task: &TaskSpec, name: &str) -> Result<RuntimeOptions, String> {
+    let refuse = |message: &str| permanent(name, message).to_string();
+    if task.working_dir.is_some() {
+        return Err(refuse(
+            "ACI cannot set a working directory; remove workingDir (e.g. run `sh -c \"cd /dir && ...\"`)",
+        ));
+    }
+    if task.volumes.iter().any(|volume| volume.host_path.is_some()) {
+        return Err(refuse("ACI cannot mount host paths; use azureFile volumes"));
+    }
+    let azure_files = task
+        .volumes
+        .iter()
+        .filter_map(|volume| {
+            let file = volume.azure_file.as_ref()?;
+            Some(AzureFileMount {
+                name: volume.name.clone(),
+                mount_path: volume.mount_path.clone(),
+                read_only: volume.read_only,
+                share_name: file.share_name.clone(),
+                storage_account_name: file.storage_account_name.clone(),
+                storage_account_key_env: file.storage_account_key_from.env.clone(),
+            })
+        })
+        .collect();
+    Ok(RuntimeOptions::Aci {
+        azure_files,
+        location: task.aci_location.clone(),
+    })
+}
 
 /// The request body for `spec`: a group of one container, tagged with its labels and
 /// `owner`, in the task's location or else `default_location`.
@@ -26,15 +61,9 @@ pub(super) fn create_body(spec: &ContainerSpec, owner: &str, default_location: &
         .map(str::trim)
         .filter(|i| !i.is_empty())
         .ok_or_else(|| permanent(name, "the aci runtime needs spec.image"))?;
-    if spec.working_dir.is_some() {
-        return Err(permanent(
-            name,
-            "ACI cannot set a working directory; remove workingDir (e.g. run `sh -c \"cd /dir && ...\"`)",
-        ));
-    }
-    if !spec.mounts.is_empty() {
-        return Err(permanent(name, "ACI cannot mount host paths; use azureFile volumes"));
-    }
+    let RuntimeOptions::Aci { azure_files, location } = &spec.options else {
+        return Err(spec.options.mismatch(crate::manifest::RuntimeKind::Aci, name));
+    };
     if spec.command.is_empty() && !spec.args.is_empty() {
         return Err(permanent(
             name,
@@ -62,10 +91,9 @@ pub(super) fn create_body(spec: &ContainerSpec, owner: &str, default_location: &
             }
         })
         .collect();
-    let mounts = &spec.azure_files;
     let mut volumes = Vec::new();
     let mut volume_mounts = Vec::new();
-    for mount in mounts {
+    for mount in azure_files {
         let key = std::env::var(&mount.storage_account_key_env).map_err(|_| {
             permanent(
                 name,
@@ -127,7 +155,7 @@ pub(super) fn create_body(spec: &ContainerSpec, owner: &str, default_location: &
         properties["volumes"] = Value::Array(volumes);
     }
     Ok(json!({
-        "location": spec.location.as_deref().map(str::trim).filter(|l| !l.is_empty()).unwrap_or(default_location),
+        "location": location.as_deref().map(str::trim).filter(|l| !l.is_empty()).unwrap_or(default_location),
         "tags": tags,
         "properties": properties,
     }))

@@ -69,6 +69,7 @@ mod runtime;
 mod wire;
 
 pub use arm::token_refresh_margin;
+pub(crate) use body::options;
 pub use config::{
     API_VERSION, AciConfig, AciCredential, AciError, DEFAULT_ARM_ENDPOINT, DEFAULT_CPU, DEFAULT_CREATE_QUOTA,
     DEFAULT_MEMORY_GB, DEFAULT_TOKEN_SCOPE, TAG_OWNER,

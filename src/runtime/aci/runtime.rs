@@ -151,17 +151,6 @@ impl AciRuntime {
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.inner.log_path(name)
     }
-
-    /// All of a container's output: the copy `delete` kept, else ARM's while the group
-    /// exists. `None` when there is neither. For `skiff logs`.
-    pub async fn output(&self, name: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
-        match tokio::fs::read(self.inner.log_path(name)).await {
-            Ok(bytes) => return Ok(Some(bytes)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err.into()),
-        }
-        Ok(self.inner.arm.logs(name, None).await?.map(String::into_bytes))
-    }
 }
 
 /// The owner id, made once per state folder.
@@ -390,13 +379,7 @@ impl Runtime for AciRuntime {
             let wanted = spec.labels.get(LABEL_ATTEMPT_ID).map(String::as_str);
             match adopt::verdict(group.tag(TAG_OWNER), &inner.owner, group.tag(LABEL_ATTEMPT_ID), wanted) {
                 Verdict::Foreign { owner } => {
-                    return Err(RuntimeError::Transient(format!(
-                        "aci: the name {name} is taken by a container group that {}; waiting for it to go",
-                        match owner {
-                            Some(other) => format!("another skiff controller made (owner {other})"),
-                            None => "skiff did not make".to_string(),
-                        }
-                    )));
+                    return Err(adopt::taken("aci", name, "container group", owner, "owner"));
                 }
                 // Same name, another attempt: never adopt it.
                 Verdict::Replace => {
@@ -444,17 +427,22 @@ impl Runtime for AciRuntime {
     }
 
     async fn log_tail(&self, name: &str) -> Result<Option<String>, RuntimeError> {
-        let bytes = match tokio::fs::read(self.inner.log_path(name)).await {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                match self.inner.arm.logs(name, Some(TAIL_LINES)).await? {
-                    Some(text) => text.into_bytes(),
-                    None => return Ok(None),
-                }
-            }
-            Err(err) => return Err(err.into()),
+        let bytes = match kept_logs::read(&self.inner.logs, name, None).await? {
+            Some(bytes) => bytes,
+            None => match self.inner.arm.logs(name, Some(TAIL_LINES)).await? {
+                Some(text) => text.into_bytes(),
+                None => return Ok(None),
+            },
         };
         Ok(Some(crate::status::log_tail(&bytes)))
+    }
+
+    /// The copy `delete` kept, else ARM's while the group exists.
+    async fn output(&self, name: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
+        if let Some(bytes) = kept_logs::read(&self.inner.logs, name, None).await? {
+            return Ok(Some(bytes));
+        }
+        Ok(self.inner.arm.logs(name, None).await?.map(String::into_bytes))
     }
 
     async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {

@@ -35,13 +35,12 @@ impl Inner {
         };
         // A little more than the tail, so that it can start on a line boundary.
         let limit = (tail != "all").then_some(LOG_TAIL_BYTES as u64 + 256);
-        match kept_logs::read_end(&self.log_path(name), limit).await {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => match engine_error {
+        match kept_logs::read(&self.logs, name, limit).await? {
+            Some(bytes) => Ok(Some(bytes)),
+            None => match engine_error {
                 Some(err) => Err(err),
                 None => Ok(None),
             },
-            Err(err) => Err(err.into()),
         }
     }
 

@@ -84,6 +84,26 @@ const TAIL_LINES: &str = "256";
 /// create copies the whole image, so the winner of a race may take a while to appear.
 const ENSURE_RACE: Duration = Duration::from_secs(30);
 
+/// The docker runtime's options for `task`: its network mode, its host mounts, and its
+/// working directory, a path in the container, passed as written.
+pub(crate) fn options(task: &crate::manifest::TaskSpec) -> super::RuntimeOptions {
+    super::RuntimeOptions::Docker {
+        network: task.network.clone(),
+        mounts: task
+            .volumes
+            .iter()
+            .filter_map(|volume| {
+                Some(super::Mount {
+                    host_path: PathBuf::from(volume.host_path.as_ref()?),
+                    mount_path: volume.mount_path.clone(),
+                    read_only: volume.read_only,
+                })
+            })
+            .collect(),
+        working_dir: task.working_dir.clone(),
+    }
+}
+
 pub struct DockerRuntime {
     inner: Arc<Inner>,
 }
@@ -180,12 +200,6 @@ impl DockerRuntime {
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.inner.log_path(name)
     }
-
-    /// All of a container's output: from the engine while the container exists, else
-    /// from the copy `delete` kept. `None` when there is neither. For `skiff logs`.
-    pub async fn output(&self, name: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
-        self.inner.output(name, "all").await
-    }
 }
 
 impl Inner {
@@ -246,16 +260,16 @@ impl Inner {
         };
         let mut labels: HashMap<String, String> = spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         labels.insert(LABEL_STATE_DIR.to_string(), self.owner.clone());
-        let working_dir = match &spec.working_dir {
-            Some(dir) => Some(
-                dir.to_str()
-                    .ok_or_else(|| bad(format!("workingDir {} is not UTF-8", dir.display())))?
-                    .to_string(),
-            ),
-            None => None,
+        let super::RuntimeOptions::Docker {
+            network,
+            mounts,
+            working_dir,
+        } = &spec.options
+        else {
+            return Err(spec.options.mismatch(RuntimeKind::Docker, &spec.name));
         };
-        let mut binds = Vec::with_capacity(spec.mounts.len());
-        for mount in &spec.mounts {
+        let mut binds = Vec::with_capacity(mounts.len());
+        for mount in mounts {
             let host = mount
                 .host_path
                 .to_str()
@@ -283,7 +297,7 @@ impl Inner {
             entrypoint: non_empty(&spec.command),
             cmd: non_empty(&spec.args),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            working_dir,
+            working_dir: working_dir.clone(),
             labels: Some(labels),
             tty: Some(false),
             attach_stdin: Some(false),
@@ -291,7 +305,7 @@ impl Inner {
             host_config: Some(HostConfig {
                 nano_cpus,
                 memory,
-                network_mode: spec.network.clone().or_else(|| self.default_network.clone()),
+                network_mode: network.clone().or_else(|| self.default_network.clone()),
                 binds: (!binds.is_empty()).then_some(binds),
                 // The exit code and the logs are read after the exit; the engine must not
                 // throw them away first.
@@ -466,13 +480,7 @@ impl Runtime for DockerRuntime {
                 match adopt::verdict(label(LABEL_STATE_DIR), &inner.owner, label(LABEL_ATTEMPT_ID), wanted) {
                     // Another controller's (or a person's): never ours to adopt or remove.
                     Verdict::Foreign { owner } => {
-                        return Err(RuntimeError::Transient(format!(
-                            "docker: the name {name} is taken by a container that {}; waiting for it to go",
-                            match owner {
-                                Some(other) => format!("another skiff controller made (state folder {other})"),
-                                None => "skiff did not make".to_string(),
-                            }
-                        )));
+                        return Err(adopt::taken("docker", name, "container", owner, "state folder"));
                     }
                     // Same name, another attempt: one an earlier run kept (`cleanup`), or
                     // one left from before its status file was deleted. Never adopt it.
@@ -578,6 +586,11 @@ impl Runtime for DockerRuntime {
     async fn log_tail(&self, name: &str) -> Result<Option<String>, RuntimeError> {
         let bytes = self.inner.output(name, TAIL_LINES).await?;
         Ok(bytes.map(|bytes| crate::status::log_tail(&bytes)))
+    }
+
+    /// From the engine while the container exists, else from the copy `delete` kept.
+    async fn output(&self, name: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
+        self.inner.output(name, "all").await
     }
 
     async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
