@@ -139,6 +139,9 @@ pub enum Reason {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleStatus {
+    /// The schedule as written, with its time zone when not UTC (for listings).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cron: String,
     /// The newest scheduled time handled (run, or missed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scheduled_at: Option<Timestamp>,
@@ -184,6 +187,12 @@ pub struct RunRecord {
     pub finished_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_hash: Option<String>,
+    /// A missed range: every scheduled time from this one to `scheduledAt` was missed
+    /// (`missedCount` of them), recorded as one so that the history keeps them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_from: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_count: Option<u64>,
 }
 
 /// Where a runtime's containers live, as far as seeing them goes: two replicas whose

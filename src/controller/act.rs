@@ -455,6 +455,7 @@ mod tests {
             attempt_id: "id",
             container: "skiff-n-1",
             dependency_results: None,
+            scheduled_at: None,
         };
         assert!(container_spec(&which, &spec, None, None).is_ok());
         spec.env.push(("A".into(), EnvValue::Value("a\0b".into())));

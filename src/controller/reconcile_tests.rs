@@ -2369,7 +2369,7 @@ mod generate {
                     Phase::Succeeded => Some((Some(0), Some(CompletedBy::Poll), Reason::Completed)),
                     Phase::Deleting => Some(last_end),
                     Phase::Invalid => invalid_end,
-                    Phase::Creating | Phase::Running => None,
+                    Phase::Creating | Phase::Running | Phase::Scheduled => None,
                 };
                 let mut r = AttemptRecord {
                     created_at: Some(at(created)),

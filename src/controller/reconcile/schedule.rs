@@ -62,6 +62,7 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
     };
     status.name = spec.name.clone();
     let mut sched = status.schedule.take().unwrap_or_else(|| ScheduleStatus {
+        cron: String::new(),
         last_scheduled_at: None,
         next_scheduled_at: None,
         // Afresh from now: a deleted status starts the schedule again.
@@ -77,10 +78,15 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
     {
         sched.active = vec![now];
     }
+    sched.cron = match &rules.time_zone {
+        Some(zone) => format!("{} {zone}", rules.cron),
+        None => rules.cron.clone(),
+    };
     if input.scheduling.trigger {
         sched.triggered_at = Some(now);
     }
     let mut runs = std::mem::take(&mut status.runs);
+    let runs_before = runs.len();
     let policy = rules.concurrency_policy;
     let active = !sched.active.is_empty();
 
@@ -100,16 +106,15 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
                 .last_at_or_before(newest - chrono::Duration::milliseconds(1))
                 && before >= first
             {
-                runs.insert(
-                    0,
-                    missed(
-                        before,
-                        format!(
-                            "more than {MAX_DUE} scheduled times, from {} to this one, were missed (the controller was not running)",
-                            format_time(&first)
-                        ),
+                let mut range = missed(
+                    before,
+                    format!(
+                        "more than {MAX_DUE} scheduled times, from {} to this one, were missed (the controller was not running)",
+                        format_time(&first)
                     ),
                 );
+                range.missed_from = Some(first);
+                runs.insert(0, range);
                 sched.handled_through = before;
                 sched.last_scheduled_at = Some(before);
             }
@@ -185,6 +190,10 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
         }
     }
 
+    // Every record added so far is a missed time (or a held-back trigger), newest first.
+    let added = runs.len() - runs_before;
+    fold_missed(&mut runs, added, rules.history_limit as usize);
+
     // Move the active run, stopping it first when a new one replaces it.
     let mut actions = Vec::new();
     let mut requeue: Option<Duration> = None;
@@ -246,6 +255,8 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
                 result: None,
                 finished_at: None,
                 spec_hash: Some(spec.spec_hash.clone()),
+                missed_from: None,
+                missed_count: None,
             },
         );
         let mut run_spec = spec.clone();
@@ -297,7 +308,7 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
     }
 
     // History: the active run, and the newest `historyLimit` others.
-    runs.sort_by(|a, b| b.scheduled_at.cmp(&a.scheduled_at));
+    runs.sort_by_key(|r| std::cmp::Reverse(r.scheduled_at));
     let mut kept = 0;
     runs.retain(|r| {
         let is_active = r.run.is_some() && r.finished_at.is_none() && sched.active.contains(&r.scheduled_at);
@@ -328,7 +339,34 @@ fn missed(at: Timestamp, message: String) -> RunRecord {
         result: None,
         finished_at: None,
         spec_hash: None,
+        missed_from: None,
+        missed_count: None,
     }
+}
+
+/// Folds the times missed in this decision into one range record when there are more
+/// than the history keeps: none is dropped unseen.
+fn fold_missed(runs: &mut Vec<RunRecord>, new_missed: usize, limit: usize) {
+    let limit = limit.max(1);
+    if new_missed <= limit {
+        return;
+    }
+    // The new missed records are the first `new_missed` of `runs` (newest first).
+    let keep = limit - 1;
+    let folded: Vec<RunRecord> = runs.drain(keep..new_missed).collect();
+    let (Some(newest), Some(oldest)) = (folded.first(), folded.last()) else {
+        return;
+    };
+    let mut range = newest.clone();
+    range.missed_from = Some(oldest.missed_from.unwrap_or(oldest.scheduled_at));
+    let count: u64 = folded.iter().map(|r| r.missed_count.unwrap_or(1)).sum();
+    range.missed_count = Some(count);
+    range.message = Some(format!(
+        "{count} scheduled times, from {} to this one, were missed: {}",
+        format_time(&oldest.missed_from.unwrap_or(oldest.scheduled_at)),
+        oldest.message.as_deref().unwrap_or("")
+    ));
+    runs.insert(keep, range);
 }
 
 /// Copies the active run's standing into its record.
