@@ -93,6 +93,11 @@ pub(super) async fn execute(
                     attempt_id: &attempt_id,
                     container,
                     dependency_results: dependency_results.as_deref(),
+                    scheduled_at: decided
+                        .as_ref()
+                        .and_then(|s| s.schedule.as_ref())
+                        .and_then(|s| s.active.first())
+                        .map(crate::status::format_time),
                 };
                 let result = match container_spec(&made, spec, local_dir.clone(), shared.callbacks.as_ref()) {
                     Ok(container_spec) => runtime.ensure(&container_spec).await,
@@ -255,6 +260,8 @@ struct Made<'a> {
     container: &'a str,
     /// `SKIFF_DEPENDENCY_RESULTS`, for a task with `dependsOn`.
     dependency_results: Option<&'a str>,
+    /// `SKIFF_SCHEDULED_AT`, for a scheduled task's run.
+    scheduled_at: Option<String>,
 }
 
 /// What the runtime is asked to run for one attempt; secrets are resolved here.
@@ -277,6 +284,9 @@ fn container_spec(
         ("SKIFF_ATTEMPT".to_string(), attempt.to_string()),
         ("SKIFF_INDEX".to_string(), index.to_string()),
     ];
+    if let Some(at) = &made.scheduled_at {
+        env.push(("SKIFF_SCHEDULED_AT".to_string(), at.clone()));
+    }
     if let Some(results) = made.dependency_results {
         env.push(("SKIFF_DEPENDENCY_RESULTS".to_string(), results.to_string()));
     }
@@ -374,6 +384,7 @@ mod tests {
             attempt_id: "id",
             container: "skiff-s-1",
             dependency_results: None,
+            scheduled_at: None,
         };
         let made = container_spec(&which, &spec, None, Some(&callbacks)).unwrap();
         let env: BTreeMap<_, _> = made.env.iter().cloned().collect();
@@ -408,6 +419,7 @@ mod tests {
             attempt_id: "id",
             container: "skiff-n-1",
             dependency_results: None,
+            scheduled_at: None,
         };
         assert!(container_spec(&which, &spec, None, None).is_ok());
         spec.env.push(("A".into(), EnvValue::Value("a\0b".into())));

@@ -68,6 +68,8 @@ fn spec() -> TaskSpec {
         completions: 1,
         parallelism: 1,
         depends_on: Vec::new(),
+        schedule: None,
+        suspend: false,
         notes: Vec::new(),
     }
 }
@@ -351,6 +353,7 @@ impl Case {
             lanes: Default::default(),
             dependencies: Dependencies::None,
             placement: self.placement.clone(),
+            scheduling: Default::default(),
         })
     }
 }
@@ -2366,7 +2369,7 @@ mod generate {
                     Phase::Succeeded => Some((Some(0), Some(CompletedBy::Poll), Reason::Completed)),
                     Phase::Deleting => Some(last_end),
                     Phase::Invalid => invalid_end,
-                    Phase::Creating | Phase::Running => None,
+                    Phase::Creating | Phase::Running | Phase::Scheduled => None,
                 };
                 let mut r = AttemptRecord {
                     created_at: Some(at(created)),
@@ -3408,6 +3411,7 @@ mod model {
                 lanes: Default::default(),
                 dependencies: Dependencies::None,
                 placement: Some(here()),
+                scheduling: Default::default(),
             };
             let mut decision = decide(input.clone());
             if slot_full && decision.starts_attempt(self.status.as_ref()) {
