@@ -24,7 +24,7 @@ pub mod world;
 #[cfg(test)]
 mod tests;
 
-pub use schedule::{Failed, Passed, run};
+pub use schedule::{Failed, Passed, run, run_skipping, shrink};
 
 /// Runs `count` schedules from `first` on, on `threads` threads; the failures found, in
 /// seed order.

@@ -17,7 +17,7 @@ use crate::store::StoreEvent;
 use crate::task::TaskKey;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -35,6 +35,8 @@ pub struct Passed {
 #[derive(Debug, Clone)]
 pub struct Failed {
     pub seed: u64,
+    /// Steps left out of the schedule (by a shrink), for the replay.
+    pub skipped: Vec<usize>,
     pub violations: Vec<String>,
     /// What happened, step by step, up to the violation.
     pub story: Vec<String>,
@@ -50,22 +52,71 @@ impl std::fmt::Display for Failed {
         for line in &self.story {
             writeln!(f, "  {line}")?;
         }
-        write!(f, "replay: scripts/simulate --seed {}", self.seed)
+        if self.skipped.is_empty() {
+            write!(f, "replay: scripts/simulate --seed {}", self.seed)
+        } else {
+            let skipped: Vec<String> = self.skipped.iter().map(usize::to_string).collect();
+            write!(
+                f,
+                "replay: scripts/simulate --seed {} --skip {}",
+                self.seed,
+                skipped.join(",")
+            )
+        }
     }
 }
 
 /// Runs the schedule of `seed` to its end.
 pub fn run(seed: u64) -> Result<Passed, Failed> {
+    run_skipping(seed, &BTreeSet::new())
+}
+
+/// Runs the schedule of `seed` with some of its steps left out: the other steps are
+/// drawn as before (each step has its own stream), though what they meet may differ
+/// (the world's faults are drawn as calls happen). As exactly replayable as the first.
+pub fn run_skipping(seed: u64, skip: &BTreeSet<usize>) -> Result<Passed, Failed> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .map_err(|err| Failed {
             seed,
+            skipped: Vec::new(),
             violations: vec![format!("cannot build a runtime: {err}")],
             story: Vec::new(),
         })?;
-    runtime.block_on(Schedule::new(seed).play())
+    let mut schedule = Schedule::new(seed);
+    schedule.skip = skip.clone();
+    runtime.block_on(schedule.play())
+}
+
+/// Shrinks a failing schedule: leaves out one step at a time, keeping each omission
+/// under which the schedule still fails, until no single step more can go. What is left
+/// is a shorter story of the same kind of failure (any violation counts).
+pub fn shrink(failed: &Failed) -> Failed {
+    /// A schedule has fewer steps than this.
+    const MOST_STEPS: usize = 40;
+    let mut best = failed.clone();
+    let mut skip: BTreeSet<usize> = failed.skipped.iter().copied().collect();
+    loop {
+        let mut smaller = false;
+        for step in 0..MOST_STEPS {
+            if skip.contains(&step) {
+                continue;
+            }
+            let mut candidate = skip.clone();
+            candidate.insert(step);
+            if let Err(mut still) = run_skipping(failed.seed, &candidate) {
+                still.skipped = candidate.iter().copied().collect();
+                skip = candidate;
+                best = still;
+                smaller = true;
+            }
+        }
+        if !smaller {
+            return best;
+        }
+    }
 }
 
 /// One task as the generator knows it.
@@ -110,6 +161,8 @@ struct Schedule {
     tasks: BTreeMap<TaskKey, TaskGen>,
     nodes: Vec<Node>,
     story: Vec<String>,
+    /// Steps left out (see [`run_skipping`]).
+    skip: BTreeSet<usize>,
 }
 
 impl Schedule {
@@ -166,6 +219,7 @@ impl Schedule {
             tasks: BTreeMap::new(),
             nodes: Vec::new(),
             story: Vec::new(),
+            skip: BTreeSet::new(),
         }
     }
 
@@ -241,6 +295,7 @@ impl Schedule {
         }
         Err(Failed {
             seed: self.seed,
+            skipped: self.skip.iter().copied().collect(),
             violations: state.violations.clone(),
             story: self.story(&state),
         })
@@ -366,7 +421,13 @@ impl Schedule {
             self.step_of_kind_manifest();
         }
         self.start_node();
-        for _ in 0..steps {
+        for step in 0..steps {
+            if self.skip.contains(&step) {
+                continue;
+            }
+            // Each step draws from its own stream, so that leaving one out (a shrink)
+            // leaves the others as they were.
+            self.rng = StdRng::seed_from_u64(self.seed ^ (step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             self.step().await;
             self.check()?;
         }
@@ -482,6 +543,7 @@ impl Schedule {
         }));
         Err(Failed {
             seed: self.seed,
+            skipped: self.skip.iter().copied().collect(),
             violations: problems,
             story,
         })
