@@ -11,6 +11,7 @@
 //! (a hard link, which never replaces), every later one is refused.
 
 use crate::fsutil;
+use crate::store::commit::Durability;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -140,6 +141,10 @@ pub struct CallbackEvent {
 /// container has the same name as the last run's, and must never see its event.
 pub struct Inbox {
     dir: PathBuf,
+    /// How an event's file is made durable before it is linked into place: on ext4 and
+    /// XFS without a journal commit of its own, so that recording an event costs one
+    /// sync round trip (the folder's fsync), not two.
+    durability: Durability,
 }
 
 /// Whether [`Inbox::record_first`] kept the event.
@@ -155,7 +160,8 @@ impl Inbox {
     pub fn new(state_dir: &Path) -> std::io::Result<Self> {
         let dir = state_dir.join("events");
         std::fs::create_dir_all(&dir)?;
-        Ok(Inbox { dir })
+        let durability = Durability::for_folder(&dir);
+        Ok(Inbox { dir, durability })
     }
 
     fn path(&self, container: &str, attempt_id: &str) -> PathBuf {
@@ -173,9 +179,10 @@ impl Inbox {
         self.dir.join(format!("{container}@{id}.json"))
     }
 
-    /// Records the event durably (fsync), unless the attempt already has one: only the
-    /// first may be answered 202. The hard link makes "first" atomic across threads,
-    /// processes and replicas sharing the state folder.
+    /// Records the event durably, unless the attempt already has one: only the first may
+    /// be answered 202. The hard link makes "first" atomic across threads, processes and
+    /// replicas sharing the state folder. The file's data is written out first, and the
+    /// folder's fsync after the link makes both durable ([`Durability`]).
     pub fn record_first(&self, container: &str, attempt_id: &str, event: &CallbackEvent) -> std::io::Result<Recorded> {
         let bytes = serde_json::to_vec(event).map_err(std::io::Error::other)?;
         let path = self.path(container, attempt_id);
@@ -194,7 +201,7 @@ impl Inbox {
                 .mode(0o600)
                 .open(&temp)?;
             file.write_all(&bytes)?;
-            file.sync_all()?;
+            self.durability.write_out(&file)?;
             match std::fs::hard_link(&temp, &path) {
                 Ok(()) => {
                     fsutil::sync_dir(&self.dir)?;

@@ -385,10 +385,12 @@ async fn callback(
     let inbox = state.inbox.clone();
     let container = current.container.clone();
     let owned_id = id.to_string();
+    let recording = Instant::now();
     let recorded = {
         let container = container.clone();
         tokio::task::spawn_blocking(move || inbox.record_first(&container, &owned_id, &event)).await
     };
+    let inbox_us = recording.elapsed().as_micros() as u64;
     match recorded {
         Ok(Ok(Recorded::First)) => {}
         Ok(Ok(Recorded::AlreadyHeld)) => {
@@ -420,7 +422,13 @@ async fn callback(
         );
     }
     let _ = state.control.send(Control::Event(key.clone(), received));
-    tracing::info!(task = %key, attempt, "completion event accepted");
+    tracing::info!(
+        task = %key,
+        attempt,
+        inbox_us,
+        accepted_us = received.elapsed().as_micros() as u64,
+        "completion event accepted"
+    );
     (StatusCode::ACCEPTED, String::new())
 }
 

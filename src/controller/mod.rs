@@ -148,6 +148,23 @@ struct Memory {
     strays: HashMap<String, (RuntimeKind, String)>,
 }
 
+/// The `metadata.name` each task holds, both ways round: each task holds at most one.
+#[derive(Default)]
+struct Names {
+    by_name: HashMap<String, (u64, TaskKey)>,
+    by_key: HashMap<TaskKey, String>,
+}
+
+impl Names {
+    fn release(&mut self, key: &TaskKey) {
+        if let Some(name) = self.by_key.remove(key)
+            && self.by_name.get(&name).is_some_and(|(_, owner)| owner == key)
+        {
+            self.by_name.remove(&name);
+        }
+    }
+}
+
 /// What the HTTP side shares with the controller, when it is served.
 #[derive(Clone)]
 pub struct Callbacks {
@@ -168,7 +185,7 @@ struct Shared {
     /// Container name → task, to route runtime events.
     containers: Mutex<HashMap<String, TaskKey>>,
     /// `metadata.name` → (first-seen order, task): names are unique.
-    names: Mutex<HashMap<String, (u64, TaskKey)>>,
+    names: Mutex<Names>,
     /// Who depends on whom (`dependsOn`).
     graph: dependencies::Graph,
     /// Every task listed at start-up has been reconciled once.
@@ -270,7 +287,7 @@ impl Controller {
                 memory: Mutex::new(HashMap::new()),
                 order: Mutex::new(HashMap::new()),
                 containers: Mutex::new(HashMap::new()),
-                names: Mutex::new(HashMap::new()),
+                names: Mutex::new(Names::default()),
                 graph: dependencies::Graph::default(),
                 caught_up: std::sync::atomic::AtomicBool::new(false),
                 metrics: Arc::new(Metrics::new()),
@@ -348,18 +365,28 @@ impl Shared {
         self.runtimes.get(&kind)
     }
 
-    /// Claims `name` for `key`; the task seen first keeps a contested name.
+    /// Claims `name` for `key`; the task seen first keeps a contested name. Constant
+    /// time: with 100,000 tasks, a scan of every name per reconcile made start-up
+    /// quadratic.
     fn claim_name(&self, name: &str, key: &TaskKey, order: u64) -> Result<Option<TaskKey>, TaskKey> {
         let Ok(mut names) = self.names.lock() else {
             return Ok(None);
         };
-        names.retain(|n, (_, owner)| owner != key || n == name);
-        match names.get(name) {
+        let names = &mut *names;
+        // The name the task held before, if another, is free again.
+        if names.by_key.get(key).is_some_and(|held| held != name) {
+            names.release(key);
+        }
+        match names.by_name.get(name) {
             Some((_, owner)) if owner == key => Ok(None),
             Some((owner_order, owner)) if *owner_order < order => Err(owner.clone()),
             previous => {
                 let displaced = previous.map(|(_, owner)| owner.clone());
-                names.insert(name.to_string(), (order, key.clone()));
+                if let Some(displaced) = &displaced {
+                    names.by_key.remove(displaced);
+                }
+                names.by_name.insert(name.to_string(), (order, key.clone()));
+                names.by_key.insert(key.clone(), name.to_string());
                 Ok(displaced)
             }
         }
@@ -367,7 +394,7 @@ impl Shared {
 
     fn release_names(&self, key: &TaskKey) {
         if let Ok(mut names) = self.names.lock() {
-            names.retain(|_, (_, owner)| owner != key);
+            names.release(key);
         }
     }
 }

@@ -3,6 +3,7 @@
 //! `blob/`, and the ownership of tasks among replicas in `ownership.rs`.
 
 pub mod blob;
+pub mod commit;
 pub mod dir;
 pub mod ownership;
 

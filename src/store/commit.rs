@@ -1,0 +1,325 @@
+//! Group commit for the directory store's status files: writes that become due
+//! together are made durable together (ARCHITECTURE.md, "Group commit").
+//!
+//! Each write:
+//! 1. writes its new status to a temporary dot-file beside its target, on the blocking
+//!    pool, concurrently with every other write;
+//! 2. makes that file's data durable without a journal commit of its own
+//!    ([`Durability`]);
+//! 3. renames it over its target (a removal unlinks the target);
+//! 4. queues its folder for the committer, a thread that takes every folder queued
+//!    since its last round and fsyncs each once (concurrently, which the file system
+//!    merges into one journal commit);
+//! 5. returns only once that fsync is done.
+//!
+//! The invariant of a single write is kept: a writer is answered only once its status
+//! (or its removal) is durable, so no action ever follows a status that a power cut
+//! could take back. A crash anywhere before step 5 loses only writes nobody was told
+//! about: a reader then finds the old file or the new one, whole.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+use crate::fsutil;
+
+/// How a new file's data is made durable before it is renamed into place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// ext4 and XFS: `sync_file_range` writes the file's data out and waits for it
+    /// (allocating its blocks, which puts that metadata into the running journal
+    /// transaction); the fsync of its folder after the rename commits that transaction,
+    /// with a cache flush ahead of its commit record, so data, size and rename reach
+    /// the disk together: one journal commit for every write of a round, where an fsync
+    /// of each file costs a commit of its own. Measured here with 32 files (write,
+    /// make durable, rename, one fsync per folder): 1.3 ms, against 11 ms with an fsync
+    /// of each file, 9 ms with those fsyncs on 8 threads, and `syncfs` at 1.5 ms idle
+    /// but 5 to 38 ms beside another writer, whose dirty pages it flushes too.
+    WriteOutThenJournal,
+    /// Any other file system: an fsync of each file (writes run concurrently, so the
+    /// file system may merge them), then the rename and the folder's fsync.
+    FsyncEach,
+}
+
+impl Durability {
+    /// The cheapest method that is durable on the file system holding `dir`.
+    pub fn for_folder(dir: &Path) -> Durability {
+        use nix::sys::statfs::{EXT4_SUPER_MAGIC, XFS_SUPER_MAGIC, statfs};
+        match statfs(dir) {
+            // EXT4_SUPER_MAGIC is ext2's and ext3's too: ext3 journals like ext4, and
+            // ext2 is not a file system anyone trusts with a power cut.
+            Ok(fs) if fs.filesystem_type() == EXT4_SUPER_MAGIC || fs.filesystem_type() == XFS_SUPER_MAGIC => {
+                Durability::WriteOutThenJournal
+            }
+            _ => Durability::FsyncEach,
+        }
+    }
+
+    /// Makes a file's data durable, as far as this method does before the rename.
+    pub fn write_out(self, file: &File) -> io::Result<()> {
+        match self {
+            Durability::WriteOutThenJournal => sync_file_range(
+                file.as_raw_fd(),
+                nix::libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | nix::libc::SYNC_FILE_RANGE_WRITE
+                    | nix::libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            ),
+            Durability::FsyncEach => file.sync_all(),
+        }
+    }
+}
+
+/// Where a write is, for the hook tests use to crash the process at each point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// A round's renames and unlinks are all done, no folder is fsynced yet: none of
+    /// them is durable, and none of their writers has been answered. The paths of the
+    /// round are given.
+    Renamed,
+}
+
+pub type Hook = Arc<dyn Fn(Stage, &[PathBuf]) + Send + Sync>;
+
+struct Request {
+    path: PathBuf,
+    done: oneshot::Sender<io::Result<()>>,
+}
+
+/// The handle writers use. Dropping it ends the committer thread once the folders
+/// already queued are fsynced.
+pub struct GroupCommit {
+    durability: Durability,
+    queue: mpsc::Sender<Request>,
+}
+
+impl GroupCommit {
+    pub fn new(durability: Durability) -> io::Result<Self> {
+        Self::with_hook(durability, None)
+    }
+
+    /// With a hook called at each [`Stage`] of every round (for crash tests).
+    pub fn with_hook(durability: Durability, hook: Option<Hook>) -> io::Result<Self> {
+        let (queue, requests) = mpsc::channel::<Request>();
+        std::thread::Builder::new().name("skiff-commit".into()).spawn(move || {
+            while let Ok(first) = requests.recv() {
+                let mut round = vec![first];
+                round.extend(requests.try_iter());
+                sync_round(round, hook.as_ref());
+            }
+        })?;
+        Ok(GroupCommit { durability, queue })
+    }
+
+    /// Replaces `path` with `bytes`, atomically and durably; returns once durable.
+    pub async fn write(&self, path: PathBuf, bytes: Vec<u8>) -> io::Result<()> {
+        let durability = self.durability;
+        let placed = path.clone();
+        spawn_blocking(move || write_and_rename(durability, &placed, &bytes)).await?;
+        self.folder_synced(path).await
+    }
+
+    /// Removes `path` ("already gone" is success); returns once the removal is durable.
+    pub async fn remove(&self, path: PathBuf) -> io::Result<()> {
+        let removed = path.clone();
+        let gone = spawn_blocking(move || match fs::remove_file(&removed) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(err),
+        })
+        .await?;
+        if gone { self.folder_synced(path).await } else { Ok(()) }
+    }
+
+    /// Waits for the next fsync of `path`'s folder to begin and end.
+    async fn folder_synced(&self, path: PathBuf) -> io::Result<()> {
+        let (done, answer) = oneshot::channel();
+        self.queue
+            .send(Request { path, done })
+            .map_err(|_| io::Error::other("the status committer has stopped"))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the status committer has stopped")))
+    }
+}
+
+async fn spawn_blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|err| Err(io::Error::other(err.to_string())))
+}
+
+/// Steps 1 to 3 of a write: the temporary file, its data durable, the rename.
+fn write_and_rename(durability: Durability, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temp = fsutil::temp_path(path);
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
+        file.write_all(bytes)?;
+        durability.write_out(&file)?;
+        drop(file);
+        fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+fn folder_of(path: &Path) -> PathBuf {
+    path.parent().unwrap_or(Path::new(".")).to_path_buf()
+}
+
+/// Step 4 for a round: each folder fsynced once, then every writer answered.
+fn sync_round(round: Vec<Request>, hook: Option<&Hook>) {
+    let started = std::time::Instant::now();
+    if let Some(hook) = hook {
+        let paths: Vec<PathBuf> = round.iter().map(|r| r.path.clone()).collect();
+        hook(Stage::Renamed, &paths);
+    }
+    let mut by_folder: BTreeMap<PathBuf, Vec<Request>> = BTreeMap::new();
+    for request in round {
+        by_folder.entry(folder_of(&request.path)).or_default().push(request);
+    }
+    let folders: Vec<&PathBuf> = by_folder.keys().collect();
+    let results = sync_folders(&folders);
+    let (writes, count) = (by_folder.values().map(Vec::len).sum::<usize>(), by_folder.len());
+    for ((_, requests), result) in by_folder.into_iter().zip(results) {
+        for request in requests {
+            let answer = match &result {
+                Ok(()) => Ok(()),
+                Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
+            };
+            let _ = request.done.send(answer);
+        }
+    }
+    tracing::trace!(
+        writes,
+        folders = count,
+        micros = started.elapsed().as_micros() as u64,
+        "status writes committed"
+    );
+}
+
+/// Fsyncs each folder, concurrently when there are several; the results in order.
+fn sync_folders(folders: &[&PathBuf]) -> Vec<io::Result<()>> {
+    if folders.len() <= 1 {
+        return folders.iter().map(|f| fsutil::sync_dir(f)).collect();
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = folders
+            .iter()
+            .map(|folder| scope.spawn(move || fsutil::sync_dir(folder)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a folder fsync panicked")))
+            })
+            .collect()
+    })
+}
+
+fn sync_file_range(fd: std::os::fd::RawFd, flags: std::ffi::c_uint) -> io::Result<()> {
+    // SAFETY: a plain system call on a file descriptor the caller holds open, with no
+    // pointers; a bad descriptor only makes it fail with EBADF.
+    let rc = unsafe { nix::libc::sync_file_range(fd, 0, 0, flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn roundtrip(durability: Durability) {
+        let dir = tempfile::tempdir().unwrap();
+        let commit = Arc::new(GroupCommit::new(durability).unwrap());
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let mut writers = Vec::new();
+        for i in 0..64 {
+            let commit = commit.clone();
+            let path = dir
+                .path()
+                .join(if i % 2 == 0 { "sub" } else { "." })
+                .join(format!("t{i}.json"));
+            writers.push(tokio::spawn(async move {
+                commit.write(path.clone(), format!("{i}").into_bytes()).await.unwrap();
+                // Durable and in place once answered.
+                assert_eq!(std::fs::read(&path).unwrap(), format!("{i}").into_bytes());
+                commit.write(path.clone(), b"again".to_vec()).await.unwrap();
+                path
+            }));
+        }
+        for w in writers {
+            let path = w.await.unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), b"again");
+            commit.remove(path.clone()).await.unwrap();
+            commit.remove(path.clone()).await.unwrap();
+            assert!(!path.exists());
+        }
+        // A write into a folder that is not there fails alone.
+        let err = commit.write(dir.path().join("absent/x.json"), b"x".to_vec()).await;
+        assert!(err.is_err());
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().collect();
+        assert!(left.is_empty(), "no temporary file is left: {left:?}");
+        drop(commit);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_are_committed_in_groups_with_either_method() {
+        roundtrip(Durability::WriteOutThenJournal).await;
+        roundtrip(Durability::FsyncEach).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_writer_is_answered_before_its_folder_is_synced() {
+        // The hook runs between the renames and the folders' fsyncs; every writer of
+        // the batch must still be waiting then.
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hook: Hook = {
+            let answered = answered.clone();
+            let seen = seen.clone();
+            Arc::new(move |stage, paths| {
+                if stage == Stage::Renamed {
+                    seen.lock()
+                        .unwrap()
+                        .push((paths.len(), answered.load(std::sync::atomic::Ordering::SeqCst)));
+                }
+            })
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let commit = Arc::new(GroupCommit::with_hook(Durability::for_folder(dir.path()), Some(hook)).unwrap());
+        let mut writers = Vec::new();
+        for i in 0..32 {
+            let commit = commit.clone();
+            let answered = answered.clone();
+            let path = dir.path().join(format!("t{i}.json"));
+            writers.push(tokio::spawn(async move {
+                commit.write(path, b"x".to_vec()).await.unwrap();
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        let seen = seen.lock().unwrap();
+        let mut before = 0;
+        for (n, answered_then) in seen.iter() {
+            assert!(
+                *answered_then <= before,
+                "a writer was answered before its batch was durable"
+            );
+            before += n;
+        }
+        assert_eq!(before, 32);
+    }
+}
