@@ -367,6 +367,11 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
         Desired::Valid(spec) => spec.runtime,
         _ => shared.config.default_runtime,
     };
+    let semaphores: &[String] = match desired {
+        Desired::Valid(spec) => &spec.semaphores,
+        _ => &[],
+    };
+    shared.limits.set_semaphores(key, semaphores);
     let caught_up = shared.caught_up.load(std::sync::atomic::Ordering::Acquire);
     let (decision, waiting_lane, token_wait) =
         match admit::admit(&shared.limits, caught_up, key, order, runtime, input, decision) {

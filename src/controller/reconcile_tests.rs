@@ -68,6 +68,7 @@ fn spec() -> TaskSpec {
         completions: 1,
         parallelism: 1,
         depends_on: Vec::new(),
+        semaphores: Vec::new(),
         notes: Vec::new(),
     }
 }

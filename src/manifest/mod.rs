@@ -11,7 +11,7 @@ mod validate;
 mod wire;
 
 pub use parse::{MAX_MANIFEST_BYTES, ManifestError, parse_manifest};
-pub use validate::{EnvValue, Features, TaskSpec, ValidationContext, validate};
+pub use validate::{EnvValue, Features, TaskSpec, ValidationContext, undefined_semaphores, validate};
 pub use wire::{
     API_VERSION, AciSpec, AzureFile, Cleanup, Completion, CompletionMode, ContainerTask, EnvVar, KIND, Metadata,
     Quantity, Resources, RuntimeKind, Spec, ValueFrom, Volume, json_schema,

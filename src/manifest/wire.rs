@@ -82,6 +82,10 @@ pub struct Spec {
     /// the controller's `--docker-network`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Named semaphores: the task runs only while it holds one slot of each, all taken at
+    /// once. Their limits come from the controller's `--semaphore NAME=N`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub semaphores: Vec<String>,
 }
 
 // Which runtime runs a task. The default (`--runtime` unset) is the process runtime:
