@@ -23,7 +23,10 @@ fn receiver(port: u16, fail_first: usize) -> Calls {
     let recorded = calls.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async move {
             let app = axum::Router::new().route(
                 "/hook",
@@ -49,7 +52,9 @@ fn receiver(port: u16, fail_first: usize) -> Calls {
             axum::serve(listener, app).await.unwrap();
         });
     });
-    ready_rx.recv_timeout(Duration::from_secs(10)).expect("the receiver listens");
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the receiver listens");
     calls
 }
 
@@ -79,7 +84,13 @@ fn a_success_and_a_failure_each_post_one_signed_cloudevent() {
     ws.task("bad.yaml", "exit 3", "");
     let url = format!("http://127.0.0.1:{port}/hook");
     let code = ws
-        .controller(&["--once", "--notify", &url, "--notify-secret-file", secret.to_str().unwrap()])
+        .controller(&[
+            "--once",
+            "--notify",
+            &url,
+            "--notify-secret-file",
+            secret.to_str().unwrap(),
+        ])
         .wait(LONG);
     assert_eq!(code, Some(1), "{}", ws.controller_log());
     let got = events(&calls);
@@ -100,7 +111,10 @@ fn a_success_and_a_failure_each_post_one_signed_cloudevent() {
     assert_eq!(ok["data"]["attempts"], 1);
     let bad = &by_subject["bad"];
     assert_eq!(bad["type"], "skiff.task.failed");
-    assert_eq!((bad["data"]["reason"].as_str(), bad["data"]["exitCode"].as_i64()), (Some("ExitCode"), Some(3)));
+    assert_eq!(
+        (bad["data"]["reason"].as_str(), bad["data"]["exitCode"].as_i64()),
+        (Some("ExitCode"), Some(3))
+    );
     assert_ne!(ok["id"], bad["id"]);
     // Delivered: the outbox is empty.
     let outbox = ws.root().join(".skiff/notifications");
@@ -167,7 +181,14 @@ fn events_wait_in_the_outbox_for_a_receiver_that_is_down_across_a_controller_kil
 fn a_notify_url_that_is_not_http_is_a_usage_error() {
     let ws = Workspace::new();
     for bad in ["ftp://example.com/x", "not a url", "file:///tmp/x"] {
-        let out = ws.skiff(&["controller", "--dir", ws.root().to_str().unwrap(), "--once", "--notify", bad]);
+        let out = ws.skiff(&[
+            "controller",
+            "--dir",
+            ws.root().to_str().unwrap(),
+            "--once",
+            "--notify",
+            bad,
+        ]);
         assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("--notify"), "{stderr}");

@@ -14,8 +14,8 @@ use crate::runtime::process::ProcessRuntime;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// `--create-rate 100/5m` for every runtime, `--create-rate docker=20/1m` for one; a
@@ -246,8 +246,12 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let (controller, delivery) = if notify.is_empty() {
         (controller, None)
     } else {
-        let outbox = crate::notifications::outbox::Outbox::open(&state, &notify)
-            .map_err(|err| UsageError(format!("--state-dir {}: the notification outbox: {err}", state.display())))?;
+        let outbox = crate::notifications::outbox::Outbox::open(&state, &notify).map_err(|err| {
+            UsageError(format!(
+                "--state-dir {}: the notification outbox: {err}",
+                state.display()
+            ))
+        })?;
         let outbox = Arc::new(outbox);
         let wake = Arc::new(tokio::sync::Notify::new());
         // The CloudEvents `source`: the store, without any secret in its URL.
@@ -259,8 +263,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             (None, None) => "skiff".to_string(),
         };
         let notifier = crate::notifications::Notifier::new(outbox.clone(), origin, wake.clone());
-        let delivery =
-            crate::notifications::Delivery::new(outbox, notify_secret, controller.metrics(), wake);
+        let delivery = crate::notifications::Delivery::new(outbox, notify_secret, controller.metrics(), wake);
         (controller.with_transitions(Arc::new(notifier)), Some(delivery))
     };
 

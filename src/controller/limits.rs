@@ -662,8 +662,14 @@ mod tests {
         for task in ["a", "b", "c"] {
             slots.set_semaphores(&key(task), &["gpu".to_string()]);
         }
-        assert_eq!(slots.try_acquire(&key("a"), 0, 1, RuntimeKind::Process).0, Slot::Granted);
-        assert_eq!(slots.try_acquire(&key("b"), 0, 2, RuntimeKind::Process).0, Slot::Granted);
+        assert_eq!(
+            slots.try_acquire(&key("a"), 0, 1, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+        assert_eq!(
+            slots.try_acquire(&key("b"), 0, 2, RuntimeKind::Process).0,
+            Slot::Granted
+        );
         assert_eq!(
             slots.try_acquire(&key("c"), 0, 3, RuntimeKind::Process).0,
             Slot::Full {
@@ -680,7 +686,10 @@ mod tests {
         assert_eq!(slots.semaphore_in_use("gpu"), Some(2));
         // Its container gone, "a" frees its slot for "c".
         slots.settle_task(&key("a"), 1, &[(0, Standing::Idle, Some(RuntimeKind::Process))]);
-        assert_eq!(slots.try_acquire(&key("c"), 0, 3, RuntimeKind::Process).0, Slot::Granted);
+        assert_eq!(
+            slots.try_acquire(&key("c"), 0, 3, RuntimeKind::Process).0,
+            Slot::Granted
+        );
         assert_eq!(slots.semaphore_in_use("gpu"), Some(2));
     }
 
@@ -722,7 +731,10 @@ mod tests {
     fn a_live_lane_keeps_a_semaphore_its_task_stopped_naming_until_it_is_gone() {
         let slots = gpu(1);
         slots.set_semaphores(&key("a"), &["gpu".to_string()]);
-        assert_eq!(slots.try_acquire(&key("a"), 0, 1, RuntimeKind::Process).0, Slot::Granted);
+        assert_eq!(
+            slots.try_acquire(&key("a"), 0, 1, RuntimeKind::Process).0,
+            Slot::Granted
+        );
         slots.set_semaphores(&key("a"), &[]);
         slots.settle_task(&key("a"), 1, &[(0, Standing::Live, Some(RuntimeKind::Process))]);
         assert_eq!(slots.semaphore_in_use("gpu"), Some(1));
@@ -730,7 +742,10 @@ mod tests {
         assert_eq!(slots.semaphore_in_use("gpu"), Some(0));
         // A removed task lets everything go.
         slots.set_semaphores(&key("b"), &["gpu".to_string()]);
-        assert_eq!(slots.try_acquire(&key("b"), 0, 2, RuntimeKind::Process).0, Slot::Granted);
+        assert_eq!(
+            slots.try_acquire(&key("b"), 0, 2, RuntimeKind::Process).0,
+            Slot::Granted
+        );
         slots.set_semaphores(&key("b"), &[]);
         slots.settle_task(&key("b"), 2, &[]);
         assert_eq!(slots.semaphore_in_use("gpu"), Some(0));

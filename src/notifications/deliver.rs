@@ -131,9 +131,10 @@ impl Delivery {
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(err) => return Err(format!("cannot read {}: {err}", path.display())),
             };
-            let mut request = client
-                .post(&target.url)
-                .header(reqwest::header::CONTENT_TYPE, "application/cloudevents+json; charset=utf-8");
+            let mut request = client.post(&target.url).header(
+                reqwest::header::CONTENT_TYPE,
+                "application/cloudevents+json; charset=utf-8",
+            );
             if let Some(secret) = &self.secret {
                 request = request.header(SIGNATURE_HEADER, signature(secret, &body));
             }
@@ -157,5 +158,87 @@ impl Delivery {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notifications::event::Event;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// (signature, body) of each call a receiver got.
+    type Seen = Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+    /// A receiver that answers 500 to its first `fail` calls, then 200; its URL.
+    async fn receiver(fail: usize, seen: Seen) -> String {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let calls = calls.clone();
+                let seen = seen.clone();
+                async move {
+                    let signature = headers
+                        .get(SIGNATURE_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    seen.lock().unwrap().push((signature, body.to_vec()));
+                    if calls.fetch_add(1, Ordering::SeqCst) < fail {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn failed_posts_are_retried_then_delivered_in_order_signed_and_counted() {
+        let seen: Seen = Arc::default();
+        let url = receiver(2, Arc::clone(&seen)).await;
+        let state = tempfile::tempdir().unwrap();
+        let outbox = Arc::new(Outbox::open(state.path(), &[url]).unwrap());
+        for id in ["first", "second"] {
+            outbox
+                .put(&Event {
+                    id: id.into(),
+                    body: id.as_bytes().to_vec(),
+                })
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let metrics = Arc::new(Metrics::new());
+        let mut delivery = Delivery::new(
+            outbox.clone(),
+            Some(b"key".to_vec()),
+            metrics.clone(),
+            Arc::new(Notify::new()),
+        );
+        delivery.backoff = Duration::from_millis(20);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        // Stopped at once, it lingers until the outbox is empty.
+        delivery.run(stop, Duration::from_secs(10)).await;
+        assert_eq!(outbox.pending_count(), 0);
+        let seen = seen.lock().unwrap().clone();
+        let bodies: Vec<&[u8]> = seen.iter().map(|(_, body)| body.as_slice()).collect();
+        assert_eq!(
+            bodies,
+            [&b"first"[..], b"first", b"first", b"second"],
+            "oldest first, retried"
+        );
+        assert!(seen.iter().all(|(sig, body)| *sig == signature(b"key", body)));
+        assert_eq!(metrics.notifications_delivered.get(), 2);
+        assert_eq!(metrics.notifications_retried.get(), 2);
+        assert_eq!(metrics.notifications_pending.get(), 0);
+        let text = metrics.render();
+        assert!(text.contains("skiff_notifications_delivered_total 2"), "{text}");
     }
 }

@@ -114,11 +114,18 @@ fn twelve_tasks_naming_gpu_under_gpu_2_never_run_more_than_2_and_all_finish() {
         scenario = scenario.task(&format!("g{i:02}"), "  semaphores: [gpu]\n");
     }
     // Two tasks free of any semaphore run beside them; one naming both waits for each.
-    scenario = scenario.task("free1", "").task("free2", "").task("both", "  semaphores: [db, gpu]\n");
+    scenario = scenario
+        .task("free1", "")
+        .task("free2", "")
+        .task("both", "  semaphores: [db, gpu]\n");
     let ran = scenario.run();
     assert!(ran.violations.is_empty(), "{:?}", ran.violations);
     assert_eq!(ran.outcome, Some(Outcome::AllSucceeded));
-    assert!(ran.peak >= 3, "the free tasks ran beside the gpu ones: peak {}", ran.peak);
+    assert!(
+        ran.peak >= 3,
+        "the free tasks ran beside the gpu ones: peak {}",
+        ran.peak
+    );
     assert!(
         ran.writes.iter().any(|(_, s)| s.reason == Some(Reason::WaitingForSlot)
             && s.message.as_deref().unwrap_or("").contains("semaphore gpu 2/2")),
@@ -133,7 +140,10 @@ fn twelve_tasks_naming_gpu_under_gpu_2_never_run_more_than_2_and_all_finish() {
     assert_eq!(started.len(), 12);
     for (position, task) in started.iter().enumerate() {
         let appeared: usize = task[1..].parse().unwrap_or(usize::MAX);
-        assert!(appeared.abs_diff(position) <= 2, "{task} started {position}th: {started:?}");
+        assert!(
+            appeared.abs_diff(position) <= 2,
+            "{task} started {position}th: {started:?}"
+        );
     }
 }
 

@@ -431,11 +431,17 @@ impl State {
         // Semaphores, in-process for now, are checked in schedules of one replica too.
         let named = match self.replicated {
             true => Vec::new(),
-            false => self.manifests.get(&key).map(|m| m.semaphores.clone()).unwrap_or_default(),
+            false => self
+                .manifests
+                .get(&key)
+                .map(|m| m.semaphores.clone())
+                .unwrap_or_default(),
         };
         for semaphore in &named {
             let Some(max) = self.semaphores.get(semaphore).copied() else {
-                self.violation(format!("{name}: created for a task naming undefined semaphore {semaphore}"));
+                self.violation(format!(
+                    "{name}: created for a task naming undefined semaphore {semaphore}"
+                ));
                 continue;
             };
             let holders = 1 + self

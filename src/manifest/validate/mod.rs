@@ -402,9 +402,14 @@ fn semaphores(spec: &Spec, fail: &mut impl FnMut(String)) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for (i, name) in spec.semaphores.iter().enumerate() {
         if let Err(why) = check_name(name) {
-            fail(format!("spec.semaphores[{i}]: {name:?} {}", why.replace("the task", "the semaphore")));
+            fail(format!(
+                "spec.semaphores[{i}]: {name:?} {}",
+                why.replace("the task", "the semaphore")
+            ));
         } else if names.contains(name) {
-            fail(format!("spec.semaphores[{i}]: {name:?} is listed twice; list each semaphore once"));
+            fail(format!(
+                "spec.semaphores[{i}]: {name:?} is listed twice; list each semaphore once"
+            ));
         } else {
             names.push(name.clone());
         }
