@@ -74,7 +74,7 @@ fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
 }
 
 #[test]
-fn a_success_and_a_failure_each_post_one_signed_cloudevent() {
+fn a_success_a_failure_and_an_invalid_manifest_each_post_one_signed_cloudevent() {
     let ws = Workspace::new();
     let port = free_port();
     let calls = receiver(port, 0);
@@ -82,6 +82,7 @@ fn a_success_and_a_failure_each_post_one_signed_cloudevent() {
     std::fs::write(&secret, "s3cret\n").unwrap();
     ws.task("jobs/ok.yaml", "true", "");
     ws.task("bad.yaml", "exit 3", "");
+    ws.write("wrong.yaml", "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [true]\n  retries: -1\n");
     let url = format!("http://127.0.0.1:{port}/hook");
     let code = ws
         .controller(&[
@@ -94,7 +95,7 @@ fn a_success_and_a_failure_each_post_one_signed_cloudevent() {
         .wait(LONG);
     assert_eq!(code, Some(1), "{}", ws.controller_log());
     let got = events(&calls);
-    assert_eq!(got.len(), 2, "one event each: {got:?}");
+    assert_eq!(got.len(), 3, "one event each: {got:?}");
     let mut by_subject = std::collections::BTreeMap::new();
     for (signature, event, body) in &got {
         assert_eq!(signature.as_deref(), Some(hmac_hex(b"s3cret", body).as_str()));
@@ -116,13 +117,16 @@ fn a_success_and_a_failure_each_post_one_signed_cloudevent() {
         (Some("ExitCode"), Some(3))
     );
     assert_ne!(ok["id"], bad["id"]);
+    let wrong = &by_subject["wrong"];
+    assert_eq!(wrong["type"], "skiff.task.invalid");
+    assert!(wrong["data"]["message"].as_str().unwrap_or_default().contains("retries"), "{wrong}");
     // Delivered: the outbox is empty.
     let outbox = ws.root().join(".skiff/notifications");
     let left: Vec<_> = walk(&outbox).into_iter().filter(|p| p.ends_with(".json")).collect();
     assert!(left.is_empty(), "{left:?}");
     // A rerun of finished tasks is no transition: nothing more is sent.
     assert_eq!(ws.controller(&["--once", "--notify", &url]).wait(LONG), Some(1));
-    assert_eq!(events(&calls).len(), 2);
+    assert_eq!(events(&calls).len(), 3);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {
