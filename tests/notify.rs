@@ -82,7 +82,10 @@ fn a_success_a_failure_and_an_invalid_manifest_each_post_one_signed_cloudevent()
     std::fs::write(&secret, "s3cret\n").unwrap();
     ws.task("jobs/ok.yaml", "true", "");
     ws.task("bad.yaml", "exit 3", "");
-    ws.write("wrong.yaml", "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [true]\n  retries: -1\n");
+    ws.write(
+        "wrong.yaml",
+        "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [true]\n  retries: -1\n",
+    );
     let url = format!("http://127.0.0.1:{port}/hook");
     let code = ws
         .controller(&[
@@ -119,7 +122,13 @@ fn a_success_a_failure_and_an_invalid_manifest_each_post_one_signed_cloudevent()
     assert_ne!(ok["id"], bad["id"]);
     let wrong = &by_subject["wrong"];
     assert_eq!(wrong["type"], "skiff.task.invalid");
-    assert!(wrong["data"]["message"].as_str().unwrap_or_default().contains("retries"), "{wrong}");
+    assert!(
+        wrong["data"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("retries"),
+        "{wrong}"
+    );
     // Delivered: the outbox is empty.
     let outbox = ws.root().join(".skiff/notifications");
     let left: Vec<_> = walk(&outbox).into_iter().filter(|p| p.ends_with(".json")).collect();

@@ -22,6 +22,7 @@ pub mod queue;
 pub mod reconcile;
 mod replicas;
 mod run;
+mod shared_slots;
 pub mod transitions;
 
 use act::execute;
@@ -186,6 +187,8 @@ struct Shared {
     parse_inline: bool,
     /// Where terminal transitions are reported (`--notify`), if anywhere.
     transitions: Option<Arc<dyn transitions::TransitionSink>>,
+    /// Named semaphores shared with the other replicas of the store, when it has any.
+    shared_semaphores: Option<Arc<dyn crate::store::ownership::SharedSemaphores>>,
 }
 
 /// What one reconcile reports back to the loop.
@@ -263,6 +266,7 @@ impl Controller {
         Controller {
             shared: Arc::new(Shared {
                 ownership: store.ownership(),
+                shared_semaphores: store.semaphores().filter(|_| !config.semaphores.is_empty()),
                 store,
                 runtimes,
                 config,
