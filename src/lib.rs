@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod notifications;
 pub mod runtime;
+pub mod schedule;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod status;

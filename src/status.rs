@@ -25,11 +25,14 @@ pub enum Phase {
     Succeeded,
     Failed,
     Invalid,
+    /// A scheduled task before its first run.
+    Scheduled,
 }
 
 impl Phase {
     /// Every phase, in the order of the lifecycle.
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
+        Phase::Scheduled,
         Phase::Pending,
         Phase::Creating,
         Phase::Running,
@@ -63,6 +66,7 @@ impl Phase {
             Phase::Succeeded => "Succeeded",
             Phase::Failed => "Failed",
             Phase::Invalid => "Invalid",
+            Phase::Scheduled => "Scheduled",
         }
     }
 }
@@ -124,6 +128,71 @@ pub enum Reason {
     /// state folder, engine or resource group): it is given up, not charged to
     /// `retries`, and the next attempt runs here. The old one may still be running there.
     PlacementUnreachable,
+    /// A run started by `skiff trigger`, not by the schedule.
+    ManualTrigger,
+    /// A scheduled time that was not run (the controller was down, the run would have
+    /// started past `startingDeadline`, or a run was active under `Forbid`).
+    MissedSchedule,
+}
+
+/// Where a scheduled task's schedule stands (`status.schedule`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleStatus {
+    /// The schedule as written, with its time zone when not UTC (for listings).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cron: String,
+    /// The newest scheduled time handled (run, or missed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scheduled_at: Option<Timestamp>,
+    /// The next scheduled time to come (absent while suspended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_scheduled_at: Option<Timestamp>,
+    /// The scheduled times of the active runs.
+    #[serde(default)]
+    pub active: Vec<Timestamp>,
+    /// Every scheduled time up to this one has been handled: durable, written before a run
+    /// starts, so a scheduled time is never run twice nor lost.
+    pub handled_through: Timestamp,
+    /// Runs started so far; the active run's number (in its container names).
+    #[serde(default)]
+    pub run_count: u32,
+    /// A `skiff trigger` waiting to be handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggered_at: Option<Timestamp>,
+}
+
+/// One run of a scheduled task (`status.runs`, newest first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    pub scheduled_at: Timestamp,
+    /// The run's number; absent for a missed time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<u32>,
+    /// The run's phase; absent for a missed time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
+    /// A missed range: every scheduled time from this one to `scheduledAt` was missed
+    /// (`missedCount` of them), recorded as one so that the history keeps them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_from: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_count: Option<u64>,
 }
 
 /// Where a runtime's containers live, as far as seeing them goes: two replicas whose
@@ -376,6 +445,13 @@ pub struct TaskStatus {
     pub dependencies: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Timestamp>,
+    /// A scheduled task's schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleStatus>,
+    /// A scheduled task's runs, newest first (active ones included), bounded by
+    /// `historyLimit`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<RunRecord>,
     pub updated_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<Timestamp>,
@@ -399,6 +475,8 @@ impl TaskStatus {
             indexes: Vec::new(),
             dependencies: BTreeMap::new(),
             next_attempt_at: None,
+            schedule: None,
+            runs: Vec::new(),
             updated_at: now,
             observed_at: None,
         }

@@ -104,6 +104,17 @@ impl TaskKey {
     }
 }
 
+impl TaskKey {
+    /// A scheduled task's container: `skiff-<sanitized task>-<8 hex>-r<run>-<attempt>[-<index>]`,
+    /// so that two runs never share a name.
+    pub fn run_container_name(&self, run: u32, attempt: u32, index: Option<u32>) -> String {
+        match index {
+            Some(index) => format!("{}r{run}-{attempt}-{index}", self.container_prefix()),
+            None => format!("{}r{run}-{attempt}", self.container_prefix()),
+        }
+    }
+}
+
 impl TryFrom<String> for TaskKey {
     type Error = BadTaskKey;
 

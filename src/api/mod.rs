@@ -199,6 +199,9 @@ async fn post_task(
     if let Some(task) = path.strip_suffix("/terminate") {
         return terminate(&state, task).await;
     }
+    if let Some(task) = path.strip_suffix("/trigger") {
+        return trigger(&state, task).await;
+    }
     if let Some(task) = path.strip_suffix("/rerun") {
         return dashboard::rerun(&state, task).await;
     }
@@ -216,7 +219,7 @@ async fn post_task(
     }
     problem(
         StatusCode::NOT_FOUND,
-        "POST /v1/tasks/{task}/terminate, /v1/tasks/{task}/rerun or /v1/tasks/{task}/events",
+        "POST /v1/tasks/{task}/terminate, /v1/tasks/{task}/trigger, /v1/tasks/{task}/rerun or /v1/tasks/{task}/events",
     )
 }
 
@@ -240,6 +243,26 @@ async fn terminate(state: &ApiState, task: &str) -> Response {
         Ok(Some(_)) => {
             let _ = state.control.send(Control::Terminate(key.clone()));
             (StatusCode::ACCEPTED, axum::Json(json!({"terminating": key}))).into_response()
+        }
+        Ok(None) => problem(StatusCode::NOT_FOUND, format!("no task {key}")),
+        Err(err) => unavailable("cannot read the task's status", &err),
+    }
+}
+
+/// `POST /v1/tasks/{task}/trigger`: a run of a scheduled task now.
+async fn trigger(state: &ApiState, task: &str) -> Response {
+    let key = match TaskKey::parse(task) {
+        Ok(key) => key,
+        Err(bad) => return bad_key(bad),
+    };
+    match state.store.read_status(&key).await {
+        Ok(Some(status)) if status.schedule.is_none() => problem(
+            StatusCode::CONFLICT,
+            format!("task {key} has no spec.schedule; `skiff rerun {key}` runs a finished task again"),
+        ),
+        Ok(Some(_)) => {
+            let _ = state.control.send(Control::Trigger(key.clone()));
+            (StatusCode::ACCEPTED, axum::Json(json!({"triggered": key}))).into_response()
         }
         Ok(None) => problem(StatusCode::NOT_FOUND, format!("no task {key}")),
         Err(err) => unavailable("cannot read the task's status", &err),

@@ -85,10 +85,18 @@ fn render(tasks: &[(TaskKey, Option<TaskStatus>)], format: OutputFormat) -> anyh
 }
 
 fn table(tasks: &[(TaskKey, Option<TaskStatus>)], now: Timestamp) -> String {
-    let mut rows = vec![["TASK", "PHASE", "ATTEMPT", "AGE", "DURATION", "REASON"].map(String::from)];
+    // SCHEDULE and NEXT only when a task has a schedule: other listings stay as they were.
+    let scheduled = tasks
+        .iter()
+        .any(|(_, s)| s.as_ref().is_some_and(|s| s.schedule.is_some()));
+    let mut header = vec!["TASK", "PHASE", "ATTEMPT", "AGE", "DURATION", "REASON"];
+    if scheduled {
+        header.extend(["SCHEDULE", "NEXT"]);
+    }
+    let mut rows: Vec<Vec<String>> = vec![header.into_iter().map(String::from).collect()];
     for (key, status) in tasks {
-        let row = match status {
-            None => [
+        let mut row = match status {
+            None => vec![
                 key.to_string(),
                 "-".into(),
                 "-".into(),
@@ -109,7 +117,7 @@ fn table(tasks: &[(TaskKey, Option<TaskStatus>)], now: Timestamp) -> String {
                     (None, Phase::Invalid, Some(message)) => message.clone(),
                     _ => String::new(),
                 };
-                [
+                vec![
                     key.to_string(),
                     s.phase.to_string(),
                     s.attempt.to_string(),
@@ -119,9 +127,18 @@ fn table(tasks: &[(TaskKey, Option<TaskStatus>)], now: Timestamp) -> String {
                 ]
             }
         };
-        rows.push(row.map(|cell| printable(&cell).into_owned()));
+        if scheduled {
+            let schedule = status.as_ref().and_then(|s| s.schedule.as_ref());
+            row.push(schedule.map_or("-".into(), |s| s.cron.clone()));
+            row.push(
+                schedule
+                    .and_then(|s| s.next_scheduled_at)
+                    .map_or("-".into(), |next| format!("in {}", short(next - now))),
+            );
+        }
+        rows.push(row.into_iter().map(|cell| printable(&cell).into_owned()).collect());
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -199,6 +216,39 @@ fn describe_raw(s: &TaskStatus) -> String {
     }
     for (task, hash) in &s.dependencies {
         let _ = writeln!(out, "Depends on:   {task} (spec {hash})");
+    }
+    if let Some(schedule) = &s.schedule {
+        let time = |t: &Option<Timestamp>| t.as_ref().map(format_time).unwrap_or_else(|| "-".into());
+        let _ = writeln!(out, "Schedule:     {}", schedule.cron);
+        let _ = writeln!(out, "Last time:    {}", time(&schedule.last_scheduled_at));
+        let _ = writeln!(out, "Next time:    {}", time(&schedule.next_scheduled_at));
+        let active: Vec<String> = schedule.active.iter().map(format_time).collect();
+        let _ = writeln!(
+            out,
+            "Active:       {}",
+            if active.is_empty() {
+                "-".into()
+            } else {
+                active.join(", ")
+            }
+        );
+    }
+    if !s.runs.is_empty() {
+        let _ = writeln!(out, "Runs:");
+        for run in &s.runs {
+            let _ = writeln!(
+                out,
+                "  {}  {:<9}  run {}  attempts {}  exit {}  {}{}{}",
+                format_time(&run.scheduled_at),
+                run.phase.map_or("-", Phase::as_str),
+                run.run.map_or("-".into(), |n| n.to_string()),
+                run.attempts,
+                run.exit_code.map_or("-".into(), |c| c.to_string()),
+                run.reason.map(|r| format!("{r:?}")).unwrap_or_default(),
+                run.message.as_ref().map(|m| format!("  {m}")).unwrap_or_default(),
+                run.result.as_ref().map(|r| format!("  result {r}")).unwrap_or_default(),
+            );
+        }
     }
     if !s.indexes.is_empty() {
         let _ = writeln!(out, "Indexes:");

@@ -54,6 +54,9 @@ pub enum Command {
     Rerun(RerunArgs),
     /// Stop tasks' running attempts, through the running controller's API.
     Terminate(TerminateArgs),
+    /// Start a run of scheduled tasks now (reason ManualTrigger), subject to their
+    /// concurrencyPolicy, through the running controller's API.
+    Trigger(TerminateArgs),
     /// Inside a task: send its completion event to $SKIFF_CALLBACK_URL, retrying
     /// until the controller answers (it may be restarting).
     Report(ReportArgs),
@@ -356,6 +359,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => return validate::run(&args),
         Command::Rerun(args) => operate::rerun(args),
         Command::Terminate(args) => operate::terminate(args),
+        Command::Trigger(args) => operate::trigger(args),
         Command::Report(args) => report::run(args),
         Command::Completion { shell } => completion::completion(shell),
         Command::Man => completion::man(),

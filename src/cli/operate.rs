@@ -105,6 +105,16 @@ fn rerun_failed_indexes(mut status: TaskStatus) -> Option<(TaskStatus, String)> 
 /// /v1/tasks/{task}/terminate`), at `--server` or at the address it recorded in its
 /// state folder.
 pub fn terminate(args: TerminateArgs) -> anyhow::Result<ExitCode> {
+    post_to_tasks(args, "terminate", "terminating")
+}
+
+/// Asks the running controller to start a run of scheduled tasks now (`POST
+/// /v1/tasks/{task}/trigger`).
+pub fn trigger(args: TerminateArgs) -> anyhow::Result<ExitCode> {
+    post_to_tasks(args, "trigger", "triggered")
+}
+
+fn post_to_tasks(args: TerminateArgs, verb: &str, done: &str) -> anyhow::Result<ExitCode> {
     let state = state_dir(&args.source);
     let recorded = super::endpoint::read(&state);
     let url = match (&args.server, &recorded) {
@@ -137,7 +147,7 @@ pub fn terminate(args: TerminateArgs) -> anyhow::Result<ExitCode> {
         let mut code = ExitCode::SUCCESS;
         for task in &args.tasks {
             let key = inspect::task_key(task)?;
-            let target = format!("{url}/v1/tasks/{}/terminate", urlencoding::encode(key.as_str()));
+            let target = format!("{url}/v1/tasks/{}/{verb}", urlencoding::encode(key.as_str()));
             let mut request = client.post(&target);
             if let Some(token) = &token {
                 request = request.bearer_auth(token);
@@ -151,7 +161,7 @@ pub fn terminate(args: TerminateArgs) -> anyhow::Result<ExitCode> {
             let body: serde_json::Value = answer.json().await.unwrap_or_default();
             let said = body["error"].as_str().unwrap_or_default().to_string();
             match status.as_u16() {
-                202 => println!("{key}: terminating"),
+                202 => println!("{key}: {done}"),
                 404 => {
                     return Err(UsageError(format!("no task {key} at {url}; `skiff get` lists the tasks")).into());
                 }

@@ -38,10 +38,12 @@ pub(super) async fn execute(
             {
                 // Kept before the status says it: a crash in between repeats it (same
                 // id), never loses it.
-                sink.terminal(key, &new).await.map_err(|source| StoreError::Io {
-                    path: format!("the notification outbox (for {key})"),
-                    source,
-                })?;
+                sink.terminal(key, before, &new)
+                    .await
+                    .map_err(|source| StoreError::Io {
+                        path: format!("the notification outbox (for {key})"),
+                        source,
+                    })?;
             }
             shared.store.write_status(key, &new).await?;
             log_transition(key, before, &new);
@@ -103,6 +105,11 @@ pub(super) async fn execute(
                     attempt_id: &attempt_id,
                     container,
                     dependency_results: dependency_results.as_deref(),
+                    scheduled_at: decided
+                        .as_ref()
+                        .and_then(|s| s.schedule.as_ref())
+                        .and_then(|s| s.active.first())
+                        .map(crate::status::format_time),
                 };
                 let result = match container_spec(&made, spec, local_dir.clone(), shared.callbacks.as_ref()) {
                     Ok(container_spec) => runtime.ensure(&container_spec).await,
@@ -265,6 +272,8 @@ struct Made<'a> {
     container: &'a str,
     /// `SKIFF_DEPENDENCY_RESULTS`, for a task with `dependsOn`.
     dependency_results: Option<&'a str>,
+    /// `SKIFF_SCHEDULED_AT`, for a scheduled task's run.
+    scheduled_at: Option<String>,
 }
 
 /// What the runtime is asked to run for one attempt; secrets are resolved here.
@@ -287,6 +296,9 @@ fn container_spec(
         ("SKIFF_ATTEMPT".to_string(), attempt.to_string()),
         ("SKIFF_INDEX".to_string(), index.to_string()),
     ];
+    if let Some(at) = &made.scheduled_at {
+        env.push(("SKIFF_SCHEDULED_AT".to_string(), at.clone()));
+    }
     if let Some(results) = made.dependency_results {
         env.push(("SKIFF_DEPENDENCY_RESULTS".to_string(), results.to_string()));
     }
@@ -384,6 +396,7 @@ mod tests {
             attempt_id: "id",
             container: "skiff-s-1",
             dependency_results: None,
+            scheduled_at: None,
         };
         let made = container_spec(&which, &spec, None, Some(&callbacks)).unwrap();
         let env: BTreeMap<_, _> = made.env.iter().cloned().collect();
@@ -418,6 +431,7 @@ mod tests {
             attempt_id: "id",
             container: "skiff-n-1",
             dependency_results: None,
+            scheduled_at: None,
         };
         assert!(container_spec(&which, &spec, None, None).is_ok());
         spec.env.push(("A".into(), EnvValue::Value("a\0b".into())));

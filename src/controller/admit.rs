@@ -311,6 +311,7 @@ mod tests {
             lanes: Default::default(),
             dependencies: Default::default(),
             placement: None,
+            scheduling: Default::default(),
         };
         let full = Slot::Full {
             limit: "max-running 2/2".into(),

@@ -40,7 +40,7 @@ use crate::store::{Fingerprint, ManifestRead, Store, StoreError, StoreEvent};
 use crate::task::TaskKey;
 use limits::{CreateRate, Slots};
 use queue::WorkQueue;
-use reconcile::{Dependencies, Desired, Input, Lane, Observed, Slot};
+use reconcile::{Dependencies, Desired, Input, Lane, Observed, Scheduling, Slot};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -106,6 +106,8 @@ impl Default for ControllerConfig {
 pub enum Control {
     /// Stop the task's current attempt and fail it with reason Terminated.
     Terminate(TaskKey),
+    /// Start a run of a scheduled task now (`skiff trigger`).
+    Trigger(TaskKey),
     /// A completion event was recorded for the task (at this instant): look now.
     Event(TaskKey, std::time::Instant),
 }
@@ -142,6 +144,8 @@ struct Memory {
     validated: Option<(Vec<u8>, Box<TaskSpec>)>,
     /// A terminate request from the API, not yet persisted.
     terminate: bool,
+    /// A trigger request from the API, not yet persisted.
+    trigger: bool,
     /// When the last completion event was accepted, for the latency metric.
     event_at: Option<std::time::Instant>,
     /// Containers of the task that its status does not record, found by orphan
@@ -182,6 +186,9 @@ struct Shared {
     /// The time of day and the randomness of the pipeline (see [`clock`]).
     clock: Arc<dyn clock::Clock>,
     entropy: clock::Entropy,
+    /// When this controller first reconciled: scheduled times before it passed while no
+    /// controller ran (`missedRuns`).
+    since: std::sync::OnceLock<crate::status::Timestamp>,
     /// Parse manifests on the calling task instead of the blocking pool: a thread's
     /// timing would make the simulator's runs differ.
     parse_inline: bool,
@@ -282,6 +289,7 @@ impl Controller {
                 callbacks: None,
                 clock: Arc::new(clock::SystemClock),
                 entropy: clock::Entropy::from_os(),
+                since: std::sync::OnceLock::new(),
                 parse_inline: false,
                 transitions: None,
             }),

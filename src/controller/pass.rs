@@ -62,6 +62,7 @@ struct Read {
 struct Requests {
     seen_by_engine: bool,
     terminate: bool,
+    trigger: bool,
 }
 
 impl Requests {
@@ -69,12 +70,14 @@ impl Requests {
         Requests {
             seen_by_engine: std::mem::take(&mut memory.engine_seen),
             terminate: std::mem::take(&mut memory.terminate),
+            trigger: std::mem::take(&mut memory.trigger),
         }
     }
 
     fn put_back(self, memory: &mut Memory) {
         memory.engine_seen |= self.seen_by_engine;
         memory.terminate |= self.terminate;
+        memory.trigger |= self.trigger;
     }
 }
 
@@ -360,6 +363,11 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
         lanes,
         dependencies,
         placement,
+        scheduling: Scheduling {
+            since: Some(*shared.since.get_or_init(|| shared.clock.now())),
+            trigger: requests.trigger,
+            run: None,
+        },
     };
 
     // Decide, and admit what it starts.
@@ -422,8 +430,20 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
         requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
     }
     ownership::after(shared, key, decision.status.as_ref()).await;
+    // A scheduled task with no active run is done for now (`--once` ends), and is looked
+    // at again at its next scheduled time (not under `--once`).
+    let idle_schedule = decision
+        .status
+        .as_ref()
+        .and_then(|s| s.schedule.as_ref())
+        .is_some_and(|s| s.active.is_empty());
+    if idle_schedule && shared.config.once {
+        requeue = None;
+    }
     let state = match &decision.status {
         None => TaskState::Removed,
+        Some(s) if idle_schedule && s.phase == Phase::Scheduled => TaskState::Final(Phase::Succeeded),
+        Some(s) if idle_schedule => TaskState::Final(s.phase),
         Some(s) if s.phase.is_final() => TaskState::Final(s.phase),
         Some(_) => TaskState::Active,
     };

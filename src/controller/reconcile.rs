@@ -16,8 +16,11 @@ use std::time::Duration;
 
 mod fanout;
 mod io;
+mod schedule;
+#[cfg(test)]
+mod schedule_tests;
 
-pub use io::{Action, Decision, Dependencies, Desired, Input, Lane, Observed, Slot};
+pub use io::{Action, Decision, Dependencies, Desired, Input, Lane, Observed, Scheduling, Slot};
 
 /// Largest `SKIFF_DEPENDENCY_RESULTS`, in bytes of JSON: environments are not for bulk data.
 pub const MAX_DEPENDENCY_RESULTS: usize = 32 * 1024;
@@ -41,6 +44,13 @@ pub fn retry_delay(base: Duration, failed: u32, jitter: f64) -> Duration {
 }
 
 pub fn decide(input: Input<'_>) -> Decision {
+    if let Desired::Valid(spec) = input.desired {
+        match &spec.schedule {
+            Some(rules) => return schedule::decide(&input, spec, rules),
+            None if schedule::is_scheduled(input.status) => return schedule::unscheduled(&input, spec),
+            None => {}
+        }
+    }
     let fan_out = input.status.is_some_and(|s| !s.indexes.is_empty())
         || matches!(input.desired, Desired::Valid(spec) if spec.completions > 1);
     if fan_out {
@@ -234,6 +244,15 @@ fn advance(input: &Input<'_>, spec: &TaskSpec, status: TaskStatus) -> Decision {
     match status.phase {
         // Invariant 3: done for this spec hash, whatever happens.
         Phase::Succeeded | Phase::Failed | Phase::Invalid => Decision::keep(status, None),
+        // Only a scheduled task's status says Scheduled, and its runs begin afresh.
+        Phase::Scheduled => pending(
+            input,
+            spec,
+            TaskStatus {
+                phase: Phase::Pending,
+                ..status
+            },
+        ),
         Phase::Pending => pending(input, spec, status),
         Phase::Creating | Phase::Running => active(input, spec, status),
         Phase::Deleting => deleting(input, spec, status),
@@ -362,7 +381,10 @@ fn pending(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisi
         return Decision::keep(status, Some(SLOT_RECHECK));
     }
     let number = status.attempt + 1;
-    let container = input.key.container_name(number, input.index);
+    let container = match input.scheduling.run {
+        Some(run) => input.key.run_container_name(run, number, input.index),
+        None => input.key.container_name(number, input.index),
+    };
     status.attempt = number;
     status.attempts.push(AttemptRecord {
         number,

@@ -68,6 +68,8 @@ fn spec() -> TaskSpec {
         completions: 1,
         parallelism: 1,
         depends_on: Vec::new(),
+        schedule: None,
+        suspend: false,
         semaphores: Vec::new(),
         notes: Vec::new(),
     }
@@ -352,6 +354,7 @@ impl Case {
             lanes: Default::default(),
             dependencies: Dependencies::None,
             placement: self.placement.clone(),
+            scheduling: Default::default(),
         })
     }
 }
@@ -2367,7 +2370,7 @@ mod generate {
                     Phase::Succeeded => Some((Some(0), Some(CompletedBy::Poll), Reason::Completed)),
                     Phase::Deleting => Some(last_end),
                     Phase::Invalid => invalid_end,
-                    Phase::Creating | Phase::Running => None,
+                    Phase::Creating | Phase::Running | Phase::Scheduled => None,
                 };
                 let mut r = AttemptRecord {
                     created_at: Some(at(created)),
@@ -3220,7 +3223,7 @@ mod model {
     }
 
     /// What the controller hands to `decide` for the container it inspected, as
-    /// `try_reconcile` does: a container of the current attempt's name whose attempt-id
+    /// `pass::try_reconcile` does: a container of the current attempt's name whose attempt-id
     /// label is not the current record's createdAt belongs to another attempt (kept by
     /// an earlier run's `cleanup`), and is observed as absent.
     fn observe(found: Option<&Sim>, current: &AttemptRecord) -> ContainerState {
@@ -3384,7 +3387,7 @@ mod model {
                         .expect("a live container has a current attempt");
                     let state = observe(self.containers.get(c), &current);
                     if state == ContainerState::Absent && self.containers.contains_key(c) {
-                        // As `try_reconcile` does: a stale container under the current
+                        // As `pass::try_reconcile` does: a stale container under the current
                         // attempt's name is removed before it is reported absent.
                         self.containers.remove(c);
                     }
@@ -3409,6 +3412,7 @@ mod model {
                 lanes: Default::default(),
                 dependencies: Dependencies::None,
                 placement: Some(here()),
+                scheduling: Default::default(),
             };
             let mut decision = decide(input.clone());
             if slot_full && decision.starts_attempt(self.status.as_ref()) {
@@ -3862,7 +3866,7 @@ fn model_a_fresh_start_cut_short_by_a_crash_never_takes_a_kept_container_for_its
 /// made for another attempt is observed as absent. When the fresh start that was to
 /// delete it is cut short, and the new attempt then ends without `ensure` ever replacing
 /// it (a create that fails for good before the runtime's guard, then a crash before the
-/// delete), nothing would name it any more. `try_reconcile` therefore deletes such a
+/// delete), nothing would name it any more. Observation (`observe.rs`) therefore deletes such a
 /// container when it observes it; the model does the same.
 #[test]
 fn a_kept_container_observed_as_absent_is_not_left_behind() {

@@ -175,6 +175,10 @@ impl Controller {
                         shared.memory(&key, |m| m.terminate = true);
                         queue.schedule(key, Duration::ZERO);
                     }
+                    Control::Trigger(key) => {
+                        shared.memory(&key, |m| m.trigger = true);
+                        queue.schedule(key, Duration::ZERO);
+                    }
                     Control::Event(key, at) => {
                         shared.memory(&key, |m| m.event_at = Some(at));
                         queue.schedule(key, Duration::ZERO);

@@ -82,10 +82,61 @@ pub struct Spec {
     /// the controller's `--docker-network`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Run on a schedule: each scheduled time is one whole run of the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+    /// With a schedule: `true` starts no new runs (a running one carries on).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
     /// Named semaphores: the task runs only while it holds one slot of each, all taken at
     /// once. Their limits come from the controller's `--semaphore NAME=N`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub semaphores: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScheduleSpec {
+    /// 5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first;
+    /// or @hourly, @daily, @weekly, @monthly, @yearly, or `@every 90s` (at least 1s).
+    pub cron: String,
+    /// An IANA time zone, e.g. `Europe/Paris` (default UTC). DST gaps and repeats are
+    /// handled as cron(8) does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// What a scheduled time does while a run is active (default Forbid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_policy: Option<ConcurrencyPolicy>,
+    /// A run not started within this of its scheduled time is missed, not run (humantime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_deadline: Option<String>,
+    /// Scheduled times that passed while the controller was not running (default skip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_runs: Option<MissedRuns>,
+    /// Finished and missed runs kept in the status (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_limit: Option<u32>,
+}
+
+// Allow: runs may overlap; Forbid: a scheduled time is skipped while a run is active;
+// Replace: the active run is stopped and a new one started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum ConcurrencyPolicy {
+    Allow,
+    #[default]
+    Forbid,
+    Replace,
+}
+
+// skip: none are run; latest: one catch-up run for the newest; all: each, oldest first,
+// bounded by startingDeadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MissedRuns {
+    #[default]
+    Skip,
+    Latest,
+    All,
 }
 
 // Which runtime runs a task. The default (`--runtime` unset) is the process runtime:

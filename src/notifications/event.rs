@@ -1,7 +1,7 @@
 //! The CloudEvents 1.0 structured-mode JSON event of one terminal transition, and its
 //! signature.
 
-use crate::status::{Phase, TaskStatus};
+use crate::status::{Phase, RunRecord, TaskStatus};
 use crate::task::TaskKey;
 use hmac::{Hmac, Mac};
 use serde_json::json;
@@ -50,6 +50,59 @@ impl Event {
             "time": status.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "datacontenttype": "application/json",
             "data": data,
+        });
+        let body = serde_json::to_vec(&event).ok()?;
+        Some(Event { id, body })
+    }
+}
+
+impl Event {
+    /// The event of one ended run of a scheduled task: its phase and summary, and which
+    /// run it was (`run`, `scheduledAt`).
+    pub fn of_run(source: &str, key: &TaskKey, status: &TaskStatus, run: &RunRecord) -> Option<Event> {
+        let phase = run.phase?;
+        let kind = match phase {
+            Phase::Succeeded => "skiff.task.succeeded",
+            Phase::Failed => "skiff.task.failed",
+            _ => return None,
+        };
+        let scheduled_at = run.scheduled_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let spec_hash = run.spec_hash.clone().unwrap_or_else(|| status.spec_hash.clone());
+        let mut hash = Sha256::new();
+        for part in [
+            key.as_str(),
+            &spec_hash,
+            "run",
+            &run.run.unwrap_or_default().to_string(),
+            &scheduled_at,
+            phase.as_str(),
+        ] {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        let id = hex::encode(&hash.finalize()[..16]);
+        let time = run.finished_at.unwrap_or(status.updated_at);
+        let event = json!({
+            "specversion": "1.0",
+            "id": id,
+            "type": kind,
+            "source": source,
+            "subject": key.as_str(),
+            "time": time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "datacontenttype": "application/json",
+            "data": {
+                "task": key.as_str(),
+                "name": status.name,
+                "specHash": spec_hash,
+                "run": run.run,
+                "scheduledAt": scheduled_at,
+                "phase": phase,
+                "reason": run.reason,
+                "message": run.message,
+                "attempts": run.attempts,
+                "exitCode": run.exit_code,
+                "result": run.result,
+            },
         });
         let body = serde_json::to_vec(&event).ok()?;
         Some(Event { id, body })

@@ -42,12 +42,20 @@ impl Notifier {
 
 #[async_trait::async_trait]
 impl TransitionSink for Notifier {
-    async fn terminal(&self, key: &TaskKey, status: &TaskStatus) -> std::io::Result<()> {
-        let Some(event) = event::Event::of(&self.source, key, status) else {
-            return Ok(());
+    async fn terminal(&self, key: &TaskKey, before: Option<&TaskStatus>, status: &TaskStatus) -> std::io::Result<()> {
+        let events: Vec<event::Event> = if status.schedule.is_some() && status.phase != crate::status::Phase::Invalid {
+            crate::controller::transitions::ended_runs(before, status)
+                .into_iter()
+                .filter_map(|run| event::Event::of_run(&self.source, key, status, run))
+                .collect()
+        } else {
+            event::Event::of(&self.source, key, status).into_iter().collect()
         };
+        if events.is_empty() {
+            return Ok(());
+        }
         let outbox = self.outbox.clone();
-        tokio::task::spawn_blocking(move || outbox.put(&event))
+        tokio::task::spawn_blocking(move || events.iter().try_for_each(|event| outbox.put(event)))
             .await
             .map_err(std::io::Error::other)??;
         self.wake.notify_one();

@@ -177,6 +177,7 @@ fn valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
             lanes: BTreeMap::new(),
             dependencies: Dependencies::None,
             placement: input.placement.clone(),
+            scheduling: input.scheduling.clone(),
         };
         let decided = advance(&lane_input, spec, view.clone());
         if let Some(after) = decided.status {

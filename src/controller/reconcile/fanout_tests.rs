@@ -47,6 +47,7 @@ fn input<'a>(desired: &'a Desired, status: Option<&'a TaskStatus>, now: Timestam
         lanes: BTreeMap::new(),
         dependencies: Dependencies::None,
         placement: Some(crate::status::Placement::process("0000aaaa", "alpha")),
+        scheduling: Default::default(),
     }
 }
 

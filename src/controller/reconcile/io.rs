@@ -81,6 +81,21 @@ pub struct Input<'a> {
     /// runtime. `None` while the runtime cannot say (an engine not up yet): then no
     /// attempt is recorded, for it could not say where it lives.
     pub placement: Option<Placement>,
+    /// What a scheduled task's decision needs beyond a run's.
+    pub scheduling: Scheduling,
+}
+
+/// What a scheduled task's decision is given beyond a run's.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Scheduling {
+    /// When this controller started: a scheduled time before it passed while no
+    /// controller ran, so `missedRuns` applies to it. `None`: taken as `now`.
+    pub since: Option<Timestamp>,
+    /// `skiff trigger` asked for a run now.
+    pub trigger: bool,
+    /// The run whose containers a decision names (given by the schedule's decision to the
+    /// run's): its number goes into container names, so two runs never share one.
+    pub run: Option<u32>,
 }
 
 /// What the controller saw of one index of a fan-out: the fields of [`Input`] that a

@@ -15,7 +15,8 @@ pub use context::{Features, ValidationContext};
 
 use super::limits::MAX_RETRY_DELAY;
 use super::parse::ManifestError;
-use super::wire::{Cleanup, CompletionMode, ContainerTask, RuntimeKind, Spec, Volume};
+use super::wire::{Cleanup, CompletionMode, ConcurrencyPolicy, ContainerTask, MissedRuns, RuntimeKind, Spec, Volume};
+use crate::schedule::Schedule;
 use crate::task::{BadTaskKey, TaskKey};
 use context::NUL;
 use sha2::{Digest, Sha256};
@@ -77,16 +78,41 @@ pub struct TaskSpec {
     pub completions: u32,
     pub parallelism: u32,
     pub depends_on: Vec<TaskKey>,
+    /// `spec.schedule`, parsed: the task runs once per scheduled time.
+    pub schedule: Option<ScheduleRules>,
+    /// `spec.suspend`: no new scheduled runs.
+    pub suspend: bool,
     /// `spec.semaphores`: the named semaphores to hold one slot of each while running.
     pub semaphores: Vec<String>,
     /// Things the user should know that are not errors, e.g. a field this runtime ignores.
     pub notes: Vec<String>,
 }
 
+/// A task's schedule, validated, with its defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleRules {
+    pub schedule: Schedule,
+    /// The cron text as written, for listings.
+    pub cron: String,
+    pub time_zone: Option<String>,
+    pub concurrency_policy: ConcurrencyPolicy,
+    pub starting_deadline: Option<Duration>,
+    pub missed_runs: MissedRuns,
+    pub history_limit: u32,
+}
+
+pub const DEFAULT_HISTORY_LIMIT: u32 = 10;
+const MAX_HISTORY_LIMIT: u32 = 100;
+
 /// `sha256:<hex>` over the canonical JSON of `spec`: struct fields in declaration order,
-/// absent fields omitted. Comments, key order and formatting never change it.
+/// absent fields omitted. Comments, key order and formatting never change it. `schedule`
+/// and `suspend` are left out: they say when runs start, not what a run is, so editing
+/// them never stops or re-runs anything (and a task without them hashes as before).
 pub fn spec_hash(task: &ContainerTask) -> String {
-    let canonical = serde_json::to_vec(&task.spec).unwrap_or_default();
+    let mut spec = task.spec.clone();
+    spec.schedule = None;
+    spec.suspend = false;
+    let canonical = serde_json::to_vec(&spec).unwrap_or_default();
     format!("sha256:{}", hex::encode(Sha256::digest(&canonical)))
 }
 
@@ -118,6 +144,7 @@ pub fn validate(
         retries,
     } = timing(spec, ctx, &mut notes, &mut fail);
     let (completions, parallelism, depends_on) = fan(spec, ctx, &mut fail);
+    let schedule = schedule(spec, &mut fail);
     let semaphores = semaphores(spec, &mut fail);
 
     if !errors.is_empty() {
@@ -146,8 +173,61 @@ pub fn validate(
         completions,
         parallelism,
         depends_on,
+        schedule,
+        suspend: spec.suspend,
         semaphores,
         notes,
+    })
+}
+
+/// `schedule` and `suspend`.
+fn schedule(spec: &Spec, fail: &mut impl FnMut(String)) -> Option<ScheduleRules> {
+    let Some(wire) = &spec.schedule else {
+        if spec.suspend {
+            fail("spec.suspend: only a task with spec.schedule can be suspended; remove suspend".into());
+        }
+        return None;
+    };
+    let mut ok = true;
+    let parsed = match Schedule::parse(&wire.cron, wire.time_zone.as_deref()) {
+        Ok(parsed) => Some(parsed),
+        Err(err) => {
+            fail(format!("spec.schedule.{}: {}", err.field, err.message));
+            None
+        }
+    };
+    let starting_deadline = match &wire.starting_deadline {
+        None => None,
+        Some(text) => match parse_duration(text) {
+            Ok(d) if d >= Duration::from_secs(1) => Some(d),
+            _ => {
+                ok = false;
+                fail(format!(
+                    "spec.schedule.startingDeadline: {text:?} is not a duration of at least 1s; write e.g. 10m"
+                ));
+                None
+            }
+        },
+    };
+    let history_limit = wire.history_limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    if history_limit > MAX_HISTORY_LIMIT {
+        ok = false;
+        fail(format!(
+            "spec.schedule.historyLimit: {history_limit} is too many; at most {MAX_HISTORY_LIMIT} runs are kept in the status"
+        ));
+    }
+    if !spec.depends_on.is_empty() {
+        ok = false;
+        fail("spec.schedule: a scheduled task cannot have spec.dependsOn (not supported); remove one of them".into());
+    }
+    Some(ScheduleRules {
+        schedule: parsed.filter(|_| ok)?,
+        cron: wire.cron.trim().to_string(),
+        time_zone: wire.time_zone.clone(),
+        concurrency_policy: wire.concurrency_policy.unwrap_or_default(),
+        starting_deadline,
+        missed_runs: wire.missed_runs.unwrap_or_default(),
+        history_limit,
     })
 }
 

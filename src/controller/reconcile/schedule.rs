@@ -1,0 +1,388 @@
+//! A scheduled task's decision: which scheduled times are due, which are missed (and
+//! recorded so), when a run starts, and the run itself, moved by the very decision a
+//! task without a schedule gets.
+//!
+//! The status's top-level fields (phase, attempts, indexes, result, ...) are those of the
+//! newest run; `status.schedule` says which scheduled times are handled
+//! (`handledThrough`), and `status.runs` keeps the history. A run starts in the same
+//! status write that advances `handledThrough` and names its first container, before the
+//! create: a crash at any instant never runs a scheduled time twice (the time is handled
+//! once the write lands) nor loses one (before it lands, the time is still due; after a
+//! restart it is judged by `missedRuns`, and a missed time is recorded in `runs`).
+
+use super::{Decision, Desired, Input, SOON, Scheduling};
+use crate::manifest::{ConcurrencyPolicy, MissedRuns, ScheduleRules, TaskSpec};
+use crate::status::{Phase, Reason, RunRecord, ScheduleStatus, TaskStatus, Timestamp, format_time};
+use std::time::Duration;
+
+/// Most scheduled times judged one by one in a decision; beyond, the older ones are
+/// recorded as one missed range.
+const MAX_DUE: usize = 1000;
+
+/// Whether the status belongs to a scheduled task (it has a schedule record).
+pub(super) fn is_scheduled(status: Option<&TaskStatus>) -> bool {
+    status.is_some_and(|s| s.schedule.is_some())
+}
+
+/// A task whose schedule was removed from its manifest: the schedule's record goes; an
+/// active run carries on as the task's run, and an idle one runs once, as a task
+/// without a schedule.
+pub(super) fn unscheduled(input: &Input<'_>, spec: &TaskSpec) -> Decision {
+    let Some(status) = input.status else {
+        return super::decide(input.clone());
+    };
+    let active = status.schedule.as_ref().is_some_and(|s| !s.active.is_empty());
+    let mut view = status.clone();
+    view.schedule = None;
+    view.runs.clear();
+    let run = status.schedule.as_ref().map(|s| s.run_count);
+    let desired = Desired::Valid(Box::new(spec.clone()));
+    let inner = Input {
+        desired: &desired,
+        status: active.then_some(&view),
+        scheduling: Scheduling {
+            run,
+            ..Scheduling::default()
+        },
+        ..input.clone()
+    };
+    super::decide(inner)
+}
+
+pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) -> Decision {
+    let now = input.now;
+    let since = input.scheduling.since.unwrap_or(now).min(now);
+    let mut status = match input.status {
+        Some(status) => status.clone(),
+        None => {
+            let mut status = TaskStatus::new(input.key.as_str(), &spec.name, &spec.spec_hash, now);
+            status.phase = Phase::Scheduled;
+            status
+        }
+    };
+    status.name = spec.name.clone();
+    let mut sched = status.schedule.take().unwrap_or_else(|| ScheduleStatus {
+        cron: String::new(),
+        last_scheduled_at: None,
+        next_scheduled_at: None,
+        // Afresh from now: a deleted status starts the schedule again.
+        handled_through: now,
+        active: Vec::new(),
+        run_count: 0,
+        // A task that ran without a schedule and is still running carries on as run 0.
+        triggered_at: None,
+    });
+    if input
+        .status
+        .is_some_and(|s| s.schedule.is_none() && !s.phase.is_final() && s.phase != Phase::Scheduled)
+    {
+        sched.active = vec![now];
+    }
+    sched.cron = match &rules.time_zone {
+        Some(zone) => format!("{} {zone}", rules.cron),
+        None => rules.cron.clone(),
+    };
+    if input.scheduling.trigger {
+        sched.triggered_at = Some(now);
+    }
+    let mut runs = std::mem::take(&mut status.runs);
+    let runs_before = runs.len();
+    let policy = rules.concurrency_policy;
+    let active = !sched.active.is_empty();
+
+    // Judge the scheduled times due, oldest first, up to the first that may run.
+    let mut candidate: Option<(Timestamp, Option<Reason>)> = None;
+    if spec.suspend {
+        // Deliberately not run, so not recorded as missed.
+        sched.handled_through = sched.handled_through.max(now);
+    } else {
+        let (due, more) = rules.schedule.due(sched.handled_through, now, MAX_DUE);
+        let mut due = due.into_iter().peekable();
+        if more && let Some(newest) = rules.schedule.last_at_or_before(now) {
+            // Far too many to judge one by one: all but the newest are recorded as one range.
+            let first = due.peek().copied().unwrap_or(newest);
+            if let Some(before) = rules
+                .schedule
+                .last_at_or_before(newest - chrono::Duration::milliseconds(1))
+                && before >= first
+            {
+                let mut range = missed(
+                    before,
+                    format!(
+                        "more than {MAX_DUE} scheduled times, from {} to this one, were missed (the controller was not running)",
+                        format_time(&first)
+                    ),
+                );
+                range.missed_from = Some(first);
+                runs.insert(0, range);
+                sched.handled_through = before;
+                sched.last_scheduled_at = Some(before);
+            }
+            due = rules
+                .schedule
+                .due(sched.handled_through, now, MAX_DUE)
+                .0
+                .into_iter()
+                .peekable();
+        }
+        while let Some(t) = due.next() {
+            let late = now - t;
+            let while_down = t < since;
+            let verdict = if let Some(deadline) = rules.starting_deadline
+                && late.to_std().unwrap_or_default() > deadline
+            {
+                Err(format!(
+                    "not started within startingDeadline {} of its scheduled time",
+                    humantime::format_duration(deadline)
+                ))
+            } else if while_down {
+                match rules.missed_runs {
+                    MissedRuns::Skip => Err("the controller was not running at its scheduled time (missedRuns: skip)".into()),
+                    MissedRuns::Latest if due.peek().is_some() => Err(
+                        "the controller was not running at its scheduled time; only the latest missed time runs (missedRuns: latest)"
+                            .into(),
+                    ),
+                    _ => Ok(()),
+                }
+            } else {
+                Ok(())
+            };
+            match verdict {
+                Err(message) => {
+                    runs.insert(0, missed(t, message));
+                    sched.handled_through = t;
+                    sched.last_scheduled_at = Some(t);
+                }
+                Ok(()) if active && policy != ConcurrencyPolicy::Replace => {
+                    if while_down && rules.missed_runs == MissedRuns::All {
+                        // A catch-up run waits its turn.
+                        candidate = Some((t, None));
+                        break;
+                    }
+                    let message = format!(
+                        "not started: the run scheduled at {} was still active (concurrencyPolicy: {policy:?})",
+                        sched.active.first().map(format_time).unwrap_or_default()
+                    );
+                    runs.insert(0, missed(t, message));
+                    sched.handled_through = t;
+                    sched.last_scheduled_at = Some(t);
+                }
+                Ok(()) => {
+                    candidate = Some((t, None));
+                    break;
+                }
+            }
+        }
+    }
+    if candidate.is_none()
+        && let Some(at) = sched.triggered_at
+    {
+        if active && policy != ConcurrencyPolicy::Replace {
+            let mut record = missed(
+                at,
+                format!("skiff trigger: not started, a run was active (concurrencyPolicy: {policy:?})"),
+            );
+            record.reason = Some(Reason::ManualTrigger);
+            runs.insert(0, record);
+            sched.triggered_at = None;
+        } else {
+            candidate = Some((at, Some(Reason::ManualTrigger)));
+        }
+    }
+
+    // Every record added so far is a missed time (or a held-back trigger), newest first.
+    let added = runs.len() - runs_before;
+    fold_missed(&mut runs, added, rules.history_limit as usize);
+
+    // Move the active run, stopping it first when a new one replaces it.
+    let mut actions = Vec::new();
+    let mut requeue: Option<Duration> = None;
+    let mut ended_now = false;
+    if active {
+        let replace = candidate.is_some() && policy == ConcurrencyPolicy::Replace;
+        let mut run_spec = spec.clone();
+        run_spec.schedule = None;
+        if policy != ConcurrencyPolicy::Replace && !status.spec_hash.is_empty() {
+            // An edit applies from the next run (under Replace, it restarts this one).
+            run_spec.spec_hash = status.spec_hash.clone();
+        }
+        let desired = Desired::Valid(Box::new(run_spec));
+        let view = status.clone();
+        let decided = super::decide(Input {
+            desired: &desired,
+            status: Some(&view),
+            terminate: input.terminate || replace,
+            scheduling: Scheduling {
+                run: Some(sched.run_count),
+                ..Scheduling::default()
+            },
+            ..input.clone()
+        });
+        status = decided.status.unwrap_or(status);
+        actions = decided.actions;
+        requeue = decided.requeue_after;
+        update_record(&mut runs, &sched, &status, now);
+        if status.phase.is_final() {
+            sched.active.clear();
+            ended_now = true;
+        }
+    }
+
+    // Start a run for the candidate, once no run is active.
+    if sched.active.is_empty()
+        && actions.is_empty()
+        && let Some((at, reason)) = candidate
+    {
+        sched.run_count += 1;
+        sched.active = vec![at];
+        match reason {
+            Some(Reason::ManualTrigger) => sched.triggered_at = None,
+            _ => {
+                sched.handled_through = at;
+                sched.last_scheduled_at = Some(at);
+            }
+        }
+        runs.insert(
+            0,
+            RunRecord {
+                scheduled_at: at,
+                run: Some(sched.run_count),
+                phase: Some(Phase::Pending),
+                reason,
+                message: None,
+                attempts: 0,
+                exit_code: None,
+                result: None,
+                finished_at: None,
+                spec_hash: Some(spec.spec_hash.clone()),
+                missed_from: None,
+                missed_count: None,
+            },
+        );
+        let mut run_spec = spec.clone();
+        run_spec.schedule = None;
+        let desired = Desired::Valid(Box::new(run_spec));
+        let decided = super::decide(Input {
+            desired: &desired,
+            status: None,
+            terminate: false,
+            scheduling: Scheduling {
+                run: Some(sched.run_count),
+                ..Scheduling::default()
+            },
+            ..input.clone()
+        });
+        let previous_runs = std::mem::take(&mut status.runs);
+        status = decided.status.unwrap_or(status);
+        status.runs = previous_runs;
+        actions = decided.actions;
+        requeue = decided.requeue_after;
+        update_record(&mut runs, &sched, &status, now);
+    } else if candidate.is_some() && !ended_now {
+        // Waiting for the active run to end (Replace, or a catch-up under Forbid).
+        requeue = Some(requeue.unwrap_or(SOON));
+    }
+
+    // When nothing runs: the newest run's phase, or Scheduled before the first.
+    if sched.active.is_empty() && !status.phase.is_final() {
+        status.phase = Phase::Scheduled;
+    }
+    sched.next_scheduled_at = if spec.suspend {
+        None
+    } else {
+        rules.schedule.next_after(sched.handled_through.max(now))
+    };
+    if sched.active.is_empty() {
+        status.message = Some(match (&sched.next_scheduled_at, spec.suspend) {
+            (_, true) => "suspended: no new runs start until spec.suspend is false".to_string(),
+            (Some(next), _) => format!("next run at {}", format_time(next)),
+            (None, _) => "the schedule has no further times".to_string(),
+        });
+    }
+    if let Some(next) = sched.next_scheduled_at {
+        let until = (next - now).to_std().unwrap_or_default().max(Duration::from_millis(1));
+        requeue = Some(requeue.map_or(until, |r| r.min(until)));
+    }
+    if sched.triggered_at.is_some() {
+        requeue = Some(requeue.map_or(SOON, |r| r.min(SOON)));
+    }
+
+    // History: the active run, and the newest `historyLimit` others.
+    runs.sort_by_key(|r| std::cmp::Reverse(r.scheduled_at));
+    let mut kept = 0;
+    runs.retain(|r| {
+        let is_active = r.run.is_some() && r.finished_at.is_none() && sched.active.contains(&r.scheduled_at);
+        if is_active {
+            return true;
+        }
+        kept += 1;
+        kept <= rules.history_limit as usize
+    });
+    status.runs = runs;
+    status.schedule = Some(sched);
+    Decision {
+        status: Some(status),
+        actions,
+        requeue_after: requeue,
+    }
+}
+
+fn missed(at: Timestamp, message: String) -> RunRecord {
+    RunRecord {
+        scheduled_at: at,
+        run: None,
+        phase: None,
+        reason: Some(Reason::MissedSchedule),
+        message: Some(message),
+        attempts: 0,
+        exit_code: None,
+        result: None,
+        finished_at: None,
+        spec_hash: None,
+        missed_from: None,
+        missed_count: None,
+    }
+}
+
+/// Folds the times missed in this decision into one range record when there are more
+/// than the history keeps: none is dropped unseen.
+fn fold_missed(runs: &mut Vec<RunRecord>, new_missed: usize, limit: usize) {
+    let limit = limit.max(1);
+    if new_missed <= limit {
+        return;
+    }
+    // The new missed records are the first `new_missed` of `runs` (newest first).
+    let keep = limit - 1;
+    let folded: Vec<RunRecord> = runs.drain(keep..new_missed).collect();
+    let (Some(newest), Some(oldest)) = (folded.first(), folded.last()) else {
+        return;
+    };
+    let mut range = newest.clone();
+    range.missed_from = Some(oldest.missed_from.unwrap_or(oldest.scheduled_at));
+    let count: u64 = folded.iter().map(|r| r.missed_count.unwrap_or(1)).sum();
+    range.missed_count = Some(count);
+    range.message = Some(format!(
+        "{count} scheduled times, from {} to this one, were missed: {}",
+        format_time(&oldest.missed_from.unwrap_or(oldest.scheduled_at)),
+        oldest.message.as_deref().unwrap_or("")
+    ));
+    runs.insert(keep, range);
+}
+
+/// Copies the active run's standing into its record.
+fn update_record(runs: &mut [RunRecord], sched: &ScheduleStatus, status: &TaskStatus, now: Timestamp) {
+    let Some(record) = runs.iter_mut().find(|r| r.run == Some(sched.run_count)) else {
+        return;
+    };
+    record.phase = Some(status.phase);
+    record.attempts = status.attempt;
+    record.exit_code = status.current().and_then(|a| a.exit_code);
+    record.result = status.result.clone();
+    if record.reason != Some(Reason::ManualTrigger) {
+        record.reason = status.reason;
+    }
+    record.message = status.message.clone();
+    if status.phase.is_final() && record.finished_at.is_none() {
+        record.finished_at = Some(now);
+    }
+}

