@@ -207,3 +207,27 @@ fn a_notify_url_that_is_not_http_is_a_usage_error() {
         assert!(stderr.contains("--notify"), "{stderr}");
     }
 }
+
+#[test]
+fn each_ended_run_of_a_scheduled_task_posts_its_own_event() {
+    let ws = Workspace::new();
+    let port = free_port();
+    let calls = receiver(port, 0);
+    ws.task("tick.yaml", "true", "  schedule: {cron: '@every 1s'}\n");
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let controller = ws.controller(&["--notify", &url]);
+    ws.wait_until(LONG, "two runs reported", || calls.lock().unwrap().len() >= 2);
+    assert_eq!(controller.terminate(), Some(0));
+    let got = events(&calls);
+    let mut ids = std::collections::BTreeSet::new();
+    let mut runs = std::collections::BTreeSet::new();
+    for (_, event, _) in &got {
+        assert_eq!(event["type"], "skiff.task.succeeded", "{event}");
+        assert_eq!(event["subject"], "tick");
+        assert!(event["data"]["scheduledAt"].is_string(), "{event}");
+        ids.insert(event["id"].as_str().unwrap().to_string());
+        runs.insert(event["data"]["run"].as_u64().unwrap());
+    }
+    assert_eq!(ids.len(), got.len(), "one id per run: {got:?}");
+    assert_eq!(runs.len(), got.len(), "each run once: {runs:?}");
+}
