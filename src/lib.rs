@@ -9,6 +9,7 @@ pub mod controller;
 pub mod fsutil;
 pub mod manifest;
 pub mod metrics;
+pub mod notifications;
 pub mod runtime;
 pub mod schedule;
 #[cfg(any(test, feature = "sim"))]

@@ -27,6 +27,12 @@ pub struct Metrics {
     pub aci_ratelimit_remaining: Family<Labels, Gauge>,
     /// Creates the ACI create quota allows now, by window.
     pub aci_create_tokens: Family<Labels, Gauge>,
+    /// Completion notifications answered 2xx.
+    pub notifications_delivered: Counter,
+    /// Completion notification POSTs that failed and will be retried.
+    pub notifications_retried: Counter,
+    /// Completion notifications in the outbox, not yet delivered.
+    pub notifications_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -47,6 +53,24 @@ impl Metrics {
         let event_to_status_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         let aci_ratelimit_remaining = Family::<Labels, Gauge>::default();
         let aci_create_tokens = Family::<Labels, Gauge>::default();
+        let notifications_delivered = Counter::default();
+        let notifications_retried = Counter::default();
+        let notifications_pending = Gauge::default();
+        registry.register(
+            "notifications_delivered",
+            "Completion notifications delivered (answered 2xx)",
+            notifications_delivered.clone(),
+        );
+        registry.register(
+            "notifications_retried",
+            "Completion notification POSTs that failed, to be retried",
+            notifications_retried.clone(),
+        );
+        registry.register(
+            "notifications_pending",
+            "Completion notifications in the outbox, not yet delivered",
+            notifications_pending.clone(),
+        );
         registry.register(
             "aci_ratelimit_remaining",
             "ARM's x-ms-ratelimit-remaining-* headers, as last answered",
@@ -91,6 +115,9 @@ impl Metrics {
             event_to_status_seconds,
             aci_ratelimit_remaining,
             aci_create_tokens,
+            notifications_delivered,
+            notifications_retried,
+            notifications_pending,
         }
     }
 

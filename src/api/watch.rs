@@ -193,6 +193,9 @@ impl Store for WatchedStore {
     fn ownership(&self) -> Option<Arc<dyn Ownership>> {
         self.inner.ownership()
     }
+    fn semaphores(&self) -> Option<Arc<dyn crate::store::ownership::SharedSemaphores>> {
+        self.inner.semaphores()
+    }
     async fn save_log(&self, container: &str, text: &str) -> Result<(), StoreError> {
         self.inner.save_log(container, text).await
     }

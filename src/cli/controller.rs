@@ -15,6 +15,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// `--create-rate 100/5m` for every runtime, `--create-rate docker=20/1m` for one; a
@@ -54,6 +55,84 @@ fn create_rates(
         .into_iter()
         .filter_map(|kind| Some((kind, own.get(&kind).copied().or(general)?)))
         .collect())
+}
+
+/// `--semaphore gpu=2`, repeatable: each name once, each limit at least 1.
+fn semaphores(flags: &[String]) -> Result<std::collections::BTreeMap<String, usize>, UsageError> {
+    let mut defined = std::collections::BTreeMap::new();
+    for flag in flags {
+        let fix = "write it as NAME=N, e.g. gpu=2";
+        let (name, max) = flag
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--semaphore {flag}: {fix}")))?;
+        let name = name.trim();
+        if name.is_empty()
+            || name.len() > 63
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(UsageError(format!(
+                "--semaphore {flag}: {name:?} is not a semaphore name (letters, digits, '-', '_' and '.', at most 63); {fix}"
+            )));
+        }
+        let max: usize = match max.trim().parse() {
+            Ok(max) if max > 0 => max,
+            _ => {
+                return Err(UsageError(format!(
+                    "--semaphore {flag}: {max:?} is not a positive number of slots; {fix}"
+                )));
+            }
+        };
+        if defined.insert(name.to_string(), max).is_some() {
+            return Err(UsageError(format!(
+                "--semaphore {flag}: semaphore {name:?} is given twice; give each once"
+            )));
+        }
+    }
+    Ok(defined)
+}
+
+/// `--notify URL`, repeatable: each an http(s) URL with a host.
+fn notify_urls(flags: &[String]) -> Result<Vec<String>, UsageError> {
+    let mut urls = Vec::new();
+    for flag in flags {
+        let url = reqwest::Url::parse(flag.trim()).map_err(|err| {
+            UsageError(format!(
+                "--notify {flag}: not a URL ({err}); give an http(s) URL, e.g. https://hooks.example.com/skiff"
+            ))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            return Err(UsageError(format!(
+                "--notify {flag}: only http:// and https:// URLs with a host can be notified; e.g. https://hooks.example.com/skiff"
+            )));
+        }
+        if !urls.contains(&url.to_string()) {
+            urls.push(url.to_string());
+        }
+    }
+    Ok(urls)
+}
+
+/// `--notify-secret-file F`: the HMAC key, the file's contents without trailing white space.
+fn notify_secret(path: Option<&Path>, notifying: bool) -> Result<Option<Vec<u8>>, UsageError> {
+    let Some(path) = path else { return Ok(None) };
+    if !notifying {
+        return Err(UsageError(
+            "--notify-secret-file signs notifications, but no --notify URL is given; add one or drop it".into(),
+        ));
+    }
+    let bytes = crate::fsutil::read_regular(path, 64 * 1024)
+        .map_err(|err| UsageError(format!("--notify-secret-file {}: {err}", path.display())))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let secret = text.trim_end();
+    if secret.is_empty() {
+        return Err(UsageError(format!(
+            "--notify-secret-file {}: the file is empty; put a secret in it",
+            path.display()
+        )));
+    }
+    Ok(Some(secret.as_bytes().to_vec()))
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
@@ -109,6 +188,9 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let create_rates = create_rates(&args.create_rate)?;
+    let semaphores = semaphores(&args.semaphore)?;
+    let notify = notify_urls(&args.notify)?;
+    let notify_secret = notify_secret(args.notify_secret_file.as_deref(), !notify.is_empty())?;
     for prefix in &args.allow_host_path {
         if !prefix.is_absolute() {
             return Err(UsageError(format!("--allow-host-path {}: give an absolute path", prefix.display())).into());
@@ -144,6 +226,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         max_running: args.max_running,
         max_running_per_runtime: per_runtime,
         create_rates,
+        semaphores,
         resync: args.resync,
         once: args.once,
         allow_host_paths: args.allow_host_path.clone(),
@@ -160,6 +243,29 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let store: Arc<dyn crate::store::Store> =
         Arc::new(api::watch::WatchedStore::new(source.store.clone(), hub.clone()));
     let controller = Controller::new(store.clone(), runtimes, config);
+    let (controller, delivery) = if notify.is_empty() {
+        (controller, None)
+    } else {
+        let outbox = crate::notifications::outbox::Outbox::open(&state, &notify).map_err(|err| {
+            UsageError(format!(
+                "--state-dir {}: the notification outbox: {err}",
+                state.display()
+            ))
+        })?;
+        let outbox = Arc::new(outbox);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        // The CloudEvents `source`: the store, without any secret in its URL.
+        let origin = match (&args.source.dir, &args.source.blob) {
+            (Some(dir), _) => format!("file://{}", std::fs::canonicalize(dir).unwrap_or(dir.clone()).display()),
+            (None, Some(url)) => crate::store::blob::location::BlobLocation::parse(url)
+                .map(|location| location.display())
+                .unwrap_or_else(|_| "skiff".to_string()),
+            (None, None) => "skiff".to_string(),
+        };
+        let notifier = crate::notifications::Notifier::new(outbox.clone(), origin, wake.clone());
+        let delivery = crate::notifications::Delivery::new(outbox, notify_secret, controller.metrics(), wake);
+        (controller.with_transitions(Arc::new(notifier)), Some(delivery))
+    };
 
     let runtime = tokio_runtime()?;
     // Bind before anything runs, so that a taken port is a usage error, not a late failure.
@@ -256,6 +362,12 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             let stop = shutdown.clone();
             tokio::spawn(api::serve::serve(listener, router, serve_limits, stop));
         }
+        let delivering = delivery.map(|delivery| {
+            // `--once` ends with its notifications sent, if the receivers answer soon.
+            let linger = if once { Duration::from_secs(10) } else { Duration::ZERO };
+            let stop = CancellationToken::new();
+            (tokio::spawn(delivery.run(stop.clone(), linger)), stop)
+        });
         let trigger = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -263,6 +375,10 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             trigger.cancel();
         });
         let outcome = controller.run(shutdown).await.map_err(anyhow::Error::from);
+        if let Some((delivering, stop)) = delivering {
+            stop.cancel();
+            let _ = delivering.await;
+        }
         // Open /v1/watch streams end with the controller; readers reconnect to the next one.
         hub.close();
         if let Some(progress) = progress {

@@ -133,6 +133,18 @@ pub struct ControllerArgs {
     /// one with RUNTIME=CREATES/PERIOD (e.g. docker=20/1m). Repeatable.
     #[arg(long, env = "SKIFF_CREATE_RATE", value_delimiter = ',')]
     pub create_rate: Vec<String>,
+    /// A named semaphore, NAME=N: tasks naming it in spec.semaphores run at most N at
+    /// once (e.g. gpu=2). Repeatable.
+    #[arg(long, value_name = "NAME=N", env = "SKIFF_SEMAPHORE", value_delimiter = ',')]
+    pub semaphore: Vec<String>,
+    /// POST a CloudEvents 1.0 event to this http(s) URL for every terminal transition of
+    /// a task (Succeeded, Failed, Invalid). Repeatable; delivered at least once.
+    #[arg(long, value_name = "URL", env = "SKIFF_NOTIFY", value_delimiter = ',')]
+    pub notify: Vec<String>,
+    /// Sign each notification with this file's contents as key: header
+    /// `X-Skiff-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+    #[arg(long, value_name = "FILE", env = "SKIFF_NOTIFY_SECRET_FILE")]
+    pub notify_secret_file: Option<PathBuf>,
     /// Full relist interval (heals missed file notifications).
     #[arg(long, env = "SKIFF_RESYNC", default_value = "60s", value_parser = parse_duration)]
     pub resync: Duration,

@@ -33,6 +33,18 @@ pub(super) async fn execute(
         if changed {
             let mut new = new.clone();
             new.updated_at = shared.clock.now();
+            if let Some(sink) = &shared.transitions
+                && super::transitions::is_terminal_transition(before, &new)
+            {
+                // Kept before the status says it: a crash in between repeats it (same
+                // id), never loses it.
+                sink.terminal(key, before, &new)
+                    .await
+                    .map_err(|source| StoreError::Io {
+                        path: format!("the notification outbox (for {key})"),
+                        source,
+                    })?;
+            }
             shared.store.write_status(key, &new).await?;
             log_transition(key, before, &new);
             drop_settled_events(shared, key, before, &new);

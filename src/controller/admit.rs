@@ -85,7 +85,7 @@ pub(super) fn admit(
 /// fan-out, or a lane past the parallelism cut of the first decision could start
 /// without a slot. The lanes after a refused one are behind it in line, so they are
 /// refused too.
-fn hold_back(input: &mut Input<'_>, lanes: u32, granted: &[Option<Lane>], full: Slot) {
+pub(super) fn hold_back(input: &mut Input<'_>, lanes: u32, granted: &[Option<Lane>], full: Slot) {
     input.slot = full.clone();
     for index in 0..lanes {
         if !granted.contains(&Some(index)) {

@@ -67,6 +67,7 @@ pub(super) async fn read_desired(shared: &Shared, key: &TaskKey) -> Result<Optio
     let default_runtime = shared.config.default_runtime;
     let allow_host_paths = shared.config.allow_host_paths.clone();
     let features = shared.features();
+    let semaphores = shared.config.semaphores.clone();
     let name_file = file.clone();
     let parsed_bytes = bytes.clone();
     let judge = move || {
@@ -78,7 +79,11 @@ pub(super) async fn read_desired(shared: &Shared, key: &TaskKey) -> Result<Optio
             features,
             env_is_set: Some(&env_is_set),
         };
-        manifest::validate(&name_file, &stem, &task, &ctx).map_err(|errors| {
+        let validated = manifest::validate(&name_file, &stem, &task, &ctx).and_then(|spec| {
+            let undefined = manifest::undefined_semaphores(&name_file, &spec, &semaphores);
+            if undefined.is_empty() { Ok(spec) } else { Err(undefined) }
+        });
+        validated.map_err(|errors| {
             let name = task.metadata.name.clone().unwrap_or(stem.clone());
             (
                 name,

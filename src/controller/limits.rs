@@ -11,7 +11,7 @@ use crate::manifest::RuntimeKind;
 use crate::task::TaskKey;
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -147,6 +147,17 @@ impl Limits {
         }
     }
 
+    /// A live lane of a task that no longer names this limit: it keeps the slot it holds
+    /// (its container still lives), but gives up any place in line.
+    fn keep_if_held(&self, key: &TaskKey, lane: Lane, order: u64) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if state.waiters.remove(&(order, lane, key.clone())) {
+            self.wake_waiters(&state);
+        }
+    }
+
     /// Puts the lane in line without asking for a slot yet.
     fn enqueue(&self, key: &TaskKey, lane: Lane, order: u64) {
         if self.max.is_none() {
@@ -258,6 +269,11 @@ pub struct Slots {
     global: Limits,
     runtimes: HashMap<RuntimeKind, Limits>,
     rates: HashMap<RuntimeKind, CreateBucket>,
+    /// `--semaphore NAME=N`: a lane of a task naming one holds a slot of each it names.
+    semaphores: BTreeMap<String, Limits>,
+    /// The semaphores each task names (its current spec's), set by every pass.
+    named: Mutex<HashMap<TaskKey, Vec<String>>>,
+    wake: mpsc::UnboundedSender<TaskKey>,
 }
 
 impl Slots {
@@ -280,25 +296,96 @@ impl Slots {
             .iter()
             .filter_map(|(kind, rate)| Some((*kind, CreateBucket::new(*kind, *rate)?)))
             .collect();
-        let global = Limits::with_wake("max-running", global, wake);
+        let global = Limits::with_wake("max-running", global, wake.clone());
         (
             Slots {
                 global,
                 runtimes,
                 rates,
+                semaphores: BTreeMap::new(),
+                named: Mutex::new(HashMap::new()),
+                wake,
             },
             woken,
         )
     }
 
+    /// Adds the named semaphores, each a limit of its own (`semaphore gpu 2/2`).
+    pub fn with_semaphores(mut self, semaphores: &BTreeMap<String, usize>) -> Self {
+        self.semaphores = semaphores
+            .iter()
+            .map(|(name, max)| {
+                let limits = Limits::with_wake(&format!("semaphore {name}"), Some(*max), self.wake.clone());
+                (name.clone(), limits)
+            })
+            .collect();
+        self
+    }
+
+    /// Records the semaphores the task's current spec names (none for a task that is not
+    /// valid): what its lanes ask for and hold from now on.
+    pub fn set_semaphores(&self, key: &TaskKey, names: &[String]) {
+        if let Ok(mut named) = self.named.lock() {
+            if names.is_empty() {
+                named.remove(key);
+            } else {
+                named.insert(key.clone(), names.to_vec());
+            }
+        }
+    }
+
+    /// The defined semaphores the task names, in name order: every task takes them in
+    /// the same order.
+    fn semaphores_of(&self, key: &TaskKey) -> Vec<&Limits> {
+        let named = self.names_of(key);
+        self.semaphores
+            .iter()
+            .filter(|(name, _)| named.contains(name))
+            .map(|(_, limits)| limits)
+            .collect()
+    }
+
+    fn names_of(&self, key: &TaskKey) -> Vec<String> {
+        self.named
+            .lock()
+            .ok()
+            .and_then(|named| named.get(key).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Slots of semaphore `name` held, for metrics and tests.
+    pub fn semaphore_in_use(&self, name: &str) -> Option<usize> {
+        self.semaphores.get(name).map(Limits::in_use)
+    }
+
     /// The runtime's cap first, then the global one, then a create token; a lane
     /// refused by a later one gives back what it got from the earlier. With a refusal
     /// by the create rate comes the time until the next token.
+    ///
+    /// The task's semaphores come first, in name order, each taken or all given back
+    /// (a lane never waits holding a semaphore, so two tasks naming the same ones can
+    /// never hold each other up).
     pub fn try_acquire(&self, key: &TaskKey, lane: Lane, order: u64, runtime: RuntimeKind) -> (Slot, Option<Duration>) {
+        let semaphores = self.semaphores_of(key);
+        for (taken, semaphore) in semaphores.iter().enumerate() {
+            let slot = semaphore.try_acquire(key, lane, order);
+            if slot != Slot::Granted {
+                for earlier in &semaphores[..taken] {
+                    earlier.settle(key, lane, Standing::Idle, order);
+                }
+                return (slot, None);
+            }
+        }
+        let give_back_semaphores = || {
+            for semaphore in &semaphores {
+                semaphore.settle(key, lane, Standing::Idle, order);
+            }
+        };
         let own = self.runtimes.get(&runtime);
         if let Some(own) = own {
             let slot = own.try_acquire(key, lane, order);
             if slot != Slot::Granted {
+                give_back_semaphores();
                 return (slot, None);
             }
         }
@@ -307,6 +394,7 @@ impl Slots {
             if let Some(own) = own {
                 own.settle(key, lane, Standing::Idle, order);
             }
+            give_back_semaphores();
             return (slot, None);
         }
         let Some(bucket) = self.rates.get(&runtime) else {
@@ -335,10 +423,14 @@ impl Slots {
         if let Some(own) = self.runtimes.get(&runtime) {
             own.enqueue(key, lane, order);
         }
+        for semaphore in self.semaphores_of(key) {
+            semaphore.enqueue(key, lane, order);
+        }
     }
 
     fn give_back(&self, key: &TaskKey, lane: Lane, order: u64, own: Option<&Limits>) {
-        for limits in std::iter::once(&self.global).chain(own) {
+        let semaphores = self.semaphores_of(key);
+        for limits in std::iter::once(&self.global).chain(own).chain(semaphores) {
             if let Ok(mut state) = limits.state.lock() {
                 state.release(key, lane);
                 state.waiters.remove(&(order, lane, key.clone()));
@@ -349,11 +441,16 @@ impl Slots {
     /// Settles every lane of a task after its reconcile: the live ones hold a slot of
     /// their container's runtime, the waiting ones keep their place, and any other lane
     /// the task held or waited with is let go.
+    ///
+    /// A live lane holds a slot of each semaphore its task names, and keeps one it holds
+    /// of a semaphore the task no longer names (its spec changed under a container still
+    /// alive) until that container is gone.
     pub fn settle_task(&self, key: &TaskKey, order: u64, lanes: &[(Lane, Standing, Option<RuntimeKind>)]) {
         let mut known: BTreeSet<Lane> = self.global.lanes_of(key, order);
-        for limits in self.runtimes.values() {
+        for limits in self.runtimes.values().chain(self.semaphores.values()) {
             known.extend(limits.lanes_of(key, order));
         }
+        let named = self.names_of(key);
         for (lane, standing, runtime) in lanes {
             known.remove(lane);
             self.global.settle(key, *lane, *standing, order);
@@ -364,10 +461,19 @@ impl Slots {
                 };
                 limits.settle(key, *lane, standing, order);
             }
+            for (name, semaphore) in &self.semaphores {
+                if named.contains(name) {
+                    semaphore.settle(key, *lane, *standing, order);
+                } else if *standing == Standing::Live {
+                    semaphore.keep_if_held(key, *lane, order);
+                } else {
+                    semaphore.settle(key, *lane, Standing::Idle, order);
+                }
+            }
         }
         for lane in known {
             self.global.settle(key, lane, Standing::Idle, order);
-            for limits in self.runtimes.values() {
+            for limits in self.runtimes.values().chain(self.semaphores.values()) {
                 limits.settle(key, lane, Standing::Idle, order);
             }
         }
@@ -542,6 +648,107 @@ mod tests {
             let err = bad.parse::<CreateRate>().unwrap_err();
             assert!(err.contains("e.g. 100/5m"), "{bad}: {err}");
         }
+    }
+
+    fn gpu(max: usize) -> Slots {
+        let (slots, _woken) = Slots::new(None, &HashMap::new(), &HashMap::new());
+        let defs = BTreeMap::from([("gpu".to_string(), max), ("db".to_string(), 1)]);
+        slots.with_semaphores(&defs)
+    }
+
+    #[test]
+    fn a_semaphore_admits_its_limit_and_says_so() {
+        let slots = gpu(2);
+        for task in ["a", "b", "c"] {
+            slots.set_semaphores(&key(task), &["gpu".to_string()]);
+        }
+        assert_eq!(
+            slots.try_acquire(&key("a"), 0, 1, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+        assert_eq!(
+            slots.try_acquire(&key("b"), 0, 2, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+        assert_eq!(
+            slots.try_acquire(&key("c"), 0, 3, RuntimeKind::Process).0,
+            Slot::Full {
+                limit: "semaphore gpu 2/2".into()
+            }
+        );
+        // A task naming no semaphore is not held back.
+        assert_eq!(
+            slots.try_acquire(&key("free"), 0, 4, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+        slots.settle_task(&key("a"), 1, &[(0, Standing::Live, Some(RuntimeKind::Process))]);
+        slots.settle_task(&key("c"), 3, &[(0, Standing::Waiting, None)]);
+        assert_eq!(slots.semaphore_in_use("gpu"), Some(2));
+        // Its container gone, "a" frees its slot for "c".
+        slots.settle_task(&key("a"), 1, &[(0, Standing::Idle, Some(RuntimeKind::Process))]);
+        assert_eq!(
+            slots.try_acquire(&key("c"), 0, 3, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+        assert_eq!(slots.semaphore_in_use("gpu"), Some(2));
+    }
+
+    #[test]
+    fn semaphores_are_taken_all_at_once_or_not_at_all() {
+        let slots = gpu(2);
+        let both = ["db".to_string(), "gpu".to_string()];
+        slots.set_semaphores(&key("writer"), &["db".to_string()]);
+        slots.set_semaphores(&key("both"), &both);
+        assert_eq!(
+            slots.try_acquire(&key("writer"), 0, 1, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+        // "both" gets no gpu slot while it waits for db: nothing is held half.
+        assert_eq!(
+            slots.try_acquire(&key("both"), 0, 2, RuntimeKind::Process).0,
+            Slot::Full {
+                limit: "semaphore db 1/1".into()
+            }
+        );
+        assert_eq!(slots.semaphore_in_use("gpu"), Some(0));
+        // Refused by the global limit after its semaphores: it gives them all back.
+        let (limited, _woken) = Slots::new(Some(1), &HashMap::new(), &HashMap::new());
+        let limited = limited.with_semaphores(&BTreeMap::from([("gpu".to_string(), 5), ("db".to_string(), 5)]));
+        limited.set_semaphores(&key("both"), &both);
+        assert_eq!(
+            limited.try_acquire(&key("other"), 0, 1, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+        assert!(matches!(
+            limited.try_acquire(&key("both"), 0, 2, RuntimeKind::Process).0,
+            Slot::Full { .. }
+        ));
+        assert_eq!(limited.semaphore_in_use("gpu"), Some(0));
+        assert_eq!(limited.semaphore_in_use("db"), Some(0));
+    }
+
+    #[test]
+    fn a_live_lane_keeps_a_semaphore_its_task_stopped_naming_until_it_is_gone() {
+        let slots = gpu(1);
+        slots.set_semaphores(&key("a"), &["gpu".to_string()]);
+        assert_eq!(
+            slots.try_acquire(&key("a"), 0, 1, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+        slots.set_semaphores(&key("a"), &[]);
+        slots.settle_task(&key("a"), 1, &[(0, Standing::Live, Some(RuntimeKind::Process))]);
+        assert_eq!(slots.semaphore_in_use("gpu"), Some(1));
+        slots.settle_task(&key("a"), 1, &[(0, Standing::Idle, None)]);
+        assert_eq!(slots.semaphore_in_use("gpu"), Some(0));
+        // A removed task lets everything go.
+        slots.set_semaphores(&key("b"), &["gpu".to_string()]);
+        assert_eq!(
+            slots.try_acquire(&key("b"), 0, 2, RuntimeKind::Process).0,
+            Slot::Granted
+        );
+        slots.set_semaphores(&key("b"), &[]);
+        slots.settle_task(&key("b"), 2, &[]);
+        assert_eq!(slots.semaphore_in_use("gpu"), Some(0));
     }
 
     #[test]

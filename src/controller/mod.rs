@@ -22,6 +22,8 @@ pub mod queue;
 pub mod reconcile;
 mod replicas;
 mod run;
+mod shared_slots;
+pub mod transitions;
 
 use act::execute;
 use desired::{DesiredRead, read_desired};
@@ -77,6 +79,8 @@ pub struct ControllerConfig {
     pub reconcile_timeout: Duration,
     /// `--replica-name`: how the other replicas sharing a store name this one.
     pub replica_name: String,
+    /// `--semaphore NAME=N`: named semaphores tasks hold a slot of while they run.
+    pub semaphores: BTreeMap<String, usize>,
 }
 
 impl Default for ControllerConfig {
@@ -92,6 +96,7 @@ impl Default for ControllerConfig {
             workers: 32,
             reconcile_timeout: Duration::from_secs(120),
             replica_name: "skiff".to_string(),
+            semaphores: BTreeMap::new(),
         }
     }
 }
@@ -204,6 +209,10 @@ struct Shared {
     /// Parse manifests on the calling task instead of the blocking pool: a thread's
     /// timing would make the simulator's runs differ.
     parse_inline: bool,
+    /// Where terminal transitions are reported (`--notify`), if anywhere.
+    transitions: Option<Arc<dyn transitions::TransitionSink>>,
+    /// Named semaphores shared with the other replicas of the store, when it has any.
+    shared_semaphores: Option<Arc<dyn crate::store::ownership::SharedSemaphores>>,
 }
 
 /// What one reconcile reports back to the loop.
@@ -276,10 +285,12 @@ impl Controller {
             &config.max_running_per_runtime,
             &config.create_rates,
         );
+        let limits = limits.with_semaphores(&config.semaphores);
         let runtimes = runtimes.into_iter().map(|r| (r.kind(), r)).collect();
         Controller {
             shared: Arc::new(Shared {
                 ownership: store.ownership(),
+                shared_semaphores: store.semaphores().filter(|_| !config.semaphores.is_empty()),
                 store,
                 runtimes,
                 config,
@@ -297,6 +308,7 @@ impl Controller {
                 entropy: clock::Entropy::from_os(),
                 since: std::sync::OnceLock::new(),
                 parse_inline: false,
+                transitions: None,
             }),
             woken,
             control: None,
@@ -312,6 +324,14 @@ impl Controller {
         }
         self.control = Some(rx);
         (self, tx)
+    }
+
+    /// Reports every terminal transition to `sink` before its status is written.
+    pub fn with_transitions(mut self, sink: Arc<dyn transitions::TransitionSink>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.transitions = Some(sink);
+        }
+        self
     }
 
     /// Runs the pipeline on `clock`, with randomness drawn from `seed`, and parses on

@@ -95,6 +95,7 @@ pub(super) async fn claim(
 pub(super) fn not_acting(shared: &Shared, key: &TaskKey, order: u64, gate: Gate) -> Reconciled {
     // A slot this replica held for the task (before it lost the task) goes back.
     shared.limits.settle_task(key, order, &[]);
+    super::shared_slots::release_task(shared, key);
     let (requeue, deferred) = match gate {
         Gate::Later(delay) => (Some(delay), false),
         Gate::Deferred => (None, true),

@@ -8,6 +8,7 @@
 //! or not, so a lane keeps its slot if either status lets its container exist.
 
 use super::admit::{self, Admitted};
+use super::shared_slots;
 use super::*;
 use crate::status::{Placement, TaskStatus};
 
@@ -375,8 +376,14 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
         Desired::Valid(spec) => spec.runtime,
         _ => shared.config.default_runtime,
     };
+    let semaphores: &[String] = match desired {
+        Desired::Valid(spec) => &spec.semaphores,
+        _ => &[],
+    };
+    shared.limits.set_semaphores(key, semaphores);
     let caught_up = shared.caught_up.load(std::sync::atomic::Ordering::Acquire);
-    let (decision, waiting_lane, token_wait) =
+    let shared_input = shared_slots::applies(shared, desired).then(|| input.clone());
+    let (decision, mut waiting_lane, mut token_wait) =
         match admit::admit(&shared.limits, caught_up, key, order, runtime, input, decision) {
             Admitted::Decided {
                 decision,
@@ -395,6 +402,14 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
             }
         };
 
+    // The replicas' shared semaphores, after this replica's own slots. A lane they
+    // refuse gives up its own slots and asks again a little later.
+    let (decision, refused) = shared_slots::admit(shared, key, desired, shared_input, decision).await?;
+    if refused {
+        waiting_lane = None;
+        token_wait = Some(token_wait.map_or(shared_slots::SHARED_RETRY, |t| t.min(shared_slots::SHARED_RETRY)));
+    }
+
     // Persist, then act.
     let acted = execute(shared, key, status, desired, local_dir, results, &decision).await;
     let mut requeue = match acted {
@@ -410,6 +425,7 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
     // Settle: the lanes hold slots as the status now written says.
     let standings = admit::standings(decision.status.as_ref(), waiting_lane);
     shared.limits.settle_task(key, order, &standings);
+    shared_slots::settle(shared, key, desired, &standings).await;
     if let Some(wait) = token_wait {
         requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
     }

@@ -70,6 +70,7 @@ fn spec() -> TaskSpec {
         depends_on: Vec::new(),
         schedule: None,
         suspend: false,
+        semaphores: Vec::new(),
         notes: Vec::new(),
     }
 }

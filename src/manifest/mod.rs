@@ -11,7 +11,10 @@ mod validate;
 mod wire;
 
 pub use parse::{MAX_MANIFEST_BYTES, ManifestError, parse_manifest};
-pub use validate::{DEFAULT_HISTORY_LIMIT, EnvValue, Features, ScheduleRules, TaskSpec, ValidationContext, validate};
+pub use validate::{
+    DEFAULT_HISTORY_LIMIT, EnvValue, Features, ScheduleRules, TaskSpec, ValidationContext, undefined_semaphores,
+    validate,
+};
 pub use wire::{
     API_VERSION, AciSpec, AzureFile, Cleanup, Completion, CompletionMode, ConcurrencyPolicy, ContainerTask, EnvVar,
     KIND, Metadata, MissedRuns, Quantity, Resources, RuntimeKind, ScheduleSpec, Spec, ValueFrom, Volume, json_schema,

@@ -88,6 +88,10 @@ pub struct Spec {
     /// With a schedule: `true` starts no new runs (a running one carries on).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+    /// Named semaphores: the task runs only while it holds one slot of each, all taken at
+    /// once. Their limits come from the controller's `--semaphore NAME=N`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub semaphores: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

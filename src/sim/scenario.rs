@@ -118,6 +118,7 @@ impl Scenario {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            state.semaphores = self.config.semaphores.clone();
             for (key, text) in &self.manifests {
                 let key = match TaskKey::parse(key) {
                     Ok(key) => key,
@@ -125,7 +126,7 @@ impl Scenario {
                 };
                 let version = state.next_version;
                 state.next_version += 1;
-                let parallelism = parallelism_of(&key, text.as_bytes()).unwrap_or(usize::MAX);
+                let (parallelism, semaphores) = limits_of(&key, text.as_bytes()).unwrap_or((usize::MAX, Vec::new()));
                 state.manifests.insert(
                     key.clone(),
                     Manifest {
@@ -134,6 +135,7 @@ impl Scenario {
                         // Written a while ago: not one still being written.
                         modified: now - chrono::Duration::minutes(1),
                         parallelism,
+                        semaphores,
                     },
                 );
                 state.notify_store(StoreEvent::Changed(key));
@@ -166,8 +168,9 @@ impl Scenario {
     }
 }
 
-/// `spec.parallelism` as validation makes it, for the world's parallelism check.
-fn parallelism_of(key: &TaskKey, bytes: &[u8]) -> Option<usize> {
+/// `spec.parallelism` and `spec.semaphores` as validation makes them, for the world's
+/// checks.
+fn limits_of(key: &TaskKey, bytes: &[u8]) -> Option<(usize, Vec<String>)> {
     let file = format!("{key}.yaml");
     let stem = key.as_str().rsplit('/').next().unwrap_or(key.as_str());
     let task = crate::manifest::parse_manifest(&file, bytes).ok()?;
@@ -178,5 +181,5 @@ fn parallelism_of(key: &TaskKey, bytes: &[u8]) -> Option<usize> {
         env_is_set: None,
     };
     let spec = crate::manifest::validate(&file, stem, &task, &ctx).ok()?;
-    Some(spec.parallelism as usize)
+    Some((spec.parallelism as usize, spec.semaphores))
 }

@@ -101,6 +101,68 @@ fn a_runtime_cap_holds_tasks_back_under_the_global_limit() {
     );
 }
 
+#[test]
+fn twelve_tasks_naming_gpu_under_gpu_2_never_run_more_than_2_and_all_finish() {
+    let mut scenario = Scenario::new(
+        ControllerConfig {
+            semaphores: std::collections::BTreeMap::from([("gpu".to_string(), 2), ("db".to_string(), 1)]),
+            ..ControllerConfig::default()
+        },
+        every_container(ms(250), 0),
+    );
+    for i in 0..12 {
+        scenario = scenario.task(&format!("g{i:02}"), "  semaphores: [gpu]\n");
+    }
+    // Two tasks free of any semaphore run beside them; one naming both waits for each.
+    scenario = scenario
+        .task("free1", "")
+        .task("free2", "")
+        .task("both", "  semaphores: [db, gpu]\n");
+    let ran = scenario.run();
+    assert!(ran.violations.is_empty(), "{:?}", ran.violations);
+    assert_eq!(ran.outcome, Some(Outcome::AllSucceeded));
+    assert!(
+        ran.peak >= 3,
+        "the free tasks ran beside the gpu ones: peak {}",
+        ran.peak
+    );
+    assert!(
+        ran.writes.iter().any(|(_, s)| s.reason == Some(Reason::WaitingForSlot)
+            && s.message.as_deref().unwrap_or("").contains("semaphore gpu 2/2")),
+        "a waiting task names the semaphore that holds it"
+    );
+    // First come, first served: the gpu tasks start in the order they were seen.
+    let started: Vec<String> = ran
+        .env_of_creations("SKIFF_TASK")
+        .into_iter()
+        .filter(|t| t.starts_with('g'))
+        .collect();
+    assert_eq!(started.len(), 12);
+    for (position, task) in started.iter().enumerate() {
+        let appeared: usize = task[1..].parse().unwrap_or(usize::MAX);
+        assert!(
+            appeared.abs_diff(position) <= 2,
+            "{task} started {position}th: {started:?}"
+        );
+    }
+}
+
+#[test]
+fn a_task_naming_an_undefined_semaphore_is_invalid_with_the_fix() {
+    let ran = Scenario::new(ControllerConfig::default(), every_container(ms(10), 0))
+        .task("needs", "  semaphores: [gpu]\n")
+        .run();
+    assert!(ran.violations.is_empty(), "{:?}", ran.violations);
+    let status = ran.status("needs");
+    assert_eq!(status.phase, Phase::Invalid);
+    let message = status.message.as_deref().unwrap_or("");
+    assert!(
+        message.contains("spec.semaphores[0]") && message.contains("--semaphore gpu=N"),
+        "{message}"
+    );
+    assert!(ran.creations.is_empty());
+}
+
 /// A fan-out of ten, three at a time, whose index `failing` fails its first `fails`
 /// attempts; the others run `runs`.
 fn fan_out(failing: u32, fails: u32, runs: Duration) -> Scenario {

@@ -129,6 +129,8 @@ struct TaskGen {
     poll_s: u32,
     /// The manifest currently written is garbage.
     broken: bool,
+    /// It names the semaphore `gpu` (tasks of even number do).
+    gpu: bool,
 }
 
 impl TaskGen {
@@ -136,11 +138,14 @@ impl TaskGen {
         if self.broken {
             return b"apiVersion: skiff/v1\nkind: ContainerTask\nspec: [unclosed\n".to_vec();
         }
-        format!(
+        let mut text = format!(
             "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [work]\n  env: [{{name: EDITION, value: \"{}\"}}]\n  retries: {}\n  backoff: 1s\n  timeout: {}s\n  completion: {{mode: poll, pollInterval: {}s}}\n  completions: {}\n  parallelism: {}\n",
             self.edition, self.retries, self.timeout_s, self.poll_s, self.completions, self.parallelism
-        )
-        .into_bytes()
+        );
+        if self.gpu {
+            text.push_str("  semaphores: [gpu]\n");
+        }
+        text.into_bytes()
     }
 }
 
@@ -181,6 +186,8 @@ impl Schedule {
             resync: Duration::from_secs(30),
             workers: rng.random_range(1..=4),
             reconcile_timeout: Duration::from_secs(60),
+            // From the seed, not the generator: earlier seeds' schedules stay as they were.
+            semaphores: BTreeMap::from([("gpu".to_string(), 1 + (seed % 2) as usize)]),
             ..ControllerConfig::default()
         };
         let replicas = if rng.random_bool(0.2) { 2 } else { 1 };
@@ -190,6 +197,7 @@ impl Schedule {
             (a, b) => a.or(b),
         };
         state.replicated = replicas > 1;
+        state.semaphores = config.semaphores.clone();
         drop(state);
         let faults = match rng.random_range(0..4) {
             0 => Faults::none(),
@@ -264,6 +272,7 @@ impl Schedule {
         let Some(task) = self.tasks.get(key) else { return };
         let bytes = task.manifest();
         let parallelism = task.parallelism as usize;
+        let semaphores = if task.gpu { vec!["gpu".to_string()] } else { Vec::new() };
         let now = self.world.now();
         let notify = !self.rng.random_bool(0.1);
         let mut state = self.world.lock();
@@ -276,6 +285,7 @@ impl Schedule {
                 version,
                 modified: now,
                 parallelism,
+                semaphores,
             },
         );
         state.record(&format!("manifest {key} v{version}"));
@@ -324,6 +334,7 @@ impl Schedule {
                         timeout_s: self.rng.random_range(5..=60),
                         poll_s: self.rng.random_range(1..=10),
                         broken: false,
+                        gpu: n % 2 == 0,
                     };
                     self.tasks.insert(key.clone(), task);
                 } else if let Some(task) = self.tasks.get_mut(&key) {
@@ -474,6 +485,7 @@ impl Schedule {
                 timeout_s: self.rng.random_range(5..=60),
                 poll_s: self.rng.random_range(1..=10),
                 broken: false,
+                gpu: n % 2 == 0,
             },
         );
         self.say(format!("manifest {key} written before start"));

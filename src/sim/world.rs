@@ -53,6 +53,8 @@ pub struct Manifest {
     pub modified: Timestamp,
     /// `spec.parallelism` (the generator keeps it fixed per task), for the limit check.
     pub parallelism: usize,
+    /// `spec.semaphores` (fixed per task too), for the semaphore check.
+    pub semaphores: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +105,8 @@ pub struct State {
     pub leases: BTreeMap<TaskKey, Lease>,
     /// `--max-running`, and the process runtime's own cap: the lower binds.
     pub max_running: Option<usize>,
+    /// `--semaphore NAME=N`: never more than N live containers of tasks naming NAME.
+    pub semaphores: BTreeMap<String, usize>,
     /// Replicas share the store: each keeps its own limit, over the tasks it holds.
     pub replicated: bool,
     pub violations: Vec<String>,
@@ -171,6 +175,7 @@ impl World {
                 runtime_watchers: Vec::new(),
                 leases: BTreeMap::new(),
                 max_running: None,
+                semaphores: BTreeMap::new(),
                 replicated: false,
                 violations: Vec::new(),
                 trace: 0xcbf2_9ce4_8422_2325,
@@ -422,6 +427,39 @@ impl State {
             let names: Vec<&String> = self.containers.keys().collect();
             let message = format!("{name}: {live} containers at once, over the limit of {max} (with {names:?})");
             self.violation(message);
+        }
+        // Semaphores, in-process for now, are checked in schedules of one replica too.
+        let named = match self.replicated {
+            true => Vec::new(),
+            false => self
+                .manifests
+                .get(&key)
+                .map(|m| m.semaphores.clone())
+                .unwrap_or_default(),
+        };
+        for semaphore in &named {
+            let Some(max) = self.semaphores.get(semaphore).copied() else {
+                self.violation(format!(
+                    "{name}: created for a task naming undefined semaphore {semaphore}"
+                ));
+                continue;
+            };
+            let holders = 1 + self
+                .containers
+                .iter()
+                .filter(|(name, c)| {
+                    self.records(name, c)
+                        && c.task
+                            .as_ref()
+                            .and_then(|task| self.manifests.get(task))
+                            .is_some_and(|m| m.semaphores.contains(semaphore))
+                })
+                .count();
+            if holders > max {
+                self.violation(format!(
+                    "{name}: {holders} holders of semaphore {semaphore} at once, over its limit of {max}"
+                ));
+            }
         }
         if let Some(manifest) = self.manifests.get(&key) {
             let of_task = 1 + self

@@ -187,6 +187,11 @@ pub trait Store: Send + Sync {
     fn ownership(&self) -> Option<std::sync::Arc<dyn ownership::Ownership>> {
         None
     }
+    /// Named semaphores shared by the replicas of the store; `None`: this controller's
+    /// own count is the whole truth.
+    fn semaphores(&self) -> Option<std::sync::Arc<dyn ownership::SharedSemaphores>> {
+        None
+    }
     /// Keeps a finished container's output where `skiff logs` can find it from any
     /// machine; a store on the local disk has nothing to do.
     async fn save_log(&self, _container: &str, _text: &str) -> Result<(), StoreError> {

@@ -52,3 +52,19 @@ pub trait Ownership: Send + Sync {
     /// Removes a replica's presence record: this one's when it stops, or a long-dead one's.
     async fn withdraw(&self, id: &str);
 }
+
+/// Slots of named semaphores (`--semaphore NAME=N`) shared by every replica of a store,
+/// kept by the store (a blob store: a lease blob per slot,
+/// `.skiff/semaphores/<name>/<slot>`), so that replicas never pass a limit between them
+/// and a dead replica's slots come back when its leases lapse. A store used by one
+/// controller provides none: the controller's own count is the whole truth.
+#[async_trait]
+pub trait SharedSemaphores: Send + Sync {
+    /// Takes one slot of semaphore `name` (of `limit` slots) for `holder`, unless it holds
+    /// one already. `Ok(false)`: every slot is held by others.
+    async fn acquire(&self, name: &str, limit: usize, holder: &str) -> Result<bool, StoreError>;
+    /// Gives back every slot `holder` holds.
+    async fn release(&self, holder: &str);
+    /// The holders with a slot whose name starts with `prefix`.
+    fn holders(&self, prefix: &str) -> Vec<String>;
+}

@@ -82,6 +82,8 @@ pub struct TaskSpec {
     pub schedule: Option<ScheduleRules>,
     /// `spec.suspend`: no new scheduled runs.
     pub suspend: bool,
+    /// `spec.semaphores`: the named semaphores to hold one slot of each while running.
+    pub semaphores: Vec<String>,
     /// Things the user should know that are not errors, e.g. a field this runtime ignores.
     pub notes: Vec<String>,
 }
@@ -143,6 +145,7 @@ pub fn validate(
     } = timing(spec, ctx, &mut notes, &mut fail);
     let (completions, parallelism, depends_on) = fan(spec, ctx, &mut fail);
     let schedule = schedule(spec, &mut fail);
+    let semaphores = semaphores(spec, &mut fail);
 
     if !errors.is_empty() {
         return Err(errors);
@@ -172,6 +175,7 @@ pub fn validate(
         depends_on,
         schedule,
         suspend: spec.suspend,
+        semaphores,
         notes,
     })
 }
@@ -470,6 +474,49 @@ fn fan(spec: &Spec, ctx: &ValidationContext<'_>, fail: &mut impl FnMut(String)) 
         fail("spec.dependsOn: dependencies are not supported yet by this version of skiff; remove dependsOn".into());
     }
     (completions, parallelism, depends_on)
+}
+
+/// `spec.semaphores`: well-formed names, each once. Whether the controller defines them is
+/// [`undefined_semaphores`]'s question: `skiff validate` does not know the flags.
+fn semaphores(spec: &Spec, fail: &mut impl FnMut(String)) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (i, name) in spec.semaphores.iter().enumerate() {
+        if let Err(why) = check_name(name) {
+            fail(format!(
+                "spec.semaphores[{i}]: {name:?} {}",
+                why.replace("the task", "the semaphore")
+            ));
+        } else if names.contains(name) {
+            fail(format!(
+                "spec.semaphores[{i}]: {name:?} is listed twice; list each semaphore once"
+            ));
+        } else {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+/// The semaphores a valid task names that the controller has no `--semaphore` for: the
+/// task could never run, so it is `Invalid`, each named with its fix.
+pub fn undefined_semaphores(
+    file: &str,
+    spec: &TaskSpec,
+    defined: &std::collections::BTreeMap<String, usize>,
+) -> Vec<ManifestError> {
+    spec.semaphores
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| !defined.contains_key(*name))
+        .map(|(i, name)| {
+            ManifestError::new(
+                file,
+                format!(
+                    "spec.semaphores[{i}]: semaphore {name:?} is not defined by this controller; start it with --semaphore {name}=N (or `semaphore: [{name}=N]` in --config), or remove it"
+                ),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

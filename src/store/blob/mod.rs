@@ -14,6 +14,7 @@
 
 pub mod lease;
 pub mod location;
+pub mod semaphores;
 pub mod sharedkey;
 pub mod transport;
 
@@ -71,6 +72,8 @@ pub(crate) struct Inner {
     /// The ETag of each status as last read or written (`None`: it was absent).
     status_etags: Mutex<HashMap<TaskKey, Option<String>>>,
     leases: Arc<lease::Leases>,
+    /// The replicas' shared named semaphores: a lease blob per slot.
+    semaphores: Arc<semaphores::SemaphoreLeases>,
     /// A failpoint for tests (`SKIFF_TEST_STATUS_WRITE_DELAY`): a pause between reading a
     /// status and writing it, wide enough for a concurrent writer to step in.
     write_delay: Option<Duration>,
@@ -226,6 +229,7 @@ impl BlobStore {
         })?;
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| Inner {
             leases: Arc::new(lease::Leases::new(weak.clone())),
+            semaphores: Arc::new(semaphores::SemaphoreLeases::new(weak.clone())),
             location,
             credential,
             options,
@@ -758,6 +762,10 @@ impl Store for BlobStore {
 
     fn ownership(&self) -> Option<Arc<dyn Ownership>> {
         Some(Arc::new(self.inner.leases.clone()))
+    }
+
+    fn semaphores(&self) -> Option<Arc<dyn crate::store::ownership::SharedSemaphores>> {
+        Some(Arc::new(self.inner.semaphores.clone()))
     }
 
     async fn save_log(&self, container: &str, text: &str) -> Result<(), StoreError> {
