@@ -10,6 +10,7 @@ pub mod fsutil;
 pub mod manifest;
 pub mod metrics;
 pub mod runtime;
+pub mod secrets;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod status;

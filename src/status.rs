@@ -115,6 +115,8 @@ pub enum Reason {
     /// The container could not be created for a reason retrying cannot fix.
     CreateFailed,
     ImagePullFailed,
+    /// A secret the task names (a Key Vault reference) could not be read: refused or absent.
+    SecretUnavailable,
     DependencyFailed,
     /// The dependencies' results do not fit in `SKIFF_DEPENDENCY_RESULTS`.
     DependencyResultsTooLarge,

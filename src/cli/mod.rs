@@ -136,6 +136,10 @@ pub struct ControllerArgs {
     /// Docker network mode: host, none, or a network's name.
     #[arg(long, env = "SKIFF_DOCKER_NETWORK")]
     pub docker_network: Option<String>,
+    /// Registry credentials for docker pulls: a `~/.docker/config.json`-style file of
+    /// `auths` (a task's own imagePullSecrets come first).
+    #[arg(long, env = "SKIFF_DOCKER_CONFIG")]
+    pub docker_config: Option<PathBuf>,
     /// Allow `hostPath` volumes under this prefix (repeatable).
     #[arg(long, env = "SKIFF_ALLOW_HOST_PATH", value_delimiter = ',')]
     pub allow_host_path: Vec<PathBuf>,

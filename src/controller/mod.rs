@@ -180,6 +180,8 @@ struct Shared {
     /// Parse manifests on the calling task instead of the blocking pool: a thread's
     /// timing would make the simulator's runs differ.
     parse_inline: bool,
+    /// Where `valueFrom` references outside the controller's environment are read.
+    secrets: Arc<dyn crate::secrets::SecretSource>,
 }
 
 /// What one reconcile reports back to the loop.
@@ -272,6 +274,7 @@ impl Controller {
                 clock: Arc::new(clock::SystemClock),
                 entropy: clock::Entropy::from_os(),
                 parse_inline: false,
+                secrets: Arc::new(crate::secrets::NoSecretSource),
             }),
             woken,
             control: None,
@@ -297,6 +300,15 @@ impl Controller {
             shared.clock = clock;
             shared.entropy = clock::Entropy::seeded(seed);
             shared.parse_inline = true;
+        }
+        self
+    }
+
+    /// Reads external secrets (`valueFrom` that is not `env`) from `secrets`. Call it
+    /// right after [`Controller::new`].
+    pub fn with_secrets(mut self, secrets: Arc<dyn crate::secrets::SecretSource>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.secrets = secrets;
         }
         self
     }

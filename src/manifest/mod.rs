@@ -11,8 +11,12 @@ mod validate;
 mod wire;
 
 pub use parse::{MAX_MANIFEST_BYTES, ManifestError, parse_manifest};
-pub use validate::{EnvValue, Features, TaskSpec, ValidationContext, validate};
+pub use validate::{
+    AciExtras, EnvValue, Features, PullAuth, PullSecret, SecretRef, TaskSpec, ValidationContext, check_secret_url,
+    is_arm_id, validate,
+};
 pub use wire::{
-    API_VERSION, AciSpec, AzureFile, Cleanup, Completion, CompletionMode, ContainerTask, EnvVar, KIND, Metadata,
-    Quantity, Resources, RuntimeKind, Spec, ValueFrom, Volume, json_schema,
+    API_VERSION, AciIdentity, AciIdentityType, AciSpec, AzureFile, Cleanup, Completion, CompletionMode, ContainerTask,
+    EnvVar, ImagePullSecret, KIND, KeyVaultRef, Metadata, Quantity, Resources, RuntimeKind, Spec, ValueFrom, Volume,
+    json_schema,
 };

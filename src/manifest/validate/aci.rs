@@ -2,13 +2,15 @@
 //! [`crate::manifest::limits`], a working directory, args without a command), azureFile
 //! volumes' account, share and key, and `spec.aci` (only on aci; its location).
 
+use super::AciExtras;
 use super::context::ValidationContext;
+use super::secrets::{SUBNET_TYPE, check_identity_id, is_arm_id};
 use super::values::is_env_name;
 use crate::manifest::limits::aci_resource_problems;
-use crate::manifest::wire::{RuntimeKind, Spec};
+use crate::manifest::wire::{AciIdentityType, RuntimeKind, Spec};
 
 /// ACI's rules for a task on `runtime` (nothing but `spec.aci`'s misplacement when it is
-/// not aci). The task's own location, if it names one.
+/// not aci). The task's own location, if it names one, and its identity and subnets.
 pub(super) fn rules(
     spec: &Spec,
     runtime: RuntimeKind,
@@ -16,8 +18,9 @@ pub(super) fn rules(
     memory_bytes: Option<u64>,
     ctx: &ValidationContext<'_>,
     fail: &mut impl FnMut(String),
-) -> Option<String> {
+) -> (Option<String>, AciExtras) {
     let mut aci_location = None;
+    let mut extras = AciExtras::default();
     if runtime == RuntimeKind::Aci {
         // What ARM would refuse with an opaque 400, or ACI cannot do at all, is said here.
         for problem in aci_resource_problems(cpu, memory_bytes) {
@@ -53,7 +56,17 @@ pub(super) fn rules(
                     "{at}.shareName: {share:?} is not a file share name (3 to 63 lowercase letters, digits and single dashes)"
                 ));
             }
-            let key = &file.storage_account_key_from.env;
+            let Some(key) = &file.storage_account_key_from.env else {
+                fail(format!(
+                    "{at}.storageAccountKeyFrom: takes `env: VARIABLE` (the storage key from the controller's environment); keyVault is not supported here"
+                ));
+                continue;
+            };
+            if file.storage_account_key_from.key_vault.is_some() {
+                fail(format!(
+                    "{at}.storageAccountKeyFrom: has both env and keyVault; keep env"
+                ));
+            }
             if !is_env_name(key) {
                 fail(format!(
                     "{at}.storageAccountKeyFrom.env: {key:?} is not a valid variable name"
@@ -85,6 +98,30 @@ pub(super) fn rules(
                 aci_location = Some(location.to_ascii_lowercase());
             }
         }
+        if let Some(identity) = &aci.identity {
+            let at = "spec.aci.identity";
+            match identity.kind {
+                AciIdentityType::SystemAssigned if !identity.user_assigned_identities.is_empty() => fail(format!(
+                    "{at}.userAssignedIdentities: go with `type: UserAssigned`; remove them or change the type"
+                )),
+                AciIdentityType::UserAssigned if identity.user_assigned_identities.is_empty() => fail(format!(
+                    "{at}.userAssignedIdentities: `type: UserAssigned` needs at least one identity's ARM id"
+                )),
+                _ => {}
+            }
+            for (i, id) in identity.user_assigned_identities.iter().enumerate() {
+                check_identity_id(id, &format!("{at}.userAssignedIdentities[{i}]"), fail);
+            }
+            extras.identity = Some(identity.clone());
+        }
+        for (i, id) in aci.subnet_ids.iter().enumerate() {
+            if !is_arm_id(id, SUBNET_TYPE) {
+                fail(format!(
+                    "spec.aci.subnetIds[{i}]: {id:?} is not a subnet's ARM id; write /subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/VNET/subnets/NAME"
+                ));
+            }
+        }
+        extras.subnet_ids = aci.subnet_ids.clone();
     }
-    aci_location
+    (aci_location, extras)
 }
