@@ -241,3 +241,77 @@ async fn key_vault_refusals_fail_the_attempt_and_outages_are_retried() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_in_its_own_resource_group_is_adopted_there_after_sigkill_and_its_orphans_are_collected() {
+    arm_sim::identity();
+    let sim = ArmSim::start(SimConfig {
+        other_resource_groups: vec!["rg-other".into()],
+        ..SimConfig::default()
+    })
+    .await;
+    let ws = Workspace::new();
+    let elsewhere = "  aci: {resourceGroup: rg-other}\n";
+    for name in ["kept", "orphan"] {
+        ws.write(
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  image: busybox\n  command: [sh, -c, 'echo {name}; sleep 2']\n  completion: {{pollInterval: 200ms}}\n{elsewhere}"
+            ),
+        );
+    }
+    let flags = sim.controller_flags(&[]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let controller = ws.controller(&flags);
+    ws.wait_until(Duration::from_secs(30), "both groups created", || {
+        sim.stats().created.len() == 2
+    });
+    controller.kill9();
+    let stats = sim.stats();
+    assert!(
+        stats.create_bodies.iter().all(|r| r.resource_group == "rg-other"),
+        "made in the task's resource group: {:?}",
+        stats
+            .create_bodies
+            .iter()
+            .map(|r| &r.resource_group)
+            .collect::<Vec<_>>()
+    );
+    let used = std::fs::read_to_string(ws.root().join(".skiff/aci-resource-groups.json")).unwrap();
+    assert!(used.contains("rg-other"), "{used}");
+    // While the controller is down, a person removes one task altogether: its group is
+    // now recorded nowhere but in ARM, in a resource group that is not the controller's.
+    std::fs::remove_file(ws.root().join("orphan.yaml")).unwrap();
+    std::fs::remove_file(ws.status_path("orphan")).unwrap();
+    // Its placement file goes too: the listing of the resource groups used must find it.
+    for entry in std::fs::read_dir(ws.root().join(".skiff/aci-groups"))
+        .unwrap()
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().starts_with("skiff-orphan") {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+
+    let controller = ws.controller(&flags);
+    ws.wait_phase("kept", "Succeeded", Duration::from_secs(60));
+    ws.wait_until(Duration::from_secs(30), "the orphan collected", || {
+        sim.live().is_empty()
+    });
+    assert_eq!(controller.terminate(), Some(0), "{}", ws.controller_log());
+    let stats = sim.stats();
+    assert_eq!(
+        stats.created.len(),
+        2,
+        "kept was adopted, not made again: {:?}",
+        stats.created
+    );
+    assert!(
+        stats.deleted.iter().any(|n| n.starts_with("skiff-orphan")),
+        "{:?}",
+        stats.deleted
+    );
+    let kept = ws.status("kept").unwrap();
+    assert_eq!(kept["attempts"].as_array().unwrap().len(), 1, "{kept:#}");
+    assert!(kept["logTail"].as_str().unwrap_or("").contains("kept"), "{kept:#}");
+}

@@ -73,12 +73,7 @@ fn samples_and_examples_validate_and_later_ones_say_not_supported_yet() {
         samples.len() >= 5,
         "expected the sample manifests in manifests/samples, found {samples:?}"
     );
-    assert!(
-        samples
-            .iter()
-            .any(|p| p.file_name().unwrap().to_string_lossy().starts_with("later-")),
-        "expected at least one later-* sample"
-    );
+    // (A later-* sample is optional: per-task ACI placement, the last one, has landed.)
     assert!(!examples.is_empty(), "expected example manifests under examples/");
 
     let mut problems = Vec::new();

@@ -86,6 +86,9 @@ pub struct SimConfig {
     /// Registries that refuse a pull without credentials: server → (username, password).
     /// A user-assigned identity in the group's `identity` may also pull from them.
     pub private_registries: HashMap<String, (String, String)>,
+    /// Resource groups that exist besides [`RESOURCE_GROUP`] (in any subscription); any
+    /// other answers 404 `ResourceGroupNotFound`.
+    pub other_resource_groups: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -102,6 +105,7 @@ impl Default for SimConfig {
             quota_pt1h: 300,
             run_commands_in: None,
             private_registries: HashMap::new(),
+            other_resource_groups: Vec::new(),
         }
     }
 }
@@ -198,6 +202,8 @@ struct ContainerRun {
 #[derive(Debug, Clone)]
 struct SimGroup {
     generation: u64,
+    /// `subscription/resourcegroup`, lower-cased: where the group is.
+    at: String,
     location: String,
     tags: BTreeMap<String, String>,
     /// The container as PUT, with every `secureValue` taken out.
@@ -347,6 +353,7 @@ impl ArmSim {
         world.next_generation += 1;
         let group = SimGroup {
             generation,
+            at: format!("{SUBSCRIPTION}/{RESOURCE_GROUP}").to_lowercase(),
             location: LOCATION.into(),
             tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             container: json!({"image": "busybox"}),
@@ -399,9 +406,10 @@ impl Sim {
         self.world.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn group_id(name: &str) -> String {
+    fn group_id(at: &str, name: &str) -> String {
+        let (subscription, group) = at.split_once('/').unwrap_or((SUBSCRIPTION, RESOURCE_GROUP));
         format!(
-            "/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.ContainerInstance/containerGroups/{name}"
+            "/subscriptions/{subscription}/resourceGroups/{group}/providers/Microsoft.ContainerInstance/containerGroups/{name}"
         )
     }
 
@@ -440,7 +448,7 @@ impl Sim {
             properties["instanceView"] = json!({"state": g.group_state, "events": []});
         }
         let mut view = json!({
-            "id": Self::group_id(name),
+            "id": Self::group_id(&g.at, name),
             "name": name,
             "type": "Microsoft.ContainerInstance/containerGroups",
             "location": g.location,
@@ -612,6 +620,28 @@ async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: 
 
     let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
     let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    // Where the request is: `subscription/resourcegroup`, which must exist.
+    let at = match lower.as_slice() {
+        ["subscriptions", subscription, "resourcegroups", rg, ..] => {
+            let known = *rg == RESOURCE_GROUP.to_lowercase()
+                || world
+                    .config
+                    .other_resource_groups
+                    .iter()
+                    .any(|g| g.eq_ignore_ascii_case(rg));
+            if !known {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "ResourceGroupNotFound",
+                    &format!("Resource group '{}' could not be found.", segments[3]),
+                );
+            }
+            format!("{subscription}/{rg}")
+        }
+        _ => String::new(),
+    };
+    // A group of that name elsewhere is none of this resource group's.
+    let here = |world: &World, name: &str| world.groups.get(name).is_none_or(|g| g.at == at);
     match lower.as_slice() {
         [
             "subscriptions",
@@ -621,11 +651,17 @@ async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: 
             "providers",
             "microsoft.containerinstance",
             "containergroups",
-        ] if *rg == RESOURCE_GROUP.to_lowercase() && method == Method::GET => {
+        ] if method == Method::GET => {
+            let _ = rg;
             *world.stats.by_kind.entry("LIST".into()).or_default() += 1;
             let skip: usize = params.get("$skipToken").and_then(|s| s.parse().ok()).unwrap_or(0);
             let size = world.config.page_size.max(1);
-            let names: Vec<String> = world.groups.keys().cloned().collect();
+            let names: Vec<String> = world
+                .groups
+                .iter()
+                .filter(|(_, g)| g.at == at)
+                .map(|(name, _)| name.clone())
+                .collect();
             let value: Vec<Value> = names
                 .iter()
                 .skip(skip)
@@ -652,8 +688,20 @@ async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: 
             "microsoft.containerinstance",
             "containergroups",
             _,
-        ] if *rg == RESOURCE_GROUP.to_lowercase() => {
+        ] => {
+            let _ = rg;
             let name = segments[7].to_string();
+            if !here(&world, &name) {
+                return match method {
+                    Method::PUT => error(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        "The simulator holds one group per name; this one is in another resource group.",
+                    ),
+                    Method::DELETE => StatusCode::NO_CONTENT.into_response(),
+                    _ => not_found(&name),
+                };
+            }
             match method {
                 Method::GET => {
                     *world.stats.by_kind.entry("GET".into()).or_default() += 1;
@@ -673,7 +721,7 @@ async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: 
                         };
                         world.stats.create_bodies.push(record);
                     }
-                    put(&sim, world, &name, &headers, &body)
+                    put(&sim, world, &name, &at, &headers, &body)
                 }
                 Method::DELETE => delete(&sim, world, &name),
                 _ => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not allowed"),
@@ -691,9 +739,13 @@ async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: 
             "containers",
             _,
             "logs",
-        ] if *rg == RESOURCE_GROUP.to_lowercase() && method == Method::GET => {
+        ] if method == Method::GET => {
+            let _ = rg;
             *world.stats.by_kind.entry("LOGS".into()).or_default() += 1;
             let name = segments[7];
+            if !here(&world, name) {
+                return not_found(name);
+            }
             let headers = sim.headers(&mut world, &method, false);
             let Some(g) = world.groups.get(name) else {
                 return not_found(name);
@@ -765,7 +817,14 @@ fn not_found(name: &str) -> Response {
     )
 }
 
-fn put(sim: &Arc<Sim>, mut world: MutexGuard<'_, World>, name: &str, headers: &HeaderMap, body: &Bytes) -> Response {
+fn put(
+    sim: &Arc<Sim>,
+    mut world: MutexGuard<'_, World>,
+    name: &str,
+    at: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
     let Ok(request) = serde_json::from_slice::<Value>(body) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -903,6 +962,7 @@ fn put(sim: &Arc<Sim>, mut world: MutexGuard<'_, World>, name: &str, headers: &H
     world.next_generation += 1;
     let group = SimGroup {
         generation,
+        at: at.to_string(),
         location: location.to_string(),
         tags,
         container,

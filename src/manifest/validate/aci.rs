@@ -86,8 +86,36 @@ pub(super) fn rules(
                 "spec.aci: is for the aci runtime only; remove it (this task runs on {runtime})"
             ));
         }
-        if aci.subscription_id.is_some() || aci.resource_group.is_some() {
-            fail("spec.aci: subscriptionId and resourceGroup are the controller's (--aci-subscription-id, --aci-resource-group); per-task values are not supported yet, remove them".into());
+        if let Some(subscription) = &aci.subscription_id {
+            let s = subscription.trim();
+            let guid = s.len() == 36
+                && s.char_indices().all(|(i, c)| {
+                    if [8, 13, 18, 23].contains(&i) {
+                        c == '-'
+                    } else {
+                        c.is_ascii_hexdigit()
+                    }
+                });
+            if guid {
+                extras.subscription_id = Some(s.to_string());
+            } else {
+                fail(format!(
+                    "spec.aci.subscriptionId: {subscription:?} is not a subscription id (a GUID, e.g. 00000000-0000-0000-0000-000000000000; az account show --query id)"
+                ));
+            }
+        }
+        if let Some(group) = &aci.resource_group {
+            let g = group.trim();
+            let good = (1..=90).contains(&g.len())
+                && g.chars().all(|c| c.is_alphanumeric() || "-_.()".contains(c))
+                && !g.ends_with('.');
+            if good {
+                extras.resource_group = Some(g.to_string());
+            } else {
+                fail(format!(
+                    "spec.aci.resourceGroup: {group:?} is not a resource group name (1 to 90 letters, digits, '-', '_', '.', '(' or ')', not ending with '.')"
+                ));
+            }
         }
         if let Some(location) = &aci.location {
             if location.is_empty() || !location.bytes().all(|b| b.is_ascii_alphanumeric()) {

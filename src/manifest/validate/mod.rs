@@ -89,6 +89,10 @@ pub struct AciExtras {
     pub identity: Option<crate::manifest::wire::AciIdentity>,
     /// `spec.aci.subnetIds`.
     pub subnet_ids: Vec<String>,
+    /// `spec.aci.subscriptionId` and `resourceGroup`: the task's own placement (each
+    /// defaults to the controller's).
+    pub subscription_id: Option<String>,
+    pub resource_group: Option<String>,
 }
 
 /// A validated spec with every default filled in: what the controller acts on.
