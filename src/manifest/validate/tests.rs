@@ -69,8 +69,14 @@ fn aci_requests_beyond_aci_are_invalid_before_any_call() {
     assert!(err.contains("spec.workingDir"), "{err}");
     let err = aci("  volumes: [{name: v, mountPath: /v, azureFile: {shareName: S, storageAccountName: a, storageAccountKeyFrom: {env: K}}}]\n").unwrap_err();
     assert!(err.contains("shareName") && err.contains("storageAccountName"), "{err}");
-    let err = aci("  aci: {resourceGroup: other}\n").unwrap_err();
-    assert!(err.contains("spec.aci"), "{err}");
+    let spec = aci("  aci: {resourceGroup: other, subscriptionId: 00000000-0000-0000-0000-0000000000aa}\n").unwrap();
+    assert_eq!(spec.aci.resource_group.as_deref(), Some("other"));
+    let err = aci("  aci: {resourceGroup: 'bad/group.', subscriptionId: my-sub}\n").unwrap_err();
+    assert!(
+        err.contains("spec.aci.resourceGroup: \"bad/group.\" is not a resource group name")
+            && err.contains("spec.aci.subscriptionId: \"my-sub\" is not a subscription id"),
+        "{err}"
+    );
     let spec = aci("  aci: {location: eastus}\n").unwrap();
     assert_eq!(spec.aci_location.as_deref(), Some("eastus"));
 }
