@@ -315,3 +315,34 @@ async fn a_task_in_its_own_resource_group_is_adopted_there_after_sigkill_and_its
     assert_eq!(kept["attempts"].as_array().unwrap().len(), 1, "{kept:#}");
     assert!(kept["logTail"].as_str().unwrap_or("").contains("kept"), "{kept:#}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_that_does_not_start_within_its_start_timeout_fails_with_what_aci_said() {
+    arm_sim::identity();
+    let sim = ArmSim::start(SimConfig {
+        // The image takes "minutes" to pull: the group stays Creating.
+        creating: Duration::from_secs(20),
+        ..SimConfig::default()
+    })
+    .await;
+    let ws = Workspace::new();
+    manifest(&ws, "slow", "busybox", "  aci: {startTimeout: 1500ms}\n");
+    let flags = sim.controller_flags(&["--once"]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let controller = ws.controller(&flags);
+    let code = tokio::task::spawn_blocking(move || controller.wait(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "{}", ws.controller_log());
+    let status = ws.status("slow").unwrap();
+    assert_eq!(status["phase"], "Failed", "{status:#}");
+    assert_eq!(status["reason"], "StartTimeout", "{status:#}");
+    let message = status["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("Creating") && message.contains("Pulling"),
+        "ACI's words: {message}"
+    );
+    assert!(sim.live().is_empty(), "the group is deleted: {:?}", sim.live());
+    let body = &sim.stats().create_bodies[0].body;
+    assert!(body["tags"]["skiff.start-by"].is_string(), "{body:#}");
+}

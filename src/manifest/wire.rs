@@ -243,6 +243,10 @@ pub struct AciSpec {
     /// Subnets (ARM ids) the group is placed in (VNet injection).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subnet_ids: Vec<String>,
+    /// How long the group may take to start (image pulls included) before the attempt
+    /// fails with `StartTimeout` (humantime; default 15m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -150,6 +150,14 @@ pub(super) fn rules(
             }
         }
         extras.subnet_ids = aci.subnet_ids.clone();
+        if let Some(text) = &aci.start_timeout {
+            match super::values::parse_duration(text) {
+                Ok(d) if !d.is_zero() => extras.start_timeout = Some(d),
+                _ => fail(format!(
+                    "spec.aci.startTimeout: {text:?} is not a duration longer than zero; write e.g. 15m"
+                )),
+            }
+        }
     }
     (aci_location, extras)
 }

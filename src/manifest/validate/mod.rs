@@ -93,6 +93,8 @@ pub struct AciExtras {
     /// defaults to the controller's).
     pub subscription_id: Option<String>,
     pub resource_group: Option<String>,
+    /// `spec.aci.startTimeout`; the runtime's default when `None`.
+    pub start_timeout: Option<Duration>,
 }
 
 /// A validated spec with every default filled in: what the controller acts on.

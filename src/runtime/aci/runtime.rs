@@ -5,7 +5,7 @@
 
 use super::arm::{Arm, GroupsAt};
 use super::body::{check_name, create_body};
-use super::config::{AciConfig, AciCredential, AciError, TAG_OWNER};
+use super::config::{AciConfig, AciCredential, AciError, DEFAULT_START_TIMEOUT, TAG_OWNER, TAG_START_BY};
 use super::quota::CreateLimiter;
 use super::wire::{Group, Provisioning};
 use crate::fsutil;
@@ -284,7 +284,16 @@ impl Inner {
     /// again and adopt it.
     async fn create(&self, spec: &ContainerSpec) -> Result<Option<Group>, RuntimeError> {
         let name = spec.name.as_str();
-        let body = create_body(spec, &self.owner, &self.location)?;
+        let mut body = create_body(spec, &self.owner, &self.location)?;
+        // When it must have started: a tag, so that a restarted controller still knows.
+        let start_timeout = match &spec.options {
+            crate::runtime::RuntimeOptions::Aci { extras, .. } => extras.start_timeout,
+            _ => None,
+        }
+        .unwrap_or(DEFAULT_START_TIMEOUT);
+        let start_by = chrono::Utc::now() + chrono::Duration::from_std(start_timeout).unwrap_or(chrono::Duration::MAX);
+        body["tags"][TAG_START_BY] =
+            serde_json::Value::String(start_by.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         // Whatever an earlier holder of this name wrote is not this container's output.
         let _ = tokio::fs::remove_file(self.log_path(name)).await;
         let ticket = self
@@ -352,7 +361,21 @@ impl Inner {
         let mut pause = lock(&self.pauses).get(name).copied().unwrap_or(self.poll_min);
         loop {
             match group.provisioning(name) {
-                Provisioning::InProgress => {}
+                Provisioning::InProgress => {
+                    let start_by = group
+                        .tag(TAG_START_BY)
+                        .and_then(|t| crate::runtime::parse_time(Some(t)));
+                    if start_by.is_some_and(|by| chrono::Utc::now() > by) {
+                        lock(&self.pauses).remove(name);
+                        return Err(RuntimeError::Permanent {
+                            reason: Reason::StartTimeout,
+                            message: format!(
+                                "aci: the container group {name} did not start in time (spec.aci.startTimeout): {}",
+                                group.progress(name)
+                            ),
+                        });
+                    }
+                }
                 done => {
                     lock(&self.pauses).remove(name);
                     return match done {

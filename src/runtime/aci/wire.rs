@@ -121,6 +121,34 @@ impl Group {
             .as_ref()
     }
 
+    /// What ACI says of a group still starting: its last events (`Pulling: pulling image
+    /// "..."`), for a start that timed out.
+    pub(super) fn progress(&self, name: &str) -> String {
+        let said: Vec<String> = self
+            .events(name)
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.name.as_deref().unwrap_or("?"),
+                    e.message.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        let last: Vec<String> = said
+            .into_iter()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        if last.is_empty() {
+            format!("provisioningState {}, no events", self.provisioning_state())
+        } else {
+            format!("provisioningState {}; {}", self.provisioning_state(), last.join("; "))
+        }
+    }
+
     /// The events of the container, then of the group.
     fn events(&self, name: &str) -> impl Iterator<Item = &Event> {
         let container = self
