@@ -167,7 +167,9 @@ impl Group {
             _ if terminated => Provisioning::Done,
             "Succeeded" => Provisioning::Done,
             "Deleting" => Provisioning::Deleting,
-            state @ ("Failed" | "Canceled") => {
+            // Unhealthy and NotAccessible (2026-05-01's ContainerGroupProvisioningState) never
+            // turn into a running group by themselves: failures, with ARM's words.
+            state @ ("Failed" | "Canceled" | "Unhealthy" | "NotAccessible") => {
                 let (reason, detail) = self.failure(name);
                 Provisioning::Failed {
                     reason,
@@ -274,6 +276,13 @@ mod tests {
     fn states_follow_provisioning_then_the_container() {
         let g = group(json!({"properties": {"provisioningState": "Creating"}}));
         assert_eq!(g.state("c"), ContainerState::Created);
+        for stuck in ["Unhealthy", "NotAccessible"] {
+            let g = group(json!({"properties": {"provisioningState": stuck}}));
+            match g.provisioning("c") {
+                Provisioning::Failed { message, .. } => assert!(message.contains(&stuck.to_lowercase()), "{message}"),
+                other => panic!("{stuck}: {other:?}"),
+            }
+        }
         let g = group(json!({"properties": {"provisioningState": "Succeeded", "containers": [
             {"name": "c", "properties": {"instanceView": {"currentState":
                 {"state": "Running", "startTime": "2026-11-21T10:00:00Z"}}}}]}}));
