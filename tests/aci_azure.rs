@@ -346,3 +346,60 @@ async fn a_group_that_does_not_start_within_its_start_timeout_fails_with_what_ac
     let body = &sim.stats().create_bodies[0].body;
     assert!(body["tags"]["skiff.start-by"].is_string(), "{body:#}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_follow_streams_a_running_aci_task_from_arm() {
+    use std::io::BufRead;
+    arm_sim::identity();
+    let sim = ArmSim::start(SimConfig::default()).await;
+    let ws = Workspace::new();
+    ws.write(
+        "live.yaml",
+        "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  image: busybox\n  command: [sh, -c, 'echo one; sleep 3; echo two; sleep 3; echo three']\n  completion: {pollInterval: 300ms}\n",
+    );
+    let flags = sim.controller_flags(&[]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let controller = ws.controller(&flags);
+    ws.wait_phase("live", "Running", Duration::from_secs(30));
+    let root = ws.root().display().to_string();
+    let mut follower = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args([
+            "logs",
+            "live",
+            "--follow",
+            "--dir",
+            &root,
+            "--azure-credential",
+            "managed",
+        ])
+        .args([
+            "--aci-subscription-id",
+            arm_sim::SUBSCRIPTION,
+            "--aci-resource-group",
+            arm_sim::RESOURCE_GROUP,
+        ])
+        .args(["--arm-endpoint", &sim.endpoint])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("skiff logs");
+    let stdout = follower.stdout.take().unwrap();
+    let status_path = ws.status_path("live");
+    let lines = tokio::task::spawn_blocking(move || {
+        // Each line with the task's phase when it arrived.
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let status: Value =
+                serde_json::from_slice(&std::fs::read(&status_path).unwrap_or_default()).unwrap_or_default();
+            seen.push((line, status["phase"].as_str().unwrap_or("").to_string()));
+        }
+        seen
+    });
+    let seen = lines.await.unwrap();
+    assert!(follower.wait().unwrap().success());
+    let text: Vec<&str> = seen.iter().map(|(line, _)| line.as_str()).collect();
+    assert_eq!(text, ["one", "two", "three"], "each line once, in order: {seen:?}");
+    assert_eq!(seen[0].1, "Running", "streamed while it ran: {seen:?}");
+    assert_eq!(seen[1].1, "Running", "streamed while it ran: {seen:?}");
+    assert_eq!(ws.phase("live").as_deref(), Some("Succeeded"));
+    assert_eq!(controller.terminate(), Some(0));
+}

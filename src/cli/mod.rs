@@ -234,6 +234,17 @@ pub struct LogsArgs {
     /// Keep printing output as it comes, until the task is final.
     #[arg(short, long)]
     pub follow: bool,
+    /// ACI: the controller's subscription, to read a running group's output from ARM
+    /// (default: AZURE_SUBSCRIPTION_ID). Without `--aci-resource-group`, an ACI task's
+    /// output is what the controller kept.
+    #[arg(long, env = "SKIFF_ACI_SUBSCRIPTION_ID")]
+    pub aci_subscription_id: Option<String>,
+    /// ACI: the controller's resource group.
+    #[arg(long, env = "SKIFF_ACI_RESOURCE_GROUP")]
+    pub aci_resource_group: Option<String>,
+    /// Azure Resource Manager's URL (a sovereign cloud's, or a simulator's).
+    #[arg(long, env = "SKIFF_ARM_ENDPOINT", default_value = crate::runtime::aci::DEFAULT_ARM_ENDPOINT)]
+    pub arm_endpoint: String,
 }
 
 #[derive(Args, Debug)]
