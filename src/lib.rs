@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod notifications;
 pub mod runtime;
 pub mod schedule;
+pub mod secrets;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod status;

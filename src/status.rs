@@ -119,6 +119,10 @@ pub enum Reason {
     /// The container could not be created for a reason retrying cannot fix.
     CreateFailed,
     ImagePullFailed,
+    /// A secret the task names (a Key Vault reference) could not be read: refused or absent.
+    SecretUnavailable,
+    /// The container did not start within its start timeout (ACI: `spec.aci.startTimeout`).
+    StartTimeout,
     DependencyFailed,
     /// The dependencies' results do not fit in `SKIFF_DEPENDENCY_RESULTS`.
     DependencyResultsTooLarge,

@@ -62,6 +62,7 @@ fn spec(name: &str, script: &str) -> ContainerSpec {
         options: RuntimeOptions::Aci {
             azure_files: Vec::new(),
             location: None,
+            extras: Default::default(),
         },
         env: vec![("SKIFF_TASK".into(), format!("jobs/{name}"))],
         ..Default::default()
@@ -115,6 +116,7 @@ async fn a_group_is_created_watched_to_its_exit_code_its_logs_kept_and_deleted()
     spec.options = RuntimeOptions::Aci {
         azure_files: vec![mount],
         location: None,
+        extras: Default::default(),
     };
     spec.cpu = Some(0.5);
     spec.memory_bytes = Some(512 << 20);

@@ -8,7 +8,7 @@
 use skiff::manifest::{Features, RuntimeKind, ValidationContext, json_schema, parse_manifest, validate};
 use std::path::{Path, PathBuf};
 
-const REGENERATE: &str = "cargo run -q -- schema > manifests/containertask.schema.json";
+const REGENERATE: &str = "cargo run -q --bin skiff -- schema > manifests/containertask.schema.json";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -73,12 +73,7 @@ fn samples_and_examples_validate_and_later_ones_say_not_supported_yet() {
         samples.len() >= 5,
         "expected the sample manifests in manifests/samples, found {samples:?}"
     );
-    assert!(
-        samples
-            .iter()
-            .any(|p| p.file_name().unwrap().to_string_lossy().starts_with("later-")),
-        "expected at least one later-* sample"
-    );
+    // (A later-* sample is optional: per-task ACI placement, the last one, has landed.)
     assert!(!examples.is_empty(), "expected example manifests under examples/");
 
     let mut problems = Vec::new();

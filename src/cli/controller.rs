@@ -213,6 +213,18 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let docker = DockerRuntime::connect(&state, args.docker_network.clone())
         .map_err(|err| UsageError(format!("--state-dir {}: {err}", state.display())))?
         .with_max_log_bytes(args.max_log_size);
+    let docker = match &args.docker_config {
+        Some(path) => {
+            let config = crate::runtime::docker::DockerConfig::load(path).map_err(UsageError)?;
+            tracing::info!(
+                "docker: registry credentials for {} servers from {}",
+                config.servers(),
+                path.display()
+            );
+            docker.with_docker_config(config)
+        }
+        None => docker,
+    };
     let host = process.placement_host();
     let mut runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(process), Arc::new(docker)];
     let aci = aci_runtime(&args, &state, default_runtime)?;
@@ -242,7 +254,17 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let hub = api::watch::Hub::new();
     let store: Arc<dyn crate::store::Store> =
         Arc::new(api::watch::WatchedStore::new(source.store.clone(), hub.clone()));
-    let controller = Controller::new(store.clone(), runtimes, config);
+    // Key Vault references are read with the controller's Azure credential, built on first
+    // use: a controller that never meets one needs no credential.
+    let vault_http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        // A redirect must not carry the token elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|err| anyhow::anyhow!("cannot build the HTTP client: {err}"))?;
+    let vault_kind = args.source.azure_credential.unwrap_or_else(CredentialKind::guess);
+    let secrets = crate::secrets::KeyVaultSecrets(crate::azure::keyvault::KeyVault::new(vault_kind, vault_http));
+    let controller = Controller::new(store.clone(), runtimes, config).with_secrets(Arc::new(secrets));
     let (controller, delivery) = if notify.is_empty() {
         (controller, None)
     } else {

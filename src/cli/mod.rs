@@ -151,6 +151,10 @@ pub struct ControllerArgs {
     /// Docker network mode: host, none, or a network's name.
     #[arg(long, env = "SKIFF_DOCKER_NETWORK")]
     pub docker_network: Option<String>,
+    /// Registry credentials for docker pulls: a `~/.docker/config.json`-style file of
+    /// `auths` (a task's own imagePullSecrets come first).
+    #[arg(long, env = "SKIFF_DOCKER_CONFIG")]
+    pub docker_config: Option<PathBuf>,
     /// Allow `hostPath` volumes under this prefix (repeatable).
     #[arg(long, env = "SKIFF_ALLOW_HOST_PATH", value_delimiter = ',')]
     pub allow_host_path: Vec<PathBuf>,
@@ -245,6 +249,17 @@ pub struct LogsArgs {
     /// Keep printing output as it comes, until the task is final.
     #[arg(short, long)]
     pub follow: bool,
+    /// ACI: the controller's subscription, to read a running group's output from ARM
+    /// (default: AZURE_SUBSCRIPTION_ID). Without `--aci-resource-group`, an ACI task's
+    /// output is what the controller kept.
+    #[arg(long, env = "SKIFF_ACI_SUBSCRIPTION_ID")]
+    pub aci_subscription_id: Option<String>,
+    /// ACI: the controller's resource group.
+    #[arg(long, env = "SKIFF_ACI_RESOURCE_GROUP")]
+    pub aci_resource_group: Option<String>,
+    /// Azure Resource Manager's URL (a sovereign cloud's, or a simulator's).
+    #[arg(long, env = "SKIFF_ARM_ENDPOINT", default_value = crate::runtime::aci::DEFAULT_ARM_ENDPOINT)]
+    pub arm_endpoint: String,
 }
 
 #[derive(Args, Debug)]

@@ -4,8 +4,9 @@
 use super::{Callbacks, FIRST_LOOK, Shared};
 use crate::callback;
 use crate::controller::reconcile::{Action, Decision, Desired};
-use crate::manifest::{CompletionMode, EnvValue, TaskSpec};
-use crate::runtime::{self, ContainerSpec, RuntimeError, RuntimeOptions};
+use crate::manifest::{CompletionMode, EnvValue, PullAuth, TaskSpec};
+use crate::runtime::{self, ContainerSpec, RegistryAuth, RegistryCredential, RuntimeError, RuntimeOptions};
+use crate::secrets::{SecretError, SecretSource};
 use crate::status::{CompletedBy, Phase, Reason, TaskStatus};
 use crate::store::StoreError;
 use crate::task::TaskKey;
@@ -111,12 +112,18 @@ pub(super) async fn execute(
                         .and_then(|s| s.active.first())
                         .map(crate::status::format_time),
                 };
-                let result = match container_spec(&made, spec, local_dir.clone(), shared.callbacks.as_ref()) {
+                let made = container_spec(
+                    &made,
+                    spec,
+                    local_dir.clone(),
+                    shared.callbacks.as_ref(),
+                    shared.secrets.as_ref(),
+                )
+                .await;
+                // The spec, with its secrets, lives for this create only.
+                let result = match made {
                     Ok(container_spec) => runtime.ensure(&container_spec).await,
-                    Err(message) => Err(RuntimeError::Permanent {
-                        reason: Reason::CreateFailed,
-                        message,
-                    }),
+                    Err(err) => Err(err),
                 };
                 match result {
                     // The runtime reports the exit of a short task by itself; looking a little
@@ -276,13 +283,38 @@ struct Made<'a> {
     scheduled_at: Option<String>,
 }
 
-/// What the runtime is asked to run for one attempt; secrets are resolved here.
-fn container_spec(
+/// A secret's value: from the controller's environment, or from the secret source (a
+/// refusal is the attempt's `SecretUnavailable`; an outage is retried).
+async fn resolve(what: &str, value: &EnvValue, secrets: &dyn SecretSource) -> Result<String, RuntimeError> {
+    match value {
+        EnvValue::Value(value) => Ok(value.clone()),
+        EnvValue::FromEnv(var) => std::env::var(var).map_err(|_| RuntimeError::Permanent {
+            reason: Reason::CreateFailed,
+            message: format!("{what}: valueFrom.env {var} is not set in the controller's environment"),
+        }),
+        EnvValue::External(reference) => secrets.resolve(reference).await.map_err(|err| match err {
+            SecretError::Unavailable(message) => RuntimeError::Permanent {
+                reason: Reason::SecretUnavailable,
+                message: format!("{what}: {message}"),
+            },
+            SecretError::Transient(message) => RuntimeError::Transient(format!("{what}: {message}")),
+        }),
+    }
+}
+
+/// What the runtime is asked to run for one attempt; secrets are resolved here, just
+/// before the create, and live no longer than it.
+async fn container_spec(
     made: &Made<'_>,
     spec: &TaskSpec,
     local_dir: Option<PathBuf>,
     callbacks: Option<&Callbacks>,
-) -> Result<ContainerSpec, String> {
+    secrets: &dyn SecretSource,
+) -> Result<ContainerSpec, RuntimeError> {
+    let permanent = |message: String| RuntimeError::Permanent {
+        reason: Reason::CreateFailed,
+        message,
+    };
     let Made {
         key,
         attempt,
@@ -304,23 +336,35 @@ fn container_spec(
     }
     if spec.completion_mode == CompletionMode::Event {
         let Some(callbacks) = callbacks else {
-            return Err("event completion needs the HTTP API: start the controller with --listen".into());
+            return Err(permanent(
+                "event completion needs the HTTP API: start the controller with --listen".into(),
+            ));
         };
         let token = callbacks.secret.token(key.as_str(), attempt, index, attempt_id);
         let url = callback::callback_url(&callbacks.base_url, key.as_str(), attempt, index, attempt_id, &token);
         env.push(("SKIFF_CALLBACK_URL".to_string(), url));
     }
     for (name, value) in &spec.env {
-        let value = match value {
-            EnvValue::Value(value) => value.clone(),
-            EnvValue::FromEnv(var) => std::env::var(var)
-                .map_err(|_| format!("env {name}: valueFrom.env {var} is not set in the controller's environment"))?,
-        };
+        let value = resolve(&format!("env {name}"), value, secrets).await?;
         env.push((name.clone(), value));
+    }
+    let mut registry_credentials = Vec::new();
+    for pull in &spec.pull_secrets {
+        let auth = match &pull.auth {
+            PullAuth::Password { username, password } => RegistryAuth::Password {
+                username: username.clone(),
+                password: resolve(&format!("imagePullSecrets {}", pull.server), password, secrets).await?,
+            },
+            PullAuth::Identity(id) => RegistryAuth::Identity(id.clone()),
+        };
+        registry_credentials.push(RegistryCredential {
+            server: pull.server.clone(),
+            auth,
+        });
     }
     // What only the task's runtime understands: it reads its own options from the spec
     // (and the manifest's folder, against which a host path may be relative).
-    let options = RuntimeOptions::for_task(spec, container, local_dir)?;
+    let options = RuntimeOptions::for_task(spec, container, local_dir).map_err(permanent)?;
     // Validation refuses a NUL; this catches one from anywhere else (the controller's
     // environment, a key): the OS would refuse such a create on every retry, forever.
     let has_nul = spec.command.iter().chain(&spec.args).any(|s| s.contains('\0'))
@@ -329,10 +373,10 @@ fn container_spec(
             .any(|(name, value)| name.contains('\0') || value.contains('\0'))
         || options.has_nul();
     if has_nul {
-        return Err(
+        return Err(permanent(
             "the command, an argument, an environment variable or the working directory contains a NUL character, which no process can be given; remove it from the manifest"
                 .into(),
-        );
+        ));
     }
     let labels = BTreeMap::from([
         (runtime::LABEL_TASK.to_string(), key.to_string()),
@@ -344,7 +388,7 @@ fn container_spec(
     let secret_env = spec
         .env
         .iter()
-        .filter(|(_, value)| matches!(value, EnvValue::FromEnv(_)))
+        .filter(|(_, value)| value.is_secret())
         .map(|(name, _)| name.clone())
         .chain(
             spec.completion_mode
@@ -363,6 +407,7 @@ fn container_spec(
         memory_bytes: spec.memory_bytes,
         secret_env,
         options,
+        registry_credentials,
     })
 }
 
@@ -371,8 +416,8 @@ mod tests {
     use super::*;
     use crate::manifest::{Features, RuntimeKind, ValidationContext, parse_manifest, validate};
 
-    #[test]
-    fn secrets_are_resolved_and_named_but_never_labelled() {
+    #[tokio::test]
+    async fn secrets_are_resolved_and_named_but_never_labelled() {
         let text = "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [x]\n  env:\n    - {name: PLAIN, value: v}\n    - {name: KEY, valueFrom: {env: PATH}}\n  completion: {mode: event}\n";
         let task = parse_manifest("s.yaml", text.as_bytes()).unwrap();
         let ctx = ValidationContext {
@@ -398,7 +443,9 @@ mod tests {
             dependency_results: None,
             scheduled_at: None,
         };
-        let made = container_spec(&which, &spec, None, Some(&callbacks)).unwrap();
+        let made = container_spec(&which, &spec, None, Some(&callbacks), &crate::secrets::NoSecretSource)
+            .await
+            .unwrap();
         let env: BTreeMap<_, _> = made.env.iter().cloned().collect();
         assert_eq!(env["KEY"], std::env::var("PATH").unwrap());
         assert_eq!(env["PLAIN"], "v");
@@ -412,8 +459,8 @@ mod tests {
         assert!(!format!("{made:?}").contains(&env["KEY"]), "Debug hides values");
     }
 
-    #[test]
-    fn a_nul_that_slipped_past_validation_is_a_permanent_create_failure() {
+    #[tokio::test]
+    async fn a_nul_that_slipped_past_validation_is_a_permanent_create_failure() {
         let text = "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [x]\n";
         let task = parse_manifest("n.yaml", text.as_bytes()).unwrap();
         let ctx = ValidationContext {
@@ -433,9 +480,10 @@ mod tests {
             dependency_results: None,
             scheduled_at: None,
         };
-        assert!(container_spec(&which, &spec, None, None).is_ok());
+        let none = crate::secrets::NoSecretSource;
+        assert!(container_spec(&which, &spec, None, None, &none).await.is_ok());
         spec.env.push(("A".into(), EnvValue::Value("a\0b".into())));
-        let err = container_spec(&which, &spec, None, None).unwrap_err();
-        assert!(err.contains("NUL"), "{err}");
+        let err = container_spec(&which, &spec, None, None, &none).await.unwrap_err();
+        assert!(err.to_string().contains("NUL"), "{err}");
     }
 }

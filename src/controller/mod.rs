@@ -213,6 +213,8 @@ struct Shared {
     transitions: Option<Arc<dyn transitions::TransitionSink>>,
     /// Named semaphores shared with the other replicas of the store, when it has any.
     shared_semaphores: Option<Arc<dyn crate::store::ownership::SharedSemaphores>>,
+    /// Where `valueFrom` references outside the controller's environment are read.
+    secrets: Arc<dyn crate::secrets::SecretSource>,
 }
 
 /// What one reconcile reports back to the loop.
@@ -309,6 +311,7 @@ impl Controller {
                 since: std::sync::OnceLock::new(),
                 parse_inline: false,
                 transitions: None,
+                secrets: Arc::new(crate::secrets::NoSecretSource),
             }),
             woken,
             control: None,
@@ -342,6 +345,15 @@ impl Controller {
             shared.clock = clock;
             shared.entropy = clock::Entropy::seeded(seed);
             shared.parse_inline = true;
+        }
+        self
+    }
+
+    /// Reads external secrets (`valueFrom` that is not `env`) from `secrets`. Call it
+    /// right after [`Controller::new`].
+    pub fn with_secrets(mut self, secrets: Arc<dyn crate::secrets::SecretSource>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.secrets = secrets;
         }
         self
     }

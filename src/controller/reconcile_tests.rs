@@ -59,6 +59,8 @@ fn spec() -> TaskSpec {
         memory_bytes: None,
         volumes: Vec::new(),
         aci_location: None,
+        aci: Default::default(),
+        pull_secrets: Vec::new(),
         completion_mode: CompletionMode::Poll,
         poll_interval: secs(10),
         timeout: None,

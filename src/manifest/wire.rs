@@ -92,6 +92,9 @@ pub struct Spec {
     /// once. Their limits come from the controller's `--semaphore NAME=N`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub semaphores: Vec<String>,
+    /// Credentials for pulling `image` from private registries (docker and aci).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<ImagePullSecret>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -177,11 +180,40 @@ pub struct EnvVar {
     pub value_from: Option<ValueFrom>,
 }
 
+/// Where a secret comes from: exactly one of `env` and `keyVault`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ValueFrom {
     /// Name of a variable in the controller's environment.
-    pub env: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// An Azure Key Vault secret, read by the controller with its own Azure credential just
+    /// before the container is created (never written anywhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_vault: Option<KeyVaultRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeyVaultRef {
+    /// `https://VAULT.vault.azure.net/secrets/NAME[/VERSION]`.
+    pub secret_url: String,
+}
+
+/// Credentials for one registry: a user name and a password from a secret, or (aci only)
+/// a managed identity's ARM id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImagePullSecret {
+    /// The registry's host name, e.g. `myacr.azurecr.io`.
+    pub server: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_from: Option<ValueFrom>,
+    /// aci only: a user-assigned managed identity's ARM id, which pulls with no password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -260,6 +292,32 @@ pub struct AciSpec {
     pub resource_group: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// The group's managed identity, so the task reaches Azure resources with no secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<AciIdentity>,
+    /// Subnets (ARM ids) the group is placed in (VNet injection).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnet_ids: Vec<String>,
+    /// How long the group may take to start (image pulls included) before the attempt
+    /// fails with `StartTimeout` (humantime; default 15m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AciIdentity {
+    #[serde(rename = "type")]
+    pub kind: AciIdentityType,
+    /// ARM ids of user-assigned identities (with `type: UserAssigned`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_assigned_identities: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AciIdentityType {
+    SystemAssigned,
+    UserAssigned,
 }
 
 /// The JSON Schema of a ContainerTask, generated from these types.

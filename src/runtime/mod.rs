@@ -52,6 +52,38 @@ pub struct ContainerSpec {
     /// What only the task's runtime understands (working directory, network, mounts,
     /// location).
     pub options: RuntimeOptions,
+    /// Credentials for pulling the image (`spec.imagePullSecrets`), passwords resolved.
+    pub registry_credentials: Vec<RegistryCredential>,
+}
+
+/// Credentials for one registry, resolved for one create. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryCredential {
+    /// The registry's host, e.g. `myacr.azurecr.io`.
+    pub server: String,
+    pub auth: RegistryAuth,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum RegistryAuth {
+    Password {
+        username: String,
+        password: String,
+    },
+    /// aci: a managed identity's ARM id.
+    Identity(String),
+}
+
+impl std::fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("RegistryCredential");
+        out.field("server", &self.server);
+        match &self.auth {
+            RegistryAuth::Password { username, .. } => out.field("username", username).field("password", &"<hidden>"),
+            RegistryAuth::Identity(id) => out.field("identity", id),
+        };
+        out.finish()
+    }
 }
 
 impl std::fmt::Debug for ContainerSpec {
@@ -64,6 +96,7 @@ impl std::fmt::Debug for ContainerSpec {
             .field("args", &self.args)
             .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .field("options", &self.options)
+            .field("registry_credentials", &self.registry_credentials)
             .finish_non_exhaustive()
     }
 }

@@ -30,6 +30,8 @@ pub enum RuntimeOptions {
         azure_files: Vec<AzureFileMount>,
         /// Where the group is made, when the task names its own location.
         location: Option<String>,
+        /// The group's managed identity and subnets (`spec.aci`).
+        extras: crate::manifest::AciExtras,
     },
 }
 
@@ -162,7 +164,10 @@ mod tests {
             "  aci: {location: westeurope}\n  volumes: [{name: s, mountPath: /out, azureFile: {shareName: results, storageAccountName: skiffdata, storageAccountKeyFrom: {env: K}}}]\n",
             &[],
         );
-        let Ok(RuntimeOptions::Aci { azure_files, location }) = RuntimeOptions::for_task(&aci, "c", None) else {
+        let Ok(RuntimeOptions::Aci {
+            azure_files, location, ..
+        }) = RuntimeOptions::for_task(&aci, "c", None)
+        else {
             panic!("aci options expected");
         };
         assert_eq!(location.as_deref(), Some("westeurope"));

@@ -52,6 +52,9 @@ pub const RESOURCE_GROUP: &str = "rg-skiff";
 pub const LOCATION: &str = "westus2";
 /// Tokens the simulator accepts start with this.
 pub const TOKEN_PREFIX: &str = "sim-token-";
+/// Tokens the identity endpoint issues for Key Vault (`resource=https://vault.azure.net`):
+/// ARM refuses them, and the Key Vault stub accepts only them.
+pub const KEY_VAULT_TOKEN_PREFIX: &str = "sim-token-kv-";
 /// ACI keeps this much of a stopped container's output.
 const STOPPED_LOG_BYTES: usize = 16 * 1024;
 
@@ -80,6 +83,12 @@ pub struct SimConfig {
     /// `<this folder>/shares/<shareName>`: a host process cannot mount it, so its
     /// `mountPath` is replaced by that folder in the command's words.
     pub run_commands_in: Option<std::path::PathBuf>,
+    /// Registries that refuse a pull without credentials: server → (username, password).
+    /// A user-assigned identity in the group's `identity` may also pull from them.
+    pub private_registries: HashMap<String, (String, String)>,
+    /// Resource groups that exist besides [`RESOURCE_GROUP`] (in any subscription); any
+    /// other answers 404 `ResourceGroupNotFound`.
+    pub other_resource_groups: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -95,6 +104,8 @@ impl Default for SimConfig {
             quota_pt5m: 100,
             quota_pt1h: 300,
             run_commands_in: None,
+            private_registries: HashMap::new(),
+            other_resource_groups: Vec::new(),
         }
     }
 }
@@ -137,6 +148,18 @@ pub struct Stats {
     pub tokens_seen: HashSet<String>,
     /// Callbacks the simulated containers made: group name and the answer's status.
     pub callbacks: Vec<(String, u16)>,
+    /// Every create's body as it arrived (secrets included, for the tests to check what
+    /// was sent), with the subscription and resource group of its URL.
+    pub create_bodies: Vec<CreateRecord>,
+}
+
+/// One create as ARM received it.
+#[derive(Debug, Clone)]
+pub struct CreateRecord {
+    pub name: String,
+    pub subscription: String,
+    pub resource_group: String,
+    pub body: Value,
 }
 
 impl Stats {
@@ -179,6 +202,8 @@ struct ContainerRun {
 #[derive(Debug, Clone)]
 struct SimGroup {
     generation: u64,
+    /// `subscription/resourcegroup`, lower-cased: where the group is.
+    at: String,
     location: String,
     tags: BTreeMap<String, String>,
     /// The container as PUT, with every `secureValue` taken out.
@@ -194,6 +219,13 @@ struct SimGroup {
     run: ContainerRun,
     events: Vec<Value>,
     logs: String,
+    /// `imageRegistryCredentials` as PUT, passwords taken out (never returned).
+    registry_credentials: Option<Value>,
+    /// The pull is refused for want of credentials: the registry's words.
+    pull_refused: Option<String>,
+    /// `identity` as PUT, with the ids ARM adds.
+    identity: Option<Value>,
+    subnet_ids: Option<Value>,
 }
 
 struct World {
@@ -321,6 +353,7 @@ impl ArmSim {
         world.next_generation += 1;
         let group = SimGroup {
             generation,
+            at: format!("{SUBSCRIPTION}/{RESOURCE_GROUP}").to_lowercase(),
             location: LOCATION.into(),
             tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             container: json!({"image": "busybox"}),
@@ -340,6 +373,10 @@ impl ArmSim {
             },
             events: Vec::new(),
             logs: String::new(),
+            registry_credentials: None,
+            pull_refused: None,
+            identity: None,
+            subnet_ids: None,
         };
         world.groups.insert(name.to_string(), group);
         let live = world.groups.len();
@@ -369,9 +406,10 @@ impl Sim {
         self.world.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn group_id(name: &str) -> String {
+    fn group_id(at: &str, name: &str) -> String {
+        let (subscription, group) = at.split_once('/').unwrap_or((SUBSCRIPTION, RESOURCE_GROUP));
         format!(
-            "/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.ContainerInstance/containerGroups/{name}"
+            "/subscriptions/{subscription}/resourceGroups/{group}/providers/Microsoft.ContainerInstance/containerGroups/{name}"
         )
     }
 
@@ -400,17 +438,27 @@ impl Sim {
         if let Some(volumes) = &g.volumes {
             properties["volumes"] = volumes.clone();
         }
+        if let Some(credentials) = &g.registry_credentials {
+            properties["imageRegistryCredentials"] = credentials.clone();
+        }
+        if let Some(subnets) = &g.subnet_ids {
+            properties["subnetIds"] = subnets.clone();
+        }
         if instance_view {
             properties["instanceView"] = json!({"state": g.group_state, "events": []});
         }
-        json!({
-            "id": Self::group_id(name),
+        let mut view = json!({
+            "id": Self::group_id(&g.at, name),
             "name": name,
             "type": "Microsoft.ContainerInstance/containerGroups",
             "location": g.location,
             "tags": g.tags,
             "properties": properties,
-        })
+        });
+        if let Some(identity) = &g.identity {
+            view["identity"] = identity.clone();
+        }
+        view
     }
 
     /// Applies `change` if the group is still the same one and not being deleted.
@@ -510,6 +558,14 @@ async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: 
             "Authentication failed. The 'Authorization' header is missing or invalid.",
         );
     }
+    if token.starts_with(KEY_VAULT_TOKEN_PREFIX) {
+        world.stats.unauthorized += 1;
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationTokenAudience",
+            "The access token has been obtained for wrong audience or resource 'https://vault.azure.net'.",
+        );
+    }
     if world.revoked.contains(&token) {
         world.stats.unauthorized += 1;
         return error(
@@ -564,6 +620,28 @@ async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: 
 
     let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
     let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    // Where the request is: `subscription/resourcegroup`, which must exist.
+    let at = match lower.as_slice() {
+        ["subscriptions", subscription, "resourcegroups", rg, ..] => {
+            let known = *rg == RESOURCE_GROUP.to_lowercase()
+                || world
+                    .config
+                    .other_resource_groups
+                    .iter()
+                    .any(|g| g.eq_ignore_ascii_case(rg));
+            if !known {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "ResourceGroupNotFound",
+                    &format!("Resource group '{}' could not be found.", segments[3]),
+                );
+            }
+            format!("{subscription}/{rg}")
+        }
+        _ => String::new(),
+    };
+    // A group of that name elsewhere is none of this resource group's.
+    let here = |world: &World, name: &str| world.groups.get(name).is_none_or(|g| g.at == at);
     match lower.as_slice() {
         [
             "subscriptions",
@@ -573,11 +651,17 @@ async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: 
             "providers",
             "microsoft.containerinstance",
             "containergroups",
-        ] if *rg == RESOURCE_GROUP.to_lowercase() && method == Method::GET => {
+        ] if method == Method::GET => {
+            let _ = rg;
             *world.stats.by_kind.entry("LIST".into()).or_default() += 1;
             let skip: usize = params.get("$skipToken").and_then(|s| s.parse().ok()).unwrap_or(0);
             let size = world.config.page_size.max(1);
-            let names: Vec<String> = world.groups.keys().cloned().collect();
+            let names: Vec<String> = world
+                .groups
+                .iter()
+                .filter(|(_, g)| g.at == at)
+                .map(|(name, _)| name.clone())
+                .collect();
             let value: Vec<Value> = names
                 .iter()
                 .skip(skip)
@@ -604,8 +688,20 @@ async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: 
             "microsoft.containerinstance",
             "containergroups",
             _,
-        ] if *rg == RESOURCE_GROUP.to_lowercase() => {
+        ] => {
+            let _ = rg;
             let name = segments[7].to_string();
+            if !here(&world, &name) {
+                return match method {
+                    Method::PUT => error(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        "The simulator holds one group per name; this one is in another resource group.",
+                    ),
+                    Method::DELETE => StatusCode::NO_CONTENT.into_response(),
+                    _ => not_found(&name),
+                };
+            }
             match method {
                 Method::GET => {
                     *world.stats.by_kind.entry("GET".into()).or_default() += 1;
@@ -615,7 +711,18 @@ async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: 
                         None => not_found(&name),
                     }
                 }
-                Method::PUT => put(&sim, world, &name, &headers, &body),
+                Method::PUT => {
+                    if !world.groups.contains_key(name.as_str()) {
+                        let record = CreateRecord {
+                            name: name.to_string(),
+                            subscription: segments[1].to_string(),
+                            resource_group: segments[3].to_string(),
+                            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                        };
+                        world.stats.create_bodies.push(record);
+                    }
+                    put(&sim, world, &name, &at, &headers, &body)
+                }
                 Method::DELETE => delete(&sim, world, &name),
                 _ => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not allowed"),
             }
@@ -632,9 +739,13 @@ async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: 
             "containers",
             _,
             "logs",
-        ] if *rg == RESOURCE_GROUP.to_lowercase() && method == Method::GET => {
+        ] if method == Method::GET => {
+            let _ = rg;
             *world.stats.by_kind.entry("LOGS".into()).or_default() += 1;
             let name = segments[7];
+            if !here(&world, name) {
+                return not_found(name);
+            }
             let headers = sim.headers(&mut world, &method, false);
             let Some(g) = world.groups.get(name) else {
                 return not_found(name);
@@ -706,7 +817,14 @@ fn not_found(name: &str) -> Response {
     )
 }
 
-fn put(sim: &Arc<Sim>, mut world: MutexGuard<'_, World>, name: &str, headers: &HeaderMap, body: &Bytes) -> Response {
+fn put(
+    sim: &Arc<Sim>,
+    mut world: MutexGuard<'_, World>,
+    name: &str,
+    at: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
     let Ok(request) = serde_json::from_slice::<Value>(body) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -802,6 +920,32 @@ fn put(sim: &Arc<Sim>, mut world: MutexGuard<'_, World>, name: &str, headers: &H
             }
         }
     }
+    let identity = match check_identity(&request["identity"]) {
+        Ok(identity) => identity,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "InvalidIdentity", &message),
+    };
+    let (registry_credentials, pull_refused) =
+        match check_registry_credentials(properties, identity.as_ref(), &image, &world.config.private_registries) {
+            Ok(checked) => checked,
+            Err((code, message)) => return error(StatusCode::BAD_REQUEST, code, &message),
+        };
+    let subnet_ids = match properties.get("subnetIds") {
+        None => None,
+        Some(Value::Array(subnets))
+            if subnets
+                .iter()
+                .all(|s| s["id"].as_str().is_some_and(|id| id.contains("/subnets/"))) =>
+        {
+            Some(Value::Array(subnets.clone()))
+        }
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidSubnetIds",
+                "subnetIds must be a list of {\"id\": <subnet resource id>}.",
+            );
+        }
+    };
     let mut volumes = properties.get("volumes").cloned();
     if let Some(list) = volumes.as_mut().and_then(Value::as_array_mut) {
         for volume in list {
@@ -818,6 +962,7 @@ fn put(sim: &Arc<Sim>, mut world: MutexGuard<'_, World>, name: &str, headers: &H
     world.next_generation += 1;
     let group = SimGroup {
         generation,
+        at: at.to_string(),
         location: location.to_string(),
         tags,
         container,
@@ -837,6 +982,10 @@ fn put(sim: &Arc<Sim>, mut world: MutexGuard<'_, World>, name: &str, headers: &H
         },
         events: Vec::new(),
         logs: String::new(),
+        registry_credentials,
+        pull_refused,
+        identity,
+        subnet_ids,
     };
     let view = sim.view(name, &group, true);
     world.groups.insert(name.to_string(), group);
@@ -859,6 +1008,126 @@ fn put(sim: &Arc<Sim>, mut world: MutexGuard<'_, World>, name: &str, headers: &H
     drop(world);
     tokio::spawn(lifecycle(sim.clone(), name.to_string(), generation));
     (StatusCode::CREATED, headers, axum::Json(view)).into_response()
+}
+
+/// The group's `identity` as ARM keeps it (`principalId`s added), or why it is refused.
+fn check_identity(identity: &Value) -> Result<Option<Value>, String> {
+    if identity.is_null() {
+        return Ok(None);
+    }
+    let kind = identity["type"].as_str().unwrap_or_default();
+    let users = identity["userAssignedIdentities"].as_object();
+    let wants_users = match kind {
+        "SystemAssigned" => false,
+        "UserAssigned" | "SystemAssigned, UserAssigned" => true,
+        "None" => return Ok(None),
+        other => return Err(format!("The identity type '{other}' is not supported.")),
+    };
+    if wants_users != users.is_some_and(|u| !u.is_empty()) {
+        return Err(format!(
+            "The identity type '{kind}' and userAssignedIdentities do not go together."
+        ));
+    }
+    let mut kept = json!({"type": kind});
+    if kind.starts_with("SystemAssigned") {
+        kept["principalId"] = json!("11111111-1111-1111-1111-111111111111");
+        kept["tenantId"] = json!("22222222-2222-2222-2222-222222222222");
+    }
+    if let Some(users) = users {
+        let mut map = serde_json::Map::new();
+        for id in users.keys() {
+            if !id
+                .to_ascii_lowercase()
+                .contains("/providers/microsoft.managedidentity/userassignedidentities/")
+            {
+                return Err(format!("'{id}' is not a user-assigned identity's resource id."));
+            }
+            map.insert(
+                id.clone(),
+                json!({"principalId": "33333333-3333-3333-3333-333333333333", "clientId": "44444444-4444-4444-4444-444444444444"}),
+            );
+        }
+        kept["userAssignedIdentities"] = Value::Object(map);
+    }
+    Ok(Some(kept))
+}
+
+/// `imageRegistryCredentials`: each a server with a username and password, or an identity
+/// the group has. Gives them back without passwords, and the registry's refusal when the
+/// image's registry is private and no credential opens it.
+#[allow(clippy::type_complexity)]
+fn check_registry_credentials(
+    properties: &Value,
+    identity: Option<&Value>,
+    image: &str,
+    private: &HashMap<String, (String, String)>,
+) -> Result<(Option<Value>, Option<String>), (&'static str, String)> {
+    let registry = image
+        .split_once('/')
+        .map(|(first, _)| first)
+        .filter(|first| first.contains(['.', ':']))
+        .unwrap_or("docker.io")
+        .to_ascii_lowercase();
+    let mut opened = !private.contains_key(&registry);
+    let Some(list) = properties.get("imageRegistryCredentials") else {
+        let refused = (!opened).then(|| "unauthorized: authentication required".to_string());
+        return Ok((None, refused));
+    };
+    let Some(list) = list.as_array() else {
+        return Err((
+            "InvalidImageRegistryCredential",
+            "imageRegistryCredentials must be a list.".into(),
+        ));
+    };
+    let mut kept = Vec::new();
+    for credential in list {
+        let Some(server) = credential["server"].as_str().filter(|s| !s.is_empty()) else {
+            return Err((
+                "InvalidImageRegistryCredential",
+                "An image registry credential needs a server.".into(),
+            ));
+        };
+        let username = credential["username"].as_str();
+        let password = credential["password"].as_str();
+        let by_identity = credential["identity"].as_str();
+        match (username, password, by_identity) {
+            (Some(user), Some(pass), None) => {
+                if server.eq_ignore_ascii_case(&registry)
+                    && private.get(&registry).is_some_and(|(u, p)| u == user && p == pass)
+                {
+                    opened = true;
+                }
+                kept.push(json!({"server": server, "username": user}));
+            }
+            (None, None, Some(id)) => {
+                let assigned = identity
+                    .and_then(|i| i["userAssignedIdentities"].as_object())
+                    .is_some_and(|users| users.keys().any(|k| k.eq_ignore_ascii_case(id)));
+                if !assigned {
+                    return Err((
+                        "InvalidImageRegistryCredentialIdentity",
+                        format!(
+                            "The identity '{id}' of the image registry credential for '{server}' is not assigned to the container group."
+                        ),
+                    ));
+                }
+                if server.eq_ignore_ascii_case(&registry) {
+                    opened = true;
+                }
+                kept.push(json!({"server": server, "identity": id}));
+            }
+            _ => {
+                return Err((
+                    "InvalidImageRegistryCredential",
+                    format!(
+                        "The image registry credential for '{server}' needs a username and password, or an identity."
+                    ),
+                ));
+            }
+        }
+    }
+    let refused = (!opened).then(|| "unauthorized: authentication required".to_string());
+    Ok((Some(Value::Array(kept)), refused))
 }
 
 fn delete(sim: &Arc<Sim>, mut world: MutexGuard<'_, World>, name: &str) -> Response {
@@ -1079,6 +1348,20 @@ async fn lifecycle(sim: Arc<Sim>, name: String, generation: u64) {
         return;
     }
     tokio::time::sleep(creating).await;
+    let refused = sim.world().groups.get(&name).and_then(|g| g.pull_refused.clone());
+    if let Some(words) = refused {
+        sim.transition(&name, generation, |g| {
+            g.provisioning = "Failed";
+            g.group_state = "Failed";
+            g.run.detail = "ErrImagePull".into();
+            g.events.push(event(
+                "Failed",
+                "Warning",
+                format!("Failed to pull image \"{}\": {words}", g.image),
+            ));
+        });
+        return;
+    }
     if image.contains("doesnotexist") {
         sim.transition(&name, generation, |g| {
             g.provisioning = "Failed";
@@ -1270,13 +1553,158 @@ fn token(uri: Uri, headers: HeaderMap, expected: &str) -> Response {
     };
     let n = ISSUED.fetch_add(1, Ordering::SeqCst) + 1;
     let expires = chrono::Utc::now().timestamp() + LIFETIME_SECS.load(Ordering::SeqCst) as i64;
+    // The token's audience is what it was asked for: a vault's token is no ARM token.
+    let audience = if resource.contains("vault.azure.net") {
+        "kv-"
+    } else {
+        ""
+    };
     axum::Json(json!({
-        "access_token": format!("{TOKEN_PREFIX}mi-{n}"),
+        "access_token": format!("{TOKEN_PREFIX}{audience}mi-{n}"),
         "expires_on": expires.to_string(),
         "resource": resource.replace("%3A", ":").replace("%2F", "/"),
         "token_type": "Bearer",
     }))
     .into_response()
+}
+
+/// A Key Vault stub on loopback: `GET /secrets/{name}[/{version}]?api-version=7.4` with a
+/// vault-scoped bearer token (from [`identity`]) answers `{"value", "id", "attributes"}`;
+/// 401 without such a token, 403 for a secret the caller may not read, 404 for an unknown
+/// one; queued faults (e.g. 503) come first.
+pub struct KeyVaultSim {
+    /// `http://127.0.0.1:PORT`: secret URLs are `{url}/secrets/NAME`.
+    pub url: String,
+    state: Arc<Mutex<VaultState>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct VaultState {
+    secrets: HashMap<String, String>,
+    forbidden: HashSet<String>,
+    faults: VecDeque<u16>,
+    /// Every request: (path, answered status).
+    requests: Vec<(String, u16)>,
+}
+
+impl Drop for KeyVaultSim {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl KeyVaultSim {
+    pub async fn start() -> KeyVaultSim {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the vault");
+        let url = format!("http://{}", listener.local_addr().expect("vault address"));
+        let state = Arc::new(Mutex::new(VaultState::default()));
+        let shared = state.clone();
+        let router = Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
+            let state = shared.clone();
+            async move { vault(&state, &uri, &headers) }
+        });
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        KeyVaultSim { url, state, server }
+    }
+
+    pub fn secret_url(&self, name: &str) -> String {
+        format!("{}/secrets/{name}", self.url)
+    }
+
+    pub fn set(&self, name: &str, value: &str) {
+        self.lock().secrets.insert(name.to_string(), value.to_string());
+    }
+
+    pub fn forbid(&self, name: &str) {
+        self.lock().forbidden.insert(name.to_string());
+    }
+
+    /// The next requests answer these statuses, in order.
+    pub fn fail_next(&self, statuses: &[u16]) {
+        self.lock().faults.extend(statuses);
+    }
+
+    pub fn requests(&self) -> Vec<(String, u16)> {
+        self.lock().requests.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VaultState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn vault(state: &Mutex<VaultState>, uri: &Uri, headers: &HeaderMap) -> Response {
+    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+    let path = uri.path().to_string();
+    let answer = |state: &mut VaultState, status: u16, body: Value| {
+        state.requests.push((path.clone(), status));
+        (StatusCode::from_u16(status).expect("a status"), axum::Json(body)).into_response()
+    };
+    let kv_error = |code: &str, message: &str| json!({"error": {"code": code, "message": message}});
+    if let Some(status) = state.faults.pop_front() {
+        return answer(
+            &mut state,
+            status,
+            kv_error("ServiceUnavailable", "The service is unavailable."),
+        );
+    }
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !token.starts_with(KEY_VAULT_TOKEN_PREFIX) {
+        return answer(
+            &mut state,
+            401,
+            kv_error(
+                "Unauthorized",
+                "AKV10022: Invalid audience. Expected https://vault.azure.net.",
+            ),
+        );
+    }
+    if query(uri).get("api-version").map(String::as_str) != Some("7.4") {
+        return answer(
+            &mut state,
+            400,
+            kv_error("BadParameter", "The api-version must be 7.4."),
+        );
+    }
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let name = match parts.as_slice() {
+        ["secrets", name] | ["secrets", name, _] => name.to_string(),
+        _ => return answer(&mut state, 404, kv_error("NotFound", "No such route.")),
+    };
+    if state.forbidden.contains(&name) {
+        return answer(
+            &mut state,
+            403,
+            kv_error(
+                "Forbidden",
+                "Caller is not authorized to perform action on resource. Action: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'",
+            ),
+        );
+    }
+    match state.secrets.get(&name).cloned() {
+        Some(value) => answer(
+            &mut state,
+            200,
+            json!({"value": value, "id": path, "attributes": {"enabled": true}}),
+        ),
+        None => answer(
+            &mut state,
+            404,
+            kv_error(
+                "SecretNotFound",
+                &format!("A secret with (name/id) {name} was not found in this key vault."),
+            ),
+        ),
+    }
 }
 
 #[cfg(test)]

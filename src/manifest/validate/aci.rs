@@ -2,13 +2,15 @@
 //! [`crate::manifest::limits`], a working directory, args without a command), azureFile
 //! volumes' account, share and key, and `spec.aci` (only on aci; its location).
 
+use super::AciExtras;
 use super::context::ValidationContext;
+use super::secrets::{SUBNET_TYPE, check_identity_id, is_arm_id};
 use super::values::is_env_name;
 use crate::manifest::limits::aci_resource_problems;
-use crate::manifest::wire::{RuntimeKind, Spec};
+use crate::manifest::wire::{AciIdentityType, RuntimeKind, Spec};
 
 /// ACI's rules for a task on `runtime` (nothing but `spec.aci`'s misplacement when it is
-/// not aci). The task's own location, if it names one.
+/// not aci). The task's own location, if it names one, and its identity and subnets.
 pub(super) fn rules(
     spec: &Spec,
     runtime: RuntimeKind,
@@ -16,8 +18,9 @@ pub(super) fn rules(
     memory_bytes: Option<u64>,
     ctx: &ValidationContext<'_>,
     fail: &mut impl FnMut(String),
-) -> Option<String> {
+) -> (Option<String>, AciExtras) {
     let mut aci_location = None;
+    let mut extras = AciExtras::default();
     if runtime == RuntimeKind::Aci {
         // What ARM would refuse with an opaque 400, or ACI cannot do at all, is said here.
         for problem in aci_resource_problems(cpu, memory_bytes) {
@@ -53,7 +56,17 @@ pub(super) fn rules(
                     "{at}.shareName: {share:?} is not a file share name (3 to 63 lowercase letters, digits and single dashes)"
                 ));
             }
-            let key = &file.storage_account_key_from.env;
+            let Some(key) = &file.storage_account_key_from.env else {
+                fail(format!(
+                    "{at}.storageAccountKeyFrom: takes `env: VARIABLE` (the storage key from the controller's environment); keyVault is not supported here"
+                ));
+                continue;
+            };
+            if file.storage_account_key_from.key_vault.is_some() {
+                fail(format!(
+                    "{at}.storageAccountKeyFrom: has both env and keyVault; keep env"
+                ));
+            }
             if !is_env_name(key) {
                 fail(format!(
                     "{at}.storageAccountKeyFrom.env: {key:?} is not a valid variable name"
@@ -73,8 +86,36 @@ pub(super) fn rules(
                 "spec.aci: is for the aci runtime only; remove it (this task runs on {runtime})"
             ));
         }
-        if aci.subscription_id.is_some() || aci.resource_group.is_some() {
-            fail("spec.aci: subscriptionId and resourceGroup are the controller's (--aci-subscription-id, --aci-resource-group); per-task values are not supported yet, remove them".into());
+        if let Some(subscription) = &aci.subscription_id {
+            let s = subscription.trim();
+            let guid = s.len() == 36
+                && s.char_indices().all(|(i, c)| {
+                    if [8, 13, 18, 23].contains(&i) {
+                        c == '-'
+                    } else {
+                        c.is_ascii_hexdigit()
+                    }
+                });
+            if guid {
+                extras.subscription_id = Some(s.to_string());
+            } else {
+                fail(format!(
+                    "spec.aci.subscriptionId: {subscription:?} is not a subscription id (a GUID, e.g. 00000000-0000-0000-0000-000000000000; az account show --query id)"
+                ));
+            }
+        }
+        if let Some(group) = &aci.resource_group {
+            let g = group.trim();
+            let good = (1..=90).contains(&g.len())
+                && g.chars().all(|c| c.is_alphanumeric() || "-_.()".contains(c))
+                && !g.ends_with('.');
+            if good {
+                extras.resource_group = Some(g.to_string());
+            } else {
+                fail(format!(
+                    "spec.aci.resourceGroup: {group:?} is not a resource group name (1 to 90 letters, digits, '-', '_', '.', '(' or ')', not ending with '.')"
+                ));
+            }
         }
         if let Some(location) = &aci.location {
             if location.is_empty() || !location.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -85,6 +126,38 @@ pub(super) fn rules(
                 aci_location = Some(location.to_ascii_lowercase());
             }
         }
+        if let Some(identity) = &aci.identity {
+            let at = "spec.aci.identity";
+            match identity.kind {
+                AciIdentityType::SystemAssigned if !identity.user_assigned_identities.is_empty() => fail(format!(
+                    "{at}.userAssignedIdentities: go with `type: UserAssigned`; remove them or change the type"
+                )),
+                AciIdentityType::UserAssigned if identity.user_assigned_identities.is_empty() => fail(format!(
+                    "{at}.userAssignedIdentities: `type: UserAssigned` needs at least one identity's ARM id"
+                )),
+                _ => {}
+            }
+            for (i, id) in identity.user_assigned_identities.iter().enumerate() {
+                check_identity_id(id, &format!("{at}.userAssignedIdentities[{i}]"), fail);
+            }
+            extras.identity = Some(identity.clone());
+        }
+        for (i, id) in aci.subnet_ids.iter().enumerate() {
+            if !is_arm_id(id, SUBNET_TYPE) {
+                fail(format!(
+                    "spec.aci.subnetIds[{i}]: {id:?} is not a subnet's ARM id; write /subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/VNET/subnets/NAME"
+                ));
+            }
+        }
+        extras.subnet_ids = aci.subnet_ids.clone();
+        if let Some(text) = &aci.start_timeout {
+            match super::values::parse_duration(text) {
+                Ok(d) if !d.is_zero() => extras.start_timeout = Some(d),
+                _ => fail(format!(
+                    "spec.aci.startTimeout: {text:?} is not a duration longer than zero; write e.g. 15m"
+                )),
+            }
+        }
     }
-    aci_location
+    (aci_location, extras)
 }

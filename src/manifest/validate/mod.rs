@@ -9,9 +9,11 @@
 mod aci;
 mod context;
 mod runtimes;
+mod secrets;
 mod values;
 
 pub use context::{Features, ValidationContext};
+pub use secrets::{check_secret_url, is_arm_id};
 
 use super::limits::MAX_RETRY_DELAY;
 use super::parse::ManifestError;
@@ -37,6 +39,9 @@ pub enum EnvValue {
     Value(String),
     /// Read from the controller's environment when the container is created.
     FromEnv(String),
+    /// Kept outside the controller (a Key Vault secret): read by the controller's secret
+    /// source just before the create, never written anywhere.
+    External(SecretRef),
 }
 
 impl std::fmt::Debug for EnvValue {
@@ -44,8 +49,53 @@ impl std::fmt::Debug for EnvValue {
         match self {
             EnvValue::Value(value) => write!(f, "{value:?}"),
             EnvValue::FromEnv(var) => write!(f, "valueFrom(env {var})"),
+            EnvValue::External(reference) => write!(f, "valueFrom({})", reference.url),
         }
     }
+}
+
+impl EnvValue {
+    /// Whether the value is a secret (never shown, hidden where a runtime can hide it).
+    pub fn is_secret(&self) -> bool {
+        !matches!(self, EnvValue::Value(_))
+    }
+}
+
+/// A secret kept outside the controller, by its URL (which is no secret itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    pub url: String,
+}
+
+/// Credentials for pulling from one registry (`spec.imagePullSecrets[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullSecret {
+    /// The registry's host, e.g. `myacr.azurecr.io`.
+    pub server: String,
+    pub auth: PullAuth,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullAuth {
+    /// A user and a password from a secret source (never a literal).
+    Password { username: String, password: EnvValue },
+    /// aci: a user-assigned managed identity's ARM id.
+    Identity(String),
+}
+
+/// What only ACI reads of a task beyond its location: its identity and its subnets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AciExtras {
+    /// `spec.aci.identity`.
+    pub identity: Option<crate::manifest::wire::AciIdentity>,
+    /// `spec.aci.subnetIds`.
+    pub subnet_ids: Vec<String>,
+    /// `spec.aci.subscriptionId` and `resourceGroup`: the task's own placement (each
+    /// defaults to the controller's).
+    pub subscription_id: Option<String>,
+    pub resource_group: Option<String>,
+    /// `spec.aci.startTimeout`; the runtime's default when `None`.
+    pub start_timeout: Option<Duration>,
 }
 
 /// A validated spec with every default filled in: what the controller acts on.
@@ -69,6 +119,10 @@ pub struct TaskSpec {
     pub volumes: Vec<Volume>,
     /// aci only: `spec.aci.location`, overriding the controller's `--aci-location`.
     pub aci_location: Option<String>,
+    /// aci only: the group's identity and subnets.
+    pub aci: AciExtras,
+    /// `spec.imagePullSecrets`: docker and aci.
+    pub pull_secrets: Vec<PullSecret>,
     pub completion_mode: CompletionMode,
     pub poll_interval: Duration,
     pub timeout: Option<Duration>,
@@ -135,7 +189,8 @@ pub fn validate(
     let env = env(spec, ctx, &mut fail);
     let (cpu, memory_bytes) = resources(spec, &mut fail);
     runtimes::volumes(spec, runtime, ctx, &mut fail);
-    let aci_location = aci::rules(spec, runtime, cpu, memory_bytes, ctx, &mut fail);
+    let pull_secrets = secrets::pull_secrets(spec, runtime, ctx, &mut notes, &mut fail);
+    let (aci_location, aci) = aci::rules(spec, runtime, cpu, memory_bytes, ctx, &mut fail);
     let Timing {
         completion_mode,
         poll_interval,
@@ -164,6 +219,8 @@ pub fn validate(
         memory_bytes,
         volumes: spec.volumes.clone(),
         aci_location,
+        aci,
+        pull_secrets,
         completion_mode,
         poll_interval,
         timeout,
@@ -307,20 +364,9 @@ fn env(spec: &Spec, ctx: &ValidationContext<'_>, fail: &mut impl FnMut(String)) 
                 env.push((var.name.clone(), EnvValue::Value(value.clone())));
             }
             (None, Some(from)) => {
-                if !is_env_name(&from.env) {
-                    fail(format!(
-                        "{at}.valueFrom.env: {:?} is not a valid variable name",
-                        from.env
-                    ));
-                } else if let Some(is_set) = ctx.env_is_set
-                    && !is_set(&from.env)
-                {
-                    fail(format!(
-                        "{at}.valueFrom.env: {} is not set in the controller's environment; export it before starting skiff",
-                        from.env
-                    ));
+                if let Some(value) = secrets::value_from(from, &format!("{at}.valueFrom"), ctx, fail) {
+                    env.push((var.name.clone(), value));
                 }
-                env.push((var.name.clone(), EnvValue::FromEnv(from.env.clone())));
             }
             (Some(_), Some(_)) => fail(format!("{at}: has both value and valueFrom; keep one")),
             (None, None) => fail(format!("{at}: has neither value nor valueFrom; add `value: ...`")),

@@ -69,8 +69,14 @@ fn aci_requests_beyond_aci_are_invalid_before_any_call() {
     assert!(err.contains("spec.workingDir"), "{err}");
     let err = aci("  volumes: [{name: v, mountPath: /v, azureFile: {shareName: S, storageAccountName: a, storageAccountKeyFrom: {env: K}}}]\n").unwrap_err();
     assert!(err.contains("shareName") && err.contains("storageAccountName"), "{err}");
-    let err = aci("  aci: {resourceGroup: other}\n").unwrap_err();
-    assert!(err.contains("spec.aci"), "{err}");
+    let spec = aci("  aci: {resourceGroup: other, subscriptionId: 00000000-0000-0000-0000-0000000000aa}\n").unwrap();
+    assert_eq!(spec.aci.resource_group.as_deref(), Some("other"));
+    let err = aci("  aci: {resourceGroup: 'bad/group.', subscriptionId: my-sub}\n").unwrap_err();
+    assert!(
+        err.contains("spec.aci.resourceGroup: \"bad/group.\" is not a resource group name")
+            && err.contains("spec.aci.subscriptionId: \"my-sub\" is not a subscription id"),
+        "{err}"
+    );
     let spec = aci("  aci: {location: eastus}\n").unwrap();
     assert_eq!(spec.aci_location.as_deref(), Some("eastus"));
 }
@@ -235,4 +241,71 @@ fn a_bad_name_from_the_file_blames_the_file_name_not_metadata_name() {
     )
     .unwrap();
     assert!(validate("a b.yaml", "a b", &named, &ctx()).is_ok());
+}
+
+const UAI: &str = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/pull";
+
+#[test]
+fn pull_secrets_key_vault_references_and_identities_are_read() {
+    let spec = check(&format!(
+        "  runtime: aci\n  image: myacr.azurecr.io/a:1\n  command: [x]\n  imagePullSecrets:\n    - {{server: myacr.azurecr.io, identity: '{UAI}'}}\n    - {{server: other.io, username: u, passwordFrom: {{keyVault: {{secretUrl: 'https://vault1.vault.azure.net/secrets/p'}}}}}}\n  env: [{{name: K, valueFrom: {{keyVault: {{secretUrl: 'https://vault1.vault.azure.net/secrets/k/0123abcd'}}}}}}]\n  aci: {{identity: {{type: SystemAssigned}}, subnetIds: ['/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/a']}}\n"
+    ))
+    .unwrap();
+    assert_eq!(spec.pull_secrets.len(), 2);
+    assert_eq!(spec.pull_secrets[0].auth, PullAuth::Identity(UAI.into()));
+    assert_eq!(
+        spec.pull_secrets[1].auth,
+        PullAuth::Password {
+            username: "u".into(),
+            password: EnvValue::External(SecretRef {
+                url: "https://vault1.vault.azure.net/secrets/p".into()
+            })
+        }
+    );
+    assert!(matches!(&spec.env[0].1, EnvValue::External(r) if r.url.ends_with("/k/0123abcd")));
+    assert!(spec.env[0].1.is_secret());
+    assert_eq!(spec.aci.subnet_ids.len(), 1);
+    assert!(spec.aci.identity.is_some());
+    // The process runtime pulls nothing: a note, not an error.
+    let spec =
+        check("  command: [x]\n  imagePullSecrets: [{server: r.io, username: u, passwordFrom: {env: P}}]\n").unwrap();
+    assert!(
+        spec.notes.iter().any(|n| n.contains("imagePullSecrets")),
+        "{:?}",
+        spec.notes
+    );
+}
+
+#[test]
+fn bad_secret_references_identities_and_pull_secrets_name_the_field_and_the_fix() {
+    let err = check(&format!(
+        "  runtime: aci\n  image: busybox\n  command: [x]\n  imagePullSecrets:\n    - {{server: r.io, username: u, passwordFrom: {{env: P}}, identity: '{UAI}'}}\n    - {{server: 'https://r.io/v2', username: u, passwordFrom: {{env: P}}}}\n    - {{server: s.io, identity: pull}}\n    - {{server: t.io}}\n  env:\n    - {{name: A, valueFrom: {{keyVault: {{secretUrl: 'https://example.com/secrets/a'}}}}}}\n    - {{name: B, valueFrom: {{keyVault: {{secretUrl: 'http://myvault.vault.azure.net/secrets/b'}}}}}}\n    - {{name: C, valueFrom: {{}}}}\n    - {{name: D, valueFrom: {{env: D, keyVault: {{secretUrl: 'https://vault1.vault.azure.net/secrets/d'}}}}}}\n  aci:\n    identity: {{type: UserAssigned}}\n    subnetIds: [subnet-a]\n"
+    ))
+    .unwrap_err();
+    for expected in [
+        "spec.imagePullSecrets[0]: has both a password (username, passwordFrom) and an identity; keep one",
+        "spec.imagePullSecrets[1].server: \"https://r.io/v2\" is not a registry host",
+        "spec.imagePullSecrets[2].identity: \"pull\" is not a user-assigned identity's ARM id; write /subscriptions/",
+        "spec.imagePullSecrets[3]: names no credential",
+        "spec.env[0].valueFrom.keyVault.secretUrl: \"https://example.com/secrets/a\": \"example.com\" is not a Key Vault",
+        "spec.env[1].valueFrom.keyVault.secretUrl: \"http://myvault.vault.azure.net/secrets/b\": plain http is accepted only on loopback",
+        "spec.env[2].valueFrom: names no source",
+        "spec.env[3].valueFrom: has both env and keyVault; keep one",
+        "spec.aci.identity.userAssignedIdentities: `type: UserAssigned` needs at least one",
+        "spec.aci.subnetIds[0]: \"subnet-a\" is not a subnet's ARM id",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    // Docker pulls with passwords only.
+    let err = check(&format!(
+        "  runtime: docker\n  image: busybox\n  imagePullSecrets: [{{server: r.io, identity: '{UAI}'}}]\n"
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("spec.imagePullSecrets[0].identity: a managed identity pulls images on aci only"),
+        "{err}"
+    );
+    // A storage key comes from the environment only.
+    let err = check("  runtime: aci\n  image: busybox\n  command: [x]\n  volumes: [{name: s, mountPath: /s, azureFile: {shareName: sss, storageAccountName: acct, storageAccountKeyFrom: {keyVault: {secretUrl: 'https://vault1.vault.azure.net/secrets/k'}}}}]\n").unwrap_err();
+    assert!(err.contains("storageAccountKeyFrom: takes `env: VARIABLE`"), "{err}");
 }

@@ -33,12 +33,34 @@ struct CachedToken {
     expires_at: Instant,
 }
 
+/// Where groups are: a subscription and a resource group (the controller's, or a task's
+/// own `spec.aci.subscriptionId`/`resourceGroup`). Azure compares both without case.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct GroupsAt {
+    pub(super) subscription_id: String,
+    pub(super) resource_group: String,
+}
+
+impl GroupsAt {
+    pub(super) fn new(subscription_id: &str, resource_group: &str) -> Self {
+        GroupsAt {
+            subscription_id: subscription_id.trim().to_ascii_lowercase(),
+            resource_group: resource_group.trim().to_ascii_lowercase(),
+        }
+    }
+}
+
+impl std::fmt::Display for GroupsAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.subscription_id, self.resource_group)
+    }
+}
+
 /// The ARM client: tokens (cached, refreshed early), one call with its 429 gate, and the
 /// few reads whose answers need interpreting (a group, its logs, the listing).
 pub(super) struct Arm {
     http: reqwest::Client,
-    /// `{arm}/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerInstance/containerGroups`
-    groups_url: String,
     /// Only pages of a listing on this origin are followed (the token goes with them).
     endpoint: String,
     resource_group: String,
@@ -121,14 +143,8 @@ impl Arm {
         http: reqwest::Client,
         credential: Arc<dyn TokenCredential>,
     ) -> Self {
-        let groups_url = format!(
-            "{endpoint}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ContainerInstance/containerGroups",
-            urlencoding::encode(config.subscription_id.trim()),
-            urlencoding::encode(config.resource_group.trim()),
-        );
         Arm {
             http,
-            groups_url,
             endpoint,
             resource_group: config.resource_group.trim().to_string(),
             scope: config.token_scope.clone(),
@@ -146,8 +162,18 @@ impl Arm {
         lock(&self.rate_limits).clone()
     }
 
-    pub(super) fn group_url(&self, name: &str) -> String {
-        format!("{}/{name}?api-version={API_VERSION}", self.groups_url)
+    /// `{arm}/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerInstance/containerGroups`
+    fn groups_url(&self, at: &GroupsAt) -> String {
+        format!(
+            "{}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ContainerInstance/containerGroups",
+            self.endpoint,
+            urlencoding::encode(&at.subscription_id),
+            urlencoding::encode(&at.resource_group),
+        )
+    }
+
+    pub(super) fn group_url(&self, at: &GroupsAt, name: &str) -> String {
+        format!("{}/{name}?api-version={API_VERSION}", self.groups_url(at))
     }
 
     /// A token for ARM: the cached one, else a new one (one fetch at a time).
@@ -287,7 +313,7 @@ impl Arm {
                 }
                 401 | 403 => {
                     return Err(RuntimeError::Transient(format!(
-                        "aci: {what}: ARM refused {} ({status} {}); the identity needs the Contributor role on resource group {}",
+                        "aci: {what}: ARM refused {} ({status} {}); the identity needs the Contributor role on the group's resource group (the controller's is {})",
                         self.credential_name,
                         arm_error(&body),
                         self.resource_group
@@ -305,10 +331,10 @@ impl Arm {
     }
 
     /// The group, or `None` when there is none of that name.
-    pub(super) async fn get_group(&self, name: &str) -> Result<Option<Group>, RuntimeError> {
+    pub(super) async fn get_group(&self, at: &GroupsAt, name: &str) -> Result<Option<Group>, RuntimeError> {
         let what = format!("GET {name}");
         let answer = self
-            .call(reqwest::Method::GET, &self.group_url(name), None, &what, false)
+            .call(reqwest::Method::GET, &self.group_url(at, name), None, &what, false)
             .await?;
         match answer.status {
             200 => serde_json::from_slice(&answer.body)
@@ -332,10 +358,15 @@ impl Arm {
 
     /// The container's logs: its last `tail` lines, or all ARM keeps. `None` when the
     /// group is gone, or ACI has none to give (a container that never started).
-    pub(super) async fn logs(&self, name: &str, tail: Option<u32>) -> Result<Option<String>, RuntimeError> {
+    pub(super) async fn logs(
+        &self,
+        at: &GroupsAt,
+        name: &str,
+        tail: Option<u32>,
+    ) -> Result<Option<String>, RuntimeError> {
         let mut url = format!(
             "{}/{name}/containers/{name}/logs?api-version={API_VERSION}",
-            self.groups_url
+            self.groups_url(at)
         );
         if let Some(tail) = tail {
             url.push_str(&format!("&tail={tail}"));
@@ -367,8 +398,8 @@ impl Arm {
 
     /// Every group of the resource group, page after page (only pages on this origin are
     /// followed: the token goes with them).
-    pub(super) async fn list_groups(&self) -> Result<Vec<Group>, RuntimeError> {
-        let mut url = format!("{}?api-version={API_VERSION}", self.groups_url);
+    pub(super) async fn list_groups(&self, at: &GroupsAt) -> Result<Vec<Group>, RuntimeError> {
+        let mut url = format!("{}?api-version={API_VERSION}", self.groups_url(at));
         let mut found = Vec::new();
         // A bound on pages, in case a service keeps answering the same nextLink.
         for _ in 0..1000 {

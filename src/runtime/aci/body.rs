@@ -4,9 +4,9 @@
 //! and tag keys ACI accepts.
 
 use super::config::{DEFAULT_CPU, DEFAULT_MEMORY_GB, TAG_OWNER};
-use crate::manifest::TaskSpec;
 use crate::manifest::limits::{aci_memory_gb, aci_resource_problems};
-use crate::runtime::{AzureFileMount, ContainerSpec, RuntimeError, RuntimeOptions};
+use crate::manifest::{AciExtras, AciIdentityType, TaskSpec};
+use crate::runtime::{AzureFileMount, ContainerSpec, RegistryAuth, RuntimeError, RuntimeOptions};
 use crate::status::Reason;
 use serde_json::{Value, json};
 
@@ -41,13 +41,14 @@ pub(crate) fn options(task: &TaskSpec, name: &str) -> Result<RuntimeOptions, Str
                 read_only: volume.read_only,
                 share_name: file.share_name.clone(),
                 storage_account_name: file.storage_account_name.clone(),
-                storage_account_key_env: file.storage_account_key_from.env.clone(),
+                storage_account_key_env: file.storage_account_key_from.env.clone().unwrap_or_default(),
             })
         })
         .collect();
     Ok(RuntimeOptions::Aci {
         azure_files,
         location: task.aci_location.clone(),
+        extras: task.aci.clone(),
     })
 }
 
@@ -61,7 +62,12 @@ pub(super) fn create_body(spec: &ContainerSpec, owner: &str, default_location: &
         .map(str::trim)
         .filter(|i| !i.is_empty())
         .ok_or_else(|| permanent(name, "the aci runtime needs spec.image"))?;
-    let RuntimeOptions::Aci { azure_files, location } = &spec.options else {
+    let RuntimeOptions::Aci {
+        azure_files,
+        location,
+        extras,
+    } = &spec.options
+    else {
         return Err(spec.options.mismatch(crate::manifest::RuntimeKind::Aci, name));
     };
     if spec.command.is_empty() && !spec.args.is_empty() {
@@ -154,11 +160,64 @@ pub(super) fn create_body(spec: &ContainerSpec, owner: &str, default_location: &
     if !volumes.is_empty() {
         properties["volumes"] = Value::Array(volumes);
     }
-    Ok(json!({
+    if !spec.registry_credentials.is_empty() {
+        let credentials: Vec<Value> = spec
+            .registry_credentials
+            .iter()
+            .map(|credential| match &credential.auth {
+                RegistryAuth::Password { username, password } => {
+                    json!({"server": credential.server, "username": username, "password": password})
+                }
+                RegistryAuth::Identity(id) => json!({"server": credential.server, "identity": id}),
+            })
+            .collect();
+        properties["imageRegistryCredentials"] = Value::Array(credentials);
+    }
+    if !extras.subnet_ids.is_empty() {
+        properties["subnetIds"] = extras.subnet_ids.iter().map(|id| json!({"id": id})).collect();
+    }
+    let mut body = json!({
         "location": location.as_deref().map(str::trim).filter(|l| !l.is_empty()).unwrap_or(default_location),
         "tags": tags,
         "properties": properties,
-    }))
+    });
+    if let Some(identity) = group_identity(spec, extras) {
+        body["identity"] = identity;
+    }
+    Ok(body)
+}
+
+/// The group's `identity`: `spec.aci.identity`, plus every identity a registry credential
+/// pulls with (ACI pulls only with an identity the group has).
+fn group_identity(spec: &ContainerSpec, extras: &AciExtras) -> Option<Value> {
+    let system = extras
+        .identity
+        .as_ref()
+        .is_some_and(|identity| identity.kind == AciIdentityType::SystemAssigned);
+    let mut users: Vec<&str> = extras
+        .identity
+        .iter()
+        .flat_map(|identity| identity.user_assigned_identities.iter().map(String::as_str))
+        .collect();
+    for credential in &spec.registry_credentials {
+        if let RegistryAuth::Identity(id) = &credential.auth
+            && !users.iter().any(|known| known.eq_ignore_ascii_case(id))
+        {
+            users.push(id);
+        }
+    }
+    let kind = match (system, users.is_empty()) {
+        (false, true) => return None,
+        (true, true) => "SystemAssigned",
+        (false, false) => "UserAssigned",
+        (true, false) => "SystemAssigned, UserAssigned",
+    };
+    let mut identity = json!({"type": kind});
+    if !users.is_empty() {
+        let map: serde_json::Map<String, Value> = users.into_iter().map(|id| (id.to_string(), json!({}))).collect();
+        identity["userAssignedIdentities"] = Value::Object(map);
+    }
+    Some(identity)
 }
 
 /// ACI names groups and containers with lowercase letters, digits and single dashes, at

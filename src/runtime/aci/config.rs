@@ -21,6 +21,10 @@ pub const DEFAULT_CREATE_QUOTA: &str = "100/5m,300/1h";
 /// Resources of a container whose spec names none.
 pub const DEFAULT_CPU: f64 = 1.0;
 pub const DEFAULT_MEMORY_GB: f64 = 1.5;
+/// How long a group may take to start when its task names no `spec.aci.startTimeout`.
+pub const DEFAULT_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// The tag holding when a group must have started by (RFC 3339), set at its create.
+pub const TAG_START_BY: &str = "skiff.start-by";
 /// The tag naming the controller that made a group (the id in `<state>/aci-owner`).
 pub const TAG_OWNER: &str = "skiff.owner";
 /// Where ARM tokens come from.

@@ -3,9 +3,9 @@
 //! it (after the quota) and follows its provisioning; `inspect`; `delete` keeps the logs,
 //! then deletes and waits for the group to be gone; `list` shows only this owner's groups.
 
-use super::arm::Arm;
+use super::arm::{Arm, GroupsAt};
 use super::body::{check_name, create_body};
-use super::config::{AciConfig, AciCredential, AciError, TAG_OWNER};
+use super::config::{AciConfig, AciCredential, AciError, DEFAULT_START_TIMEOUT, TAG_OWNER, TAG_START_BY};
 use super::quota::CreateLimiter;
 use super::wire::{Group, Provisioning};
 use crate::fsutil;
@@ -54,6 +54,18 @@ struct Inner {
     /// The current pause of each group being provisioned, so that the backoff goes on
     /// across `ensure` calls instead of starting again from `poll_min`.
     pauses: std::sync::Mutex<HashMap<String, Duration>>,
+    /// The controller's subscription and resource group (`--aci-*`).
+    home: GroupsAt,
+    /// Where each group of a task with its own placement is, as far as known: from its
+    /// create, its file in `placements_dir`, or a listing.
+    placed: std::sync::Mutex<HashMap<String, GroupsAt>>,
+    /// `<state>/aci-groups/`: one file per group placed elsewhere than `home`, written
+    /// before its create, so that a restarted controller finds it.
+    placements_dir: PathBuf,
+    /// `<state>/aci-resource-groups.json`: every other resource group skiff has made groups
+    /// in, listed for orphan collection.
+    used_file: PathBuf,
+    used: std::sync::Mutex<std::collections::BTreeSet<GroupsAt>>,
 }
 
 impl AciRuntime {
@@ -93,6 +105,20 @@ impl AciRuntime {
         let logs = state_dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(state_error)?;
         let owner = load_or_create_owner(state_dir).map_err(state_error)?;
+        let placements_dir = state_dir.join("aci-groups");
+        std::fs::create_dir_all(&placements_dir).map_err(state_error)?;
+        let used_file = state_dir.join("aci-resource-groups.json");
+        let used = match std::fs::read(&used_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+                tracing::warn!(
+                    "aci: {} does not parse ({err}); starting a new list",
+                    used_file.display()
+                );
+                Default::default()
+            }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(err) => return Err(state_error(err)),
+        };
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(Duration::from_secs(10))
@@ -121,6 +147,11 @@ impl AciRuntime {
                 poll_max: config.poll_max.max(config.poll_min),
                 create_if_none_match: config.create_if_none_match,
                 pauses: std::sync::Mutex::new(HashMap::new()),
+                home: GroupsAt::new(&config.subscription_id, &config.resource_group),
+                placed: std::sync::Mutex::new(HashMap::new()),
+                placements_dir,
+                used_file,
+                used: std::sync::Mutex::new(used),
             }),
         })
     }
@@ -172,20 +203,97 @@ impl Inner {
         kept_logs::path(&self.logs, name)
     }
 
+    /// Where the group `name` is: where it was made (remembered, or recorded in its file
+    /// before the create), else the controller's resource group.
+    fn at(&self, name: &str) -> GroupsAt {
+        if let Some(at) = lock(&self.placed).get(name) {
+            return at.clone();
+        }
+        let recorded = std::fs::read(self.placements_dir.join(name))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<GroupsAt>(&bytes).ok());
+        let at = recorded.unwrap_or_else(|| self.home.clone());
+        lock(&self.placed).insert(name.to_string(), at.clone());
+        at
+    }
+
+    /// Where `spec` wants its group: the task's own subscription and resource group, each
+    /// defaulting to the controller's.
+    fn wanted(&self, spec: &ContainerSpec) -> GroupsAt {
+        let crate::runtime::RuntimeOptions::Aci { extras, .. } = &spec.options else {
+            return self.home.clone();
+        };
+        GroupsAt::new(
+            extras.subscription_id.as_deref().unwrap_or(&self.home.subscription_id),
+            extras.resource_group.as_deref().unwrap_or(&self.home.resource_group),
+        )
+    }
+
+    /// Records, durably and before any call, that the group `name` is made at `at`: its
+    /// file (none for the controller's own resource group), and `at` in the list of
+    /// resource groups orphan collection goes through.
+    async fn record(&self, name: &str, at: &GroupsAt) -> Result<(), RuntimeError> {
+        let file = self.placements_dir.join(name);
+        let io = |err: std::io::Error| RuntimeError::Transient(format!("aci: the state folder: {err}"));
+        if *at == self.home {
+            match tokio::fs::remove_file(&file).await {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(io(err)),
+                _ => {}
+            }
+        } else {
+            let bytes = serde_json::to_vec(at).unwrap_or_default();
+            let is_new = !lock(&self.used).contains(at);
+            let list = is_new.then(|| {
+                let mut used = lock(&self.used).clone();
+                used.insert(at.clone());
+                used
+            });
+            let used_file = self.used_file.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                fsutil::write_atomic(&file, &bytes)?;
+                if let Some(list) = list {
+                    fsutil::write_atomic(&used_file, &serde_json::to_vec_pretty(&list).unwrap_or_default())?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|err| RuntimeError::Transient(format!("aci: the state folder: {err}")))?
+            .map_err(io)?;
+            lock(&self.used).insert(at.clone());
+        }
+        lock(&self.placed).insert(name.to_string(), at.clone());
+        Ok(())
+    }
+
+    /// Forgets where a deleted group was.
+    async fn unrecord(&self, name: &str) {
+        lock(&self.placed).remove(name);
+        let _ = tokio::fs::remove_file(self.placements_dir.join(name)).await;
+    }
+
     fn owns(&self, group: &Group) -> bool {
         group.tag(TAG_OWNER) == Some(self.owner.as_str())
     }
 
     /// This controller's group of that name; another's is none at all to it.
     async fn own_group(&self, name: &str) -> Result<Option<Group>, RuntimeError> {
-        Ok(self.arm.get_group(name).await?.filter(|g| self.owns(g)))
+        Ok(self.arm.get_group(&self.at(name), name).await?.filter(|g| self.owns(g)))
     }
 
     /// PUTs the group as a create. `Ok(None)`: it exists already (a racing create); look
     /// again and adopt it.
     async fn create(&self, spec: &ContainerSpec) -> Result<Option<Group>, RuntimeError> {
         let name = spec.name.as_str();
-        let body = create_body(spec, &self.owner, &self.location)?;
+        let mut body = create_body(spec, &self.owner, &self.location)?;
+        // When it must have started: a tag, so that a restarted controller still knows.
+        let start_timeout = match &spec.options {
+            crate::runtime::RuntimeOptions::Aci { extras, .. } => extras.start_timeout,
+            _ => None,
+        }
+        .unwrap_or(DEFAULT_START_TIMEOUT);
+        let start_by = chrono::Utc::now() + chrono::Duration::from_std(start_timeout).unwrap_or(chrono::Duration::MAX);
+        body["tags"][TAG_START_BY] =
+            serde_json::Value::String(start_by.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         // Whatever an earlier holder of this name wrote is not this container's output.
         let _ = tokio::fs::remove_file(self.log_path(name)).await;
         let ticket = self
@@ -198,7 +306,7 @@ impl Inner {
             .arm
             .call(
                 reqwest::Method::PUT,
-                &self.arm.group_url(name),
+                &self.arm.group_url(&self.at(name), name),
                 Some(&body),
                 &what,
                 self.create_if_none_match,
@@ -253,7 +361,21 @@ impl Inner {
         let mut pause = lock(&self.pauses).get(name).copied().unwrap_or(self.poll_min);
         loop {
             match group.provisioning(name) {
-                Provisioning::InProgress => {}
+                Provisioning::InProgress => {
+                    let start_by = group
+                        .tag(TAG_START_BY)
+                        .and_then(|t| crate::runtime::parse_time(Some(t)));
+                    if start_by.is_some_and(|by| chrono::Utc::now() > by) {
+                        lock(&self.pauses).remove(name);
+                        return Err(RuntimeError::Permanent {
+                            reason: Reason::StartTimeout,
+                            message: format!(
+                                "aci: the container group {name} did not start in time (spec.aci.startTimeout): {}",
+                                group.progress(name)
+                            ),
+                        });
+                    }
+                }
                 done => {
                     lock(&self.pauses).remove(name);
                     return match done {
@@ -285,7 +407,7 @@ impl Inner {
 
     /// Copies the container's logs into its log file, durably, before the group goes.
     async fn save_logs(&self, name: &str) -> Result<(), RuntimeError> {
-        let Some(content) = self.arm.logs(name, None).await? else {
+        let Some(content) = self.arm.logs(&self.at(name), name, None).await? else {
             return Ok(());
         };
         kept_logs::save(&self.logs, name, content.into_bytes())
@@ -298,7 +420,7 @@ impl Inner {
         let deadline = Instant::now() + self.delete_wait;
         let mut pause = self.poll_min;
         loop {
-            if self.arm.get_group(name).await?.is_none() {
+            if self.arm.get_group(&self.at(name), name).await?.is_none() {
                 return Ok(true);
             }
             if Instant::now() + pause > deadline {
@@ -315,7 +437,13 @@ impl Inner {
             let what = format!("DELETE {name}");
             let answer = self
                 .arm
-                .call(reqwest::Method::DELETE, &self.arm.group_url(name), None, &what, false)
+                .call(
+                    reqwest::Method::DELETE,
+                    &self.arm.group_url(&self.at(name), name),
+                    None,
+                    &what,
+                    false,
+                )
                 .await?;
             match answer.status {
                 200 | 202 | 204 => {}
@@ -337,17 +465,36 @@ impl Inner {
         }
     }
 
+    /// This controller's groups in its own resource group and in every other one it has
+    /// made groups in. Another resource group that cannot be listed is skipped with a
+    /// warning (a deleted one, a role taken away): what is not listed is never removed.
     async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
         let mut found = Vec::new();
-        for group in self.arm.list_groups().await? {
-            if !self.owns(&group) || group.tag(LABEL_TASK).is_none() {
-                continue;
+        let mut seen = std::collections::HashSet::new();
+        let others: Vec<GroupsAt> = lock(&self.used).iter().cloned().collect();
+        for at in std::iter::once(self.home.clone()).chain(others) {
+            let groups = match self.arm.list_groups(&at).await {
+                Ok(groups) => groups,
+                Err(err) if at != self.home => {
+                    tracing::warn!("aci: cannot list the container groups of {at}: {err}");
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            for group in groups {
+                if !self.owns(&group) || group.tag(LABEL_TASK).is_none() {
+                    continue;
+                }
+                let Some(name) = group.name.clone() else { continue };
+                if !seen.insert(name.clone()) {
+                    continue;
+                }
+                lock(&self.placed).insert(name.clone(), at.clone());
+                found.push(ContainerSummary {
+                    name,
+                    labels: group.tags.unwrap_or_default(),
+                });
             }
-            let Some(name) = group.name.clone() else { continue };
-            found.push(ContainerSummary {
-                name,
-                labels: group.tags.unwrap_or_default(),
-            });
         }
         Ok(found)
     }
@@ -367,8 +514,15 @@ impl Runtime for AciRuntime {
         let inner = &self.inner;
         let name = spec.name.as_str();
         check_name(name)?;
+        let at = inner.wanted(spec);
+        if inner.at(name) != at {
+            // The name's last group was elsewhere (an earlier spec's): it is gone, since the
+            // controller deletes an attempt's container before it makes the next.
+            tracing::debug!(container = name, "aci: {name} is made in {at}");
+        }
+        inner.record(name, &at).await?;
         for _ in 0..ENSURE_ROUNDS {
-            let group = match inner.arm.get_group(name).await? {
+            let group = match inner.arm.get_group(&at, name).await? {
                 Some(group) => group,
                 None => match inner.create(spec).await? {
                     Some(created) => return inner.follow_provisioning(name, created).await,
@@ -423,13 +577,20 @@ impl Runtime for AciRuntime {
         if !deleting {
             inner.save_logs(name).await?;
         }
-        inner.delete_group(name, deleting).await
+        inner.delete_group(name, deleting).await?;
+        inner.unrecord(name).await;
+        Ok(())
     }
 
     async fn log_tail(&self, name: &str) -> Result<Option<String>, RuntimeError> {
         let bytes = match kept_logs::read(&self.inner.logs, name, None).await? {
             Some(bytes) => bytes,
-            None => match self.inner.arm.logs(name, Some(TAIL_LINES)).await? {
+            None => match self
+                .inner
+                .arm
+                .logs(&self.inner.at(name), name, Some(TAIL_LINES))
+                .await?
+            {
                 Some(text) => text.into_bytes(),
                 None => return Ok(None),
             },
@@ -442,7 +603,12 @@ impl Runtime for AciRuntime {
         if let Some(bytes) = kept_logs::read(&self.inner.logs, name, None).await? {
             return Ok(Some(bytes));
         }
-        Ok(self.inner.arm.logs(name, None).await?.map(String::into_bytes))
+        Ok(self
+            .inner
+            .arm
+            .logs(&self.inner.at(name), name, None)
+            .await?
+            .map(String::into_bytes))
     }
 
     async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {

@@ -121,6 +121,34 @@ impl Group {
             .as_ref()
     }
 
+    /// What ACI says of a group still starting: its last events (`Pulling: pulling image
+    /// "..."`), for a start that timed out.
+    pub(super) fn progress(&self, name: &str) -> String {
+        let said: Vec<String> = self
+            .events(name)
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.name.as_deref().unwrap_or("?"),
+                    e.message.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        let last: Vec<String> = said
+            .into_iter()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        if last.is_empty() {
+            format!("provisioningState {}, no events", self.provisioning_state())
+        } else {
+            format!("provisioningState {}; {}", self.provisioning_state(), last.join("; "))
+        }
+    }
+
     /// The events of the container, then of the group.
     fn events(&self, name: &str) -> impl Iterator<Item = &Event> {
         let container = self
@@ -139,7 +167,9 @@ impl Group {
             _ if terminated => Provisioning::Done,
             "Succeeded" => Provisioning::Done,
             "Deleting" => Provisioning::Deleting,
-            state @ ("Failed" | "Canceled") => {
+            // Unhealthy and NotAccessible (2026-05-01's ContainerGroupProvisioningState) never
+            // turn into a running group by themselves: failures, with ARM's words.
+            state @ ("Failed" | "Canceled" | "Unhealthy" | "NotAccessible") => {
                 let (reason, detail) = self.failure(name);
                 Provisioning::Failed {
                     reason,
@@ -246,6 +276,13 @@ mod tests {
     fn states_follow_provisioning_then_the_container() {
         let g = group(json!({"properties": {"provisioningState": "Creating"}}));
         assert_eq!(g.state("c"), ContainerState::Created);
+        for stuck in ["Unhealthy", "NotAccessible"] {
+            let g = group(json!({"properties": {"provisioningState": stuck}}));
+            match g.provisioning("c") {
+                Provisioning::Failed { message, .. } => assert!(message.contains(&stuck.to_lowercase()), "{message}"),
+                other => panic!("{stuck}: {other:?}"),
+            }
+        }
         let g = group(json!({"properties": {"provisioningState": "Succeeded", "containers": [
             {"name": "c", "properties": {"instanceView": {"currentState":
                 {"state": "Running", "startTime": "2026-11-21T10:00:00Z"}}}}]}}));

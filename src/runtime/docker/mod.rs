@@ -33,12 +33,14 @@
 //! The engine may be older than bollard: the API version is negotiated on first use
 //! (Debian's dockerd 20.10 speaks 1.41), and only calls that 1.41 has are made.
 
+mod auth;
 mod errors;
 mod events;
 mod logs;
 mod pull;
 mod state;
 
+pub use auth::DockerConfig;
 use errors::{engine_message, status_of, transient};
 use pull::Pulls;
 use state::state_of;
@@ -127,6 +129,8 @@ struct Inner {
     max_log_bytes: AtomicU64,
     /// Pulls in flight, and pulls that failed lately, by image reference.
     pulls: Arc<Pulls>,
+    /// `--docker-config`: registry credentials for every task's pulls.
+    docker_config: std::sync::OnceLock<DockerConfig>,
 }
 
 impl DockerRuntime {
@@ -165,8 +169,16 @@ impl DockerRuntime {
                 default_network,
                 max_log_bytes: AtomicU64::new(super::log_cap::DEFAULT_MAX_LOG_BYTES),
                 pulls: Arc::new(Pulls::new(DEFAULT_PULL_TIMEOUT)),
+                docker_config: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Registry credentials (a `config.json`'s `auths`) for the pulls of every task that
+    /// gives none of its own for the image's registry (`--docker-config`).
+    pub fn with_docker_config(self, config: DockerConfig) -> Self {
+        let _ = self.inner.docker_config.set(config);
+        self
     }
 
     /// How long a pull may take (default [`DEFAULT_PULL_TIMEOUT`]).
@@ -498,7 +510,8 @@ impl Runtime for DockerRuntime {
                     }
                 }
             }
-            inner.pulls.ensure_image(docker, image).await?;
+            let credentials = auth::credentials_for(image, &spec.registry_credentials, inner.docker_config.get());
+            inner.pulls.ensure_image(docker, image, credentials).await?;
             let body = inner.create_body(spec, image)?;
             let options = CreateContainerOptions {
                 name: Some(name.to_string()),

@@ -3,10 +3,12 @@
 //! failed is remembered a while, so that an image that cannot be had fails the attempt
 //! ([`Reason::ImagePullFailed`]) rather than being pulled again and again.
 
+use super::auth::scrub;
 use super::errors::{engine_message, status_of, transient};
 use crate::runtime::RuntimeError;
 use crate::status::Reason;
 use bollard::Docker;
+use bollard::auth::DockerCredentials;
 use bollard::errors::Error as EngineError;
 use bollard::query_parameters::CreateImageOptions;
 use futures_util::StreamExt;
@@ -67,7 +69,12 @@ impl Pulls {
     /// own, shared by every `ensure` that needs the image (a fan-out of a hundred pulls
     /// once), and it goes on when the `ensure` waiting for it is cancelled (a reconcile
     /// that timed out): the next `ensure` joins it, or learns how it failed.
-    pub(super) async fn ensure_image(self: &Arc<Self>, docker: &Docker, image: &str) -> Result<(), RuntimeError> {
+    pub(super) async fn ensure_image(
+        self: &Arc<Self>,
+        docker: &Docker,
+        image: &str,
+        credentials: Option<DockerCredentials>,
+    ) -> Result<(), RuntimeError> {
         match docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(err) if status_of(&err) == Some(404) => {}
@@ -85,7 +92,7 @@ impl Pulls {
                 _ => {
                     let (tx, rx) = watch::channel(None);
                     pulls.insert(reference.clone(), Pull::Running(rx.clone()));
-                    tokio::spawn(self.clone().pull(docker.clone(), reference.clone(), tx));
+                    tokio::spawn(self.clone().pull(docker.clone(), reference.clone(), credentials, tx));
                     rx
                 }
             }
@@ -111,14 +118,21 @@ impl Pulls {
     }
 
     /// Pulls `reference` within the pull time limit, and tells the waiters how it went.
-    async fn pull(self: Arc<Self>, docker: Docker, reference: String, tx: watch::Sender<Option<PullResult>>) {
+    async fn pull(
+        self: Arc<Self>,
+        docker: Docker,
+        reference: String,
+        credentials: Option<DockerCredentials>,
+        tx: watch::Sender<Option<PullResult>>,
+    ) {
         tracing::info!(image = %reference, "pulling the image");
         let options = CreateImageOptions {
             from_image: Some(reference.clone()),
             ..Default::default()
         };
         let pulling = async {
-            let mut progress = docker.create_image(Some(options), None, None);
+            // The registry's credentials go as X-Registry-Auth, on this request only.
+            let mut progress = docker.create_image(Some(options), None, credentials.clone());
             while let Some(item) = progress.next().await {
                 match item {
                     // Progress lines; a failure comes as an error item (bollard turns the
@@ -127,16 +141,21 @@ impl Pulls {
                     Err(
                         err @ (EngineError::DockerResponseServerError { .. } | EngineError::DockerStreamError { .. }),
                     ) => {
+                        // The registry's words (e.g. "unauthorized: ..."), never the password.
+                        let words = scrub(&engine_message(&err), credentials.as_ref());
                         return Err(PullError {
                             permanent: true,
-                            message: format!("docker: cannot pull the image {reference}: {}", engine_message(&err)),
+                            message: format!("docker: cannot pull the image {reference}: {words}"),
                         });
                     }
                     // The engine went away mid-pull: not the image's fault.
                     Err(err) => {
                         return Err(PullError {
                             permanent: false,
-                            message: format!("docker: cannot pull the image {reference}: {err}"),
+                            message: format!(
+                                "docker: cannot pull the image {reference}: {}",
+                                scrub(&err.to_string(), credentials.as_ref())
+                            ),
                         });
                     }
                 }
