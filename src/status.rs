@@ -363,6 +363,11 @@ pub struct AttemptRecord {
     /// taken to live where the reading replica's containers do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
+    /// The named semaphores (`spec.semaphores`) the attempt's container holds a slot of
+    /// while it exists, recorded with its name: a controller that restarts, or meets the
+    /// task with its manifest deleted or edited, still counts the container as a holder.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub semaphores: Vec<String>,
 }
 
 impl AttemptRecord {
@@ -562,6 +567,7 @@ mod tests {
             reason: Some(Reason::ExitCode),
             message: None,
             placement: Some(Placement::process("0123abcd", "alpha")),
+            semaphores: Vec::new(),
         });
         let json: serde_json::Value = serde_json::from_slice(&status.to_json()).unwrap();
         assert_eq!(json["kind"], "ContainerTaskStatus");

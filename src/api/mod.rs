@@ -457,6 +457,7 @@ mod tests {
             reason: None,
             message: None,
             placement: None,
+            semaphores: Vec::new(),
         });
         let id = crate::status::format_time(&created);
         (status, id)

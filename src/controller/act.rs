@@ -28,7 +28,7 @@ pub(super) async fn execute(
     let decided = decision
         .status
         .as_ref()
-        .map(|new| with_attempt_ids(shared, before, new));
+        .map(|new| with_attempt_ids(shared, before, new, desired));
     if let Some(new) = &decided {
         let changed = before.is_none_or(|old| !old.same_state(new) || old.observed_at != new.observed_at);
         if changed {
@@ -182,7 +182,9 @@ pub(super) async fn execute(
 /// create, like everything the act depends on. An attempt already recorded keeps what it
 /// has (none, for one written before ids existed: its container is labelled with its
 /// `createdAt`).
-fn with_attempt_ids(shared: &Shared, before: Option<&TaskStatus>, new: &TaskStatus) -> TaskStatus {
+///
+/// A new attempt also records the semaphores its container will hold (`spec.semaphores`).
+fn with_attempt_ids(shared: &Shared, before: Option<&TaskStatus>, new: &TaskStatus, desired: &Desired) -> TaskStatus {
     let mut new = new.clone();
     for record in new.attempts.iter_mut().filter(|a| a.id.is_none()) {
         // Only a record written before ids existed stays without one. A new attempt
@@ -197,6 +199,9 @@ fn with_attempt_ids(shared: &Shared, before: Option<&TaskStatus>, new: &TaskStat
         });
         if !known {
             record.id = Some(shared.entropy.attempt_id());
+            if let Desired::Valid(spec) = desired {
+                record.semaphores = spec.semaphores.clone();
+            }
         }
     }
     new

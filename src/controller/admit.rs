@@ -179,6 +179,7 @@ mod tests {
             reason: None,
             message: None,
             placement: None,
+            semaphores: Vec::new(),
         }
     }
 

@@ -302,6 +302,34 @@ async fn placement_for(shared: &Arc<Shared>, key: &TaskKey, desired: &Desired) -
     }
 }
 
+/// The semaphores the task's lanes hold or wait for: the spec's, and those recorded by
+/// any attempt whose container may still exist (its manifest deleted or edited since,
+/// this controller restarted since): a container holds its slots until it is gone.
+fn semaphores_held(desired: &Desired, status: Option<&TaskStatus>) -> Vec<String> {
+    let mut names: Vec<String> = match desired {
+        Desired::Valid(spec) => spec.semaphores.clone(),
+        _ => Vec::new(),
+    };
+    let live = status.into_iter().flat_map(|s| {
+        s.attempts.iter().filter(move |a| {
+            let lane_live = match a.index {
+                Some(index) => s
+                    .indexes
+                    .iter()
+                    .any(|l| l.index == index && l.attempt == a.number && l.phase.has_container()),
+                None => s.indexes.is_empty() && s.phase.has_container() && a.number == s.attempt,
+            };
+            lane_live
+        })
+    });
+    for attempt in live {
+        names.extend(attempt.semaphores.iter().cloned());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// Everything one pass read and saw, for the decision.
 struct Pass<'a> {
     desired: &'a Desired,
@@ -376,11 +404,7 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
         Desired::Valid(spec) => spec.runtime,
         _ => shared.config.default_runtime,
     };
-    let semaphores: &[String] = match desired {
-        Desired::Valid(spec) => &spec.semaphores,
-        _ => &[],
-    };
-    shared.limits.set_semaphores(key, semaphores);
+    shared.limits.set_semaphores(key, &semaphores_held(desired, status));
     let caught_up = shared.caught_up.load(std::sync::atomic::Ordering::Acquire);
     let shared_input = shared_slots::applies(shared, desired).then(|| input.clone());
     let (decision, mut waiting_lane, mut token_wait) =

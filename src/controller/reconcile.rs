@@ -401,6 +401,7 @@ fn pending(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisi
         reason: None,
         message: None,
         placement: Some(placement),
+        semaphores: Vec::new(),
     });
     status.phase = Phase::Creating;
     status.reason = Some(Reason::ContainerCreated);

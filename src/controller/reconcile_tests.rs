@@ -134,6 +134,7 @@ fn record(n: u32) -> AttemptRecord {
         reason: None,
         message: None,
         placement: Some(here()),
+        semaphores: Vec::new(),
     }
 }
 
@@ -1374,6 +1375,7 @@ fn an_attempt_lost_with_its_placement_uses_up_no_retry() {
         reason: Some(Reason::PlacementUnreachable),
         message: Some("placed elsewhere".into()),
         placement: Some(elsewhere()),
+        semaphores: Vec::new(),
         ..record(1)
     };
     // retries: 0. Attempt 1 was lost, attempt 2 failed: that is the one failure, and
@@ -2377,6 +2379,7 @@ mod generate {
                 let mut r = AttemptRecord {
                     created_at: Some(at(created)),
                     placement: placements[i as usize - 1].clone(),
+                    semaphores: Vec::new(),
                     ..record(i)
                 };
                 if current && phase == Phase::Running {

@@ -61,6 +61,7 @@ fn api_dashboard_table_has_a_row_per_task_counts_and_fan_out_progress() {
         number: 1,
         id: None,
         placement: None,
+        semaphores: Vec::new(),
         runtime: RuntimeKind::Process,
         container: "skiff-done-1".into(),
         index: None,
