@@ -221,6 +221,23 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
         status = decided.status.unwrap_or(status);
         actions = decided.actions;
         requeue = decided.requeue_after;
+        if replace
+            && !input.terminate
+            && status.reason == Some(Reason::Terminated)
+            && let Some((at, reason)) = &candidate
+        {
+            // Its record says why it ended (it may never have had a container: a crash
+            // came between recording it and the create).
+            let by = if *reason == Some(Reason::ManualTrigger) {
+                "triggered"
+            } else {
+                "scheduled"
+            };
+            status.message = Some(format!(
+                "replaced by the run {by} at {} (concurrencyPolicy: Replace)",
+                format_time(at)
+            ));
+        }
         update_record(&mut runs, &sched, &status, now);
         if status.phase.is_final() {
             sched.active.clear();
