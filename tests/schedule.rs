@@ -49,6 +49,10 @@ fn forbid_never_overlaps_each_time_runs_once_trigger_starts_a_run_and_once_exits
     });
     assert_eq!(controller.terminate(), Some(0));
 
+    // `--once` ends once no run is active (a run left by the SIGTERM finishes first).
+    let once = ws.controller(&["--once"]);
+    assert_eq!(once.wait(Duration::from_secs(20)), Some(0));
+
     let lines = ws.ledger_lines();
     assert_eq!(
         lines.iter().filter(|l| l.starts_with("trigger ")).count(),
@@ -75,8 +79,4 @@ fn forbid_never_overlaps_each_time_runs_once_trigger_starts_a_run_and_once_exits
             .is_some_and(|runs| runs.iter().any(|r| r["reason"] == "MissedSchedule")),
         "times while a run was active are recorded as missed under Forbid: {status}"
     );
-
-    // `--once` ends once no run is active (a run left by the SIGTERM finishes first).
-    let once = ws.controller(&["--once"]);
-    assert_eq!(once.wait(Duration::from_secs(20)), Some(0));
 }

@@ -18,3 +18,11 @@ fn five_hundred_schedules_keep_every_invariant() {
         panic!("{} of 500 schedules failed; the first:\n{first}", failures.len());
     }
 }
+
+#[test]
+fn schedules_run_scheduled_tasks() {
+    let made: u64 = (0..40)
+        .map(|seed| run(seed).map_err(|f| f.to_string()).unwrap().stats.scheduled_creates)
+        .sum();
+    assert!(made > 20, "only {made} containers of scheduled runs in 40 schedules");
+}

@@ -150,6 +150,8 @@ pub struct Stats {
     pub creates: u64,
     pub writes: u64,
     pub crashes: u64,
+    /// Containers made for a scheduled task's run (with `SKIFF_SCHEDULED_AT`).
+    pub scheduled_creates: u64,
 }
 
 pub struct World {
@@ -460,6 +462,7 @@ impl State {
     /// A container is made with `SKIFF_SCHEDULED_AT`: no scheduled time of a task runs in
     /// two runs for one spec (its attempts and fan-out indexes share the time).
     pub fn on_scheduled_run(&mut self, name: &str, labels: &BTreeMap<String, String>, scheduled_at: &str) {
+        self.stats.scheduled_creates += 1;
         let Some(key) = labels.get(LABEL_TASK).and_then(|t| TaskKey::parse(t).ok()) else {
             return;
         };

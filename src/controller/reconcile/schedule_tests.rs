@@ -334,6 +334,68 @@ fn a_suspended_task_starts_nothing_and_says_so() {
 }
 
 #[test]
+fn a_scheduled_task_whose_manifest_is_fixed_is_no_longer_invalid() {
+    // Found by the simulator: the phase stayed Invalid (so `--once` exited 1) until a run.
+    let spec = spec("  schedule: {cron: '@every 10s'}\n");
+    let s = decide_at(&spec, at_(None, at(1))).status.unwrap();
+    let key = key();
+    let broken = Desired::Invalid {
+        name: "tick".into(),
+        message: "jobs/tick.yaml: broken".into(),
+    };
+    let s = decide(decide_at_input(&key, &broken, &s, at(2))).status.unwrap();
+    assert_eq!(s.phase, Phase::Invalid);
+    let s = decide_at(&spec, at_(Some(&s), at(3))).status.unwrap();
+    assert_eq!(s.phase, Phase::Scheduled, "{s:?}");
+    // After a run: its phase.
+    let s = decide_at(&spec, at_(Some(&s), at(10))).status.unwrap();
+    let s = decide_at(
+        &spec,
+        Step {
+            observed: exited(0),
+            ..at_(Some(&s), at(11))
+        },
+    )
+    .status
+    .unwrap();
+    let s = decide_at(
+        &spec,
+        Step {
+            observed: Observed::Container(crate::runtime::ContainerState::Absent),
+            ..at_(Some(&s), at(12))
+        },
+    )
+    .status
+    .unwrap();
+    assert_eq!(s.phase, Phase::Succeeded);
+    let s = decide(decide_at_input(&key, &broken, &s, at(13))).status.unwrap();
+    assert_eq!(s.phase, Phase::Invalid);
+    let s = decide_at(&spec, at_(Some(&s), at(14))).status.unwrap();
+    assert_eq!(s.phase, Phase::Succeeded, "{s:?}");
+}
+
+fn decide_at_input<'a>(key: &'a TaskKey, desired: &'a Desired, status: &'a TaskStatus, now: Timestamp) -> Input<'a> {
+    Input {
+        key,
+        desired,
+        status: Some(status),
+        observed: Observed::NotApplicable,
+        seen_by_engine: false,
+        log_tail: None,
+        slot: Slot::Granted,
+        now,
+        jitter: 0.5,
+        event: None,
+        terminate: false,
+        index: None,
+        lanes: BTreeMap::new(),
+        dependencies: Dependencies::None,
+        placement: Some(Placement::process("0000aaaa", "alpha")),
+        scheduling: Scheduling::default(),
+    }
+}
+
+#[test]
 fn history_is_bounded_by_history_limit() {
     let spec = spec("  schedule: {cron: '@every 1s', historyLimit: 3}\n");
     let s = decide_at(&spec, at_(None, at(0))).status.unwrap();
