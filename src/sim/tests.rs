@@ -26,3 +26,11 @@ fn schedules_run_scheduled_tasks() {
         .sum();
     assert!(made > 20, "only {made} containers of scheduled runs in 40 schedules");
 }
+
+#[test]
+fn a_replica_claims_a_scheduled_task_before_starting_its_next_run() {
+    // Seed 72627 (two replicas): a replica started run 2 from a Succeeded status without
+    // taking the lease, the other deleted the status of the deleted manifest, and the
+    // create landed after it.
+    run(72627).map_err(|f| f.to_string()).unwrap();
+}
