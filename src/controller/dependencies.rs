@@ -115,7 +115,7 @@ pub(super) async fn evaluate(
     let mut results = serde_json::Map::new();
     let mut waiting = Vec::new();
     let mut failed = Vec::new();
-    for dep in &spec.depends_on {
+    for (i, dep) in spec.depends_on.iter().enumerate() {
         let has_manifest = shared.store.list_one(dep).await?.is_some_and(|l| l.has_manifest);
         if !has_manifest && begun {
             continue;
@@ -134,6 +134,12 @@ pub(super) async fn evaluate(
             }
             Err(err) => return Err(err),
         };
+        // Which run of a scheduled task would count is not defined: refused, for now.
+        if !begun && (status.as_ref().is_some_and(|s| s.schedule.is_some()) || has_schedule(shared, dep)) {
+            return Ok(Err(format!(
+                "{file}: spec.dependsOn[{i}]: {dep} has a schedule (spec.schedule), and depending on a scheduled task is not supported; remove {dep} from dependsOn, or remove spec.schedule from {dep}"
+            )));
+        }
         let Some(status) = status else {
             waiting.push(format!("{dep} (not started)"));
             continue;
@@ -165,6 +171,15 @@ pub(super) async fn evaluate(
             results: serde_json::Value::Object(results).to_string(),
         }
     }))
+}
+
+/// The dependency's last valid manifest, as this controller read it, has a schedule.
+fn has_schedule(shared: &Shared, dep: &TaskKey) -> bool {
+    let memory = shared.memory.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    memory
+        .get(dep)
+        .and_then(|m| m.validated.as_ref())
+        .is_some_and(|(_, spec)| spec.schedule.is_some())
 }
 
 #[cfg(test)]

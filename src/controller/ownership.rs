@@ -70,8 +70,11 @@ pub(super) async fn claim(
     let settled = match (desired, status) {
         // Nothing to run and nothing to clean up.
         (Desired::Absent, None) => true,
-        // Finished with this very spec: nothing to do until it changes.
-        (Desired::Valid(spec), Some(s)) => s.phase.is_terminal() && s.spec_hash == spec.spec_hash,
+        // Finished with this very spec: nothing to do until it changes. A scheduled task
+        // is never finished (its next run starts from this status): it is claimed first.
+        (Desired::Valid(spec), Some(s)) => {
+            spec.schedule.is_none() && s.schedule.is_none() && s.phase.is_terminal() && s.spec_hash == spec.spec_hash
+        }
         (Desired::Invalid { message, .. }, Some(s)) => {
             s.phase == crate::status::Phase::Invalid && s.message.as_deref() == Some(message.as_str())
         }

@@ -94,6 +94,9 @@ impl FakeRuntime {
             creator: self.epoch,
         };
         state.on_create(&spec.name, &container);
+        if let Some((_, at)) = spec.env.iter().find(|(name, _)| name == "SKIFF_SCHEDULED_AT") {
+            state.on_scheduled_run(&spec.name, &spec.labels, at);
+        }
         state.record(&format!(
             "created {} {attempt_id} runs {runs:?} exit {exit_code}",
             spec.name

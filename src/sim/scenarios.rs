@@ -293,3 +293,23 @@ fn cycles_and_unknown_dependencies_are_invalid_and_a_failed_dependency_fails_its
         "only the task with no dependency problem ran"
     );
 }
+
+#[test]
+fn depending_on_a_scheduled_task_is_refused_naming_the_field_and_the_fix() {
+    let ran = Scenario::new(ControllerConfig::default(), every_container(ms(50), 0))
+        .task("nightly", "  schedule: {cron: '0 2 * * *'}\n")
+        .task("report", "  dependsOn: [other, nightly]\n")
+        .task("other", "")
+        .run();
+    assert!(ran.violations.is_empty(), "{:?}", ran.violations);
+    let report = ran.status("report");
+    assert_eq!(report.phase, Phase::Invalid, "{report:?}");
+    let message = report.message.as_deref().unwrap_or("");
+    assert!(
+        message.contains("report.yaml: spec.dependsOn[1]: nightly has a schedule"),
+        "{message}"
+    );
+    assert!(message.contains("remove nightly from dependsOn"), "{message}");
+    assert_eq!(ran.status("nightly").phase, Phase::Scheduled);
+    assert_eq!(ran.status("other").phase, Phase::Succeeded);
+}

@@ -131,6 +131,9 @@ struct TaskGen {
     broken: bool,
     /// It names the semaphore `gpu` (tasks of even number do).
     gpu: bool,
+    /// `spec.schedule`'s flow mapping, for a scheduled task.
+    schedule: Option<String>,
+    suspend: bool,
 }
 
 impl TaskGen {
@@ -145,7 +148,34 @@ impl TaskGen {
         if self.gpu {
             text.push_str("  semaphores: [gpu]\n");
         }
+        if let Some(schedule) = &self.schedule {
+            text.push_str(&format!("  schedule: {schedule}\n"));
+            if self.suspend {
+                text.push_str("  suspend: true\n");
+            }
+        }
         text.into_bytes()
+    }
+
+    /// A new task: a third of them scheduled.
+    fn random(rng: &mut StdRng) -> Self {
+        let completions = if rng.random_bool(0.6) {
+            1
+        } else {
+            rng.random_range(2..=3)
+        };
+        TaskGen {
+            completions,
+            parallelism: rng.random_range(1..=completions),
+            edition: 0,
+            retries: rng.random_range(0..=2),
+            timeout_s: rng.random_range(5..=60),
+            poll_s: rng.random_range(1..=10),
+            broken: false,
+            schedule: rng.random_bool(0.35).then(|| random_schedule(rng)),
+            suspend: false,
+            gpu: false,
+        }
     }
 }
 
@@ -321,27 +351,23 @@ impl Schedule {
                 let key = task_key(n);
                 let fresh = !self.tasks.contains_key(&key) || !self.world.lock().manifests.contains_key(&key);
                 if fresh && !self.tasks.contains_key(&key) {
-                    let completions = if self.rng.random_bool(0.6) {
-                        1
-                    } else {
-                        self.rng.random_range(2..=3)
-                    };
-                    let task = TaskGen {
-                        completions,
-                        parallelism: self.rng.random_range(1..=completions),
-                        edition: 0,
-                        retries: self.rng.random_range(0..=2),
-                        timeout_s: self.rng.random_range(5..=60),
-                        poll_s: self.rng.random_range(1..=10),
-                        broken: false,
-                        gpu: n % 2 == 0,
-                    };
+                    let mut task = TaskGen::random(&mut self.rng);
+                    task.gpu = n % 2 == 0;
                     self.tasks.insert(key.clone(), task);
                 } else if let Some(task) = self.tasks.get_mut(&key) {
                     task.broken = self.rng.random_bool(0.15);
                     if !task.broken {
-                        task.edition += 1;
-                        task.retries = self.rng.random_range(0..=2);
+                        if task.schedule.is_some() && self.rng.random_bool(0.5) {
+                            // Only the schedule changes (the spec hash stays): a new one,
+                            // or suspended for a while.
+                            if self.rng.random_bool(0.5) {
+                                task.schedule = Some(random_schedule(&mut self.rng));
+                            }
+                            task.suspend = self.rng.random_bool(0.25);
+                        } else {
+                            task.edition += 1;
+                            task.retries = self.rng.random_range(0..=2);
+                        }
                     }
                 }
                 let (edition, broken) = self.tasks.get(&key).map(|t| (t.edition, t.broken)).unwrap_or_default();
@@ -384,8 +410,32 @@ impl Schedule {
             29..=33 if !self.nodes.is_empty() => {
                 let which = self.rng.random_range(0..self.nodes.len());
                 self.crash(which);
+                if self.rng.random_bool(0.3) {
+                    // A long outage: scheduled times pass while no controller runs.
+                    let down = Duration::from_millis(self.rng.random_range(10_000..180_000));
+                    self.say(format!("no controller for {down:?}"));
+                    while !self.nodes.is_empty() {
+                        self.crash(0);
+                    }
+                    self.sleep(down).await;
+                }
             }
             34..=38 if self.nodes.len() < self.replicas => self.start_node(),
+            34..=38 if !self.nodes.is_empty() => {
+                // `skiff trigger` on a scheduled task (an unscheduled one ignores it).
+                let scheduled: Vec<TaskKey> = self
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| t.schedule.is_some())
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if !scheduled.is_empty() {
+                    let key = scheduled[self.rng.random_range(0..scheduled.len())].clone();
+                    let node = self.rng.random_range(0..self.nodes.len());
+                    self.say(format!("trigger {key}"));
+                    let _ = self.nodes[node].control.send(Control::Trigger(key));
+                }
+            }
             39..=41 => {
                 let mut state = self.world.lock();
                 state.faults.store_outage = !state.faults.store_outage;
@@ -445,6 +495,25 @@ impl Schedule {
         // Calm: the faults stop, the replicas come back, and everything must settle.
         self.world.lock().faults = Faults::none();
         self.say("calm: faults stop".into());
+        // Scheduled tasks are suspended, so that they come to rest: a running run
+        // carries on to its end, and no new one starts.
+        let scheduled: Vec<TaskKey> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.schedule.is_some() && !t.broken)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in scheduled {
+            let exists = self.world.lock().manifests.contains_key(&key);
+            if let Some(task) = self.tasks.get_mut(&key)
+                && exists
+                && !task.suspend
+            {
+                task.suspend = true;
+                self.say(format!("manifest {key} suspended"));
+                self.write_manifest(&key);
+            }
+        }
         while self.nodes.len() < self.replicas {
             self.start_node();
         }
@@ -470,24 +539,9 @@ impl Schedule {
         if self.tasks.contains_key(&key) {
             return;
         }
-        let completions = if self.rng.random_bool(0.6) {
-            1
-        } else {
-            self.rng.random_range(2..=3)
-        };
-        self.tasks.insert(
-            key.clone(),
-            TaskGen {
-                completions,
-                parallelism: self.rng.random_range(1..=completions),
-                edition: 0,
-                retries: self.rng.random_range(0..=2),
-                timeout_s: self.rng.random_range(5..=60),
-                poll_s: self.rng.random_range(1..=10),
-                broken: false,
-                gpu: n % 2 == 0,
-            },
-        );
+        let mut task = TaskGen::random(&mut self.rng);
+        task.gpu = n % 2 == 0;
+        self.tasks.insert(key.clone(), task);
         self.say(format!("manifest {key} written before start"));
         self.write_manifest(&key);
     }
@@ -515,6 +569,21 @@ impl Schedule {
                     "{key}: broken manifest, but the status is {} after the calm",
                     status.phase
                 )),
+                (Some(status), false) if self.tasks.get(key).is_some_and(|t| t.schedule.is_some()) => {
+                    // A scheduled task is never final: it rests with no active run, its
+                    // phase that of its newest run (or Scheduled before the first).
+                    let rests = status.schedule.as_ref().is_some_and(|s| s.active.is_empty())
+                        && (status.phase == Phase::Scheduled || status.phase.is_terminal());
+                    if !rests {
+                        problems.push(format!(
+                            "{key}: scheduled, still {} ({:?}: {}) with active runs {:?} after the calm",
+                            status.phase,
+                            status.reason,
+                            status.message.as_deref().unwrap_or(""),
+                            status.schedule.as_ref().map(|s| s.active.clone())
+                        ));
+                    }
+                }
                 (Some(status), false) => {
                     let hash = spec_hash(key, &manifest.bytes);
                     if !status.phase.is_terminal() || Some(&status.spec_hash) != hash.as_ref() {
@@ -560,6 +629,22 @@ impl Schedule {
             story,
         })
     }
+}
+
+/// A schedule of a few seconds, with any policy and way of catching up.
+fn random_schedule(rng: &mut StdRng) -> String {
+    let every = ["5s", "7s"][rng.random_range(0..2)];
+    let policy = ["Forbid", "Replace", "Allow"][rng.random_range(0..3)];
+    let missed = ["skip", "latest", "all"][rng.random_range(0..3)];
+    let deadline = if rng.random_bool(0.3) {
+        format!(", startingDeadline: {}s", rng.random_range(1..=30))
+    } else {
+        String::new()
+    };
+    let history = rng.random_range(1..=5);
+    format!(
+        "{{cron: '@every {every}', concurrencyPolicy: {policy}, missedRuns: {missed}{deadline}, historyLimit: {history}}}"
+    )
 }
 
 /// Task `n`: some at the root, some in a folder.

@@ -5,7 +5,7 @@
 
 use super::clock::SimClock;
 use crate::controller::clock::Clock;
-use crate::runtime::{LABEL_ATTEMPT_ID, LABEL_TASK};
+use crate::runtime::{LABEL_ATTEMPT_ID, LABEL_SPEC_HASH, LABEL_TASK};
 use crate::status::{Phase, TaskStatus, Timestamp};
 use crate::store::StoreEvent;
 use crate::task::TaskKey;
@@ -133,6 +133,9 @@ pub struct State {
     pub peak: usize,
     /// (container, attempt id) of every attempt recorded in a status a person deleted.
     recorded_then_deleted: BTreeSet<(String, String)>,
+    /// (task, spec hash, `SKIFF_SCHEDULED_AT`) → the run (from the container's name) that
+    /// ran it: exactly once per scheduled time.
+    scheduled_runs: BTreeMap<(TaskKey, String, String), u32>,
 }
 
 /// How long a container runs and how it exits, chosen from what it was given.
@@ -151,6 +154,8 @@ pub struct Stats {
     pub creates: u64,
     pub writes: u64,
     pub crashes: u64,
+    /// Containers made for a scheduled task's run (with `SKIFF_SCHEDULED_AT`).
+    pub scheduled_creates: u64,
 }
 
 pub struct World {
@@ -190,6 +195,7 @@ impl World {
                 writes: None,
                 peak: 0,
                 recorded_then_deleted: BTreeSet::new(),
+                scheduled_runs: BTreeMap::new(),
             }),
             clock,
         })
@@ -328,7 +334,12 @@ impl State {
                 _ => {}
             }
         }
+        // A scheduled task's status is that of its newest run: each run starts from
+        // attempt 1 and ends in its own terminal phase (its runs are checked at each
+        // create, by `on_scheduled_run`).
+        let scheduled = new.schedule.is_some();
         if let Some((hash, phase)) = self.terminal.get(key)
+            && !scheduled
             && *hash == new.spec_hash
             && new.phase != Phase::Invalid
             && new.phase != *phase
@@ -342,6 +353,7 @@ impl State {
         // A fan-out's `attempt` summarises its lanes; each lane's attempts are checked
         // through their records.
         if let Some((hash, attempt)) = self.attempts.get(key)
+            && !scheduled
             && new.indexes.is_empty()
             && *hash == new.spec_hash
             && new.attempt < *attempt
@@ -349,9 +361,17 @@ impl State {
             let message = format!("{key}: attempt went back from {attempt} to {}", new.attempt);
             self.violation(message);
         }
-        self.attempts.insert(key.clone(), (new.spec_hash.clone(), new.attempt));
+        if scheduled {
+            self.attempts.remove(key);
+        } else {
+            self.attempts.insert(key.clone(), (new.spec_hash.clone(), new.attempt));
+        }
         if new.phase.is_terminal() {
-            self.terminal.insert(key.clone(), (new.spec_hash.clone(), new.phase));
+            if scheduled {
+                self.terminal.remove(key);
+            } else {
+                self.terminal.insert(key.clone(), (new.spec_hash.clone(), new.phase));
+            }
             // Invariant 1 (cleanup: always): no container of its attempts is left.
             let ids: BTreeSet<String> = new.attempts.iter().filter_map(|a| a.attempt_id()).collect();
             let left: Vec<String> = self
@@ -473,6 +493,42 @@ impl State {
                     manifest.parallelism
                 );
                 self.violation(message);
+            }
+        }
+    }
+
+    /// A container is made with `SKIFF_SCHEDULED_AT`: no scheduled time of a task runs in
+    /// two runs for one spec (its attempts and fan-out indexes share the time).
+    pub fn on_scheduled_run(&mut self, name: &str, labels: &BTreeMap<String, String>, scheduled_at: &str) {
+        self.stats.scheduled_creates += 1;
+        let Some(key) = labels.get(LABEL_TASK).and_then(|t| TaskKey::parse(t).ok()) else {
+            return;
+        };
+        let hash = labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default();
+        let run = name
+            .strip_prefix(&key.container_prefix())
+            .and_then(|rest| rest.strip_prefix('r'))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|n| n.parse::<u32>().ok());
+        let Some(run) = run else {
+            self.violation(format!(
+                "{name}: made with SKIFF_SCHEDULED_AT={scheduled_at} but not named for a run"
+            ));
+            return;
+        };
+        match self
+            .scheduled_runs
+            .get(&(key.clone(), hash.clone(), scheduled_at.to_string()))
+        {
+            Some(earlier) if *earlier != run => {
+                let message = format!(
+                    "{key}: scheduled time {scheduled_at} ran in run {earlier} and again in run {run} ({name}) for spec {hash}"
+                );
+                self.violation(message);
+            }
+            Some(_) => {}
+            None => {
+                self.scheduled_runs.insert((key, hash, scheduled_at.to_string()), run);
             }
         }
     }

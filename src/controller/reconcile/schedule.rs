@@ -72,6 +72,25 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
         // A task that ran without a schedule and is still running carries on as run 0.
         triggered_at: None,
     });
+    if status.phase == Phase::Invalid && sched.active.is_empty() {
+        // The manifest is valid again: the task shows its newest run's phase, or
+        // Scheduled before the first (an active run is resumed by its own decision).
+        let newest = status
+            .runs
+            .iter()
+            .filter(|r| r.run.is_some() && r.finished_at.is_some())
+            .max_by_key(|r| r.run);
+        match newest.and_then(|r| r.phase.filter(|p| p.is_terminal()).map(|p| (p, r.reason))) {
+            Some((phase, reason)) => {
+                status.phase = phase;
+                status.reason = reason;
+            }
+            None => {
+                status.phase = Phase::Scheduled;
+                status.reason = None;
+            }
+        }
+    }
     if input
         .status
         .is_some_and(|s| s.schedule.is_none() && !s.phase.is_final() && s.phase != Phase::Scheduled)
@@ -221,6 +240,23 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
         status = decided.status.unwrap_or(status);
         actions = decided.actions;
         requeue = decided.requeue_after;
+        if replace
+            && !input.terminate
+            && status.reason == Some(Reason::Terminated)
+            && let Some((at, reason)) = &candidate
+        {
+            // Its record says why it ended (it may never have had a container: a crash
+            // came between recording it and the create).
+            let by = if *reason == Some(Reason::ManualTrigger) {
+                "triggered"
+            } else {
+                "scheduled"
+            };
+            status.message = Some(format!(
+                "replaced by the run {by} at {} (concurrencyPolicy: Replace)",
+                format_time(at)
+            ));
+        }
         update_record(&mut runs, &sched, &status, now);
         if status.phase.is_final() {
             sched.active.clear();
