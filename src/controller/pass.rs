@@ -311,15 +311,12 @@ fn semaphores_held(desired: &Desired, status: Option<&TaskStatus>) -> Vec<String
         _ => Vec::new(),
     };
     let live = status.into_iter().flat_map(|s| {
-        s.attempts.iter().filter(move |a| {
-            let lane_live = match a.index {
-                Some(index) => s
-                    .indexes
-                    .iter()
-                    .any(|l| l.index == index && l.attempt == a.number && l.phase.has_container()),
-                None => s.indexes.is_empty() && s.phase.has_container() && a.number == s.attempt,
-            };
-            lane_live
+        s.attempts.iter().filter(move |a| match a.index {
+            Some(index) => s
+                .indexes
+                .iter()
+                .any(|l| l.index == index && l.attempt == a.number && l.phase.has_container()),
+            None => s.indexes.is_empty() && s.phase.has_container() && a.number == s.attempt,
         })
     });
     for attempt in live {
