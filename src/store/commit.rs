@@ -49,11 +49,15 @@ pub enum Durability {
 impl Durability {
     /// The cheapest method that is durable on the file system holding `dir`.
     pub fn for_folder(dir: &Path) -> Durability {
-        use nix::sys::statfs::{EXT4_SUPER_MAGIC, XFS_SUPER_MAGIC, statfs};
-        match statfs(dir) {
+        // The magic numbers of statfs(2), spelled out: musl's libc (the static image's)
+        // does not export XFS's.
+        const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+        const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
+        match nix::sys::statfs::statfs(dir) {
             // EXT4_SUPER_MAGIC is ext2's and ext3's too: ext3 journals like ext4, and
             // ext2 is not a file system anyone trusts with a power cut.
-            Ok(fs) if fs.filesystem_type() == EXT4_SUPER_MAGIC || fs.filesystem_type() == XFS_SUPER_MAGIC => {
+            #[allow(clippy::unnecessary_cast)] // i64 already on glibc, c_ulong on musl
+            Ok(fs) if [EXT4_SUPER_MAGIC, XFS_SUPER_MAGIC].contains(&(fs.filesystem_type().0 as i64)) => {
                 Durability::WriteOutThenJournal
             }
             _ => Durability::FsyncEach,
