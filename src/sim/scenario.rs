@@ -10,7 +10,7 @@ use super::runtime::FakeRuntime;
 use super::store::FakeStore;
 use super::world::{Behaviour, Creation, Manifest, World};
 use crate::controller::{Controller, ControllerConfig, Outcome};
-use crate::manifest::{Features, RuntimeKind, ValidationContext};
+use crate::manifest::RuntimeKind;
 use crate::status::TaskStatus;
 use crate::store::StoreEvent;
 use crate::task::TaskKey;
@@ -171,15 +171,6 @@ impl Scenario {
 /// `spec.parallelism` and `spec.semaphores` as validation makes them, for the world's
 /// checks.
 fn limits_of(key: &TaskKey, bytes: &[u8]) -> Option<(usize, Vec<String>)> {
-    let file = format!("{key}.yaml");
-    let stem = key.as_str().rsplit('/').next().unwrap_or(key.as_str());
-    let task = crate::manifest::parse_manifest(&file, bytes).ok()?;
-    let ctx = ValidationContext {
-        default_runtime: RuntimeKind::Process,
-        allow_host_paths: &[],
-        features: Features::CURRENT,
-        env_is_set: None,
-    };
-    let spec = crate::manifest::validate(&file, stem, &task, &ctx).ok()?;
+    let spec = super::schedule::validated(key, bytes)?;
     Some((spec.parallelism as usize, spec.semaphores))
 }

@@ -659,6 +659,12 @@ fn task_key(n: u32) -> TaskKey {
 
 /// The spec hash the controller computes for these bytes.
 fn spec_hash(key: &TaskKey, bytes: &[u8]) -> Option<String> {
+    validated(key, bytes).map(|spec| spec.spec_hash)
+}
+
+/// The manifest as the controller validates it (the simulator's runtime is the
+/// process runtime), for the checks that need the spec.
+pub(super) fn validated(key: &TaskKey, bytes: &[u8]) -> Option<crate::manifest::TaskSpec> {
     let file = format!("{key}.yaml");
     let stem = key.as_str().rsplit('/').next().unwrap_or(key.as_str());
     let task = crate::manifest::parse_manifest(&file, bytes).ok()?;
@@ -668,7 +674,5 @@ fn spec_hash(key: &TaskKey, bytes: &[u8]) -> Option<String> {
         features: Features::CURRENT,
         env_is_set: None,
     };
-    crate::manifest::validate(&file, stem, &task, &ctx)
-        .ok()
-        .map(|s| s.spec_hash)
+    crate::manifest::validate(&file, stem, &task, &ctx).ok()
 }
