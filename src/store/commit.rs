@@ -31,7 +31,7 @@ use crate::fsutil;
 /// How a new file's data is made durable before it is renamed into place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// ext4 and XFS: `sync_file_range` writes the file's data out and waits for it
+    /// XFS, and ext4 with a journal: `sync_file_range` writes the file's data out and waits for it
     /// (allocating its blocks, which puts that metadata into the running journal
     /// transaction); the fsync of its folder after the rename commits that transaction,
     /// with a cache flush ahead of its commit record, so data, size and rename reach
@@ -41,7 +41,7 @@ pub enum Durability {
     /// of each file, 9 ms with those fsyncs on 8 threads, and `syncfs` at 1.5 ms idle
     /// but 5 to 38 ms beside another writer, whose dirty pages it flushes too.
     WriteOutThenJournal,
-    /// Any other file system: an fsync of each file (writes run concurrently, so the
+    /// Any other file system, ext4 without a journal included: an fsync of each file (writes run concurrently, so the
     /// file system may merge them), then the rename and the folder's fsync.
     FsyncEach,
 }
@@ -54,12 +54,28 @@ impl Durability {
         const EXT4_SUPER_MAGIC: i64 = 0xEF53;
         const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
         match nix::sys::statfs::statfs(dir) {
-            // EXT4_SUPER_MAGIC is ext2's and ext3's too: ext3 journals like ext4, and
-            // ext2 is not a file system anyone trusts with a power cut.
             #[allow(clippy::unnecessary_cast)] // i64 already on glibc, c_ulong on musl
-            Ok(fs) if [EXT4_SUPER_MAGIC, XFS_SUPER_MAGIC].contains(&(fs.filesystem_type().0 as i64)) => {
-                Durability::WriteOutThenJournal
-            }
+            Ok(fs) => match fs.filesystem_type().0 as i64 {
+                // XFS always has its log.
+                XFS_SUPER_MAGIC => Durability::WriteOutThenJournal,
+                // EXT4_SUPER_MAGIC is ext2's and ext3's too, and ext4 can be made without a
+                // journal (`mkfs.ext4 -O ^has_journal`, as some cloud images are): with no
+                // journal, a folder's fsync does not write a new file's inode, so a power cut
+                // could leave the renamed status empty. Only a journal seen makes the
+                // cheaper method safe.
+                EXT4_SUPER_MAGIC => Durability::for_ext4(ext4_journal_task(dir).as_deref()),
+                _ => Durability::FsyncEach,
+            },
+            Err(_) => Durability::FsyncEach,
+        }
+    }
+
+    /// For an ext4 (or ext2/ext3) file system, from what its `journal_task` in sysfs
+    /// says: the journal thread's pid when it has a journal, `<none>` when it has none,
+    /// and nothing to read when sysfs is not there to ask (then it is not assumed).
+    fn for_ext4(journal_task: Option<&str>) -> Durability {
+        match journal_task.map(str::trim) {
+            Some(task) if !task.is_empty() && task != "<none>" => Durability::WriteOutThenJournal,
             _ => Durability::FsyncEach,
         }
     }
@@ -228,6 +244,21 @@ fn sync_folders(folders: &[&PathBuf]) -> Vec<io::Result<()>> {
     })
 }
 
+/// `/sys/fs/ext4/<device>/journal_task` for the file system holding `dir`, found
+/// through its device number (`/sys/dev/block/<major>:<minor>` names the device).
+fn ext4_journal_task(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(dir).ok()?.dev();
+    let device = fs::read_link(format!(
+        "/sys/dev/block/{}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    ))
+    .ok()?;
+    let name = device.file_name()?.to_str()?.to_owned();
+    fs::read_to_string(format!("/sys/fs/ext4/{name}/journal_task")).ok()
+}
+
 fn sync_file_range(fd: std::os::fd::RawFd, flags: std::ffi::c_uint) -> io::Result<()> {
     // SAFETY: a plain system call on a file descriptor the caller holds open, with no
     // pointers; a bad descriptor only makes it fail with EBADF.
@@ -242,6 +273,35 @@ fn sync_file_range(fd: std::os::fd::RawFd, flags: std::ffi::c_uint) -> io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ext4_uses_the_journal_only_when_sysfs_shows_one() {
+        // What `journal_task` reads: the jbd2 thread's pid, `<none>` for an ext4 made
+        // without a journal (this project's CI machine has one), or nothing at all.
+        assert_eq!(Durability::for_ext4(Some("412\n")), Durability::WriteOutThenJournal);
+        assert_eq!(Durability::for_ext4(Some("<none>\n")), Durability::FsyncEach);
+        assert_eq!(Durability::for_ext4(Some("")), Durability::FsyncEach);
+        assert_eq!(Durability::for_ext4(None), Durability::FsyncEach);
+    }
+
+    #[test]
+    fn the_journal_is_found_through_the_folders_own_device() {
+        // The lookup itself (device number to sysfs name) must work wherever sysfs shows
+        // ext4, or every ext4 would silently fall back to the dearer method.
+        let dir = tempfile::tempdir().unwrap();
+        let magic = nix::sys::statfs::statfs(dir.path()).unwrap().filesystem_type().0 as i64;
+        if magic == 0xEF53 && Path::new("/sys/fs/ext4").is_dir() {
+            let task = ext4_journal_task(dir.path());
+            assert!(task.is_some(), "no journal_task found for {}", dir.path().display());
+            assert_eq!(
+                Durability::for_folder(dir.path()),
+                Durability::for_ext4(task.as_deref())
+            );
+        }
+        if Path::new("/dev/shm").is_dir() {
+            assert_eq!(Durability::for_folder(Path::new("/dev/shm")), Durability::FsyncEach);
+        }
+    }
 
     async fn roundtrip(durability: Durability) {
         let dir = tempfile::tempdir().unwrap();
