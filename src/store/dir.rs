@@ -72,6 +72,7 @@ impl DirStore {
             source,
         })?;
         let commit = GroupCommit::with_hook(Durability::for_folder(&root), hook)
+            .map(|commit| commit.with_spares(root.join(".skiff").join("spare-statuses")))
             .map_err(|source| Self::io_error(&root, source))?;
         Ok(DirStore {
             root,
