@@ -16,7 +16,7 @@ pub use validate::{
     ValidationContext, check_secret_url, is_arm_id, undefined_semaphores, validate,
 };
 pub use wire::{
-    API_VERSION, AciIdentity, AciIdentityType, AciSpec, AzureFile, Cleanup, Completion, CompletionMode,
+    API_VERSION, AciDnsConfig, AciIdentity, AciIdentityType, AciSpec, AzureFile, Cleanup, Completion, CompletionMode,
     ConcurrencyPolicy, ContainerTask, EnvVar, ImagePullSecret, KIND, KeyVaultRef, Metadata, MissedRuns, Quantity,
     Resources, RuntimeKind, ScheduleSpec, Spec, ValueFrom, Volume, json_schema,
 };

@@ -121,8 +121,14 @@ impl Group {
             .as_ref()
     }
 
+    /// What ACI says of a group still provisioning, for the task's status while it waits:
+    /// `None` once it has started, ended or failed (then its state or failure says it all).
+    pub(super) fn starting_progress(&self, name: &str) -> Option<String> {
+        (self.provisioning(name) == Provisioning::InProgress).then(|| format!("aci: {}", self.progress(name)))
+    }
+
     /// What ACI says of a group still starting: its last events (`Pulling: pulling image
-    /// "..."`), for a start that timed out.
+    /// "..."`), for the status while it waits and for a start that timed out.
     pub(super) fn progress(&self, name: &str) -> String {
         let said: Vec<String> = self
             .events(name)
