@@ -73,7 +73,7 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let mut shown: Option<String> = None;
         let mut offset = 0usize;
-        let mut follower = LogFollower::new();
+        let mut follower = LogFollower::new(ACI_FOLLOW_TAIL as usize);
         // The last error said, so that --follow does not repeat it every turn.
         let mut said: Option<String> = None;
         let mut stdout = std::io::stdout();
@@ -97,7 +97,7 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
                     }
                     shown = Some(container.clone());
                     offset = 0;
-                    follower = LogFollower::new();
+                    follower = LogFollower::new(ACI_FOLLOW_TAIL as usize);
                 }
                 if let Some(aci) = aci_live
                     .as_ref()

@@ -307,6 +307,27 @@ mod tests {
     }
 
     #[test]
+    fn a_group_still_starting_reports_acis_events_and_one_started_none() {
+        let g = group(json!({"properties": {"provisioningState": "Creating", "containers": [
+            {"name": "c", "properties": {"instanceView": {
+                "currentState": {"state": "Waiting"},
+                "events": [{"name": "Pulling", "type": "Normal", "message": "pulling image \"big:1\""}]}}}]}}));
+        assert_eq!(
+            g.starting_progress("c").as_deref(),
+            Some("aci: provisioningState Creating; Pulling: pulling image \"big:1\"")
+        );
+        let g = group(json!({"properties": {"provisioningState": "Pending"}}));
+        assert_eq!(
+            g.starting_progress("c").as_deref(),
+            Some("aci: provisioningState Pending, no events")
+        );
+        let g = group(json!({"properties": {"provisioningState": "Succeeded"}}));
+        assert_eq!(g.starting_progress("c"), None);
+        let g = group(json!({"properties": {"provisioningState": "Unhealthy"}}));
+        assert_eq!(g.starting_progress("c"), None, "a failure says it itself");
+    }
+
+    #[test]
     fn a_failed_pull_is_a_permanent_image_pull_failure_with_arms_words() {
         let g = group(json!({"properties": {"provisioningState": "Failed", "containers": [
             {"name": "c", "properties": {"instanceView": {
