@@ -420,7 +420,16 @@ async fn provider_failed_and_failed_pulls_are_permanent_with_arms_words() {
 
     let mut missing = spec("skiff-pull-00000003-1", "true");
     missing.image = Some("example.invalid/doesnotexist:1".into());
-    let (reason, message) = permanent(rt.ensure(&missing).await);
+    // As the controller does: `ensure` again while the group is still being made (it
+    // hands back early when ACI says something new, e.g. Pulling).
+    let mut outcome = rt.ensure(&missing).await;
+    for _ in 0..10 {
+        if outcome.is_err() || rt.inspect(&missing.name).await.expect("inspect").state != ContainerState::Created {
+            break;
+        }
+        outcome = rt.ensure(&missing).await;
+    }
+    let (reason, message) = permanent(outcome);
     assert_eq!(reason, Reason::ImagePullFailed);
     assert!(message.contains("Failed to pull image"), "{message}");
     rt.delete(&missing.name).await.expect("the failed group is deleted");

@@ -4,7 +4,7 @@
 
 use super::{LogsArgs, UsageError, inspect, open_store, state_dir};
 use crate::azure::CredentialKind;
-use crate::runtime::aci::{AciConfig, AciCredential, AciRuntime};
+use crate::runtime::aci::{AciConfig, AciCredential, AciRuntime, LogFollower};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::{Runtime, kept_logs};
@@ -14,6 +14,10 @@ use std::time::Duration;
 
 /// How often `--follow` asks ARM for a running ACI container's output.
 const ACI_FOLLOW_PAUSE: Duration = Duration::from_secs(2);
+/// The lines `--follow` asks ARM for each time (ACI keeps about 1,000 lines of a stopped
+/// container): output growing by more than this between two polls is partly missed, and
+/// said so.
+const ACI_FOLLOW_TAIL: u32 = 1000;
 
 /// The aci runtime, to read a running group's output from ARM, when the controller's
 /// resource group is given (the groups of tasks placed elsewhere are found through the
@@ -57,11 +61,19 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
             runtimes.push(Box::new(aci));
         }
     }
+    // A running ACI container is followed through ARM's `tail` windows, aligned line by
+    // line (ARM gives no offsets); the other runtimes' output only grows, read by offset.
+    let aci_live = if local && args.follow {
+        aci_runtime(&args, &state)?
+    } else {
+        None
+    };
     let logs = state.join("logs");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut shown: Option<String> = None;
         let mut offset = 0usize;
+        let mut follower = LogFollower::new(ACI_FOLLOW_TAIL as usize);
         // The last error said, so that --follow does not repeat it every turn.
         let mut said: Option<String> = None;
         let mut stdout = std::io::stdout();
@@ -85,6 +97,49 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
                     }
                     shown = Some(container.clone());
                     offset = 0;
+                    follower = LogFollower::new(ACI_FOLLOW_TAIL as usize);
+                }
+                if let Some(aci) = aci_live
+                    .as_ref()
+                    .filter(|_| *runtime == crate::manifest::RuntimeKind::Aci)
+                {
+                    let kept = kept_logs::read(&logs, container, None).await.ok().flatten();
+                    let window = match kept {
+                        Some(bytes) => Some((bytes, true)),
+                        None => match aci.live_logs(container, ACI_FOLLOW_TAIL).await {
+                            Ok(text) => text.map(|t| (t.into_bytes(), false)),
+                            Err(err) => {
+                                if said.as_ref() != Some(&err.to_string()) {
+                                    eprintln!("{}", super::printable(&err.to_string()));
+                                    said = Some(err.to_string());
+                                }
+                                None
+                            }
+                        },
+                    };
+                    // Another machine's controller deleted it: the output it saved in the store.
+                    let window = match window {
+                        None if status.phase.is_final() => {
+                            store.read_log(container).await.ok().flatten().map(|b| (b, true))
+                        }
+                        window => window,
+                    };
+                    if let Some((bytes, finished)) = window {
+                        let followed = follower.advance(&String::from_utf8_lossy(&bytes), finished);
+                        if followed.gap {
+                            writeln!(
+                                stdout,
+                                "--- output grew faster than it was read; some lines were missed ---"
+                            )?;
+                        }
+                        stdout.write_all(followed.text.as_bytes())?;
+                    }
+                    stdout.flush()?;
+                    if status.phase.is_final() {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    tokio::time::sleep(ACI_FOLLOW_PAUSE).await;
+                    continue;
                 }
                 let output = match runtimes.iter().find(|r| r.kind() == *runtime) {
                     Some(runtime) => runtime.output(container).await,

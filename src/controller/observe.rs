@@ -41,11 +41,15 @@ pub(super) async fn observe(
                     // is a leftover that nothing else would ever remove.
                     tracing::info!(task = %key, container, "removing a stale container of another attempt");
                 }
+                let progress = inspection.progress;
                 match (stale, inspection.state) {
                     (true, _) => match runtime.delete(container).await {
                         Ok(()) => Observed::Container(ContainerState::Absent),
                         Err(err) => Observed::Unreachable(format!("cannot remove a stale container: {err}")),
                     },
+                    (false, ContainerState::Created) if progress.is_some() => {
+                        Observed::Starting(progress.unwrap_or_default())
+                    }
                     (false, state) => {
                         let finished = matches!(state, ContainerState::Exited { .. })
                             || (state == ContainerState::Absent && deleting);

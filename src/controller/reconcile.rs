@@ -443,7 +443,7 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
         index: current.index,
     };
     let may_ensure = match &input.observed {
-        Observed::NotApplicable | Observed::Container(ContainerState::Created) => true,
+        Observed::NotApplicable | Observed::Container(ContainerState::Created) | Observed::Starting(_) => true,
         Observed::Container(ContainerState::Absent) => status.phase == Phase::Creating,
         _ => false,
     };
@@ -460,6 +460,11 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
         // Handled above, before anything could be made.
         Observed::PlacementUnreachable(_) => Decision::keep(status, Some(SOON)),
         Observed::NotApplicable | Observed::Container(ContainerState::Created) => Decision::act(status, ensure, SOON),
+        Observed::Starting(progress) => {
+            // A start that takes minutes (a large image's pull) says why, in the runtime's words.
+            status.message = Some(progress.clone());
+            Decision::act(status, ensure, SOON)
+        }
         Observed::Container(ContainerState::Absent) if status.phase == Phase::Creating => {
             // The intent was persisted but the create never happened (or never finished):
             // creating now is the first and only container of this attempt.

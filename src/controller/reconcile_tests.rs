@@ -259,6 +259,7 @@ fn every_observation() -> Vec<Observed> {
         Observed::NotApplicable,
         gone(),
         created(),
+        Observed::Starting("Pulling: pulling image".into()),
         running_since(Some(at(5))),
         running_since(None),
         exited(0),
@@ -538,6 +539,19 @@ fn creating_and_container_created_ensures_it_again_to_start_it() {
         unchanged(before, vec![ensure(1)], Some(SOON)),
         "nothing looked at: ensure"
     );
+}
+
+#[test]
+fn a_start_that_takes_long_says_what_the_runtime_says_and_is_ensured_again() {
+    let before = creating(&spec(), 1);
+    let said = "aci: provisioningState Creating; Pulling: pulling image \"big\"";
+    let d = Case::new(valid(&spec()), Some(before.clone()))
+        .observed(Observed::Starting(said.into()))
+        .run();
+    let mut after = before.clone();
+    after.message = Some(said.into());
+    assert_eq!(d, unchanged(after, vec![ensure(1)], Some(SOON)));
+    assert!(!d.starts_attempt(Some(&before)), "the slot is already held");
 }
 
 #[test]

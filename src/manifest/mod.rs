@@ -15,6 +15,7 @@ pub use validate::{
     AciExtras, DEFAULT_HISTORY_LIMIT, EnvValue, Features, PullAuth, PullSecret, ScheduleRules, SecretRef, TaskSpec,
     ValidationContext, check_secret_url, is_arm_id, undefined_semaphores, validate,
 };
+pub use wire::AciDnsConfig;
 pub use wire::{
     API_VERSION, AciIdentity, AciIdentityType, AciSpec, AzureFile, Cleanup, Completion, CompletionMode,
     ConcurrencyPolicy, ContainerTask, EnvVar, ImagePullSecret, KIND, KeyVaultRef, Metadata, MissedRuns, Quantity,

@@ -302,6 +302,23 @@ pub struct AciSpec {
     /// fails with `StartTimeout` (humantime; default 15m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_timeout: Option<String>,
+    /// The group's DNS resolver settings (ACI's `dnsConfig`), e.g. for a VNet's own DNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<AciDnsConfig>,
+}
+
+/// ACI's `dnsConfig`: what the containers' `/etc/resolv.conf` says.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AciDnsConfig {
+    /// DNS servers' IP addresses (at least one).
+    pub name_servers: Vec<String>,
+    /// Domains to search for short host names, e.g. `[corp.example.com]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search_domains: Vec<String>,
+    /// Resolver options, e.g. `[ndots:2, timeout:3]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

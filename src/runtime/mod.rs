@@ -147,6 +147,10 @@ pub enum ContainerState {
 pub struct Inspection {
     pub state: ContainerState,
     pub attempt_id: Option<String>,
+    /// What the runtime says of a container still being made ([`ContainerState::Created`]),
+    /// e.g. ACI's `Pulling: pulling image "..."`: shown in the task's status message, so a
+    /// start that takes minutes says why. `None` when there is nothing to tell.
+    pub progress: Option<String>,
 }
 
 /// A container that carries skiff's labels, found by listing the runtime.

@@ -430,6 +430,7 @@ impl Runtime for ProcessRuntime {
         Ok(Inspection {
             state: self.layout.inspect_sync(name),
             attempt_id,
+            progress: None,
         })
     }
 

@@ -171,10 +171,12 @@ impl Runtime for FakeRuntime {
             Some(container) => Inspection {
                 state: Self::state_of(container, now),
                 attempt_id: Some(container.attempt_id.clone()),
+                progress: None,
             },
             None => Inspection {
                 state: ContainerState::Absent,
                 attempt_id: None,
+                progress: None,
             },
         })
     }

@@ -4,11 +4,19 @@
 //! (`specification/containerinstance/.../stable/2026-05-01/containerInstance.json`) in
 //! what skiff relies on:
 //!
-//! - PUT answers 201 on create and 200 on update, with `Azure-AsyncOperation`; a PUT with
-//!   `If-None-Match: *` on an existing group answers 412 (ARM's conditional semantics).
+//! - PUT answers 201 on create and 200 on update. The 201 carries `Location` and
+//!   `Retry-After` (the spec's `final-state-via: location`; `operationResults/{id}`
+//!   answers 202 while it runs, then 200 with the group) and `Azure-AsyncOperation`
+//!   (`operations/{id}` answers `{"status"}`), or only one of them ([`LroHeaders`]). A PUT
+//!   with `If-None-Match: *` on an existing group answers 412; PUTs carrying a condition are
+//!   counted, since the spec declares none.
 //! - `provisioningState` runs Pending → Creating → Succeeded (or Failed, for an image whose
 //!   name contains `doesnotexist`, with ACI's Failed/Warning event and `ErrImagePull`);
-//!   the container's `instanceView.currentState` runs Waiting → Running → Terminated.
+//!   the container's `instanceView.currentState` runs Waiting → Running → Terminated, and
+//!   its `instanceView.events` say Pulling (while Creating), Pulled, Started, Killing. An
+//!   image whose name contains `unhealthy` or `notaccessible` ends in provisioningState
+//!   `Unhealthy` or `NotAccessible` instead, with a Warning event. `dnsConfig` is checked
+//!   (nameServers a list, searchDomains and options strings) and kept.
 //! - The container "runs" its command, read as a tiny shell: `sleep S`, `echo TEXT`
 //!   (its output), `exit N`, `false`, and a `wget ... --post-data 'BODY' "$SKIFF_CALLBACK_URL"`,
 //!   which POSTs BODY to the URL (given as a `secureValue`) as busybox would. Statements
@@ -35,6 +43,10 @@
 //! variables once.
 #![allow(dead_code)]
 
+#[path = "azure_identity_sim.rs"]
+mod azure_identity_sim;
+pub use azure_identity_sim::*;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -42,8 +54,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub const API_VERSION: &str = "2026-05-01";
@@ -89,6 +100,19 @@ pub struct SimConfig {
     /// Resource groups that exist besides [`RESOURCE_GROUP`] (in any subscription); any
     /// other answers 404 `ResourceGroupNotFound`.
     pub other_resource_groups: Vec<String>,
+    /// Which long-running-operation headers a create's 201 carries.
+    pub create_headers: LroHeaders,
+}
+
+/// The headers of a long-running PUT's 201. The spec declares `Location` and
+/// `Retry-After` (`final-state-via: location`); ARM's answers also carry
+/// `Azure-AsyncOperation`. A client must cope with either alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LroHeaders {
+    #[default]
+    Both,
+    AzureAsyncOperationOnly,
+    LocationOnly,
 }
 
 impl Default for SimConfig {
@@ -106,6 +130,7 @@ impl Default for SimConfig {
             run_commands_in: None,
             private_registries: HashMap::new(),
             other_resource_groups: Vec::new(),
+            create_headers: LroHeaders::Both,
         }
     }
 }
@@ -151,6 +176,10 @@ pub struct Stats {
     /// Every create's body as it arrived (secrets included, for the tests to check what
     /// was sent), with the subscription and resource group of its URL.
     pub create_bodies: Vec<CreateRecord>,
+    /// PUTs that carried `If-None-Match` or `If-Match` (the spec declares neither).
+    pub conditional_puts: usize,
+    /// The `tail` of each logs request, in order.
+    pub log_tails: Vec<Option<usize>>,
 }
 
 /// One create as ARM received it.
@@ -226,6 +255,7 @@ struct SimGroup {
     /// `identity` as PUT, with the ids ARM adds.
     identity: Option<Value>,
     subnet_ids: Option<Value>,
+    dns_config: Option<Value>,
 }
 
 struct World {
@@ -377,6 +407,7 @@ impl ArmSim {
             pull_refused: None,
             identity: None,
             subnet_ids: None,
+            dns_config: None,
         };
         world.groups.insert(name.to_string(), group);
         let live = world.groups.len();
@@ -443,6 +474,9 @@ impl Sim {
         }
         if let Some(subnets) = &g.subnet_ids {
             properties["subnetIds"] = subnets.clone();
+        }
+        if let Some(dns) = &g.dns_config {
+            properties["dnsConfig"] = dns.clone();
         }
         if instance_view {
             properties["instanceView"] = json!({"state": g.group_state, "events": []});
@@ -742,6 +776,8 @@ async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: 
         ] if method == Method::GET => {
             let _ = rg;
             *world.stats.by_kind.entry("LOGS".into()).or_default() += 1;
+            let tail = params.get("tail").and_then(|t| t.parse::<usize>().ok());
+            world.stats.log_tails.push(tail);
             let name = segments[7];
             if !here(&world, name) {
                 return not_found(name);
@@ -784,7 +820,7 @@ async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: 
                 Some((name, generation, "create")) => match world.groups.get(name) {
                     Some(g) if g.generation == *generation => match g.provisioning {
                         "Succeeded" => "Succeeded",
-                        "Failed" => "Failed",
+                        "Failed" | "Unhealthy" | "NotAccessible" => "Failed",
                         _ => "InProgress",
                     },
                     _ => "Canceled",
@@ -798,6 +834,36 @@ async fn handle(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: 
                 }
             };
             (StatusCode::OK, axum::Json(json!({"name": id, "status": status}))).into_response()
+        }
+        [
+            "subscriptions",
+            _,
+            "providers",
+            "microsoft.containerinstance",
+            "locations",
+            _,
+            "operationresults",
+            id,
+        ] if method == Method::GET => {
+            // `final-state-via: location`: 202 (with Retry-After) while the operation runs,
+            // then 200 with the resource as it ended.
+            *world.stats.by_kind.entry("OPERATION RESULT".into()).or_default() += 1;
+            let Some((name, generation, _)) = world.operations.get(*id).cloned() else {
+                return error(StatusCode::NOT_FOUND, "OperationNotFound", "no such operation");
+            };
+            let headers = sim.headers(&mut world, &method, false);
+            match world.groups.get(&name) {
+                Some(g) if g.generation == generation => {
+                    if matches!(g.provisioning, "Pending" | "Creating" | "Accepted") {
+                        let mut headers = headers;
+                        headers.insert("retry-after", HeaderValue::from_static("1"));
+                        (StatusCode::ACCEPTED, headers).into_response()
+                    } else {
+                        (StatusCode::OK, headers, axum::Json(sim.view(&name, g, true))).into_response()
+                    }
+                }
+                _ => not_found(&name),
+            }
         }
         _ => error(
             StatusCode::NOT_FOUND,
@@ -833,6 +899,9 @@ fn put(
         );
     };
     let create_only = headers.get("if-none-match").and_then(|v| v.to_str().ok()) == Some("*");
+    if headers.contains_key("if-none-match") || headers.contains_key("if-match") {
+        world.stats.conditional_puts += 1;
+    }
     if let Some(existing) = world.groups.get(name).cloned() {
         if create_only {
             return error(
@@ -946,6 +1015,26 @@ fn put(
             );
         }
     };
+    let dns_config = match properties.get("dnsConfig") {
+        None => None,
+        Some(dns)
+            if dns["nameServers"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty() && s.iter().all(Value::is_string))
+                && ["searchDomains", "options"]
+                    .iter()
+                    .all(|k| dns.get(*k).is_none_or(Value::is_string)) =>
+        {
+            Some(dns.clone())
+        }
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidDnsConfig",
+                "dnsConfig needs nameServers (a list of addresses); searchDomains and options are strings.",
+            );
+        }
+    };
     let mut volumes = properties.get("volumes").cloned();
     if let Some(list) = volumes.as_mut().and_then(Value::as_array_mut) {
         for volume in list {
@@ -986,6 +1075,7 @@ fn put(
         pull_refused,
         identity,
         subnet_ids,
+        dns_config,
     };
     let view = sim.view(name, &group, true);
     world.groups.insert(name.to_string(), group);
@@ -998,12 +1088,25 @@ fn put(
         .operations
         .insert(operation.clone(), (name.to_string(), generation, "create"));
     let mut headers = sim.headers(&mut world, &Method::PUT, true);
-    let async_operation = format!(
-        "{}/subscriptions/{SUBSCRIPTION}/providers/Microsoft.ContainerInstance/locations/{location}/operations/{operation}?api-version={API_VERSION}",
+    let lro = world.config.create_headers;
+    let operations = format!(
+        "{}/subscriptions/{SUBSCRIPTION}/providers/Microsoft.ContainerInstance/locations/{location}",
         sim.endpoint
     );
-    if let Ok(value) = HeaderValue::from_str(&async_operation) {
+    if lro != LroHeaders::LocationOnly
+        && let Ok(value) = HeaderValue::from_str(&format!(
+            "{operations}/operations/{operation}?api-version={API_VERSION}"
+        ))
+    {
         headers.insert("azure-asyncoperation", value);
+    }
+    if lro != LroHeaders::AzureAsyncOperationOnly
+        && let Ok(value) = HeaderValue::from_str(&format!(
+            "{operations}/operationResults/{operation}?api-version={API_VERSION}"
+        ))
+    {
+        headers.insert("location", value);
+        headers.insert("retry-after", HeaderValue::from_static("1"));
     }
     drop(world);
     tokio::spawn(lifecycle(sim.clone(), name.to_string(), generation));
@@ -1362,6 +1465,29 @@ async fn lifecycle(sim: Arc<Sim>, name: String, generation: u64) {
         });
         return;
     }
+    // Provisioning states that never become a running group by themselves (2026-05-01's
+    // ContainerGroupProvisioningState), with the simulator's own words.
+    for (marker, state, words) in [
+        (
+            "unhealthy",
+            "Unhealthy",
+            "The container group is unhealthy: its host stopped answering health checks",
+        ),
+        (
+            "notaccessible",
+            "NotAccessible",
+            "The container group's resources are not accessible: its subnet or storage cannot be reached",
+        ),
+    ] {
+        if image.contains(marker) {
+            sim.transition(&name, generation, |g| {
+                g.provisioning = state;
+                g.group_state = state;
+                g.events.push(event(state, "Warning", words.to_string()));
+            });
+            return;
+        }
+    }
     if image.contains("doesnotexist") {
         sim.transition(&name, generation, |g| {
             g.provisioning = "Failed";
@@ -1462,249 +1588,6 @@ async fn lifecycle(sim: Arc<Sim>, name: String, generation: u64) {
             g.logs = g.logs[cut..].to_string();
         }
     });
-}
-
-/// The token endpoint, one per test process.
-pub struct Identity {
-    /// `IDENTITY_ENDPOINT`.
-    pub url: String,
-    /// `IDENTITY_HEADER`.
-    pub header: String,
-}
-
-/// A variable [`identity`] also sets, holding a (fake) storage account key, for azureFile
-/// volumes whose key the runtime reads from its environment.
-pub const STORAGE_KEY_ENV: &str = "SKIFF_SIM_STORAGE_KEY";
-
-static ISSUED: AtomicUsize = AtomicUsize::new(0);
-static LIFETIME_SECS: AtomicU64 = AtomicU64::new(3600);
-
-impl Identity {
-    /// Tokens issued so far (by every test of the process).
-    pub fn issued(&self) -> usize {
-        ISSUED.load(Ordering::SeqCst)
-    }
-}
-
-/// Starts the token endpoint and points `IDENTITY_ENDPOINT` / `IDENTITY_HEADER` at it
-/// (and sets [`STORAGE_KEY_ENV`]), once. Call it first thing in every test of a binary that uses it: the variables are
-/// set while no other test thread runs anything else.
-pub fn identity() -> &'static Identity {
-    static CELL: OnceLock<Identity> = OnceLock::new();
-    CELL.get_or_init(|| {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the token endpoint");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let url = format!("http://{}/msi/token", listener.local_addr().expect("address"));
-        let header = format!("skiff-sim-{}", std::process::id());
-        let expected = header.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the token endpoint");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let router = Router::new().route(
-                    "/msi/token",
-                    axum::routing::get(move |uri: Uri, headers: HeaderMap| {
-                        let expected = expected.clone();
-                        async move { token(uri, headers, &expected) }
-                    }),
-                );
-                let _ = axum::serve(listener, router).await;
-            });
-        });
-        // SAFETY: set once, inside the OnceLock's initialisation, which every test calls
-        // before it starts anything; no other thread of the process reads the environment
-        // meanwhile.
-        unsafe {
-            std::env::set_var("IDENTITY_ENDPOINT", &url);
-            std::env::set_var("IDENTITY_HEADER", &header);
-            std::env::set_var(STORAGE_KEY_ENV, "c2ltdWxhdGVkIHN0b3JhZ2Uga2V5");
-        }
-        Identity { url, header }
-    })
-}
-
-/// The App Service managed-identity protocol: GET with `api-version=2019-08-01`,
-/// `resource`, and the `x-identity-header`; `expires_on` is epoch seconds as a string.
-fn token(uri: Uri, headers: HeaderMap, expected: &str) -> Response {
-    let params = query(&uri);
-    if headers.get("x-identity-header").and_then(|v| v.to_str().ok()) != Some(expected) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"error": "missing or wrong x-identity-header"})),
-        )
-            .into_response();
-    }
-    if params.get("api-version").map(String::as_str) != Some("2019-08-01") {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": "api-version must be 2019-08-01"})),
-        )
-            .into_response();
-    }
-    let Some(resource) = params.get("resource") else {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": "resource is required"})),
-        )
-            .into_response();
-    };
-    let n = ISSUED.fetch_add(1, Ordering::SeqCst) + 1;
-    let expires = chrono::Utc::now().timestamp() + LIFETIME_SECS.load(Ordering::SeqCst) as i64;
-    // The token's audience is what it was asked for: a vault's token is no ARM token.
-    let audience = if resource.contains("vault.azure.net") {
-        "kv-"
-    } else {
-        ""
-    };
-    axum::Json(json!({
-        "access_token": format!("{TOKEN_PREFIX}{audience}mi-{n}"),
-        "expires_on": expires.to_string(),
-        "resource": resource.replace("%3A", ":").replace("%2F", "/"),
-        "token_type": "Bearer",
-    }))
-    .into_response()
-}
-
-/// A Key Vault stub on loopback: `GET /secrets/{name}[/{version}]?api-version=7.4` with a
-/// vault-scoped bearer token (from [`identity`]) answers `{"value", "id", "attributes"}`;
-/// 401 without such a token, 403 for a secret the caller may not read, 404 for an unknown
-/// one; queued faults (e.g. 503) come first.
-pub struct KeyVaultSim {
-    /// `http://127.0.0.1:PORT`: secret URLs are `{url}/secrets/NAME`.
-    pub url: String,
-    state: Arc<Mutex<VaultState>>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-#[derive(Default)]
-struct VaultState {
-    secrets: HashMap<String, String>,
-    forbidden: HashSet<String>,
-    faults: VecDeque<u16>,
-    /// Every request: (path, answered status).
-    requests: Vec<(String, u16)>,
-}
-
-impl Drop for KeyVaultSim {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl KeyVaultSim {
-    pub async fn start() -> KeyVaultSim {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the vault");
-        let url = format!("http://{}", listener.local_addr().expect("vault address"));
-        let state = Arc::new(Mutex::new(VaultState::default()));
-        let shared = state.clone();
-        let router = Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
-            let state = shared.clone();
-            async move { vault(&state, &uri, &headers) }
-        });
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        KeyVaultSim { url, state, server }
-    }
-
-    pub fn secret_url(&self, name: &str) -> String {
-        format!("{}/secrets/{name}", self.url)
-    }
-
-    pub fn set(&self, name: &str, value: &str) {
-        self.lock().secrets.insert(name.to_string(), value.to_string());
-    }
-
-    pub fn forbid(&self, name: &str) {
-        self.lock().forbidden.insert(name.to_string());
-    }
-
-    /// The next requests answer these statuses, in order.
-    pub fn fail_next(&self, statuses: &[u16]) {
-        self.lock().faults.extend(statuses);
-    }
-
-    pub fn requests(&self) -> Vec<(String, u16)> {
-        self.lock().requests.clone()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, VaultState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-fn vault(state: &Mutex<VaultState>, uri: &Uri, headers: &HeaderMap) -> Response {
-    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-    let path = uri.path().to_string();
-    let answer = |state: &mut VaultState, status: u16, body: Value| {
-        state.requests.push((path.clone(), status));
-        (StatusCode::from_u16(status).expect("a status"), axum::Json(body)).into_response()
-    };
-    let kv_error = |code: &str, message: &str| json!({"error": {"code": code, "message": message}});
-    if let Some(status) = state.faults.pop_front() {
-        return answer(
-            &mut state,
-            status,
-            kv_error("ServiceUnavailable", "The service is unavailable."),
-        );
-    }
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !token.starts_with(KEY_VAULT_TOKEN_PREFIX) {
-        return answer(
-            &mut state,
-            401,
-            kv_error(
-                "Unauthorized",
-                "AKV10022: Invalid audience. Expected https://vault.azure.net.",
-            ),
-        );
-    }
-    if query(uri).get("api-version").map(String::as_str) != Some("7.4") {
-        return answer(
-            &mut state,
-            400,
-            kv_error("BadParameter", "The api-version must be 7.4."),
-        );
-    }
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let name = match parts.as_slice() {
-        ["secrets", name] | ["secrets", name, _] => name.to_string(),
-        _ => return answer(&mut state, 404, kv_error("NotFound", "No such route.")),
-    };
-    if state.forbidden.contains(&name) {
-        return answer(
-            &mut state,
-            403,
-            kv_error(
-                "Forbidden",
-                "Caller is not authorized to perform action on resource. Action: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'",
-            ),
-        );
-    }
-    match state.secrets.get(&name).cloned() {
-        Some(value) => answer(
-            &mut state,
-            200,
-            json!({"value": value, "id": path, "attributes": {"enabled": true}}),
-        ),
-        None => answer(
-            &mut state,
-            404,
-            kv_error(
-                "SecretNotFound",
-                &format!("A secret with (name/id) {name} was not found in this key vault."),
-            ),
-        ),
-    }
 }
 
 #[cfg(test)]

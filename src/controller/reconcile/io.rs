@@ -30,6 +30,9 @@ pub enum Observed {
     #[default]
     NotApplicable,
     Container(ContainerState),
+    /// Made and not started yet, as [`ContainerState::Created`], with what the runtime
+    /// says of its start (e.g. ACI's `Pulling: pulling image "..."`), for the status.
+    Starting(String),
     /// The runtime could not be asked (invariant 4: this never uses up `retries`).
     Unreachable(String),
     /// The create call failed for a reason retrying cannot fix.

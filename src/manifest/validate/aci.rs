@@ -7,7 +7,7 @@ use super::context::ValidationContext;
 use super::secrets::{SUBNET_TYPE, check_identity_id, is_arm_id};
 use super::values::is_env_name;
 use crate::manifest::limits::aci_resource_problems;
-use crate::manifest::wire::{AciIdentityType, RuntimeKind, Spec};
+use crate::manifest::wire::{AciDnsConfig, AciIdentityType, RuntimeKind, Spec};
 
 /// ACI's rules for a task on `runtime` (nothing but `spec.aci`'s misplacement when it is
 /// not aci). The task's own location, if it names one, and its identity and subnets.
@@ -150,6 +150,10 @@ pub(super) fn rules(
             }
         }
         extras.subnet_ids = aci.subnet_ids.clone();
+        if let Some(dns) = &aci.dns_config {
+            check_dns_config(dns, fail);
+            extras.dns_config = Some(dns.clone());
+        }
         if let Some(text) = &aci.start_timeout {
             match super::values::parse_duration(text) {
                 Ok(d) if !d.is_zero() => extras.start_timeout = Some(d),
@@ -160,4 +164,72 @@ pub(super) fn rules(
         }
     }
     (aci_location, extras)
+}
+
+/// `spec.aci.dnsConfig`: name servers are IP addresses (ACI takes no host names there),
+/// search domains are DNS names, options single words (ACI joins both with spaces).
+fn check_dns_config(dns: &AciDnsConfig, fail: &mut impl FnMut(String)) {
+    let at = "spec.aci.dnsConfig";
+    if dns.name_servers.is_empty() {
+        fail(format!(
+            "{at}.nameServers: give at least one DNS server's IP address, e.g. [10.0.0.4]"
+        ));
+    }
+    for (i, server) in dns.name_servers.iter().enumerate() {
+        if server.trim().parse::<std::net::IpAddr>().is_err() {
+            fail(format!(
+                "{at}.nameServers[{i}]: {server:?} is not an IP address; write e.g. 10.0.0.4"
+            ));
+        }
+    }
+    for (i, domain) in dns.search_domains.iter().enumerate() {
+        let labels_ok = domain
+            .trim_end_matches('.')
+            .split('.')
+            .all(|l| (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        if domain.is_empty() || domain.len() > 253 || !labels_ok {
+            fail(format!(
+                "{at}.searchDomains[{i}]: {domain:?} is not a domain name; write one per entry, e.g. corp.example.com"
+            ));
+        }
+    }
+    for (i, option) in dns.options.iter().enumerate() {
+        if option.is_empty() || option.chars().any(char::is_whitespace) {
+            fail(format!(
+                "{at}.options[{i}]: {option:?} is not one resolver option; write one per entry, e.g. ndots:2"
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(dns: AciDnsConfig) -> Vec<String> {
+        let mut found = Vec::new();
+        check_dns_config(&dns, &mut |p| found.push(p));
+        found
+    }
+
+    #[test]
+    fn dns_config_names_the_field_and_the_fix() {
+        let good = AciDnsConfig {
+            name_servers: vec!["10.0.0.4".into(), "fd00::53".into()],
+            search_domains: vec!["corp.example.com".into()],
+            options: vec!["ndots:2".into()],
+        };
+        assert!(problems(good).is_empty());
+        let found = problems(AciDnsConfig {
+            name_servers: vec!["dns.example.com".into()],
+            search_domains: vec!["a.example b.example".into()],
+            options: vec!["ndots:2 timeout:1".into()],
+        });
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].starts_with("spec.aci.dnsConfig.nameServers[0]: \"dns.example.com\" is not an IP address"));
+        assert!(found[1].contains("searchDomains[0]") && found[1].contains("one per entry"));
+        assert!(found[2].contains("options[0]") && found[2].contains("ndots:2"));
+        let found = problems(AciDnsConfig::default());
+        assert!(found[0].contains("at least one"), "{found:?}");
+    }
 }

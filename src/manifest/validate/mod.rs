@@ -96,6 +96,8 @@ pub struct AciExtras {
     pub resource_group: Option<String>,
     /// `spec.aci.startTimeout`; the runtime's default when `None`.
     pub start_timeout: Option<Duration>,
+    /// `spec.aci.dnsConfig`.
+    pub dns_config: Option<crate::manifest::wire::AciDnsConfig>,
 }
 
 /// A validated spec with every default filled in: what the controller acts on.

@@ -263,7 +263,6 @@ impl Arm {
         url: &str,
         body: Option<&Value>,
         what: &str,
-        create_only: bool,
     ) -> Result<Answer, RuntimeError> {
         let mut throttled = 0;
         let mut fresh_token = false;
@@ -277,9 +276,6 @@ impl Arm {
                 .header(reqwest::header::ACCEPT, "application/json");
             if let Some(body) = body {
                 request = request.json(body);
-            }
-            if create_only {
-                request = request.header(reqwest::header::IF_NONE_MATCH, "*");
             }
             let response = request
                 .send()
@@ -334,7 +330,7 @@ impl Arm {
     pub(super) async fn get_group(&self, at: &GroupsAt, name: &str) -> Result<Option<Group>, RuntimeError> {
         let what = format!("GET {name}");
         let answer = self
-            .call(reqwest::Method::GET, &self.group_url(at, name), None, &what, false)
+            .call(reqwest::Method::GET, &self.group_url(at, name), None, &what)
             .await?;
         match answer.status {
             200 => serde_json::from_slice(&answer.body)
@@ -372,7 +368,7 @@ impl Arm {
             url.push_str(&format!("&tail={tail}"));
         }
         let what = format!("GET the logs of {name}");
-        let answer = self.call(reqwest::Method::GET, &url, None, &what, false).await?;
+        let answer = self.call(reqwest::Method::GET, &url, None, &what).await?;
         match answer.status {
             200 => {
                 let logs: Logs = serde_json::from_slice(&answer.body).map_err(|err| {
@@ -404,7 +400,7 @@ impl Arm {
         // A bound on pages, in case a service keeps answering the same nextLink.
         for _ in 0..1000 {
             let answer = self
-                .call(reqwest::Method::GET, &url, None, "list the container groups", false)
+                .call(reqwest::Method::GET, &url, None, "list the container groups")
                 .await?;
             if answer.status != 200 {
                 return Err(RuntimeError::Transient(format!(

@@ -176,6 +176,17 @@ pub(super) fn create_body(spec: &ContainerSpec, owner: &str, default_location: &
     if !extras.subnet_ids.is_empty() {
         properties["subnetIds"] = extras.subnet_ids.iter().map(|id| json!({"id": id})).collect();
     }
+    if let Some(dns) = &extras.dns_config {
+        // The spec's DnsConfiguration takes the domains and options as one string each.
+        let mut config = json!({"nameServers": dns.name_servers.iter().map(|s| s.trim()).collect::<Vec<_>>()});
+        if !dns.search_domains.is_empty() {
+            config["searchDomains"] = json!(dns.search_domains.join(" "));
+        }
+        if !dns.options.is_empty() {
+            config["options"] = json!(dns.options.join(" "));
+        }
+        properties["dnsConfig"] = config;
+    }
     let mut body = json!({
         "location": location.as_deref().map(str::trim).filter(|l| !l.is_empty()).unwrap_or(default_location),
         "tags": tags,

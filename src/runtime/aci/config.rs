@@ -76,10 +76,6 @@ pub struct AciConfig {
     pub poll_max: Duration,
     /// One HTTP exchange with ARM.
     pub request_timeout: Duration,
-    /// Send creates with `If-None-Match: *`, so that a racing second create cannot become
-    /// an update where ARM honours the condition (ACI's support for it is not documented;
-    /// where it is ignored, the GET before every create is the guard).
-    pub create_if_none_match: bool,
 }
 
 impl AciConfig {
@@ -104,7 +100,6 @@ impl AciConfig {
             poll_min: Duration::from_millis(500),
             poll_max: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
-            create_if_none_match: true,
         }
     }
 }

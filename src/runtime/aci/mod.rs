@@ -13,20 +13,24 @@
 //! - **Adopting.** A group's name is the container's deterministic name, so
 //!   [`ensure`](Runtime::ensure) first GETs it: a group of this controller made for this
 //!   attempt (tag [`LABEL_ATTEMPT_ID`]) is adopted, never created again (invariant 2); one
-//!   made for another attempt is deleted first. The create itself is a PUT with
-//!   `If-None-Match: *`, so that ARM, where it honours the condition, cannot turn a racing
-//!   second create into an update.
+//!   made for another attempt is deleted first. That GET is the guard: the create is a
+//!   plain PUT, without `If-None-Match: *`, which `ContainerGroups_CreateOrUpdate` does
+//!   not declare (what ACI does with it is undefined). The 201's `Azure-AsyncOperation` or
+//!   `Location` is not followed: the group's own GET tells everything either would.
 //! - **Ownership.** Groups are tagged with [`TAG_OWNER`], a random id kept in the state
 //!   folder (`<state>/aci-owner`): several controllers may share a resource group, and each
 //!   inspects, lists, adopts and deletes only its own. A state-folder *path* would not do:
 //!   two machines can have the same path.
 //! - **Provisioning.** After the PUT, `ensure` follows the group with GETs (backing off
 //!   from [`AciConfig::poll_min`] to [`AciConfig::poll_max`]) until `provisioningState` is
-//!   terminal or [`AciConfig::provision_wait`] has passed. While it is not terminal,
-//!   [`inspect`](Runtime::inspect) answers [`ContainerState::Created`], so the controller
+//!   terminal, [`AciConfig::provision_wait`] has passed, or ACI has said something new of
+//!   it (an event, e.g. `Pulling`). While it is not terminal,
+//!   [`inspect`](Runtime::inspect) answers [`ContainerState::Created`] with ACI's last
+//!   events as the inspection's `progress` (for the task's status), so the controller
 //!   calls `ensure` again, which goes on following it: the polling cadence stays that of
-//!   this module, not the controller's 100 ms first look. `provisioningState: Failed` (a
-//!   failed image pull, a volume that cannot be mounted) becomes a
+//!   this module, not the controller's 100 ms first look. `provisioningState` `Failed` (a
+//!   failed image pull, a volume that cannot be mounted), `Canceled`, `Unhealthy` or
+//!   `NotAccessible` (neither recovers by itself) becomes a
 //!   [`RuntimeError::Permanent`] whose message carries the group's events.
 //! - **State.** The container's `instanceView.currentState` gives Running (with its
 //!   start) and Terminated (exit code, start, finish, detail).
@@ -55,7 +59,8 @@
 //! `ContainerSpec::secret_env` names the variables sent as `secureValue` (which ARM never
 //! returns); `SKIFF_CALLBACK_URL`, which carries a token, always is.
 //!
-//! One file each: [`config`] (its configuration and constants), [`arm`] (the client, its tokens and its 429 gate), [`quota`] (the create
+//! One file each: [`config`] (its configuration and constants), [`arm`] (the client, its tokens and its 429 gate), [`follow`] (live logs
+//! from ARM's overlapping `tail` windows), [`quota`] (the create
 //! quota), [`wire`] (ARM's types and their mapping to [`ContainerState`](crate::runtime::ContainerState)), [`body`] (the
 //! create body), [`runtime`] (the `Runtime` impl). Azure identity is [`crate::azure`]'s,
 //! shared with the blob store; the resource limits validation also checks are
@@ -64,6 +69,7 @@
 mod arm;
 mod body;
 mod config;
+mod follow;
 mod quota;
 mod runtime;
 mod wire;
@@ -74,5 +80,6 @@ pub use config::{
     API_VERSION, AciConfig, AciCredential, AciError, DEFAULT_ARM_ENDPOINT, DEFAULT_CPU, DEFAULT_CREATE_QUOTA,
     DEFAULT_MEMORY_GB, DEFAULT_TOKEN_SCOPE, TAG_OWNER,
 };
+pub use follow::{Followed, LogFollower};
 pub use quota::{CreateLimiter, CreateQuota, CreateTicket, QuotaExhausted, QuotaWindow};
 pub use runtime::AciRuntime;

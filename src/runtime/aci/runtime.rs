@@ -50,7 +50,6 @@ struct Inner {
     delete_wait: Duration,
     poll_min: Duration,
     poll_max: Duration,
-    create_if_none_match: bool,
     /// The current pause of each group being provisioned, so that the backoff goes on
     /// across `ensure` calls instead of starting again from `poll_min`.
     pauses: std::sync::Mutex<HashMap<String, Duration>>,
@@ -145,7 +144,6 @@ impl AciRuntime {
                 delete_wait: config.delete_wait,
                 poll_min: config.poll_min,
                 poll_max: config.poll_max.max(config.poll_min),
-                create_if_none_match: config.create_if_none_match,
                 pauses: std::sync::Mutex::new(HashMap::new()),
                 home: GroupsAt::new(&config.subscription_id, &config.resource_group),
                 placed: std::sync::Mutex::new(HashMap::new()),
@@ -181,6 +179,14 @@ impl AciRuntime {
     /// The container's output, kept after the group was deleted.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.inner.log_path(name)
+    }
+
+    /// The last `tail` lines of a live group's output, from ARM (never the kept copy);
+    /// `None` when the group is gone or has no output to give yet. For following it with
+    /// a [`LogFollower`](super::LogFollower).
+    pub async fn live_logs(&self, name: &str, tail: u32) -> Result<Option<String>, RuntimeError> {
+        check_name(name)?;
+        self.inner.arm.logs(&self.inner.at(name), name, Some(tail)).await
     }
 }
 
@@ -280,9 +286,11 @@ impl Inner {
         Ok(self.arm.get_group(&self.at(name), name).await?.filter(|g| self.owns(g)))
     }
 
-    /// PUTs the group as a create. `Ok(None)`: it exists already (a racing create); look
-    /// again and adopt it.
-    async fn create(&self, spec: &ContainerSpec) -> Result<Option<Group>, RuntimeError> {
+    /// PUTs the group as a create. The GET just before it is the guard against making a
+    /// group twice (invariant 2): no conditional header is sent, since
+    /// `ContainerGroups_CreateOrUpdate` declares none and what ACI would do with one is
+    /// undefined.
+    async fn create(&self, spec: &ContainerSpec) -> Result<Group, RuntimeError> {
         let name = spec.name.as_str();
         let mut body = create_body(spec, &self.owner, &self.location)?;
         // When it must have started: a tag, so that a restarted controller still knows.
@@ -309,7 +317,6 @@ impl Inner {
                 &self.arm.group_url(&self.at(name), name),
                 Some(&body),
                 &what,
-                self.create_if_none_match,
             )
             .await;
         drop(ticket);
@@ -317,14 +324,18 @@ impl Inner {
         match answer.status {
             200 | 201 => {
                 if answer.status == 200 {
-                    // ARM ignored If-None-Match and updated a group made meanwhile.
+                    // A group of that name was made between the GET and the PUT (by another
+                    // tool: this controller never ensures one name twice at once), and this
+                    // PUT updated it. Following it, the next `ensure` judges whose it is.
                     tracing::warn!(container = name, "aci: the create of {name} updated an existing group");
                 } else {
                     tracing::debug!(container = name, "aci: created {name}");
                 }
-                Ok(Some(serde_json::from_slice(&answer.body).unwrap_or_default()))
+                // The 201 also carries `Azure-AsyncOperation` and/or `Location`
+                // (`final-state-via: location`); the group's own GET answers both questions,
+                // so neither is needed.
+                Ok(serde_json::from_slice(&answer.body).unwrap_or_default())
             }
-            412 => Ok(None),
             // The group is being deleted, or the resource group is missing: conditions that
             // pass, or that a person fixes; not the task's fault.
             404 | 409 => Err(RuntimeError::Transient(format!(
@@ -354,11 +365,14 @@ impl Inner {
         }
     }
 
-    /// Follows the group's provisioning with GETs until it is terminal or the wait is
-    /// over; a failed provisioning is Permanent.
+    /// Follows the group's provisioning with GETs until it is terminal, the wait is over,
+    /// or ACI says something new of it (an event: the controller then looks, and the task's
+    /// status says it, instead of keeping silent for the whole wait); a failed
+    /// provisioning is Permanent.
     async fn follow_provisioning(&self, name: &str, mut group: Group) -> Result<(), RuntimeError> {
         let deadline = Instant::now() + self.provision_wait;
         let mut pause = lock(&self.pauses).get(name).copied().unwrap_or(self.poll_min);
+        let said = group.starting_progress(name);
         loop {
             match group.provisioning(name) {
                 Provisioning::InProgress => {
@@ -374,6 +388,11 @@ impl Inner {
                                 group.progress(name)
                             ),
                         });
+                    }
+                    if group.starting_progress(name) != said {
+                        // Still provisioning: the controller sees Created and calls again.
+                        lock(&self.pauses).insert(name.to_string(), pause);
+                        return Ok(());
                     }
                 }
                 done => {
@@ -442,7 +461,6 @@ impl Inner {
                     &self.arm.group_url(&self.at(name), name),
                     None,
                     &what,
-                    false,
                 )
                 .await?;
             match answer.status {
@@ -524,11 +542,10 @@ impl Runtime for AciRuntime {
         for _ in 0..ENSURE_ROUNDS {
             let group = match inner.arm.get_group(&at, name).await? {
                 Some(group) => group,
-                None => match inner.create(spec).await? {
-                    Some(created) => return inner.follow_provisioning(name, created).await,
-                    // Made meanwhile by a racing create: adopt it.
-                    None => continue,
-                },
+                None => {
+                    let created = inner.create(spec).await?;
+                    return inner.follow_provisioning(name, created).await;
+                }
             };
             let wanted = spec.labels.get(LABEL_ATTEMPT_ID).map(String::as_str);
             match adopt::verdict(group.tag(TAG_OWNER), &inner.owner, group.tag(LABEL_ATTEMPT_ID), wanted) {
@@ -559,10 +576,12 @@ impl Runtime for AciRuntime {
             None => Inspection {
                 state: ContainerState::Absent,
                 attempt_id: None,
+                progress: None,
             },
             Some(group) => Inspection {
                 state: group.state(name),
                 attempt_id: group.tag(LABEL_ATTEMPT_ID).map(str::to_string),
+                progress: group.starting_progress(name),
             },
         })
     }

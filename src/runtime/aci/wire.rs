@@ -121,8 +121,14 @@ impl Group {
             .as_ref()
     }
 
+    /// What ACI says of a group still provisioning, for the task's status while it waits:
+    /// `None` once it has started, ended or failed (then its state or failure says it all).
+    pub(super) fn starting_progress(&self, name: &str) -> Option<String> {
+        (self.provisioning(name) == Provisioning::InProgress).then(|| format!("aci: {}", self.progress(name)))
+    }
+
     /// What ACI says of a group still starting: its last events (`Pulling: pulling image
-    /// "..."`), for a start that timed out.
+    /// "..."`), for the status while it waits and for a start that timed out.
     pub(super) fn progress(&self, name: &str) -> String {
         let said: Vec<String> = self
             .events(name)
@@ -298,6 +304,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_group_still_starting_reports_acis_events_and_one_started_none() {
+        let g = group(json!({"properties": {"provisioningState": "Creating", "containers": [
+            {"name": "c", "properties": {"instanceView": {
+                "currentState": {"state": "Waiting"},
+                "events": [{"name": "Pulling", "type": "Normal", "message": "pulling image \"big:1\""}]}}}]}}));
+        assert_eq!(
+            g.starting_progress("c").as_deref(),
+            Some("aci: provisioningState Creating; Pulling: pulling image \"big:1\"")
+        );
+        let g = group(json!({"properties": {"provisioningState": "Pending"}}));
+        assert_eq!(
+            g.starting_progress("c").as_deref(),
+            Some("aci: provisioningState Pending, no events")
+        );
+        let g = group(json!({"properties": {"provisioningState": "Succeeded"}}));
+        assert_eq!(g.starting_progress("c"), None);
+        let g = group(json!({"properties": {"provisioningState": "Unhealthy"}}));
+        assert_eq!(g.starting_progress("c"), None, "a failure says it itself");
     }
 
     #[test]

@@ -557,10 +557,12 @@ impl Runtime for DockerRuntime {
             None => Inspection {
                 state: ContainerState::Absent,
                 attempt_id: None,
+                progress: None,
             },
             Some(found) => Inspection {
                 state: state_of(&found),
                 attempt_id: labels_of(&found).and_then(|l| l.get(LABEL_ATTEMPT_ID)).cloned(),
+                progress: None,
             },
         })
     }
