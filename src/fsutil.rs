@@ -119,6 +119,12 @@ fn kind_of(file_type: fs::FileType) -> &'static str {
 /// been swapped in between). `take` bounds a file that grows while it is read.
 /// Blocking: call it off the async workers ([`read_regular_async`]).
 pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    read_regular_with_metadata(path, limit).map(|(bytes, _)| bytes)
+}
+
+/// [`read_regular`], with the metadata of the handle it read (the file as read, not as
+/// a later `stat` of its path might find it).
+pub fn read_regular_with_metadata(path: &Path, limit: u64) -> Result<(Vec<u8>, fs::Metadata), ReadError> {
     let check = |meta: &fs::Metadata| -> Result<(), ReadError> {
         if !meta.is_file() {
             return Err(ReadError::NotRegular {
@@ -146,7 +152,7 @@ pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
             limit,
         });
     }
-    Ok(bytes)
+    Ok((bytes, meta))
 }
 
 /// [`read_regular`] on the blocking pool, so that no file can stall the async workers.

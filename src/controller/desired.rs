@@ -9,6 +9,10 @@ use crate::task::TaskKey;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+/// Manifests up to this size are parsed on the async worker that read them: bounded
+/// work (a few tens of microseconds), where the blocking pool's round trip is dearer.
+const INLINE_PARSE_BYTES: usize = 4096;
+
 /// What the manifest asks for, and where it came from.
 pub(super) struct DesiredRead {
     pub(super) desired: Desired,
@@ -18,8 +22,13 @@ pub(super) struct DesiredRead {
     pub(super) local_dir: Option<PathBuf>,
 }
 
-/// Reads what the manifest asks for. `None`: the file is probably still being written.
-pub(super) async fn read_desired(shared: &Shared, key: &TaskKey) -> Result<Option<DesiredRead>, StoreError> {
+/// Judges what the manifest read asks for. `None`: the file is probably still being
+/// written.
+pub(super) async fn read_desired(
+    shared: &Shared,
+    key: &TaskKey,
+    read: ManifestRead,
+) -> Result<Option<DesiredRead>, StoreError> {
     let stem = key.as_str().rsplit('/').next().unwrap_or(key.as_str()).to_string();
     let plain = |desired: Desired| {
         Ok(Some(DesiredRead {
@@ -28,7 +37,7 @@ pub(super) async fn read_desired(shared: &Shared, key: &TaskKey) -> Result<Optio
             local_dir: None,
         }))
     };
-    let (file, bytes, modified, local_dir) = match shared.store.read_manifest(key).await? {
+    let (file, bytes, modified, local_dir) = match read {
         ManifestRead::Missing => return plain(Desired::Absent),
         ManifestRead::Conflict { files } => {
             return plain(Desired::Invalid {
@@ -91,7 +100,9 @@ pub(super) async fn read_desired(shared: &Shared, key: &TaskKey) -> Result<Optio
             )
         })
     };
-    let judged = if shared.parse_inline {
+    // A small manifest is judged in place: a trip to the blocking pool costs more than
+    // its parse, and a controller starting over 100,000 of them makes one per task.
+    let judged = if shared.parse_inline || parsed_bytes.len() <= INLINE_PARSE_BYTES {
         judge()
     } else {
         tokio::task::spawn_blocking(judge).await.map_err(|err| StoreError::Io {

@@ -163,11 +163,12 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
 /// Reads the manifest (judged) and the status; settles who owns the task's name.
 /// `None`: the manifest is probably still being written.
 async fn read(shared: &Arc<Shared>, key: &TaskKey, order: u64) -> Result<Option<Read>, StoreError> {
+    let (manifest, status) = shared.store.read_task(key).await?;
     let Some(DesiredRead {
         mut desired,
         file,
         local_dir,
-    }) = read_desired(shared, key).await?
+    }) = read_desired(shared, key, manifest).await?
     else {
         return Ok(None);
     };
@@ -188,7 +189,6 @@ async fn read(shared: &Arc<Shared>, key: &TaskKey, order: u64) -> Result<Option<
         },
         _ => shared.release_names(key),
     }
-    let status = shared.store.read_status_for_update(key).await?;
     Ok(Some(Read {
         desired,
         file,

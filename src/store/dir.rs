@@ -169,8 +169,13 @@ fn read_manifest_file(candidates: Vec<(String, PathBuf)>) -> ManifestRead {
     let mut found = Vec::new();
     for (rel, path) in candidates {
         // symlink_metadata: a dangling or looping link still "exists" and is reported;
-        // a folder named `x.yaml` is a folder of tasks, not a manifest.
-        if std::fs::symlink_metadata(&path).is_ok() && !path.is_dir() {
+        // a folder named `x.yaml` (or a link to one) is a folder of tasks, not a manifest.
+        let is_manifest = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => !path.is_dir(),
+            Ok(meta) => !meta.is_dir(),
+            Err(_) => false,
+        };
+        if is_manifest {
             found.push((rel, path));
         }
     }
@@ -184,12 +189,12 @@ fn read_manifest_file(candidates: Vec<(String, PathBuf)>) -> ManifestRead {
         }
     };
     let limit = crate::manifest::MAX_MANIFEST_BYTES as u64;
-    let message = match fsutil::read_regular(&path, limit) {
-        Ok(bytes) => {
+    let message = match fsutil::read_regular_with_metadata(&path, limit) {
+        Ok((bytes, meta)) => {
             return ManifestRead::Found {
                 local_dir: path.parent().map(Path::to_path_buf),
                 file: rel,
-                modified: std::fs::metadata(&path).and_then(|m| m.modified()).ok(),
+                modified: meta.modified().ok(),
                 bytes,
             };
         }
@@ -202,6 +207,27 @@ fn read_manifest_file(candidates: Vec<(String, PathBuf)>) -> ManifestRead {
         Err(err) => format!("cannot read the file: {err}"),
     };
     ManifestRead::Unreadable { file: rel, message }
+}
+
+/// Reads and parses a task's status file; `None` when there is none. Blocking.
+fn read_status_file(path: &Path, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError> {
+    let bytes = match fsutil::read_regular(path, MAX_STATUS_BYTES) {
+        Ok(bytes) => bytes,
+        Err(err) if err.is_not_found() => return Ok(None),
+        Err(err) => return Err(status_read_error(path, key, err)),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(StoreError::CorruptStatus {
+            path: path.display().to_string(),
+            message: "it is empty".into(),
+        });
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|err| StoreError::CorruptStatus {
+            path: path.display().to_string(),
+            message: err.to_string(),
+        })
 }
 
 /// Says what is wrong with a status file that cannot be read, and what to do.
@@ -337,23 +363,19 @@ impl Store for DirStore {
 
     async fn read_status(&self, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError> {
         let path = self.status_path(key);
-        let bytes = match fsutil::read_regular_async(path.clone(), MAX_STATUS_BYTES).await {
-            Ok(bytes) => bytes,
-            Err(err) if err.is_not_found() => return Ok(None),
-            Err(err) => return Err(status_read_error(&path, key, err)),
-        };
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(StoreError::CorruptStatus {
-                path: path.display().to_string(),
-                message: "it is empty".into(),
-            });
-        }
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|err| StoreError::CorruptStatus {
-                path: path.display().to_string(),
-                message: err.to_string(),
-            })
+        let key = key.clone();
+        blocking(&self.root, move || read_status_file(&path, &key)).await
+    }
+
+    async fn read_task(&self, key: &TaskKey) -> Result<(ManifestRead, Option<TaskStatus>), StoreError> {
+        let candidates: Vec<(String, PathBuf)> = self.manifest_candidates(key).collect();
+        let path = self.status_path(key);
+        let key = key.clone();
+        blocking(&self.root, move || {
+            let manifest = read_manifest_file(candidates);
+            Ok((manifest, read_status_file(&path, &key)?))
+        })
+        .await
     }
 
     async fn write_status(&self, key: &TaskKey, status: &TaskStatus) -> Result<(), StoreError> {

@@ -169,6 +169,14 @@ pub trait Store: Send + Sync {
     async fn read_status_for_update(&self, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError> {
         self.read_status(key).await
     }
+    /// What a reconcile pass reads first: the manifest, and the status as
+    /// [`Store::read_status_for_update`] reads it. A store on the local disk reads both in
+    /// one trip to the blocking pool, which a controller starting over many tasks feels.
+    async fn read_task(&self, key: &TaskKey) -> Result<(ManifestRead, Option<TaskStatus>), StoreError> {
+        let manifest = self.read_manifest(key).await?;
+        let status = self.read_status_for_update(key).await?;
+        Ok((manifest, status))
+    }
     /// Atomic: a reader sees the old status or the new one (DESIGN.md §3).
     async fn write_status(&self, key: &TaskKey, status: &TaskStatus) -> Result<(), StoreError>;
     async fn delete_status(&self, key: &TaskKey) -> Result<(), StoreError>;
