@@ -15,12 +15,12 @@ use super::adopt::{self, Verdict};
 use super::supervisor::{self, Entry, State};
 use super::{ContainerSpec, ContainerState, ContainerSummary, Inspection, LABEL_ATTEMPT_ID, Runtime, RuntimeError};
 use crate::fsutil;
+use crate::fswatch::{FolderWatch, Mask, Seen};
 use crate::manifest::RuntimeKind;
 use crate::status::LOG_TAIL_BYTES;
 use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use notify::{EventKind, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -44,7 +44,7 @@ pub struct ProcessRuntime {
     placement: super::Placement,
     /// The skiff binary, run as `skiff __supervise`.
     supervisor_exe: PathBuf,
-    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    watcher: Mutex<Option<FolderWatch>>,
     /// `--max-log-size`, handed to each supervisor.
     max_log_bytes: u64,
     /// Where containers get a cgroup of their own, when this controller may make them.
@@ -479,34 +479,22 @@ impl Runtime for ProcessRuntime {
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let layout = self.layout.clone();
-        let handler = move |result: notify::Result<notify::Event>| {
-            let Ok(event) = result else { return };
-            // Supervisors append to state files; a write is news, an open or a read is not.
-            let written = matches!(
-                event.kind,
-                EventKind::Modify(_)
-                    | EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
-            );
-            if !written {
+        // Supervisors append to state files; a write is news, an open or a read is not.
+        let handler = move |seen: Seen| {
+            let Seen::Change(change) = seen else { return };
+            let Some(file) = change.path.file_name().and_then(|n| n.to_str()) else {
                 return;
-            }
-            for path in event.paths {
-                let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
-                    continue;
-                };
-                // Only an exit is news: `ensure` already waited for the start.
-                if let Some(name) = file.strip_suffix(STATE_SUFFIX)
-                    && !fsutil::is_ignored_name(file)
-                    && layout.read_state(name).is_some_and(|state| state.exited.is_some())
-                {
-                    let _ = tx.send(name.to_string());
-                }
+            };
+            // Only an exit is news: `ensure` already waited for the start.
+            if let Some(name) = file.strip_suffix(STATE_SUFFIX)
+                && !fsutil::is_ignored_name(file)
+                && layout.read_state(name).is_some_and(|state| state.exited.is_some())
+            {
+                let _ = tx.send(name.to_string());
             }
         };
-        let mut watcher = notify::recommended_watcher(handler).ok()?;
-        watcher
-            .watch(&self.layout.containers, RecursiveMode::NonRecursive)
-            .ok()?;
+        let watcher = FolderWatch::start(Mask::MODIFY | Mask::CLOSE_WRITE, handler).ok()?;
+        watcher.watch(&self.layout.containers).ok()?;
         if let Ok(mut slot) = self.watcher.lock() {
             *slot = Some(watcher);
         }

@@ -5,11 +5,11 @@
 use super::commit::{self, Durability, GroupCommit};
 use super::{Fingerprint, Listed, MAX_STATUS_BYTES, ManifestRead, Store, StoreError, StoreEvent};
 use crate::fsutil::{self, ReadError, is_ignored_name};
+use crate::fswatch::{FolderWatch, Mask, Seen};
 use crate::status::{STATUS_SUFFIX, TaskStatus};
 use crate::store::parsed_key;
 use crate::task::TaskKey;
 use async_trait::async_trait;
-use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -29,7 +29,7 @@ pub struct DirStore {
 /// Each visible folder is watched on its own, rather than the root recursively, so
 /// that the churn of dot-folders (the state folder `.skiff/` above all) costs nothing.
 struct Watching {
-    watcher: notify::RecommendedWatcher,
+    watcher: FolderWatch,
     folders: HashSet<PathBuf>,
     /// Files may land in a new folder between the listing that found it and its watch:
     /// one more listing, asked for here, picks them up.
@@ -107,9 +107,7 @@ impl DirStore {
         watching.folders.retain(|f| present.contains(f));
         let mut added = false;
         for folder in present {
-            if !watching.folders.contains(&folder)
-                && watching.watcher.watch(&folder, RecursiveMode::NonRecursive).is_ok()
-            {
+            if !watching.folders.contains(&folder) && watching.watcher.watch(&folder).is_ok() {
                 watching.folders.insert(folder);
                 added = true;
             }
@@ -399,64 +397,50 @@ impl Store for DirStore {
         let (tx, rx) = mpsc::unbounded_channel();
         let rescan = tx.clone();
         let root = self.root.clone();
-        let handler = move |result: notify::Result<notify::Event>| {
-            let event = match result {
-                Ok(event) => event,
-                Err(_) => {
+        let handler = move |seen: Seen| {
+            let change = match seen {
+                Seen::Change(change) => change,
+                Seen::Lost => {
                     let _ = tx.send(StoreEvent::Rescan);
                     return;
                 }
             };
-            if event.need_rescan() {
-                let _ = tx.send(StoreEvent::Rescan);
-                return;
-            }
-            // Opening a file is not changing it; our own reads would otherwise echo back.
-            if matches!(event.kind, EventKind::Access(_)) {
-                return;
-            }
-            let removal = matches!(
-                event.kind,
-                EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
-            );
-            for path in &event.paths {
-                match classify(&root, path) {
-                    Some(PathRole::Manifest(key)) => {
-                        let _ = tx.send(StoreEvent::Changed(key));
-                    }
-                    // Our own status writes are renames into place; only a person
-                    // deleting a status file (to re-run the task) matters here.
-                    Some(PathRole::Status(key)) if removal && !path.exists() => {
-                        let _ = tx.send(StoreEvent::Changed(key));
-                    }
-                    Some(PathRole::Status(_)) => {}
-                    None => {
-                        // A folder moved or created in: its files raise no events of their own.
-                        let is_visible_dir = path.is_dir()
-                            && path
-                                .strip_prefix(&root)
-                                .map(|rel| {
-                                    rel.components()
-                                        .all(|c| !is_ignored_name(&c.as_os_str().to_string_lossy()))
-                                })
-                                .unwrap_or(false);
-                        if is_visible_dir && matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_)) {
-                            let _ = tx.send(StoreEvent::Rescan);
-                        }
+            let path = &change.path;
+            match classify(&root, path) {
+                Some(PathRole::Manifest(key)) => {
+                    let _ = tx.send(StoreEvent::Changed(key));
+                }
+                // Our own status writes are exchanges in place; only a person deleting a
+                // status file (to re-run the task) matters here.
+                Some(PathRole::Status(key)) if change.is_rename_or_removal() && !path.exists() => {
+                    let _ = tx.send(StoreEvent::Changed(key));
+                }
+                Some(PathRole::Status(_)) => {}
+                None => {
+                    // A folder moved or created in: its files raise no events of their own.
+                    let is_visible_dir = change.is_dir
+                        && path.is_dir()
+                        && path
+                            .strip_prefix(&root)
+                            .map(|rel| {
+                                rel.components()
+                                    .all(|c| !is_ignored_name(&c.as_os_str().to_string_lossy()))
+                            })
+                            .unwrap_or(false);
+                    if is_visible_dir && change.is_creation_or_change() {
+                        let _ = tx.send(StoreEvent::Rescan);
                     }
                 }
             }
         };
-        let mut watcher = notify::recommended_watcher(handler).map_err(|err| StoreError::Watch {
+        let watch_error = |err: std::io::Error| StoreError::Watch {
             path: self.root.display().to_string(),
             message: err.to_string(),
-        })?;
-        watcher
-            .watch(&self.root, RecursiveMode::NonRecursive)
-            .map_err(|err| StoreError::Watch {
-                path: self.root.display().to_string(),
-                message: err.to_string(),
-            })?;
+        };
+        // What a person does to manifests and statuses; not opens or reads.
+        let mask = Mask::CREATE | Mask::DELETE | Mask::MODIFY | Mask::ATTRIB | Mask::MOVED_FROM | Mask::MOVED_TO;
+        let watcher = FolderWatch::start(mask, handler).map_err(watch_error)?;
+        watcher.watch(&self.root).map_err(watch_error)?;
         if let Ok(mut slot) = self.watcher.lock() {
             *slot = Some(Watching {
                 watcher,
