@@ -112,6 +112,7 @@ pub struct Spec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExitRule {
     /// Exit codes from 1 to 255 (0 is success and may not be listed).
+    #[schemars(length(min = 1), inner(range(min = 1, max = 255)))]
     pub exit_codes: Vec<i64>,
     pub action: ExitAction,
 }
