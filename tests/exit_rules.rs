@@ -127,10 +127,11 @@ fn a_finished_dependency_runs_the_dependent_after_a_failure_with_its_phase() {
     let ws = Workspace::new();
     let ledger = ws.ledger().display().to_string();
     ws.task("extract.yaml", "exit 9", "");
+    ws.task("load.yaml", "true", "");
     ws.task(
         "report.yaml",
         &format!("echo \"$SKIFF_DEPENDENCY_RESULTS\" >> {ledger}"),
-        "  dependsOn: [{task: extract, condition: finished}]\n",
+        "  dependsOn: [{task: extract, condition: finished}, {task: load, condition: finished}]\n",
     );
     ws.task("strict.yaml", "true", "  dependsOn: [extract]\n");
     let code = ws.controller(&["--once"]).wait(LONG);
@@ -144,7 +145,9 @@ fn a_finished_dependency_runs_the_dependent_after_a_failure_with_its_phase() {
     );
     assert_eq!(
         ws.ledger_lines(),
-        [r#"{"extract":{"phase":"Failed","reason":"ExitCode","result":null}}"#]
+        [
+            r#"{"extract":{"phase":"Failed","reason":"ExitCode","result":null},"load":{"phase":"Succeeded","result":null}}"#
+        ]
     );
 }
 
