@@ -186,7 +186,7 @@ impl TaskGen {
             suspend: false,
             gpu: false,
             on_exit: rng.random_bool(0.3).then(|| random_exit_rules(rng)),
-            max_failed_indexes: (completions > 1 && rng.random_bool(0.4)).then(|| rng.random_range(1..completions)),
+            max_failed_indexes: (completions > 1 && rng.random_bool(0.6)).then(|| rng.random_range(1..completions)),
         }
     }
 }

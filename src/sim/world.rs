@@ -156,6 +156,10 @@ pub struct Stats {
     pub crashes: u64,
     /// Containers made for a scheduled task's run (with `SKIFF_SCHEDULED_AT`).
     pub scheduled_creates: u64,
+    /// Status writes where an attempt's exit code matched a rule of `spec.onExit`.
+    pub exit_rule_writes: u64,
+    /// Terminal writes of a fan-out that succeeded with failed indexes (`maxFailedIndexes`).
+    pub tolerated_failures: u64,
 }
 
 pub struct World {
@@ -308,6 +312,12 @@ impl State {
         }
         for violation in exit_rule_violations(new) {
             self.violation(format!("{key}: {violation}"));
+        }
+        if new.attempts.iter().any(|a| a.exit_rule.is_some()) {
+            self.stats.exit_rule_writes += 1;
+        }
+        if new.reason == Some(crate::status::Reason::SucceededWithFailedIndexes) && new.phase == Phase::Succeeded {
+            self.stats.tolerated_failures += 1;
         }
         for attempt in &new.attempts {
             let Some(id) = attempt.attempt_id() else { continue };
