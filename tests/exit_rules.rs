@@ -172,3 +172,27 @@ fn exit_code_rules_apply_to_docker_containers_exit_codes() {
     let failed = ws.status("d42").unwrap();
     assert_eq!(failed["attempts"][0]["exitRule"]["action"], "FailTask");
 }
+
+#[test]
+fn a_process_killed_by_sigkill_exits_137_and_is_retried_uncounted() {
+    let ws = Workspace::new();
+    // Killed twice (as an out-of-memory kill would), then it gets through, with `retries: 0`.
+    ws.task(
+        "oom.yaml",
+        &format!(
+            "{}; if [ \"$SKIFF_ATTEMPT\" -le 2 ]; then kill -9 $$; fi",
+            ws.ledger_line()
+        ),
+        "  backoff: 100ms\n  onExit: [{exitCodes: [137], action: RetryUncounted}]\n",
+    );
+    let code = ws.controller(&["--once"]).wait(LONG);
+    assert_eq!(code, Some(0), "{}", ws.controller_log());
+    let status = ws.status("oom").unwrap();
+    assert_eq!(status["phase"], "Succeeded", "{status:#}");
+    let codes: Vec<i64> = attempts(&status)
+        .iter()
+        .map(|a| a["exitCode"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(codes, [137, 137, 0]);
+    assert_eq!(ws.ledger_lines(), ["oom 1", "oom 2", "oom 3"]);
+}
