@@ -3,7 +3,7 @@
 //! It is the controller's durable memory: every decision is persisted here before it
 //! is acted on, which is what makes a crash at any instant recoverable.
 
-use crate::manifest::RuntimeKind;
+use crate::manifest::{ExitAction, RuntimeKind};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -103,6 +103,8 @@ pub enum Reason {
     ContainerStarted,
     /// Attempt ended with exit code 0.
     Completed,
+    /// A fan-out ended with some indexes failed, no more than `spec.maxFailedIndexes`.
+    SucceededWithFailedIndexes,
     /// Attempt ended with a non-zero exit code.
     ExitCode,
     DeadlineExceeded,
@@ -368,6 +370,22 @@ pub struct AttemptRecord {
     /// task with its manifest deleted or edited, still counts the container as a holder.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub semaphores: Vec<String>,
+    /// The rule of `spec.onExit` the attempt's exit code matched, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_rule: Option<ExitRuleApplied>,
+}
+
+/// Which rule of `spec.onExit` an attempt's exit code matched, and what it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitRuleApplied {
+    /// The rule's place in `spec.onExit`, from 0.
+    pub rule: u32,
+    pub action: ExitAction,
+    /// A `RetryUncounted` past the cap of uncounted retries in one run: this failure
+    /// counted against `retries` all the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cap_reached: bool,
 }
 
 impl AttemptRecord {
@@ -568,6 +586,7 @@ mod tests {
             message: None,
             placement: Some(Placement::process("0123abcd", "alpha")),
             semaphores: Vec::new(),
+            exit_rule: None,
         });
         let json: serde_json::Value = serde_json::from_slice(&status.to_json()).unwrap();
         assert_eq!(json["kind"], "ContainerTaskStatus");

@@ -458,6 +458,7 @@ mod tests {
             message: None,
             placement: None,
             semaphores: Vec::new(),
+            exit_rule: None,
         });
         let id = crate::status::format_time(&created);
         (status, id)

@@ -180,6 +180,7 @@ mod tests {
             message: None,
             placement: None,
             semaphores: Vec::new(),
+            exit_rule: None,
         }
     }
 

@@ -82,7 +82,10 @@ impl Graph {
     }
 }
 
-/// Where `spec.dependsOn` stands. `Err` holds why the manifest cannot run at all (a
+/// Where `spec.dependsOn` stands: each dependency Succeeded (or, with `condition:
+/// finished`, Failed) makes it met; one Failed (with the default condition) or Invalid
+/// fails it. `SKIFF_DEPENDENCY_RESULTS` gives each dependency's `result`, and a
+/// `finished` one's `phase` (and, if it Failed, `reason`). `Err` holds why the manifest cannot run at all (a
 /// cycle, or a task that does not exist), naming the file and the fix.
 ///
 /// A dependency that goes away once this task's run has begun (its manifest deleted to
@@ -148,10 +151,28 @@ pub(super) async fn evaluate(
             hashes.insert(dep.to_string(), status.spec_hash.clone());
         }
         let said = status.message.clone().unwrap_or_default();
+        // `condition: finished`: a Failed dependency ended too, and this task runs after it.
+        let finished_will_do = spec.finished_dependencies.contains(dep);
         match status.phase {
-            Phase::Succeeded => {
+            // A plain dependency's entry stays `{"result": ...}`, byte for byte as before
+            // conditions existed (scripts parse it); a `finished` one says how it ended.
+            Phase::Succeeded if !finished_will_do => {
                 let result = status.result.clone().unwrap_or(serde_json::Value::Null);
                 results.insert(dep.to_string(), serde_json::json!({ "result": result }));
+            }
+            Phase::Succeeded => {
+                let result = status.result.clone().unwrap_or(serde_json::Value::Null);
+                results.insert(
+                    dep.to_string(),
+                    serde_json::json!({ "result": result, "phase": status.phase }),
+                );
+            }
+            Phase::Failed if finished_will_do => {
+                let result = status.result.clone().unwrap_or(serde_json::Value::Null);
+                results.insert(
+                    dep.to_string(),
+                    serde_json::json!({ "result": result, "phase": status.phase, "reason": status.reason }),
+                );
             }
             Phase::Failed => failed.push(format!("dependency {dep} failed: {said}")),
             Phase::Invalid => failed.push(format!("dependency {dep} is invalid: {said}")),

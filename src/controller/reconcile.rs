@@ -14,12 +14,14 @@ use crate::task::TaskKey;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+mod exit_rules;
 mod fanout;
 mod io;
 mod schedule;
 #[cfg(test)]
 mod schedule_tests;
 
+pub use exit_rules::MAX_UNCOUNTED_RETRIES;
 pub use io::{Action, Decision, Dependencies, Desired, Input, Lane, Observed, Scheduling, Slot};
 
 /// Largest `SKIFF_DEPENDENCY_RESULTS`, in bytes of JSON: environments are not for bulk data.
@@ -342,7 +344,7 @@ fn resume_after_invalid(status: &TaskStatus, spec: &TaskSpec) -> TaskStatus {
     let failed_for_good = current.reason.is_some()
         && !stopped_from_outside(&current)
         && current.reason != Some(Reason::PlacementUnreachable)
-        && charged_failures(&status) > spec.retries;
+        && (charged_failures(&status) > spec.retries || exit_rules::fails_the_task(&current));
     if failed_for_good {
         status.phase = Phase::Failed;
         status.reason = current.reason;
@@ -402,6 +404,7 @@ fn pending(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisi
         message: None,
         placement: Some(placement),
         semaphores: Vec::new(),
+        exit_rule: None,
     });
     status.phase = Phase::Creating;
     status.reason = Some(Reason::ContainerCreated);
@@ -565,6 +568,7 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
                 (Some(text), Some(extra)) => Some(format!("{text}: {extra}")),
                 (text, extra) => text.or_else(|| extra.clone()),
             };
+            let reason = exit_rules::judge(spec, &mut status).unwrap_or(reason);
             let succeeded = reason == Reason::Completed;
             status.observed_at = Some(now);
             if input.log_tail.is_some() {
@@ -613,7 +617,8 @@ fn finish_with_event(
         .message
         .clone()
         .or_else(|| (code != 0).then(|| format!("reported exit code {code}")));
-    let reason = record.reason;
+    let reason = exit_rules::judge(spec, &mut status);
+    let succeeded = reason == Some(Reason::Completed);
     status.result = event.result.clone();
     status.observed_at = Some(now);
     if input.log_tail.is_some() {
@@ -623,7 +628,7 @@ fn finish_with_event(
     let keep_container = exited
         && match spec.cleanup {
             Cleanup::Always => false,
-            Cleanup::OnSuccess => code != 0,
+            Cleanup::OnSuccess => !succeeded,
             Cleanup::Never => true,
         };
     if input.observed == Observed::Container(ContainerState::Absent) || keep_container {
@@ -696,13 +701,14 @@ fn give_up_out_of_reach(record: &mut AttemptRecord, placement: &Placement, now: 
 }
 
 /// Failed attempts that count against `retries`: every ended attempt but those given
-/// up because their container was out of reach (attempts stopped from outside are
-/// forgotten, and a succeeded one ends the run).
+/// up because their container was out of reach and those an exit-code rule retried
+/// uncounted (attempts stopped from outside are forgotten, and a succeeded one ends the
+/// run).
 fn charged_failures(status: &TaskStatus) -> u32 {
     let charged = status
         .attempts
         .iter()
-        .filter(|a| a.reason != Some(Reason::PlacementUnreachable))
+        .filter(|a| a.reason != Some(Reason::PlacementUnreachable) && !exit_rules::uncounted(a))
         .count();
     u32::try_from(charged).unwrap_or(u32::MAX)
 }
@@ -739,10 +745,14 @@ fn after_attempt(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> 
     if current.succeeded() {
         status.phase = Phase::Succeeded;
         status.reason = Some(Reason::Completed);
-        status.message = Some(match current.number {
+        let mut message = match current.number {
             1 => "succeeded".to_string(),
             n => format!("succeeded on attempt {n}"),
-        });
+        };
+        if let (Some(rule), Some(code)) = (current.exit_rule, current.exit_code) {
+            message.push_str(&format!(" (exit code {code}, a success by spec.onExit[{}])", rule.rule));
+        }
+        status.message = Some(message);
         status.next_attempt_at = None;
         return Decision::keep(status, None);
     }
@@ -755,22 +765,27 @@ fn after_attempt(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> 
     // placement is not charged, so neither uses up `retries` (invariant 4).
     let number = status.attempt;
     let failed = charged_failures(&status);
-    if failed <= spec.retries && current.reason != Some(Reason::Terminated) {
+    let fails_the_task = exit_rules::fails_the_task(&current);
+    if failed <= spec.retries && current.reason != Some(Reason::Terminated) && !fails_the_task {
         let delay = retry_delay(spec.backoff, failed, input.jitter);
         let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+        let wait = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
         status.phase = Phase::Pending;
         status.reason = Some(Reason::BackoffAfterFailure);
-        status.message = Some(format!(
-            "attempt {number} failed ({why}); retry {failed} of {} in {}",
-            spec.retries,
-            humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
-        ));
+        status.message = Some(if exit_rules::uncounted(&current) {
+            format!("attempt {number} failed ({why}); retry in {wait}")
+        } else {
+            format!(
+                "attempt {number} failed ({why}); retry {failed} of {} in {wait}",
+                spec.retries
+            )
+        });
         status.next_attempt_at = Some(at);
         return Decision::keep(status, Some(delay));
     }
     status.phase = Phase::Failed;
     status.reason = current.reason;
-    status.message = Some(if spec.retries == 0 {
+    status.message = Some(if spec.retries == 0 || fails_the_task {
         format!("attempt {number} failed: {why}")
     } else {
         format!(

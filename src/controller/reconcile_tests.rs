@@ -74,6 +74,9 @@ fn spec() -> TaskSpec {
         suspend: false,
         semaphores: Vec::new(),
         notes: Vec::new(),
+        on_exit: Vec::new(),
+        max_failed_indexes: 0,
+        finished_dependencies: Vec::new(),
     }
 }
 
@@ -135,6 +138,7 @@ fn record(n: u32) -> AttemptRecord {
         message: None,
         placement: Some(here()),
         semaphores: Vec::new(),
+        exit_rule: None,
     }
 }
 

@@ -12,12 +12,13 @@ mod wire;
 
 pub use parse::{MAX_MANIFEST_BYTES, ManifestError, parse_manifest};
 pub use validate::{
-    AciExtras, DEFAULT_HISTORY_LIMIT, EnvValue, Features, PullAuth, PullSecret, ScheduleRules, SecretRef, TaskSpec,
-    ValidationContext, check_secret_url, is_arm_id, undefined_semaphores, validate,
+    AciExtras, DEFAULT_HISTORY_LIMIT, EnvValue, ExitRuleSpec, Features, PullAuth, PullSecret, ScheduleRules, SecretRef,
+    TaskSpec, ValidationContext, check_secret_url, is_arm_id, undefined_semaphores, validate,
 };
 pub use wire::AciDnsConfig;
 pub use wire::{
     API_VERSION, AciIdentity, AciIdentityType, AciSpec, AzureFile, Cleanup, Completion, CompletionMode,
-    ConcurrencyPolicy, ContainerTask, EnvVar, ImagePullSecret, KIND, KeyVaultRef, Metadata, MissedRuns, Quantity,
-    Resources, RuntimeKind, ScheduleSpec, Spec, ValueFrom, Volume, json_schema,
+    ConcurrencyPolicy, ConditionalDependency, ContainerTask, DependencyCondition, DependsOn, EnvVar, ExitAction,
+    ExitRule, ImagePullSecret, KIND, KeyVaultRef, Metadata, MissedRuns, Quantity, Resources, RuntimeKind, ScheduleSpec,
+    Spec, ValueFrom, Volume, json_schema,
 };

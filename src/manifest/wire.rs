@@ -73,9 +73,10 @@ pub struct Spec {
     /// At most this many indexes at once (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallelism: Option<u32>,
-    /// Fan-in: tasks that must have Succeeded first.
+    /// Fan-in: tasks that must have Succeeded first (a name), or ended either way
+    /// (`{task: NAME, condition: finished}`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub depends_on: Vec<String>,
+    pub depends_on: Vec<DependsOn>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aci: Option<AciSpec>,
     /// docker only: the network mode (`host`, `none`, or a network's name), overriding
@@ -95,6 +96,120 @@ pub struct Spec {
     /// Credentials for pulling `image` from private registries (docker and aci).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<ImagePullSecret>,
+    /// Exit-code rules: what a failed attempt's exit code means; the first rule listing
+    /// the code wins, and a code no rule lists is a failed attempt (`Count`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_exit: Vec<ExitRule>,
+    /// With `completions`: how many indexes may fail (run out of retries) while the others
+    /// carry on; the task then ends Succeeded (`SucceededWithFailedIndexes`). One more
+    /// fails the task and stops the rest. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed_indexes: Option<u32>,
+}
+
+/// One rule of `spec.onExit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExitRule {
+    /// Exit codes from 1 to 255 (0 is success and may not be listed).
+    #[schemars(length(min = 1), inner(range(min = 1, max = 255)))]
+    pub exit_codes: Vec<i64>,
+    pub action: ExitAction,
+}
+
+// FailTask: no more retries, whatever `retries` says; RetryUncounted: retried without
+// counting against `retries` (at most 10 times a run, then counted); Succeed: the attempt
+// succeeded; Count: a failed attempt, as without a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ExitAction {
+    FailTask,
+    RetryUncounted,
+    Succeed,
+    Count,
+}
+
+impl ExitAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitAction::FailTask => "FailTask",
+            ExitAction::RetryUncounted => "RetryUncounted",
+            ExitAction::Succeed => "Succeed",
+            ExitAction::Count => "Count",
+        }
+    }
+}
+
+/// One entry of `spec.dependsOn`: a task's name (it must have Succeeded), or the task
+/// with the condition it must meet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum DependsOn {
+    Task(String),
+    Conditional(ConditionalDependency),
+}
+
+impl DependsOn {
+    pub fn task(&self) -> &str {
+        match self {
+            DependsOn::Task(task) => task,
+            DependsOn::Conditional(entry) => &entry.task,
+        }
+    }
+
+    pub fn condition(&self) -> DependencyCondition {
+        match self {
+            DependsOn::Task(_) => DependencyCondition::Succeeded,
+            DependsOn::Conditional(entry) => entry.condition.unwrap_or_default(),
+        }
+    }
+}
+
+// By hand rather than `untagged`, whose only error is "did not match any variant": a
+// mapping's mistakes (an unknown field, a wrong condition) are said as they are.
+impl<'de> Deserialize<'de> for DependsOn {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = DependsOn;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a task's name, or {task: NAME, condition: succeeded|finished}")
+            }
+            fn visit_str<E: serde::de::Error>(self, task: &str) -> Result<DependsOn, E> {
+                Ok(DependsOn::Task(task.to_string()))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<DependsOn, M::Error> {
+                ConditionalDependency::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(DependsOn::Conditional)
+            }
+        }
+        de.deserialize_any(Entry)
+    }
+}
+
+impl From<&str> for DependsOn {
+    fn from(task: &str) -> Self {
+        DependsOn::Task(task.to_string())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConditionalDependency {
+    /// The task, by its path without extension, e.g. `jobs/split`.
+    pub task: String,
+    /// `succeeded` (default) or `finished` (Succeeded or Failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<DependencyCondition>,
+}
+
+// succeeded: the dependency must have Succeeded (if it Failed, so does this task);
+// finished: it must have ended, Succeeded or Failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DependencyCondition {
+    #[default]
+    Succeeded,
+    Finished,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

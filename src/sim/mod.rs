@@ -13,6 +13,8 @@
 
 pub mod clock;
 pub mod ownership;
+#[cfg(test)]
+mod policy_scenarios;
 pub mod runtime;
 pub mod scenario;
 #[cfg(test)]

@@ -134,6 +134,10 @@ struct TaskGen {
     /// `spec.schedule`'s flow mapping, for a scheduled task.
     schedule: Option<String>,
     suspend: bool,
+    /// `spec.onExit`'s flow sequence, over the codes the fake runtime exits with (1 to 3).
+    on_exit: Option<String>,
+    /// `spec.maxFailedIndexes`, for a fan-out.
+    max_failed_indexes: Option<u32>,
 }
 
 impl TaskGen {
@@ -147,6 +151,12 @@ impl TaskGen {
         );
         if self.gpu {
             text.push_str("  semaphores: [gpu]\n");
+        }
+        if let Some(rules) = &self.on_exit {
+            text.push_str(&format!("  onExit: {rules}\n"));
+        }
+        if let Some(max) = self.max_failed_indexes.filter(|_| self.completions > 1) {
+            text.push_str(&format!("  maxFailedIndexes: {max}\n"));
         }
         if let Some(schedule) = &self.schedule {
             text.push_str(&format!("  schedule: {schedule}\n"));
@@ -175,8 +185,26 @@ impl TaskGen {
             schedule: rng.random_bool(0.35).then(|| random_schedule(rng)),
             suspend: false,
             gpu: false,
+            on_exit: rng.random_bool(0.3).then(|| random_exit_rules(rng)),
+            max_failed_indexes: (completions > 1 && rng.random_bool(0.6)).then(|| rng.random_range(1..completions)),
         }
     }
+}
+
+/// Exit-code rules over the fake runtime's failing codes (1 to 3), each code in one rule.
+fn random_exit_rules(rng: &mut StdRng) -> String {
+    const ACTIONS: [&str; 4] = ["FailTask", "RetryUncounted", "Succeed", "Count"];
+    let mut rules = Vec::new();
+    for code in 1..=3 {
+        if rng.random_bool(0.6) {
+            let action = ACTIONS[rng.random_range(0..ACTIONS.len())];
+            rules.push(format!("{{exitCodes: [{code}], action: {action}}}"));
+        }
+    }
+    if rules.is_empty() {
+        return "[{exitCodes: [2], action: RetryUncounted}]".into();
+    }
+    format!("[{}]", rules.join(", "))
 }
 
 /// A running controller replica.

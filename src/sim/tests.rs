@@ -28,6 +28,23 @@ fn schedules_run_scheduled_tasks() {
 }
 
 #[test]
+fn schedules_exercise_exit_rules_and_tolerated_failed_indexes() {
+    let stats: Vec<_> = (0..40)
+        .map(|seed| run(seed).map_err(|f| f.to_string()).unwrap().stats)
+        .collect();
+    let ruled: u64 = stats.iter().map(|s| s.exit_rule_writes).sum();
+    let tolerated: u64 = stats.iter().map(|s| s.tolerated_failures).sum();
+    assert!(
+        ruled > 20,
+        "only {ruled} status writes with an exit rule applied in 40 schedules"
+    );
+    assert!(
+        tolerated > 0,
+        "no fan-out succeeded with failed indexes in 40 schedules"
+    );
+}
+
+#[test]
 fn a_replica_claims_a_scheduled_task_before_starting_its_next_run() {
     // Seed 72627 (two replicas): a replica started run 2 from a Succeeded status without
     // taking the lease, the other deleted the status of the deleted manifest, and the

@@ -156,6 +156,10 @@ pub struct Stats {
     pub crashes: u64,
     /// Containers made for a scheduled task's run (with `SKIFF_SCHEDULED_AT`).
     pub scheduled_creates: u64,
+    /// Status writes where an attempt's exit code matched a rule of `spec.onExit`.
+    pub exit_rule_writes: u64,
+    /// Terminal writes of a fan-out that succeeded with failed indexes (`maxFailedIndexes`).
+    pub tolerated_failures: u64,
 }
 
 pub struct World {
@@ -305,6 +309,15 @@ impl State {
         self.stats.writes += 1;
         if let Some(writes) = &mut self.writes {
             writes.push((key.clone(), new.clone()));
+        }
+        for violation in exit_rule_violations(new) {
+            self.violation(format!("{key}: {violation}"));
+        }
+        if new.attempts.iter().any(|a| a.exit_rule.is_some()) {
+            self.stats.exit_rule_writes += 1;
+        }
+        if new.reason == Some(crate::status::Reason::SucceededWithFailedIndexes) && new.phase == Phase::Succeeded {
+            self.stats.tolerated_failures += 1;
         }
         for attempt in &new.attempts {
             let Some(id) = attempt.attempt_id() else { continue };
@@ -551,4 +564,39 @@ impl State {
             labels.get(LABEL_ATTEMPT_ID).cloned().unwrap_or_default(),
         )
     }
+}
+
+/// What `spec.onExit` makes impossible, read from a status alone: an attempt whose code a
+/// rule says FailTask or Succeed is the last of its index (the run ended there), and no
+/// index takes more uncounted retries than the cap.
+fn exit_rule_violations(status: &TaskStatus) -> Vec<String> {
+    use crate::manifest::ExitAction;
+    let mut found = Vec::new();
+    let lanes: BTreeSet<Option<u32>> = status.attempts.iter().map(|a| a.index).collect();
+    for lane in lanes {
+        let attempts: Vec<_> = status.attempts.iter().filter(|a| a.index == lane).collect();
+        let last = attempts.iter().map(|a| a.number).max().unwrap_or(0);
+        for attempt in &attempts {
+            let Some(rule) = attempt.exit_rule else { continue };
+            if matches!(rule.action, ExitAction::FailTask | ExitAction::Succeed) && attempt.number != last {
+                found.push(format!(
+                    "attempt {} (index {lane:?}) ended by {:?}, yet attempt {last} followed",
+                    attempt.number, rule.action
+                ));
+            }
+        }
+        let uncounted = attempts
+            .iter()
+            .filter(|a| {
+                a.exit_rule
+                    .is_some_and(|r| r.action == ExitAction::RetryUncounted && !r.cap_reached)
+            })
+            .count();
+        if uncounted > crate::controller::reconcile::MAX_UNCOUNTED_RETRIES as usize {
+            found.push(format!(
+                "index {lane:?} took {uncounted} uncounted retries, past the cap"
+            ));
+        }
+    }
+    found
 }

@@ -72,6 +72,7 @@ fn api_dashboard_table_has_a_row_per_task_counts_and_fan_out_progress() {
         completed_by: None,
         reason: None,
         message: None,
+        exit_rule: None,
     });
     let mut waiting = status("queued", Phase::Pending);
     waiting.reason = Some(crate::status::Reason::WaitingForSlot);

@@ -4,8 +4,11 @@
 //! lane's state in `indexes` and its attempts in `attempts` (tagged with the index);
 //! the task's own phase is the aggregate:
 //!
-//! - `Succeeded` once every lane has;
-//! - `Failed` once a lane has run out of retries and the others are stopped and gone;
+//! - `Succeeded` once every lane has; also once every lane has ended with no more than
+//!   `maxFailedIndexes` of them Failed (reason `SucceededWithFailedIndexes`, `null` in
+//!   `result` for each failed one);
+//! - `Failed` once more than `maxFailedIndexes` lanes have run out of retries (or one
+//!   ended by a `FailTask` exit code) and the others are stopped and gone;
 //! - otherwise live (`Creating`/`Running`/`Deleting`) while any lane has a container,
 //!   and `Pending` when none has.
 //!
@@ -128,7 +131,7 @@ fn valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
     if let Some(held) = hold_for_dependencies(input, spec, &mut status) {
         return held.deleting_first(stale_containers);
     }
-    if let Some(failed) = status.indexes.iter().find(|l| l.phase == Phase::Failed).cloned() {
+    if let Some(failed) = failing(&status, spec) {
         return fail_fast(input, status, &failed);
     }
 
@@ -147,8 +150,8 @@ fn valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
         if lane.phase.is_final() {
             continue;
         }
-        if lane.phase == Phase::Pending && status.indexes.iter().any(|l| l.phase == Phase::Failed) {
-            // A lane failed for good in this very decision: start nothing more.
+        if lane.phase == Phase::Pending && failing(&status, spec).is_some() {
+            // The task failed in this very decision: start nothing more.
             continue;
         }
         let live = status.indexes.iter().filter(|l| l.phase.has_container()).count();
@@ -186,7 +189,7 @@ fn valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
         actions.extend(decided.actions);
         requeue = earliest(requeue, decided.requeue_after);
     }
-    if status.indexes.iter().any(|l| l.phase == Phase::Failed) {
+    if failing(&status, spec).is_some() {
         // The others are stopped in the next decision, from a fresh look at them.
         requeue = earliest(requeue, Some(SOON));
     }
@@ -210,9 +213,39 @@ fn fresh(key: &TaskKey, spec: &TaskSpec, now: Timestamp) -> TaskStatus {
     status
 }
 
-/// One lane failed for good: stop the others, and fail the task once they are gone.
+/// The lane that fails the task, if one does: the one past `maxFailedIndexes` failed
+/// lanes (the highest index of them), or one whose exit code's rule is `FailTask`.
+fn failing(status: &TaskStatus, spec: &TaskSpec) -> Option<IndexStatus> {
+    let failed: Vec<&IndexStatus> = status.indexes.iter().filter(|l| l.phase == Phase::Failed).collect();
+    let ended_by_rule = failed.iter().find(|l| {
+        status
+            .attempts
+            .iter()
+            .any(|a| a.index == Some(l.index) && a.number == l.attempt && exit_rules::fails_the_task(a))
+    });
+    match ended_by_rule {
+        Some(lane) => Some((*lane).clone()),
+        None if failed.len() > spec.max_failed_indexes as usize => failed.last().map(|l| (*l).clone()),
+        None => None,
+    }
+}
+
+/// The task fails (see [`failing`]): stop the other lanes, and fail the task once they
+/// are gone.
 fn fail_fast(input: &Input<'_>, mut status: TaskStatus, failed: &IndexStatus) -> Decision {
-    let why = failed.message.clone().unwrap_or_else(|| "it failed".into());
+    let mut why = failed.message.clone().unwrap_or_else(|| "it failed".into());
+    let others: Vec<String> = status
+        .indexes
+        .iter()
+        .filter(|l| l.phase == Phase::Failed && l.index != failed.index)
+        .map(|l| l.index.to_string())
+        .collect();
+    if !others.is_empty() {
+        why.push_str(&format!(
+            "; index {} failed too, more than maxFailedIndexes allows",
+            others.join(", ")
+        ));
+    }
     let stop_message = format!("index {} failed; stopping the other indexes", failed.index);
     let deletes = wind_down(
         input,
@@ -394,18 +427,37 @@ fn summarize(status: &mut TaskStatus, spec: &TaskSpec, now: Timestamp) {
     let failed = count(&[Phase::Failed]);
     let pending = count(&[Phase::Pending]);
     status.attempt = max_attempt(status);
-    if succeeded == total {
+    if succeeded + failed == total && failing(status, spec).is_none() {
+        // Every lane ended, and no more failed than `maxFailedIndexes` allows.
         status.phase = Phase::Succeeded;
-        status.reason = Some(Reason::Completed);
-        status.message = Some(format!("all {total} indexes succeeded"));
         status.next_attempt_at = None;
         status.observed_at = Some(now);
         status.result = Some(serde_json::Value::Array(
             status
                 .indexes
                 .iter()
-                .map(|l| l.result.clone().unwrap_or(serde_json::Value::Null))
+                .map(|l| match l.phase {
+                    Phase::Succeeded => l.result.clone().unwrap_or(serde_json::Value::Null),
+                    _ => serde_json::Value::Null,
+                })
                 .collect(),
+        ));
+        if failed == 0 {
+            status.reason = Some(Reason::Completed);
+            status.message = Some(format!("all {total} indexes succeeded"));
+            return;
+        }
+        let failures: Vec<String> = status
+            .indexes
+            .iter()
+            .filter(|l| l.phase == Phase::Failed)
+            .map(|l| format!("index {} ({})", l.index, l.message.as_deref().unwrap_or("failed")))
+            .collect();
+        status.reason = Some(Reason::SucceededWithFailedIndexes);
+        status.message = Some(format!(
+            "{succeeded} of {total} indexes succeeded; {failed} failed, within maxFailedIndexes {}: {}",
+            spec.max_failed_indexes,
+            failures.join("; ")
         ));
         return;
     }

@@ -654,3 +654,100 @@ fn a_lane_placed_out_of_reach_is_given_up_uncharged_and_runs_again_here_alone() 
         .unwrap();
     assert_eq!(record.placement, Some(here));
 }
+
+#[test]
+fn with_max_failed_indexes_1_one_index_always_failing_ends_succeeded_with_failed_indexes() {
+    let mut sim = Sim::new(spec(
+        "  completions: 6\n  parallelism: 2\n  retries: 1\n  maxFailedIndexes: 1\n",
+    ));
+    let exit = |index: u32, _: u32| i32::from(index == 2);
+    assert_eq!(sim.run(&exit, &[]).unwrap(), Phase::Succeeded);
+    let status = sim.status.as_ref().unwrap();
+    assert_eq!(status.reason, Some(Reason::SucceededWithFailedIndexes));
+    // The others kept running after index 2 ran out of retries, and all succeeded.
+    assert_eq!(sim.attempts_of(2), 2);
+    for index in [0, 1, 3, 4, 5] {
+        assert_eq!(lane(status, index).phase, Phase::Succeeded, "index {index}");
+    }
+    assert_eq!(lane(status, 2).phase, Phase::Failed);
+    let result = status.result.as_ref().unwrap().as_array().unwrap().clone();
+    assert_eq!(result.len(), 6);
+    assert!(result[2].is_null());
+    let message = status.message.as_deref().unwrap();
+    assert!(
+        message.starts_with("5 of 6 indexes succeeded; 1 failed, within maxFailedIndexes 1: index 2"),
+        "{message}"
+    );
+}
+
+#[test]
+fn with_max_failed_indexes_1_two_indexes_failing_fail_the_task_and_stop_the_rest() {
+    let mut sim = Sim::new(spec("  completions: 6\n  parallelism: 2\n  maxFailedIndexes: 1\n"));
+    let exit = |index: u32, _: u32| i32::from(index == 1 || index == 3);
+    assert_eq!(sim.run(&exit, &[]).unwrap(), Phase::Failed);
+    assert!(sim.live.is_empty());
+    let status = sim.status.as_ref().unwrap();
+    assert_eq!(status.reason, Some(Reason::ExitCode));
+    let message = status.message.as_deref().unwrap();
+    assert!(message.starts_with("index 3 failed"), "{message}");
+    assert!(message.contains("index 1 failed too"), "{message}");
+    // Index 1's failure did not stop the others: index 2 and 3 ran after it.
+    assert!(sim.attempts_of(2) == 1 && sim.attempts_of(3) == 1);
+    // Index 3's did: the lanes after it never started.
+    assert!(status.indexes.iter().any(|l| l.attempt == 0), "{status:?}");
+}
+
+#[test]
+fn a_fail_task_exit_code_fails_a_fan_out_whatever_max_failed_indexes_says() {
+    let mut sim = Sim::new(spec(
+        "  completions: 4\n  parallelism: 1\n  retries: 3\n  maxFailedIndexes: 2\n  onExit: [{exitCodes: [42], action: FailTask}]\n",
+    ));
+    let exit = |index: u32, _: u32| if index == 1 { 42 } else { 0 };
+    assert_eq!(sim.run(&exit, &[]).unwrap(), Phase::Failed);
+    assert_eq!(sim.attempts_of(1), 1, "not retried");
+    let status = sim.status.as_ref().unwrap();
+    assert!(status.message.as_deref().unwrap().contains("FailTask"), "{status:?}");
+    assert_eq!(lane(status, 3).attempt, 0, "the rest was stopped");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// With `maxFailedIndexes`, under failures and crashes: the task ends Succeeded
+    /// exactly when no more than that many indexes ran out of retries, then with every
+    /// other index succeeded and a null result for each failed one.
+    #[test]
+    fn max_failed_indexes_keeps_its_invariants(
+        completions in 2u32..7,
+        parallelism in 1u32..4,
+        retries in 0u32..2,
+        max_failed in 0u32..3,
+        failures in proptest::collection::vec(0u32..4, 8),
+        crashes in proptest::collection::vec(proptest::bool::weighted(0.2), 200),
+    ) {
+        let max_failed = max_failed.min(completions - 1);
+        let mut sim = Sim::new(spec(&format!(
+            "  completions: {completions}\n  parallelism: {parallelism}\n  retries: {retries}\n  maxFailedIndexes: {max_failed}\n"
+        )));
+        let exit = |index: u32, attempt: u32| i32::from(attempt <= failures[index as usize]);
+        let phase = sim.run(&exit, &crashes)?;
+        prop_assert!(sim.live.is_empty());
+        let failing = (0..completions).filter(|i| failures[*i as usize] > retries).count() as u32;
+        prop_assert_eq!(phase == Phase::Succeeded, failing <= max_failed, "{:?}", sim.status);
+        let status = sim.status.as_ref().unwrap();
+        for l in &status.indexes {
+            prop_assert!(l.attempt <= retries + 1);
+        }
+        if phase == Phase::Succeeded {
+            let result = status.result.as_ref().and_then(|r| r.as_array()).cloned().unwrap_or_default();
+            prop_assert_eq!(result.len(), completions as usize);
+            for l in &status.indexes {
+                let should_fail = failures[l.index as usize] > retries;
+                prop_assert_eq!(l.phase, if should_fail { Phase::Failed } else { Phase::Succeeded });
+                prop_assert!(!should_fail || result[l.index as usize].is_null());
+            }
+            let reason = if failing == 0 { Reason::Completed } else { Reason::SucceededWithFailedIndexes };
+            prop_assert_eq!(status.reason, Some(reason));
+        }
+    }
+}

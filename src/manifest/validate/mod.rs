@@ -8,16 +8,21 @@
 
 mod aci;
 mod context;
+mod policies;
 mod runtimes;
 mod secrets;
 mod values;
 
 pub use context::{Features, ValidationContext};
+pub use policies::ExitRuleSpec;
 pub use secrets::{check_secret_url, is_arm_id};
 
 use super::limits::MAX_RETRY_DELAY;
 use super::parse::ManifestError;
-use super::wire::{Cleanup, CompletionMode, ConcurrencyPolicy, ContainerTask, MissedRuns, RuntimeKind, Spec, Volume};
+use super::wire::{
+    Cleanup, CompletionMode, ConcurrencyPolicy, ContainerTask, DependencyCondition, DependsOn, MissedRuns, RuntimeKind,
+    Spec, Volume,
+};
 use crate::schedule::Schedule;
 use crate::task::{BadTaskKey, TaskKey};
 use context::NUL;
@@ -142,6 +147,12 @@ pub struct TaskSpec {
     pub semaphores: Vec<String>,
     /// Things the user should know that are not errors, e.g. a field this runtime ignores.
     pub notes: Vec<String>,
+    /// `spec.onExit`: what a failed attempt's exit code means, first match wins.
+    pub on_exit: Vec<ExitRuleSpec>,
+    /// `spec.maxFailedIndexes` (0 unless set): indexes that may fail while the task succeeds.
+    pub max_failed_indexes: u32,
+    /// The tasks of `depends_on` whose condition is `finished`: an end either way will do.
+    pub finished_dependencies: Vec<TaskKey>,
 }
 
 /// A task's schedule, validated, with its defaults filled in.
@@ -168,6 +179,12 @@ pub fn spec_hash(task: &ContainerTask) -> String {
     let mut spec = task.spec.clone();
     spec.schedule = None;
     spec.suspend = false;
+    // `{task: a}` and `{task: a, condition: succeeded}` say what `a` says.
+    for dep in &mut spec.depends_on {
+        if dep.condition() == DependencyCondition::Succeeded {
+            *dep = DependsOn::Task(dep.task().to_string());
+        }
+    }
     let canonical = serde_json::to_vec(&spec).unwrap_or_default();
     format!("sha256:{}", hex::encode(Sha256::digest(&canonical)))
 }
@@ -203,6 +220,8 @@ pub fn validate(
     let (completions, parallelism, depends_on) = fan(spec, ctx, &mut fail);
     let schedule = schedule(spec, &mut fail);
     let semaphores = semaphores(spec, &mut fail);
+    let on_exit = policies::on_exit(spec, &mut fail);
+    let max_failed_indexes = policies::max_failed_indexes(spec, completions, &mut fail);
 
     if !errors.is_empty() {
         return Err(errors);
@@ -236,6 +255,9 @@ pub fn validate(
         suspend: spec.suspend,
         semaphores,
         notes,
+        on_exit,
+        max_failed_indexes,
+        finished_dependencies: policies::finished_dependencies(spec),
     })
 }
 
@@ -506,7 +528,8 @@ fn fan(spec: &Spec, ctx: &ValidationContext<'_>, fail: &mut impl FnMut(String)) 
         ));
     }
     let mut depends_on = Vec::new();
-    for (i, dep) in spec.depends_on.iter().enumerate() {
+    for (i, entry) in spec.depends_on.iter().enumerate() {
+        let dep = entry.task();
         let parsed = match dep.trim() {
             "" => Err(BadTaskKey::Empty),
             _ => TaskKey::parse(dep),
