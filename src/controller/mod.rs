@@ -379,6 +379,14 @@ impl Shared {
         f(memory.entry(key.clone()).or_default())
     }
 
+    /// Drops the task's cached manifest, if it has any memory at all.
+    fn forget_validated(&self, key: &TaskKey) {
+        let mut memory = self.memory.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(memory) = memory.get_mut(key) {
+            memory.validated = None;
+        }
+    }
+
     fn infra_backoff(&self, key: &TaskKey) -> Duration {
         let failures = self.memory(key, |m| {
             m.infra_failures += 1;

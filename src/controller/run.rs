@@ -128,6 +128,10 @@ impl Controller {
                         if let Some(fp) = done.fingerprint.clone() {
                             settled.insert(done.key.clone(), fp);
                         }
+                        // A finished task is seldom reconciled again, and then mostly for
+                        // a changed manifest: its parsed spec is not worth its memory
+                        // (most of a controller's over 100,000 finished tasks).
+                        shared.forget_validated(&done.key);
                     } else {
                         settled.remove(&done.key);
                     }
