@@ -272,6 +272,20 @@ async fn trigger(state: &ApiState, task: &str) -> Response {
 /// The record of the attempt a callback names, if that attempt is the one running and
 /// has not been judged yet.
 fn live_attempt<'a>(status: &'a TaskStatus, attempt: u32, index: u32, id: &str) -> Option<&'a AttemptRecord> {
+    live_attempt_of_run(status, attempt, index, id).or_else(|| {
+        // A scheduled task's runs overlapping the top-level one (Allow): each is a run
+        // of its own, and the attempt may be one of theirs.
+        let runs = status.schedule.as_ref()?;
+        runs.overlapping.iter().find_map(|run| {
+            let view = run.view(status);
+            let found = live_attempt_of_run(&view, attempt, index, id)?.container.clone();
+            run.attempts.iter().rev().find(|a| a.container == found)
+        })
+    })
+}
+
+/// [`live_attempt`] among the attempts of one run.
+fn live_attempt_of_run<'a>(status: &'a TaskStatus, attempt: u32, index: u32, id: &str) -> Option<&'a AttemptRecord> {
     let live = |phase: Phase| matches!(phase, Phase::Creating | Phase::Running);
     let record = if status.indexes.is_empty() {
         status
@@ -310,7 +324,7 @@ fn kept_after_record(
         return true;
     }
     // Already applied: `finishedAt` of an event's attempt is the event's `receivedAt`.
-    status.attempts.iter().any(|a| {
+    status.all_attempts().any(|a| {
         a.number == attempt
             && a.index.unwrap_or(0) == index
             && attempt_id(a).as_deref() == Some(id)

@@ -306,7 +306,7 @@ impl State {
         if let Some(writes) = &mut self.writes {
             writes.push((key.clone(), new.clone()));
         }
-        for attempt in &new.attempts {
+        for attempt in new.all_attempts() {
             let Some(id) = attempt.attempt_id() else { continue };
             // An exit code comes from the attempt's own container, never another's.
             if attempt.exit_code.is_some()
@@ -400,7 +400,7 @@ impl State {
     /// unrecorded, which orphan collection and the next pass deal with.
     pub fn on_status_deleted_by_person(&mut self, key: &TaskKey, deleted: &TaskStatus) {
         self.on_status_delete(key);
-        for attempt in &deleted.attempts {
+        for attempt in deleted.all_attempts() {
             if let Some(id) = attempt.attempt_id() {
                 self.recorded_then_deleted.insert((attempt.container.clone(), id));
             }
@@ -419,13 +419,19 @@ impl State {
             return;
         };
         // Persist, then act: the status recorded this very attempt before the create.
+        // A scheduled task's overlapping runs (Allow) are runs of their own.
         let recorded = self.statuses.get(&key).is_some_and(|stored| {
-            stored.status.phase.has_container()
-                && stored
-                    .status
-                    .attempts
-                    .iter()
-                    .any(|a| a.container == name && a.attempt_id().as_deref() == Some(id.as_str()))
+            let status = &stored.status;
+            let overlapping = status.schedule.iter().flat_map(|s| s.overlapping.iter());
+            std::iter::once(status.clone())
+                .chain(overlapping.map(|r| r.view(status)))
+                .any(|run| {
+                    run.phase.has_container()
+                        && run
+                            .attempts
+                            .iter()
+                            .any(|a| a.container == name && a.attempt_id().as_deref() == Some(id.as_str()))
+                })
         });
         let person_deleted_it = self.recorded_then_deleted.contains(&(name.to_string(), id.clone()));
         if !recorded && !person_deleted_it {
@@ -482,10 +488,15 @@ impl State {
             }
         }
         if let Some(manifest) = self.manifests.get(&key) {
+            // `parallelism` bounds one run: a scheduled task's overlapping runs (Allow)
+            // each have their own.
+            let run = run_of(&key, name);
             let of_task = 1 + self
                 .containers
                 .iter()
-                .filter(|(name, c)| c.task.as_ref() == Some(&key) && self.records(name, c))
+                .filter(|(other, c)| {
+                    c.task.as_ref() == Some(&key) && self.records(other, c) && run_of(&key, other) == run
+                })
                 .count();
             if of_task > manifest.parallelism {
                 let message = format!(
@@ -505,12 +516,7 @@ impl State {
             return;
         };
         let hash = labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default();
-        let run = name
-            .strip_prefix(&key.container_prefix())
-            .and_then(|rest| rest.strip_prefix('r'))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|n| n.parse::<u32>().ok());
-        let Some(run) = run else {
+        let Some(run) = run_of(&key, name) else {
             self.violation(format!(
                 "{name}: made with SKIFF_SCHEDULED_AT={scheduled_at} but not named for a run"
             ));
@@ -539,8 +545,7 @@ impl State {
         self.statuses.get(task).is_some_and(|stored| {
             stored
                 .status
-                .attempts
-                .iter()
+                .all_attempts()
                 .any(|a| a.container == name && a.attempt_id().as_deref() == Some(container.attempt_id.as_str()))
         })
     }
@@ -551,4 +556,12 @@ impl State {
             labels.get(LABEL_ATTEMPT_ID).cloned().unwrap_or_default(),
         )
     }
+}
+
+/// The run a scheduled task's container belongs to, from its name (`…r<run>-<attempt>`).
+fn run_of(key: &TaskKey, name: &str) -> Option<u32> {
+    name.strip_prefix(&key.container_prefix())
+        .and_then(|rest| rest.strip_prefix('r'))
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|n| n.parse::<u32>().ok())
 }
