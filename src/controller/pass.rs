@@ -498,7 +498,10 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
         None => TaskState::Removed,
         Some(s) if idle_schedule && s.phase == Phase::Scheduled => TaskState::Final(Phase::Succeeded),
         Some(s) if idle_schedule => TaskState::Final(s.phase),
-        Some(s) if s.phase.is_final() => TaskState::Final(s.phase),
+        // Runs overlapping a finished top-level one (Allow) still run.
+        Some(s) if s.phase.is_final() && s.schedule.as_ref().is_none_or(|s| s.active.is_empty()) => {
+            TaskState::Final(s.phase)
+        }
         Some(_) => TaskState::Active,
     };
     let changed = match (status, decision.status.as_ref()) {

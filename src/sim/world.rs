@@ -136,6 +136,9 @@ pub struct State {
     /// (task, spec hash, `SKIFF_SCHEDULED_AT`) → the run (from the container's name) that
     /// ran it: exactly once per scheduled time.
     scheduled_runs: BTreeMap<(TaskKey, String, String), u32>,
+    /// Each scheduled task's schedule and `handledThrough` as last written: every time a
+    /// write moves it past must be in that write's `runs` (run, or missed), none lost.
+    handled: BTreeMap<TaskKey, (String, crate::status::Timestamp)>,
 }
 
 /// How long a container runs and how it exits, chosen from what it was given.
@@ -196,6 +199,7 @@ impl World {
                 peak: 0,
                 recorded_then_deleted: BTreeSet::new(),
                 scheduled_runs: BTreeMap::new(),
+                handled: BTreeMap::new(),
             }),
             clock,
         })
@@ -334,6 +338,7 @@ impl State {
                 _ => {}
             }
         }
+        self.check_none_lost(key, new);
         // A scheduled task's status is that of its newest run: each run starts from
         // attempt 1 and ends in its own terminal phase (its runs are checked at each
         // create, by `on_scheduled_run`).
@@ -391,6 +396,7 @@ impl State {
     }
 
     pub fn on_status_delete(&mut self, key: &TaskKey) {
+        self.handled.remove(key);
         self.terminal.remove(key);
         self.attempts.remove(key);
     }
@@ -508,6 +514,45 @@ impl State {
         }
     }
 
+    /// Every scheduled time a status write handles (moves `handledThrough` past) is in
+    /// its `runs`, as a run or as missed (one by one, or in a missed range): none is
+    /// lost silently, across DST changes too. A suspended schedule's times are skipped
+    /// on purpose (its `nextScheduledAt` is then absent), and a changed schedule judges
+    /// the new one's times.
+    fn check_none_lost(&mut self, key: &TaskKey, new: &TaskStatus) {
+        let Some(sched) = &new.schedule else {
+            self.handled.remove(key);
+            return;
+        };
+        let before = self
+            .handled
+            .insert(key.clone(), (sched.cron.clone(), sched.handled_through));
+        let Some((cron, prev)) = before else { return };
+        if cron != sched.cron || sched.next_scheduled_at.is_none() || sched.handled_through <= prev {
+            return;
+        }
+        let Some(schedule) = schedule_of(&sched.cron) else {
+            self.violation(format!("{key}: schedule {:?} in the status does not parse", sched.cron));
+            return;
+        };
+        let (due, _) = schedule.due(prev, sched.handled_through, 10_000);
+        for t in due {
+            let accounted = new
+                .runs
+                .iter()
+                .any(|r| r.scheduled_at == t || r.missed_from.is_some_and(|from| from <= t && t <= r.scheduled_at));
+            if !accounted {
+                let message = format!(
+                    "{key}: scheduled time {} was handled (handledThrough {} -> {}) but is in no run record: lost",
+                    crate::status::format_time(&t),
+                    crate::status::format_time(&prev),
+                    crate::status::format_time(&sched.handled_through)
+                );
+                self.violation(message);
+            }
+        }
+    }
+
     /// A container is made with `SKIFF_SCHEDULED_AT`: no scheduled time of a task runs in
     /// two runs for one spec (its attempts and fan-out indexes share the time).
     pub fn on_scheduled_run(&mut self, name: &str, labels: &BTreeMap<String, String>, scheduled_at: &str) {
@@ -564,4 +609,14 @@ fn run_of(key: &TaskKey, name: &str) -> Option<u32> {
         .and_then(|rest| rest.strip_prefix('r'))
         .and_then(|rest| rest.split('-').next())
         .and_then(|n| n.parse::<u32>().ok())
+}
+
+/// The schedule a status names (`cron`, then the time zone when not UTC).
+fn schedule_of(cron: &str) -> Option<crate::schedule::Schedule> {
+    match cron.rsplit_once(' ') {
+        Some((pattern, zone)) if zone.contains('/') || zone == "UTC" => {
+            crate::schedule::Schedule::parse(pattern, Some(zone)).ok()
+        }
+        _ => crate::schedule::Schedule::parse(cron, None).ok(),
+    }
 }
