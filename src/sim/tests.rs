@@ -88,3 +88,10 @@ fn dst_schedules_cross_the_change_with_crons_at_the_times_it_moves() {
         run(seed).map_err(|f| f.to_string()).unwrap();
     }
 }
+
+#[test]
+fn a_trigger_held_back_with_times_missed_while_down_hides_none_of_them() {
+    // Seed 1731 (historyLimit 1): a trigger held back under Forbid was folded in with
+    // the times missed during an outage, as an upside-down range that covered none.
+    run(1731).map_err(|f| f.to_string()).unwrap();
+}

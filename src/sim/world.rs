@@ -536,6 +536,20 @@ impl State {
             return;
         };
         let (due, _) = schedule.due(prev, sched.handled_through, 10_000);
+        let recorded: Vec<String> = new
+            .runs
+            .iter()
+            .map(|r| {
+                let from = r.missed_from.map(|f| format!("{}..", crate::status::format_time(&f)));
+                format!(
+                    "{}{} run {:?} {:?}",
+                    from.unwrap_or_default(),
+                    crate::status::format_time(&r.scheduled_at),
+                    r.run,
+                    r.reason
+                )
+            })
+            .collect();
         for t in due {
             let accounted = new
                 .runs
@@ -543,7 +557,7 @@ impl State {
                 .any(|r| r.scheduled_at == t || r.missed_from.is_some_and(|from| from <= t && t <= r.scheduled_at));
             if !accounted {
                 let message = format!(
-                    "{key}: scheduled time {} was handled (handledThrough {} -> {}) but is in no run record: lost",
+                    "{key}: scheduled time {} was handled (handledThrough {} -> {}) but is in no run record: lost; runs {recorded:?}",
                     crate::status::format_time(&t),
                     crate::status::format_time(&prev),
                     crate::status::format_time(&sched.handled_through)

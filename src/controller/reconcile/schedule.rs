@@ -430,28 +430,46 @@ fn missed(at: Timestamp, message: String) -> RunRecord {
 }
 
 /// Folds the times missed in this decision into one range record when there are more
-/// than the history keeps: none is dropped unseen.
+/// than the history keeps: none is dropped unseen. A held-back trigger recorded in the
+/// same decision is not a scheduled time: it keeps a record of its own only when the
+/// history has room beside the missed times (found by the simulator's "none lost"
+/// check: folded in with them, it once made an upside-down range that hid them).
 fn fold_missed(runs: &mut Vec<RunRecord>, new_missed: usize, limit: usize) {
     let limit = limit.max(1);
-    if new_missed <= limit {
+    if new_missed <= 1 {
         return;
     }
-    // The new missed records are the first `new_missed` of `runs` (newest first).
-    let keep = limit - 1;
-    let folded: Vec<RunRecord> = runs.drain(keep..new_missed).collect();
-    let (Some(newest), Some(oldest)) = (folded.first(), folded.last()) else {
+    let added: Vec<RunRecord> = runs.drain(..new_missed.min(runs.len())).collect();
+    let (mut missed, mut others): (Vec<RunRecord>, Vec<RunRecord>) = added
+        .into_iter()
+        .partition(|r| r.reason == Some(Reason::MissedSchedule));
+    if missed.is_empty() {
+        runs.splice(0..0, others);
         return;
-    };
-    let mut range = newest.clone();
-    range.missed_from = Some(oldest.missed_from.unwrap_or(oldest.scheduled_at));
-    let count: u64 = folded.iter().map(|r| r.missed_count.unwrap_or(1)).sum();
-    range.missed_count = Some(count);
-    range.message = Some(format!(
-        "{count} scheduled times, from {} to this one, were missed: {}",
-        format_time(&oldest.missed_from.unwrap_or(oldest.scheduled_at)),
-        oldest.message.as_deref().unwrap_or("")
-    ));
-    runs.insert(keep, range);
+    }
+    missed.sort_by_key(|r| std::cmp::Reverse(r.scheduled_at));
+    others.sort_by_key(|r| std::cmp::Reverse(r.scheduled_at));
+    let room = limit - others.len().min(limit - 1);
+    others.truncate(limit - room);
+    if missed.len() > room {
+        // The newest `room - 1` stay as they are; the rest become one range.
+        let keep = room - 1;
+        let folded: Vec<RunRecord> = missed.drain(keep..).collect();
+        if let (Some(newest), Some(oldest)) = (folded.first(), folded.last()) {
+            let from = oldest.missed_from.unwrap_or(oldest.scheduled_at);
+            let mut range = newest.clone();
+            range.missed_from = Some(from);
+            let count: u64 = folded.iter().map(|r| r.missed_count.unwrap_or(1)).sum();
+            range.missed_count = Some(count);
+            range.message = Some(format!(
+                "{count} scheduled times, from {} to this one, were missed: {}",
+                format_time(&from),
+                oldest.message.as_deref().unwrap_or("")
+            ));
+            missed.push(range);
+        }
+    }
+    runs.splice(0..0, others.into_iter().chain(missed));
 }
 
 /// The scheduled times of the active runs: the top-level run's first.
