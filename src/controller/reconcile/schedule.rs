@@ -201,8 +201,9 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
                     sched.last_scheduled_at = Some(t);
                 }
                 Ok(()) if active && policy != ConcurrencyPolicy::Replace && !room => {
-                    if while_down && rules.missed_runs == MissedRuns::All {
-                        // A catch-up run waits its turn.
+                    if while_down && matches!(rules.missed_runs, MissedRuns::All | MissedRuns::Latest) {
+                        // A catch-up run waits its turn: the active run is usually one the
+                        // outage left behind, whose end this controller has yet to see.
                         candidate = Some((t, None));
                         break;
                     }

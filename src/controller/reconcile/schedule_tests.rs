@@ -647,3 +647,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_latest_catch_up_waits_for_the_run_the_outage_left_active() {
+    let spec = spec("  schedule: {cron: '@every 10s', concurrencyPolicy: Forbid, missedRuns: latest}\n");
+    let s = decide_at(&spec, at_(None, at(1))).status.unwrap();
+    let s = decide_at(&spec, at_(Some(&s), at(10))).status.unwrap();
+    // The controller is down from 11 s to 45 s; run 1 ended meanwhile, unseen.
+    let after = |s: &TaskStatus, now: i64, observed: Observed| {
+        decide_at(
+            &spec,
+            Step {
+                since: at(45),
+                observed,
+                ..at_(Some(s), at(now))
+            },
+        )
+    };
+    let d = after(&s, 45, exited(0));
+    assert!(ensures(&d).is_empty());
+    let s = d.status.unwrap();
+    assert_eq!(missed(&s), vec![at(20), at(30)], "only the latest waits: {:?}", s.runs);
+    let d = after(&s, 46, Observed::Container(crate::runtime::ContainerState::Absent));
+    assert_eq!(ensures(&d), vec![key().run_container_name(2, 1, None)]);
+    assert_eq!(d.status.unwrap().schedule.unwrap().active, vec![at(40)]);
+}
