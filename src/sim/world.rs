@@ -159,6 +159,8 @@ pub struct Stats {
     pub crashes: u64,
     /// Containers made for a scheduled task's run (with `SKIFF_SCHEDULED_AT`).
     pub scheduled_creates: u64,
+    /// Of those, runs of a schedule in a time zone (the DST crons).
+    pub zoned_scheduled_creates: u64,
 }
 
 pub struct World {
@@ -571,6 +573,14 @@ impl State {
     /// two runs for one spec (its attempts and fan-out indexes share the time).
     pub fn on_scheduled_run(&mut self, name: &str, labels: &BTreeMap<String, String>, scheduled_at: &str) {
         self.stats.scheduled_creates += 1;
+        let zoned = labels
+            .get(LABEL_TASK)
+            .and_then(|t| TaskKey::parse(t).ok())
+            .and_then(|key| self.manifests.get(&key))
+            .is_some_and(|m| String::from_utf8_lossy(&m.bytes).contains("timeZone: Europe/Paris"));
+        if zoned {
+            self.stats.zoned_scheduled_creates += 1;
+        }
         let Some(key) = labels.get(LABEL_TASK).and_then(|t| TaskKey::parse(t).ok()) else {
             return;
         };
