@@ -497,6 +497,32 @@ mod tests {
     }
 
     #[test]
+    fn an_overlapping_runs_attempt_takes_its_own_event() {
+        // Run 1 at the top level has ended; run 2 runs beside it (concurrencyPolicy: Allow).
+        let (mut status, _) = running(1_000);
+        status.phase = Phase::Succeeded;
+        status.attempts[0].completed_by = Some(CompletedBy::Poll);
+        let (mut run2, _) = running(1_500);
+        run2.attempts[0].id = Some("0a2b".into());
+        run2.attempts[0].container = "skiff-t-r2-1".into();
+        let created = Utc.timestamp_millis_opt(1_000).unwrap();
+        status.schedule = Some(crate::status::ScheduleStatus {
+            cron: "@every 1s".into(),
+            last_scheduled_at: None,
+            next_scheduled_at: None,
+            active: vec![created],
+            handled_through: created,
+            run_count: 2,
+            triggered_at: None,
+            current_run: Some(1),
+            overlapping: vec![crate::status::OverlappingRun::from_view(2, created, run2)],
+        });
+        let found = live_attempt(&status, 1, 0, "0a2b").expect("run 2's attempt takes the event");
+        assert_eq!(found.container, "skiff-t-r2-1");
+        assert!(live_attempt(&status, 1, 0, "other").is_none(), "another attempt's id");
+    }
+
+    #[test]
     fn an_event_recorded_after_the_attempt_took_another_loses() {
         let (status, id) = running(1_000);
         let ours = Utc.timestamp_millis_opt(2_000).unwrap();
