@@ -166,6 +166,91 @@ pub struct ScheduleStatus {
     /// A `skiff trigger` waiting to be handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggered_at: Option<Timestamp>,
+    /// The number of the run the status's top-level fields (phase, attempts, ...) are
+    /// about; absent in statuses written before runs overlapped, where it is `runCount`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_run: Option<u32>,
+    /// Under `concurrencyPolicy: Allow`, the runs that started while the top-level run
+    /// was active, each a whole run of its own (attempts, retries, fan-out), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overlapping: Vec<OverlappingRun>,
+}
+
+/// A run of a scheduled task that overlaps the top-level one (`concurrencyPolicy:
+/// Allow`): the fields a task's status has for one run, kept apart so that each run is
+/// decided, observed and limited on its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverlappingRun {
+    pub run: u32,
+    pub scheduled_at: Timestamp,
+    /// The spec the run runs (an edit applies from the next run).
+    pub spec_hash: String,
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default)]
+    pub attempts: Vec<AttemptRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<IndexStatus>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dependencies: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<Timestamp>,
+}
+
+impl OverlappingRun {
+    /// The run as a task's status of its own (no schedule), for the run's decision and
+    /// for everything that reads one run's attempts (callbacks, limits).
+    pub fn view(&self, outer: &TaskStatus) -> TaskStatus {
+        TaskStatus {
+            spec_hash: self.spec_hash.clone(),
+            phase: self.phase,
+            reason: self.reason,
+            message: self.message.clone(),
+            attempt: self.attempt,
+            attempts: self.attempts.clone(),
+            result: self.result.clone(),
+            log_tail: self.log_tail.clone(),
+            indexes: self.indexes.clone(),
+            dependencies: self.dependencies.clone(),
+            next_attempt_at: self.next_attempt_at,
+            schedule: None,
+            runs: Vec::new(),
+            observed_at: self.observed_at,
+            ..TaskStatus::new(&outer.task, &outer.name, &self.spec_hash, outer.updated_at)
+        }
+    }
+
+    /// The run's state from its decided view.
+    pub fn from_view(run: u32, scheduled_at: Timestamp, view: TaskStatus) -> Self {
+        OverlappingRun {
+            run,
+            scheduled_at,
+            spec_hash: view.spec_hash,
+            phase: view.phase,
+            reason: view.reason,
+            message: view.message,
+            attempt: view.attempt,
+            attempts: view.attempts,
+            result: view.result,
+            log_tail: view.log_tail,
+            indexes: view.indexes,
+            dependencies: view.dependencies,
+            next_attempt_at: view.next_attempt_at,
+            observed_at: view.observed_at,
+        }
+    }
 }
 
 /// One run of a scheduled task (`status.runs`, newest first).
@@ -517,6 +602,40 @@ impl TaskStatus {
     pub fn current_mut(&mut self) -> Option<&mut AttemptRecord> {
         let number = self.attempt;
         self.attempts.iter_mut().rev().find(|a| a.number == number)
+    }
+
+    /// Every attempt the status records: the top-level run's, then those of each run
+    /// overlapping it (`schedule.overlapping`). Container names, attempt ids and
+    /// callbacks are looked up here.
+    pub fn all_attempts(&self) -> impl Iterator<Item = &AttemptRecord> {
+        let overlapping = self.schedule.iter().flat_map(|s| s.overlapping.iter());
+        self.attempts.iter().chain(overlapping.flat_map(|r| r.attempts.iter()))
+    }
+
+    /// Every attempt, mutably (see [`TaskStatus::all_attempts`]).
+    pub fn all_attempts_mut(&mut self) -> impl Iterator<Item = &mut AttemptRecord> {
+        let overlapping = self.schedule.iter_mut().flat_map(|s| s.overlapping.iter_mut());
+        self.attempts
+            .iter_mut()
+            .chain(overlapping.flat_map(|r| r.attempts.iter_mut()))
+    }
+
+    /// The scheduled time of the run a container belongs to (`SKIFF_SCHEDULED_AT`).
+    pub fn scheduled_at_of(&self, container: &str) -> Option<Timestamp> {
+        let schedule = self.schedule.as_ref()?;
+        if let Some(run) = schedule
+            .overlapping
+            .iter()
+            .find(|r| r.attempts.iter().any(|a| a.container == container))
+        {
+            return Some(run.scheduled_at);
+        }
+        let current = schedule.current_run.unwrap_or(schedule.run_count);
+        self.runs
+            .iter()
+            .find(|r| r.run == Some(current))
+            .map(|r| r.scheduled_at)
+            .or_else(|| schedule.active.first().copied())
     }
 
     /// The container that may exist for the current attempt.

@@ -272,6 +272,20 @@ async fn trigger(state: &ApiState, task: &str) -> Response {
 /// The record of the attempt a callback names, if that attempt is the one running and
 /// has not been judged yet.
 fn live_attempt<'a>(status: &'a TaskStatus, attempt: u32, index: u32, id: &str) -> Option<&'a AttemptRecord> {
+    live_attempt_of_run(status, attempt, index, id).or_else(|| {
+        // A scheduled task's runs overlapping the top-level one (Allow): each is a run
+        // of its own, and the attempt may be one of theirs.
+        let runs = status.schedule.as_ref()?;
+        runs.overlapping.iter().find_map(|run| {
+            let view = run.view(status);
+            let found = live_attempt_of_run(&view, attempt, index, id)?.container.clone();
+            run.attempts.iter().rev().find(|a| a.container == found)
+        })
+    })
+}
+
+/// [`live_attempt`] among the attempts of one run.
+fn live_attempt_of_run<'a>(status: &'a TaskStatus, attempt: u32, index: u32, id: &str) -> Option<&'a AttemptRecord> {
     let live = |phase: Phase| matches!(phase, Phase::Creating | Phase::Running);
     let record = if status.indexes.is_empty() {
         status
@@ -310,7 +324,7 @@ fn kept_after_record(
         return true;
     }
     // Already applied: `finishedAt` of an event's attempt is the event's `receivedAt`.
-    status.attempts.iter().any(|a| {
+    status.all_attempts().any(|a| {
         a.number == attempt
             && a.index.unwrap_or(0) == index
             && attempt_id(a).as_deref() == Some(id)
@@ -481,6 +495,32 @@ mod tests {
         with_id.attempts[0].id = Some("5eed".into());
         assert!(live_attempt(&with_id, 1, 0, "5eed").is_some());
         assert!(live_attempt(&with_id, 1, 0, &id).is_none());
+    }
+
+    #[test]
+    fn an_overlapping_runs_attempt_takes_its_own_event() {
+        // Run 1 at the top level has ended; run 2 runs beside it (concurrencyPolicy: Allow).
+        let (mut status, _) = running(1_000);
+        status.phase = Phase::Succeeded;
+        status.attempts[0].completed_by = Some(CompletedBy::Poll);
+        let (mut run2, _) = running(1_500);
+        run2.attempts[0].id = Some("0a2b".into());
+        run2.attempts[0].container = "skiff-t-r2-1".into();
+        let created = Utc.timestamp_millis_opt(1_000).unwrap();
+        status.schedule = Some(crate::status::ScheduleStatus {
+            cron: "@every 1s".into(),
+            last_scheduled_at: None,
+            next_scheduled_at: None,
+            active: vec![created],
+            handled_through: created,
+            run_count: 2,
+            triggered_at: None,
+            current_run: Some(1),
+            overlapping: vec![crate::status::OverlappingRun::from_view(2, created, run2)],
+        });
+        let found = live_attempt(&status, 1, 0, "0a2b").expect("run 2's attempt takes the event");
+        assert_eq!(found.container, "skiff-t-r2-1");
+        assert!(live_attempt(&status, 1, 0, "other").is_none(), "another attempt's id");
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub(super) async fn execute(
                 }
                 let attempt_id = decided
                     .as_ref()
-                    .and_then(|s| s.attempts.iter().rev().find(|a| a.container == *container))
+                    .and_then(|s| s.all_attempts().filter(|a| a.container == *container).last())
                     .and_then(callback::attempt_id)
                     .unwrap_or_default();
                 if let Some(callbacks) = &shared.callbacks {
@@ -108,8 +108,8 @@ pub(super) async fn execute(
                     dependency_results: dependency_results.as_deref(),
                     scheduled_at: decided
                         .as_ref()
-                        .and_then(|s| s.schedule.as_ref())
-                        .and_then(|s| s.active.first())
+                        .and_then(|s| s.scheduled_at_of(container))
+                        .as_ref()
                         .map(crate::status::format_time),
                 };
                 let made = container_spec(
@@ -143,7 +143,7 @@ pub(super) async fn execute(
                 let kind = before
                     .into_iter()
                     .chain(decision.status.as_ref())
-                    .flat_map(|s| s.attempts.iter())
+                    .flat_map(|s| s.all_attempts())
                     .find(|a| a.container == *container)
                     .map(|a| a.runtime)
                     .unwrap_or(shared.config.default_runtime);
@@ -186,15 +186,14 @@ pub(super) async fn execute(
 /// A new attempt also records the semaphores its container will hold (`spec.semaphores`).
 fn with_attempt_ids(shared: &Shared, before: Option<&TaskStatus>, new: &TaskStatus, desired: &Desired) -> TaskStatus {
     let mut new = new.clone();
-    for record in new.attempts.iter_mut().filter(|a| a.id.is_none()) {
+    for record in new.all_attempts_mut().filter(|a| a.id.is_none()) {
         // Only a record written before ids existed stays without one. A new attempt
         // whose name and `createdAt` match an earlier one's (a spec change restarting
         // within the same millisecond) is new all the same: without an id of its own
         // it would share the earlier one's (its `createdAt`), and that container could
         // be adopted as its own.
         let known = before.is_some_and(|old| {
-            old.attempts
-                .iter()
+            old.all_attempts()
                 .any(|b| b.id.is_none() && b.container == record.container && b.created_at == record.created_at)
         });
         if !known {
@@ -215,15 +214,14 @@ fn drop_settled_events(shared: &Shared, key: &TaskKey, before: Option<&TaskStatu
     let ended_before = |a: &crate::status::AttemptRecord| {
         before
             .and_then(|s| {
-                s.attempts
-                    .iter()
+                s.all_attempts()
                     .find(|b| b.container == a.container && b.attempt_id() == a.attempt_id())
             })
             .is_some_and(ended)
     };
     // Each index of a fan-out has its own container, and so its own event.
     let newly_ended: Vec<&crate::status::AttemptRecord> =
-        after.attempts.iter().filter(|a| ended(a) && !ended_before(a)).collect();
+        after.all_attempts().filter(|a| ended(a) && !ended_before(a)).collect();
     if newly_ended.is_empty() {
         return;
     }

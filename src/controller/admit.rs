@@ -86,10 +86,44 @@ pub(super) fn admit(
 /// without a slot. The lanes after a refused one are behind it in line, so they are
 /// refused too.
 pub(super) fn hold_back(input: &mut Input<'_>, lanes: u32, granted: &[Option<Lane>], full: Slot) {
-    input.slot = full.clone();
+    // The single container keeps a slot granted before the refusal (one started beside
+    // an overlapping run's, whose lanes come after it).
+    if !granted.contains(&None) {
+        input.slot = full.clone();
+    }
     for index in 0..lanes {
         if !granted.contains(&Some(index)) {
             input.lanes.entry(index).or_default().slot = full.clone();
+        }
+    }
+    // Each run overlapping the top-level one (Allow) has lanes of its own.
+    let Some(status) = input.status else { return };
+    for run in status.schedule.iter().flat_map(|s| s.overlapping.iter()) {
+        let seen = input.scheduling.overlapping.entry(run.run).or_default();
+        for (lane, index) in reconcile::overlapping_lanes(run) {
+            if granted.contains(&Some(lane)) {
+                continue;
+            }
+            match index {
+                None => seen.single.slot = full.clone(),
+                Some(index) => seen.lanes.entry(index).or_default().slot = full.clone(),
+            }
+        }
+    }
+    // A run the decision starts beside them (not in the status yet) takes the next
+    // run number, and so the lanes that follow from it.
+    let next = status.schedule.as_ref().map_or(1, |s| s.run_count + 1);
+    let completions = match input.desired {
+        reconcile::Desired::Valid(spec) if spec.completions > 1 => spec.completions,
+        _ => 0,
+    };
+    let seen = input.scheduling.overlapping.entry(next).or_default();
+    if !granted.contains(&Some(reconcile::overlapping_lane(next, None))) {
+        seen.single.slot = full.clone();
+    }
+    for index in 0..completions {
+        if !granted.contains(&Some(reconcile::overlapping_lane(next, Some(index)))) {
+            seen.lanes.entry(index).or_default().slot = full.clone();
         }
     }
 }
@@ -112,10 +146,29 @@ pub(super) fn standings(status: Option<&TaskStatus>, waiting_lane: Option<Lane>)
     let Some(status) = status else {
         return Vec::new();
     };
+    let mut all = own_standings(status, waiting_lane);
+    // Each run overlapping the top-level one (Allow), on its own lanes.
+    for run in status.schedule.iter().flat_map(|s| s.overlapping.iter()) {
+        let lanes = reconcile::overlapping_lanes(run);
+        let waiting = lanes
+            .iter()
+            .find(|(lane, _)| waiting_lane == Some(*lane))
+            .map(|(_, index)| index.unwrap_or(0));
+        for (lane, standing, runtime) in own_standings(&run.view(status), waiting) {
+            let index = (!run.indexes.is_empty()).then_some(lane);
+            all.push((reconcile::overlapping_lane(run.run, index), standing, runtime));
+        }
+    }
+    all
+}
+
+/// [`standings`] of the status's own (top-level) run.
+fn own_standings(status: &TaskStatus, waiting_lane: Option<Lane>) -> Vec<LaneStanding> {
     if status.indexes.is_empty() {
+        let own_waits = waiting_lane.is_some_and(|lane| lane < reconcile::overlapping_lane(0, None));
         let standing = if status.phase.has_container() {
             Standing::Live
-        } else if waiting_lane.is_some() && status.reason == Some(Reason::WaitingForSlot) {
+        } else if own_waits && status.reason == Some(Reason::WaitingForSlot) {
             Standing::Waiting
         } else {
             Standing::Idle

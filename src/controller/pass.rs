@@ -117,6 +117,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
     // Observe: first remove what the status no longer records, then look at what it does.
     remove_strays(shared, key, status.as_ref()).await;
     let (single, lanes) = observe_containers(shared, key, status.as_ref()).await;
+    let overlapping = observe_overlapping(shared, key, status.as_ref()).await;
     let placement = placement_for(shared, key, &desired).await;
     let requests = shared.memory(key, Requests::take);
     let result = decide_and_act(
@@ -129,6 +130,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
             local_dir,
             single,
             lanes,
+            overlapping,
             dependencies,
             placement,
             requests,
@@ -254,6 +256,23 @@ async fn observe_containers(
     (single, lanes)
 }
 
+/// Observes the containers of each run overlapping the top-level one (a scheduled task
+/// under `concurrencyPolicy: Allow`), as a task's own are.
+async fn observe_overlapping(
+    shared: &Arc<Shared>,
+    key: &TaskKey,
+    status: Option<&TaskStatus>,
+) -> BTreeMap<u32, reconcile::RunObservation> {
+    let mut seen = BTreeMap::new();
+    let Some(status) = status else { return seen };
+    for run in status.schedule.iter().flat_map(|s| s.overlapping.iter()) {
+        let view = run.view(status);
+        let (single, lanes) = observe_containers(shared, key, Some(&view)).await;
+        seen.insert(run.run, reconcile::RunObservation { single, lanes });
+    }
+    seen
+}
+
 /// Removes the task's containers that orphan collection found unrecorded by its status
 /// (a person deleted the status under a live container, to run the task again). Only a
 /// pass may: passes of one task never overlap, so the name cannot have been given to
@@ -262,8 +281,7 @@ async fn remove_strays(shared: &Arc<Shared>, key: &TaskKey, status: Option<&Task
     let strays = shared.memory(key, |m| std::mem::take(&mut m.strays));
     for (name, (kind, attempt_id)) in strays {
         let recorded = status.is_some_and(|s| {
-            s.attempts
-                .iter()
+            s.all_attempts()
                 .any(|a| a.container == name && a.attempt_id().as_deref() == Some(attempt_id.as_str()))
         });
         let Some(runtime) = shared.runtime(kind) else { continue };
@@ -322,6 +340,12 @@ fn semaphores_held(desired: &Desired, status: Option<&TaskStatus>) -> Vec<String
     for attempt in live {
         names.extend(attempt.semaphores.iter().cloned());
     }
+    // The runs overlapping the top-level one hold theirs the same way.
+    if let Some(status) = status {
+        for run in status.schedule.iter().flat_map(|s| s.overlapping.iter()) {
+            names.extend(semaphores_held(&Desired::Absent, Some(&run.view(status))));
+        }
+    }
     names.sort();
     names.dedup();
     names
@@ -334,6 +358,7 @@ struct Pass<'a> {
     local_dir: Option<PathBuf>,
     single: Lane,
     lanes: BTreeMap<u32, Lane>,
+    overlapping: BTreeMap<u32, reconcile::RunObservation>,
     dependencies: Dependencies,
     placement: Option<Placement>,
     requests: Requests,
@@ -361,12 +386,19 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
         local_dir,
         single,
         mut lanes,
+        mut overlapping,
         dependencies,
         placement,
         requests,
     } = pass;
     for lane in lanes.values_mut() {
         lane.seen_by_engine = requests.seen_by_engine;
+    }
+    for run in overlapping.values_mut() {
+        run.single.seen_by_engine = requests.seen_by_engine;
+        for lane in run.lanes.values_mut() {
+            lane.seen_by_engine = requests.seen_by_engine;
+        }
     }
     let results = match &dependencies {
         Dependencies::Met { results, .. } => Some(results.clone()),
@@ -392,6 +424,7 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
             since: Some(*shared.since.get_or_init(|| shared.clock.now())),
             trigger: requests.trigger,
             run: None,
+            overlapping,
         },
     };
 
@@ -465,7 +498,10 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
         None => TaskState::Removed,
         Some(s) if idle_schedule && s.phase == Phase::Scheduled => TaskState::Final(Phase::Succeeded),
         Some(s) if idle_schedule => TaskState::Final(s.phase),
-        Some(s) if s.phase.is_final() => TaskState::Final(s.phase),
+        // Runs overlapping a finished top-level one (Allow) still run.
+        Some(s) if s.phase.is_final() && s.schedule.as_ref().is_none_or(|s| s.active.is_empty()) => {
+            TaskState::Final(s.phase)
+        }
         Some(_) => TaskState::Active,
     };
     let changed = match (status, decision.status.as_ref()) {

@@ -19,10 +19,15 @@ mod fanout;
 mod io;
 mod schedule;
 #[cfg(test)]
+mod schedule_allow_tests;
+#[cfg(test)]
 mod schedule_tests;
 
 pub use exit_rules::MAX_UNCOUNTED_RETRIES;
-pub use io::{Action, Decision, Dependencies, Desired, Input, Lane, Observed, Scheduling, Slot};
+pub use io::{
+    Action, Decision, Dependencies, Desired, Input, Lane, Observed, RunObservation, Scheduling, Slot, overlapping_lane,
+    overlapping_lanes,
+};
 
 /// Largest `SKIFF_DEPENDENCY_RESULTS`, in bytes of JSON: environments are not for bulk data.
 pub const MAX_DEPENDENCY_RESULTS: usize = 32 * 1024;
@@ -46,6 +51,9 @@ pub fn retry_delay(base: Duration, failed: u32, jitter: f64) -> Duration {
 }
 
 pub fn decide(input: Input<'_>) -> Decision {
+    if let Some(wound_down) = schedule::wind_down_overlapping(&input) {
+        return wound_down;
+    }
     if let Desired::Valid(spec) = input.desired {
         match &spec.schedule {
             Some(rules) => return schedule::decide(&input, spec, rules),

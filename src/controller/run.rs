@@ -304,8 +304,7 @@ impl Controller {
                     let attempt_id = container.labels.get(runtime::LABEL_ATTEMPT_ID);
                     let recorded = match (&status, attempt_id) {
                         (Ok(Some(status)), Some(id)) => status
-                            .attempts
-                            .iter()
+                            .all_attempts()
                             .any(|a| a.container == container.name && a.attempt_id().as_ref() == Some(id)),
                         // Read as absent: its status was deleted (a container is made only
                         // once its status records it).

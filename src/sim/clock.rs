@@ -13,8 +13,13 @@ pub struct SimClock {
 impl SimClock {
     /// Call it inside the simulation's runtime, once its time is paused.
     pub fn new() -> Self {
+        Self::starting_at(chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default())
+    }
+
+    /// A clock whose run begins at `base` (a schedule that crosses a DST change).
+    pub fn starting_at(base: Timestamp) -> Self {
         SimClock {
-            base: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+            base,
             start: tokio::time::Instant::now(),
         }
     }

@@ -168,7 +168,7 @@ impl TaskGen {
     }
 
     /// A new task: a third of them scheduled.
-    fn random(rng: &mut StdRng) -> Self {
+    fn random(rng: &mut StdRng, dst: Option<Dst>) -> Self {
         let completions = if rng.random_bool(0.6) {
             1
         } else {
@@ -182,7 +182,7 @@ impl TaskGen {
             timeout_s: rng.random_range(5..=60),
             poll_s: rng.random_range(1..=10),
             broken: false,
-            schedule: rng.random_bool(0.35).then(|| random_schedule(rng)),
+            schedule: rng.random_bool(0.35).then(|| random_schedule(rng, dst)),
             suspend: false,
             gpu: false,
             on_exit: rng.random_bool(0.3).then(|| random_exit_rules(rng)),
@@ -226,12 +226,76 @@ struct Schedule {
     story: Vec<String>,
     /// Steps left out (see [`run_skipping`]).
     skip: BTreeSet<usize>,
+    /// The DST change the clock crosses, if it does.
+    dst: Option<Dst>,
+}
+
+/// A daylight-saving change in Europe/Paris that the simulated clock crosses a minute
+/// into the run (two seeds in five, chosen from the seed so that the others' schedules
+/// stay as they were): scheduled tasks then get crons at the local times it moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dst {
+    /// 2027-03-28: 02:00 CET becomes 03:00 CEST (the local hour 2 does not exist).
+    Spring,
+    /// 2027-10-31: 03:00 CEST becomes 02:00 CET (the local hour 2 happens twice).
+    Fall,
+}
+
+impl Dst {
+    pub(super) fn for_seed(seed: u64) -> Option<Dst> {
+        match seed % 5 {
+            3 => Some(Dst::Spring),
+            4 => Some(Dst::Fall),
+            _ => None,
+        }
+    }
+
+    /// The instant of the change.
+    pub(super) fn change(self) -> crate::status::Timestamp {
+        let secs = match self {
+            Dst::Spring => 1_806_195_600, // 2027-03-28T01:00:00Z
+            Dst::Fall => 1_824_944_400,   // 2027-10-31T01:00:00Z
+        };
+        chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default()
+    }
+
+    /// Crons (seconds first) at the local times around the change, in Europe/Paris.
+    pub(super) fn crons(self) -> &'static [&'static str] {
+        match self {
+            Dst::Spring => &[
+                // Every 5 s in the minute before the gap.
+                "*/5 59 1 * * *",
+                // In the gap: a fixed time runs at the first instant after it (03:00 CEST).
+                "0 30 2 * * *",
+                "0 0 2 * * *",
+                // Every 10 s in the two minutes after the gap.
+                "*/10 0,1 3 * * *",
+                // An interval job whose hour does not exist today.
+                "*/15 * 2 * * *",
+            ],
+            Dst::Fall => &[
+                // The minute before the change, which repeats an hour later: an interval
+                // job runs in both, a fixed time once.
+                "*/10 59 2 * * *",
+                "30 59 2 * * *",
+                // The repeated 02:00 (its first instance was before the run began).
+                "*/10 0,1 2 * * *",
+                "0 0 2 * * *",
+                // 03:00 CEST no longer comes: the next 03:00 is CET.
+                "0 0 3 * * *",
+            ],
+        }
+    }
 }
 
 impl Schedule {
     fn new(seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let clock = Arc::new(SimClock::new());
+        let dst = Dst::for_seed(seed);
+        let clock = Arc::new(match dst {
+            Some(dst) => SimClock::starting_at(dst.change() - chrono::Duration::seconds(60)),
+            None => SimClock::new(),
+        });
         let world = World::new(rng.random(), clock);
         let max_running = rng.random_bool(0.7).then(|| rng.random_range(1..=4));
         let per_runtime = rng.random_bool(0.3).then(|| rng.random_range(1..=3));
@@ -286,6 +350,7 @@ impl Schedule {
             nodes: Vec::new(),
             story: Vec::new(),
             skip: BTreeSet::new(),
+            dst,
         }
     }
 
@@ -379,7 +444,7 @@ impl Schedule {
                 let key = task_key(n);
                 let fresh = !self.tasks.contains_key(&key) || !self.world.lock().manifests.contains_key(&key);
                 if fresh && !self.tasks.contains_key(&key) {
-                    let mut task = TaskGen::random(&mut self.rng);
+                    let mut task = TaskGen::random(&mut self.rng, self.dst);
                     task.gpu = n % 2 == 0;
                     self.tasks.insert(key.clone(), task);
                 } else if let Some(task) = self.tasks.get_mut(&key) {
@@ -389,7 +454,7 @@ impl Schedule {
                             // Only the schedule changes (the spec hash stays): a new one,
                             // or suspended for a while.
                             if self.rng.random_bool(0.5) {
-                                task.schedule = Some(random_schedule(&mut self.rng));
+                                task.schedule = Some(random_schedule(&mut self.rng, self.dst));
                             }
                             task.suspend = self.rng.random_bool(0.25);
                         } else {
@@ -567,7 +632,7 @@ impl Schedule {
         if self.tasks.contains_key(&key) {
             return;
         }
-        let mut task = TaskGen::random(&mut self.rng);
+        let mut task = TaskGen::random(&mut self.rng, self.dst);
         task.gpu = n % 2 == 0;
         self.tasks.insert(key.clone(), task);
         self.say(format!("manifest {key} written before start"));
@@ -659,8 +724,12 @@ impl Schedule {
     }
 }
 
-/// A schedule of a few seconds, with any policy and way of catching up.
-fn random_schedule(rng: &mut StdRng) -> String {
+/// A schedule of a few seconds, with any policy and way of catching up; across a DST
+/// change, half of them at the local times it moves.
+fn random_schedule(rng: &mut StdRng, dst: Option<Dst>) -> String {
+    let zoned = dst
+        .filter(|_| rng.random_bool(0.5))
+        .map(|dst| dst.crons()[rng.random_range(0..dst.crons().len())]);
     let every = ["5s", "7s"][rng.random_range(0..2)];
     let policy = ["Forbid", "Replace", "Allow"][rng.random_range(0..3)];
     let missed = ["skip", "latest", "all"][rng.random_range(0..3)];
@@ -670,9 +739,11 @@ fn random_schedule(rng: &mut StdRng) -> String {
         String::new()
     };
     let history = rng.random_range(1..=5);
-    format!(
-        "{{cron: '@every {every}', concurrencyPolicy: {policy}, missedRuns: {missed}{deadline}, historyLimit: {history}}}"
-    )
+    let cron = match zoned {
+        Some(cron) => format!("'{cron}', timeZone: Europe/Paris"),
+        None => format!("'@every {every}'"),
+    };
+    format!("{{cron: {cron}, concurrencyPolicy: {policy}, missedRuns: {missed}{deadline}, historyLimit: {history}}}")
 }
 
 /// Task `n`: some at the root, some in a folder.

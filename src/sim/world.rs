@@ -136,6 +136,9 @@ pub struct State {
     /// (task, spec hash, `SKIFF_SCHEDULED_AT`) → the run (from the container's name) that
     /// ran it: exactly once per scheduled time.
     scheduled_runs: BTreeMap<(TaskKey, String, String), u32>,
+    /// Each scheduled task's schedule and `handledThrough` as last written: every time a
+    /// write moves it past must be in that write's `runs` (run, or missed), none lost.
+    handled: BTreeMap<TaskKey, (String, crate::status::Timestamp)>,
 }
 
 /// How long a container runs and how it exits, chosen from what it was given.
@@ -160,6 +163,8 @@ pub struct Stats {
     pub exit_rule_writes: u64,
     /// Terminal writes of a fan-out that succeeded with failed indexes (`maxFailedIndexes`).
     pub tolerated_failures: u64,
+    /// Of those, runs of a schedule in a time zone (the DST crons).
+    pub zoned_scheduled_creates: u64,
 }
 
 pub struct World {
@@ -200,6 +205,7 @@ impl World {
                 peak: 0,
                 recorded_then_deleted: BTreeSet::new(),
                 scheduled_runs: BTreeMap::new(),
+                handled: BTreeMap::new(),
             }),
             clock,
         })
@@ -319,7 +325,7 @@ impl State {
         if new.reason == Some(crate::status::Reason::SucceededWithFailedIndexes) && new.phase == Phase::Succeeded {
             self.stats.tolerated_failures += 1;
         }
-        for attempt in &new.attempts {
+        for attempt in new.all_attempts() {
             let Some(id) = attempt.attempt_id() else { continue };
             // An exit code comes from the attempt's own container, never another's.
             if attempt.exit_code.is_some()
@@ -347,6 +353,7 @@ impl State {
                 _ => {}
             }
         }
+        self.check_none_lost(key, new);
         // A scheduled task's status is that of its newest run: each run starts from
         // attempt 1 and ends in its own terminal phase (its runs are checked at each
         // create, by `on_scheduled_run`).
@@ -404,6 +411,7 @@ impl State {
     }
 
     pub fn on_status_delete(&mut self, key: &TaskKey) {
+        self.handled.remove(key);
         self.terminal.remove(key);
         self.attempts.remove(key);
     }
@@ -413,7 +421,7 @@ impl State {
     /// unrecorded, which orphan collection and the next pass deal with.
     pub fn on_status_deleted_by_person(&mut self, key: &TaskKey, deleted: &TaskStatus) {
         self.on_status_delete(key);
-        for attempt in &deleted.attempts {
+        for attempt in deleted.all_attempts() {
             if let Some(id) = attempt.attempt_id() {
                 self.recorded_then_deleted.insert((attempt.container.clone(), id));
             }
@@ -432,13 +440,19 @@ impl State {
             return;
         };
         // Persist, then act: the status recorded this very attempt before the create.
+        // A scheduled task's overlapping runs (Allow) are runs of their own.
         let recorded = self.statuses.get(&key).is_some_and(|stored| {
-            stored.status.phase.has_container()
-                && stored
-                    .status
-                    .attempts
-                    .iter()
-                    .any(|a| a.container == name && a.attempt_id().as_deref() == Some(id.as_str()))
+            let status = &stored.status;
+            let overlapping = status.schedule.iter().flat_map(|s| s.overlapping.iter());
+            std::iter::once(status.clone())
+                .chain(overlapping.map(|r| r.view(status)))
+                .any(|run| {
+                    run.phase.has_container()
+                        && run
+                            .attempts
+                            .iter()
+                            .any(|a| a.container == name && a.attempt_id().as_deref() == Some(id.as_str()))
+                })
         });
         let person_deleted_it = self.recorded_then_deleted.contains(&(name.to_string(), id.clone()));
         if !recorded && !person_deleted_it {
@@ -495,10 +509,15 @@ impl State {
             }
         }
         if let Some(manifest) = self.manifests.get(&key) {
+            // `parallelism` bounds one run: a scheduled task's overlapping runs (Allow)
+            // each have their own.
+            let run = run_of(&key, name);
             let of_task = 1 + self
                 .containers
                 .iter()
-                .filter(|(name, c)| c.task.as_ref() == Some(&key) && self.records(name, c))
+                .filter(|(other, c)| {
+                    c.task.as_ref() == Some(&key) && self.records(other, c) && run_of(&key, other) == run
+                })
                 .count();
             if of_task > manifest.parallelism {
                 let message = format!(
@@ -510,20 +529,76 @@ impl State {
         }
     }
 
+    /// Every scheduled time a status write handles (moves `handledThrough` past) is in
+    /// its `runs`, as a run or as missed (one by one, or in a missed range): none is
+    /// lost silently, across DST changes too. A suspended schedule's times are skipped
+    /// on purpose (its `nextScheduledAt` is then absent), and a changed schedule judges
+    /// the new one's times.
+    fn check_none_lost(&mut self, key: &TaskKey, new: &TaskStatus) {
+        let Some(sched) = &new.schedule else {
+            self.handled.remove(key);
+            return;
+        };
+        let before = self
+            .handled
+            .insert(key.clone(), (sched.cron.clone(), sched.handled_through));
+        let Some((cron, prev)) = before else { return };
+        if cron != sched.cron || sched.next_scheduled_at.is_none() || sched.handled_through <= prev {
+            return;
+        }
+        let Some(schedule) = schedule_of(&sched.cron) else {
+            self.violation(format!("{key}: schedule {:?} in the status does not parse", sched.cron));
+            return;
+        };
+        let (due, _) = schedule.due(prev, sched.handled_through, 10_000);
+        let recorded: Vec<String> = new
+            .runs
+            .iter()
+            .map(|r| {
+                let from = r.missed_from.map(|f| format!("{}..", crate::status::format_time(&f)));
+                format!(
+                    "{}{} run {:?} {:?}",
+                    from.unwrap_or_default(),
+                    crate::status::format_time(&r.scheduled_at),
+                    r.run,
+                    r.reason
+                )
+            })
+            .collect();
+        for t in due {
+            let accounted = new
+                .runs
+                .iter()
+                .any(|r| r.scheduled_at == t || r.missed_from.is_some_and(|from| from <= t && t <= r.scheduled_at));
+            if !accounted {
+                let message = format!(
+                    "{key}: scheduled time {} was handled (handledThrough {} -> {}) but is in no run record: lost; runs {recorded:?}",
+                    crate::status::format_time(&t),
+                    crate::status::format_time(&prev),
+                    crate::status::format_time(&sched.handled_through)
+                );
+                self.violation(message);
+            }
+        }
+    }
+
     /// A container is made with `SKIFF_SCHEDULED_AT`: no scheduled time of a task runs in
     /// two runs for one spec (its attempts and fan-out indexes share the time).
     pub fn on_scheduled_run(&mut self, name: &str, labels: &BTreeMap<String, String>, scheduled_at: &str) {
         self.stats.scheduled_creates += 1;
+        let zoned = labels
+            .get(LABEL_TASK)
+            .and_then(|t| TaskKey::parse(t).ok())
+            .and_then(|key| self.manifests.get(&key))
+            .is_some_and(|m| String::from_utf8_lossy(&m.bytes).contains("timeZone: Europe/Paris"));
+        if zoned {
+            self.stats.zoned_scheduled_creates += 1;
+        }
         let Some(key) = labels.get(LABEL_TASK).and_then(|t| TaskKey::parse(t).ok()) else {
             return;
         };
         let hash = labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default();
-        let run = name
-            .strip_prefix(&key.container_prefix())
-            .and_then(|rest| rest.strip_prefix('r'))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|n| n.parse::<u32>().ok());
-        let Some(run) = run else {
+        let Some(run) = run_of(&key, name) else {
             self.violation(format!(
                 "{name}: made with SKIFF_SCHEDULED_AT={scheduled_at} but not named for a run"
             ));
@@ -552,8 +627,7 @@ impl State {
         self.statuses.get(task).is_some_and(|stored| {
             stored
                 .status
-                .attempts
-                .iter()
+                .all_attempts()
                 .any(|a| a.container == name && a.attempt_id().as_deref() == Some(container.attempt_id.as_str()))
         })
     }
@@ -599,4 +673,22 @@ fn exit_rule_violations(status: &TaskStatus) -> Vec<String> {
         }
     }
     found
+}
+
+/// The run a scheduled task's container belongs to, from its name (`…r<run>-<attempt>`).
+fn run_of(key: &TaskKey, name: &str) -> Option<u32> {
+    name.strip_prefix(&key.container_prefix())
+        .and_then(|rest| rest.strip_prefix('r'))
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|n| n.parse::<u32>().ok())
+}
+
+/// The schedule a status names (`cron`, then the time zone when not UTC).
+fn schedule_of(cron: &str) -> Option<crate::schedule::Schedule> {
+    match cron.rsplit_once(' ') {
+        Some((pattern, zone)) if zone.contains('/') || zone == "UTC" => {
+            crate::schedule::Schedule::parse(pattern, Some(zone)).ok()
+        }
+        _ => crate::schedule::Schedule::parse(cron, None).ok(),
+    }
 }

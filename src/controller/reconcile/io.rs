@@ -99,6 +99,41 @@ pub struct Scheduling {
     /// The run whose containers a decision names (given by the schedule's decision to the
     /// run's): its number goes into container names, so two runs never share one.
     pub run: Option<u32>,
+    /// What was seen of each run overlapping the top-level one (`concurrencyPolicy:
+    /// Allow`), by run number. A run missing here was not looked at.
+    pub overlapping: BTreeMap<u32, RunObservation>,
+}
+
+/// What the controller saw of one overlapping run's containers: as [`Input`] has it for
+/// a task's own run (`single` for a run of one completion, `lanes` for a fan-out).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunObservation {
+    pub single: Lane,
+    pub lanes: BTreeMap<u32, Lane>,
+}
+
+/// Where the slot lanes of overlapping runs begin: above any fan-out index, so that a
+/// run's containers never share a lane (and so a slot) with another run's.
+const OVERLAPPING_LANES: u32 = 1 << 30;
+/// Lanes per overlapping run: room for every index of a fan-out (at most 1000).
+const LANES_PER_RUN: u32 = 1024;
+
+/// The slot lane of a container of an overlapping run.
+pub fn overlapping_lane(run: u32, index: Option<u32>) -> u32 {
+    let runs = (u32::MAX - OVERLAPPING_LANES) / LANES_PER_RUN;
+    OVERLAPPING_LANES + (run % runs) * LANES_PER_RUN + index.unwrap_or(0).min(LANES_PER_RUN - 1)
+}
+
+/// The lanes of each overlapping run's containers, with the index each is for.
+pub fn overlapping_lanes(run: &crate::status::OverlappingRun) -> Vec<(u32, Option<u32>)> {
+    if run.indexes.is_empty() {
+        vec![(overlapping_lane(run.run, None), None)]
+    } else {
+        run.indexes
+            .iter()
+            .map(|l| (overlapping_lane(run.run, Some(l.index)), Some(l.index)))
+            .collect()
+    }
 }
 
 /// What the controller saw of one index of a fan-out: the fields of [`Input`] that a
@@ -207,6 +242,31 @@ impl Decision {
     /// Which containers this decision starts, each needing a concurrency slot: `None`
     /// for a task of one completion, `Some(index)` for each index of a fan-out.
     pub fn started_lanes(&self, before: Option<&TaskStatus>) -> Vec<Option<u32>> {
+        let Some(after) = &self.status else {
+            return Vec::new();
+        };
+        let mut started = self.started_own_lanes(before);
+        // Each overlapping run starts containers as a task of its own does, on lanes
+        // of its own.
+        for run in after.schedule.iter().flat_map(|s| s.overlapping.iter()) {
+            let earlier = before
+                .and_then(|b| b.schedule.as_ref())
+                .and_then(|s| s.overlapping.iter().find(|r| r.run == run.run))
+                .map(|r| r.view(after));
+            let view = Decision {
+                status: Some(run.view(after)),
+                actions: Vec::new(),
+                requeue_after: None,
+            };
+            for index in view.started_own_lanes(earlier.as_ref()) {
+                started.push(Some(overlapping_lane(run.run, index)));
+            }
+        }
+        started
+    }
+
+    /// [`Decision::started_lanes`] of the status's own (top-level) run.
+    fn started_own_lanes(&self, before: Option<&TaskStatus>) -> Vec<Option<u32>> {
         let Some(after) = &self.status else {
             return Vec::new();
         };

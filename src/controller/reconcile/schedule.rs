@@ -10,14 +10,20 @@
 //! once the write lands) nor loses one (before it lands, the time is still due; after a
 //! restart it is judged by `missedRuns`, and a missed time is recorded in `runs`).
 
-use super::{Decision, Desired, Input, SOON, Scheduling};
+use super::{Action, Decision, Desired, Input, SOON, Scheduling};
 use crate::manifest::{ConcurrencyPolicy, MissedRuns, ScheduleRules, TaskSpec};
-use crate::status::{Phase, Reason, RunRecord, ScheduleStatus, TaskStatus, Timestamp, format_time};
+use crate::status::{OverlappingRun, Phase, Reason, RunRecord, ScheduleStatus, TaskStatus, Timestamp, format_time};
 use std::time::Duration;
 
 /// Most scheduled times judged one by one in a decision; beyond, the older ones are
 /// recorded as one missed range.
 const MAX_DUE: usize = 1000;
+
+/// Most runs of one task active at once under `concurrencyPolicy: Allow`. Kubernetes'
+/// CronJob sets no bound, so a command slower than its schedule piles runs up without
+/// end; here a time due while this many run is recorded as missed (`MissedSchedule`),
+/// and the status (which holds each active run) stays small.
+pub const MAX_ACTIVE_RUNS: usize = 10;
 
 /// Whether the status belongs to a scheduled task (it has a schedule record).
 pub(super) fn is_scheduled(status: Option<&TaskStatus>) -> bool {
@@ -71,6 +77,8 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
         run_count: 0,
         // A task that ran without a schedule and is still running carries on as run 0.
         triggered_at: None,
+        current_run: None,
+        overlapping: Vec::new(),
     });
     if status.phase == Phase::Invalid && sched.active.is_empty() {
         // The manifest is valid again: the task shows its newest run's phase, or
@@ -107,7 +115,27 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
     let mut runs = std::mem::take(&mut status.runs);
     let runs_before = runs.len();
     let policy = rules.concurrency_policy;
+    // `active` lists the top-level run's time first (when it is active), then each
+    // overlapping run's.
+    let top_run = sched.current_run.unwrap_or(sched.run_count);
+    let top_active = sched.active.len() > sched.overlapping.len();
+    let mut top_at = if top_active {
+        sched.active.first().copied()
+    } else {
+        None
+    };
     let active = !sched.active.is_empty();
+    // Allow starts a run beside the active ones, up to the bound.
+    let room = policy == ConcurrencyPolicy::Allow && sched.active.len() < MAX_ACTIVE_RUNS;
+    let held_back = match policy {
+        ConcurrencyPolicy::Allow => {
+            format!("{MAX_ACTIVE_RUNS} runs were active, the most concurrencyPolicy: Allow runs at once")
+        }
+        _ => format!(
+            "the run scheduled at {} was still active (concurrencyPolicy: {policy:?})",
+            sched.active.first().map(format_time).unwrap_or_default()
+        ),
+    };
 
     // Judge the scheduled times due, oldest first, up to the first that may run.
     let mut candidate: Option<(Timestamp, Option<Reason>)> = None;
@@ -172,16 +200,14 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
                     sched.handled_through = t;
                     sched.last_scheduled_at = Some(t);
                 }
-                Ok(()) if active && policy != ConcurrencyPolicy::Replace => {
-                    if while_down && rules.missed_runs == MissedRuns::All {
-                        // A catch-up run waits its turn.
+                Ok(()) if active && policy != ConcurrencyPolicy::Replace && !room => {
+                    if while_down && matches!(rules.missed_runs, MissedRuns::All | MissedRuns::Latest) {
+                        // A catch-up run waits its turn: the active run is usually one the
+                        // outage left behind, whose end this controller has yet to see.
                         candidate = Some((t, None));
                         break;
                     }
-                    let message = format!(
-                        "not started: the run scheduled at {} was still active (concurrencyPolicy: {policy:?})",
-                        sched.active.first().map(format_time).unwrap_or_default()
-                    );
+                    let message = format!("not started: {held_back}");
                     runs.insert(0, missed(t, message));
                     sched.handled_through = t;
                     sched.last_scheduled_at = Some(t);
@@ -196,11 +222,8 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
     if candidate.is_none()
         && let Some(at) = sched.triggered_at
     {
-        if active && policy != ConcurrencyPolicy::Replace {
-            let mut record = missed(
-                at,
-                format!("skiff trigger: not started, a run was active (concurrencyPolicy: {policy:?})"),
-            );
+        if active && policy != ConcurrencyPolicy::Replace && !room {
+            let mut record = missed(at, format!("skiff trigger: not started: {held_back}"));
             record.reason = Some(Reason::ManualTrigger);
             runs.insert(0, record);
             sched.triggered_at = None;
@@ -213,12 +236,14 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
     let added = runs.len() - runs_before;
     fold_missed(&mut runs, added, rules.history_limit as usize);
 
-    // Move the active run, stopping it first when a new one replaces it.
+    // Move the active runs, stopping them first when a new one replaces them.
+    let replace = candidate.is_some() && policy == ConcurrencyPolicy::Replace;
+    let (other_actions, other_requeue) =
+        move_overlapping(input, spec, &mut status, &mut sched, &mut runs, replace, &candidate);
     let mut actions = Vec::new();
     let mut requeue: Option<Duration> = None;
     let mut ended_now = false;
-    if active {
-        let replace = candidate.is_some() && policy == ConcurrencyPolicy::Replace;
+    if top_at.is_some() {
         let mut run_spec = spec.clone();
         run_spec.schedule = None;
         if policy != ConcurrencyPolicy::Replace && !status.spec_hash.is_empty() {
@@ -232,7 +257,7 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
             status: Some(&view),
             terminate: input.terminate || replace,
             scheduling: Scheduling {
-                run: Some(sched.run_count),
+                run: Some(top_run),
                 ..Scheduling::default()
             },
             ..input.clone()
@@ -240,37 +265,30 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
         status = decided.status.unwrap_or(status);
         actions = decided.actions;
         requeue = decided.requeue_after;
-        if replace
-            && !input.terminate
-            && status.reason == Some(Reason::Terminated)
-            && let Some((at, reason)) = &candidate
-        {
-            // Its record says why it ended (it may never have had a container: a crash
-            // came between recording it and the create).
-            let by = if *reason == Some(Reason::ManualTrigger) {
-                "triggered"
-            } else {
-                "scheduled"
-            };
-            status.message = Some(format!(
-                "replaced by the run {by} at {} (concurrencyPolicy: Replace)",
-                format_time(at)
-            ));
+        if replace && !input.terminate {
+            note_replaced(&mut status, &candidate);
         }
-        update_record(&mut runs, &sched, &status, now);
+        update_record(&mut runs, top_run, &status, now);
         if status.phase.is_final() {
-            sched.active.clear();
+            top_at = None;
             ended_now = true;
         }
     }
+    sched.active = active_times(top_at, &sched.overlapping);
 
-    // Start a run for the candidate, once no run is active.
-    if sched.active.is_empty()
-        && actions.is_empty()
+    // Start a run for the candidate: once no run is active, or beside them under Allow.
+    let startable = match policy {
+        ConcurrencyPolicy::Allow => sched.active.len() < MAX_ACTIVE_RUNS,
+        _ => sched.active.is_empty(),
+    };
+    // Under Replace, the stopped run's delete comes first; under Allow the top-level
+    // run's own actions do not hold a new run back.
+    let beside = policy == ConcurrencyPolicy::Allow && top_at.is_some();
+    if startable
+        && (actions.is_empty() || beside)
         && let Some((at, reason)) = candidate
     {
         sched.run_count += 1;
-        sched.active = vec![at];
         match reason {
             Some(Reason::ManualTrigger) => sched.triggered_at = None,
             _ => {
@@ -298,7 +316,7 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
         let mut run_spec = spec.clone();
         run_spec.schedule = None;
         let desired = Desired::Valid(Box::new(run_spec));
-        let decided = super::decide(Input {
+        let mut run_input = Input {
             desired: &desired,
             status: None,
             terminate: false,
@@ -307,17 +325,49 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
                 ..Scheduling::default()
             },
             ..input.clone()
-        });
-        let previous_runs = std::mem::take(&mut status.runs);
-        status = decided.status.unwrap_or(status);
-        status.runs = previous_runs;
-        actions = decided.actions;
-        requeue = decided.requeue_after;
-        update_record(&mut runs, &sched, &status, now);
+        };
+        if top_at.is_some() {
+            // Beside the top-level run: its slots are its own lanes'.
+            let seen = input
+                .scheduling
+                .overlapping
+                .get(&sched.run_count)
+                .cloned()
+                .unwrap_or_default();
+            run_input.observed = super::Observed::NotApplicable;
+            run_input.log_tail = None;
+            run_input.event = None;
+            run_input.slot = seen.single.slot;
+            run_input.lanes = seen.lanes;
+        }
+        let decided = super::decide(run_input);
+        if top_at.is_none() {
+            // The top-level fields are free: the new run takes them.
+            let previous_runs = std::mem::take(&mut status.runs);
+            status = decided.status.unwrap_or(status);
+            status.runs = previous_runs;
+            actions = decided.actions;
+            requeue = decided.requeue_after;
+            update_record(&mut runs, sched.run_count, &status, now);
+            sched.current_run = Some(sched.run_count);
+            top_at = Some(at);
+        } else if let Some(view) = decided.status {
+            // Beside the top-level run (Allow): a run of its own, in the same write.
+            update_record(&mut runs, sched.run_count, &view, now);
+            sched
+                .overlapping
+                .push(OverlappingRun::from_view(sched.run_count, at, view));
+            actions.extend(decided.actions);
+            requeue = min_requeue(requeue, decided.requeue_after);
+        }
+        sched.active = active_times(top_at, &sched.overlapping);
     } else if candidate.is_some() && !ended_now {
         // Waiting for the active run to end (Replace, or a catch-up under Forbid).
         requeue = Some(requeue.unwrap_or(SOON));
     }
+
+    actions.extend(other_actions);
+    requeue = min_requeue(requeue, other_requeue);
 
     // When nothing runs: the newest run's phase, or Scheduled before the first.
     if sched.active.is_empty() && !status.phase.is_final() {
@@ -381,33 +431,196 @@ fn missed(at: Timestamp, message: String) -> RunRecord {
 }
 
 /// Folds the times missed in this decision into one range record when there are more
-/// than the history keeps: none is dropped unseen.
+/// than the history keeps: none is dropped unseen. A held-back trigger recorded in the
+/// same decision is not a scheduled time: it keeps a record of its own only when the
+/// history has room beside the missed times (found by the simulator's "none lost"
+/// check: folded in with them, it once made an upside-down range that hid them).
 fn fold_missed(runs: &mut Vec<RunRecord>, new_missed: usize, limit: usize) {
     let limit = limit.max(1);
-    if new_missed <= limit {
+    if new_missed <= 1 {
         return;
     }
-    // The new missed records are the first `new_missed` of `runs` (newest first).
-    let keep = limit - 1;
-    let folded: Vec<RunRecord> = runs.drain(keep..new_missed).collect();
-    let (Some(newest), Some(oldest)) = (folded.first(), folded.last()) else {
+    let added: Vec<RunRecord> = runs.drain(..new_missed.min(runs.len())).collect();
+    let (mut missed, mut others): (Vec<RunRecord>, Vec<RunRecord>) = added
+        .into_iter()
+        .partition(|r| r.reason == Some(Reason::MissedSchedule));
+    if missed.is_empty() {
+        runs.splice(0..0, others);
         return;
-    };
-    let mut range = newest.clone();
-    range.missed_from = Some(oldest.missed_from.unwrap_or(oldest.scheduled_at));
-    let count: u64 = folded.iter().map(|r| r.missed_count.unwrap_or(1)).sum();
-    range.missed_count = Some(count);
-    range.message = Some(format!(
-        "{count} scheduled times, from {} to this one, were missed: {}",
-        format_time(&oldest.missed_from.unwrap_or(oldest.scheduled_at)),
-        oldest.message.as_deref().unwrap_or("")
-    ));
-    runs.insert(keep, range);
+    }
+    missed.sort_by_key(|r| std::cmp::Reverse(r.scheduled_at));
+    others.sort_by_key(|r| std::cmp::Reverse(r.scheduled_at));
+    let room = limit - others.len().min(limit - 1);
+    others.truncate(limit - room);
+    if missed.len() > room {
+        // The newest `room - 1` stay as they are; the rest become one range.
+        let keep = room - 1;
+        let folded: Vec<RunRecord> = missed.drain(keep..).collect();
+        if let (Some(newest), Some(oldest)) = (folded.first(), folded.last()) {
+            let from = oldest.missed_from.unwrap_or(oldest.scheduled_at);
+            let mut range = newest.clone();
+            range.missed_from = Some(from);
+            let count: u64 = folded.iter().map(|r| r.missed_count.unwrap_or(1)).sum();
+            range.missed_count = Some(count);
+            range.message = Some(format!(
+                "{count} scheduled times, from {} to this one, were missed: {}",
+                format_time(&from),
+                oldest.message.as_deref().unwrap_or("")
+            ));
+            missed.push(range);
+        }
+    }
+    runs.splice(0..0, others.into_iter().chain(missed));
 }
 
-/// Copies the active run's standing into its record.
-fn update_record(runs: &mut [RunRecord], sched: &ScheduleStatus, status: &TaskStatus, now: Timestamp) {
-    let Some(record) = runs.iter_mut().find(|r| r.run == Some(sched.run_count)) else {
+/// The scheduled times of the active runs: the top-level run's first.
+fn active_times(top_at: Option<Timestamp>, overlapping: &[OverlappingRun]) -> Vec<Timestamp> {
+    top_at
+        .into_iter()
+        .chain(overlapping.iter().map(|r| r.scheduled_at))
+        .collect()
+}
+
+fn min_requeue(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A run stopped to make way for the candidate says so in its record (it may never have
+/// had a container: a crash came between recording it and the create).
+fn note_replaced(status: &mut TaskStatus, candidate: &Option<(Timestamp, Option<Reason>)>) {
+    if status.reason != Some(Reason::Terminated) {
+        return;
+    }
+    let Some((at, reason)) = candidate else { return };
+    let by = if *reason == Some(Reason::ManualTrigger) {
+        "triggered"
+    } else {
+        "scheduled"
+    };
+    status.message = Some(format!(
+        "replaced by the run {by} at {} (concurrencyPolicy: Replace)",
+        format_time(at)
+    ));
+}
+
+/// The input of one overlapping run's own decision: its view, and what was seen of its
+/// containers.
+fn run_input<'a>(
+    input: &Input<'a>,
+    desired: &'a Desired,
+    view: &'a TaskStatus,
+    run: u32,
+    terminate: bool,
+) -> Input<'a> {
+    let seen = input.scheduling.overlapping.get(&run).cloned().unwrap_or_default();
+    Input {
+        desired,
+        status: Some(view),
+        observed: seen.single.observed,
+        log_tail: seen.single.log_tail,
+        event: seen.single.event,
+        slot: seen.single.slot,
+        lanes: seen.lanes,
+        terminate,
+        index: None,
+        scheduling: Scheduling {
+            run: Some(run),
+            ..Scheduling::default()
+        },
+        ..input.clone()
+    }
+}
+
+/// Moves each run overlapping the top-level one (Allow) by its own decision, under the
+/// spec it started with; a run that ended leaves `overlapping` for its record in `runs`.
+#[allow(clippy::too_many_arguments)]
+fn move_overlapping(
+    input: &Input<'_>,
+    spec: &TaskSpec,
+    status: &mut TaskStatus,
+    sched: &mut ScheduleStatus,
+    runs: &mut [RunRecord],
+    replace: bool,
+    candidate: &Option<(Timestamp, Option<Reason>)>,
+) -> (Vec<Action>, Option<Duration>) {
+    let mut actions = Vec::new();
+    let mut requeue = None;
+    for run in std::mem::take(&mut sched.overlapping) {
+        let mut run_spec = spec.clone();
+        run_spec.schedule = None;
+        run_spec.spec_hash = run.spec_hash.clone();
+        let desired = Desired::Valid(Box::new(run_spec));
+        let view = run.view(status);
+        let decided = super::decide(run_input(input, &desired, &view, run.run, input.terminate || replace));
+        let mut view = decided.status.unwrap_or(view);
+        if replace && !input.terminate {
+            note_replaced(&mut view, candidate);
+        }
+        update_record(runs, run.run, &view, input.now);
+        actions.extend(decided.actions);
+        if !view.phase.is_final() {
+            requeue = min_requeue(requeue, decided.requeue_after);
+            sched
+                .overlapping
+                .push(OverlappingRun::from_view(run.run, run.scheduled_at, view));
+        }
+    }
+    (actions, requeue)
+}
+
+/// Before anything else when the manifest no longer schedules the task (deleted,
+/// invalid, or its schedule removed): the overlapping runs are stopped and their
+/// containers deleted, each as its own task's would be, so that none is left behind
+/// when the status goes or the top-level run carries on alone. `None`: nothing overlaps.
+pub(super) fn wind_down_overlapping(input: &Input<'_>) -> Option<Decision> {
+    let status = input.status?;
+    let sched = status.schedule.as_ref()?;
+    if sched.overlapping.is_empty() || matches!(input.desired, Desired::Valid(spec) if spec.schedule.is_some()) {
+        return None;
+    }
+    let mut status = status.clone();
+    let mut sched = status.schedule.take()?;
+    let top_at = (sched.active.len() > sched.overlapping.len())
+        .then(|| sched.active.first().copied())
+        .flatten();
+    let mut actions = Vec::new();
+    let stop = Desired::Absent;
+    for run in std::mem::take(&mut sched.overlapping) {
+        let view = run.view(&status);
+        let decided = super::decide(run_input(input, &stop, &view, run.run, false));
+        actions.extend(decided.actions.into_iter().filter(|a| *a != Action::RemoveStatus));
+        match decided.status {
+            Some(view) => {
+                update_record(&mut status.runs, run.run, &view, input.now);
+                sched
+                    .overlapping
+                    .push(OverlappingRun::from_view(run.run, run.scheduled_at, view));
+            }
+            None => {
+                // Its containers are gone: the run ends, stopped from outside.
+                let mut view = view;
+                view.phase = Phase::Failed;
+                view.reason = Some(Reason::Cancelled);
+                view.message = Some("stopped: the manifest no longer schedules this task".into());
+                update_record(&mut status.runs, run.run, &view, input.now);
+            }
+        }
+    }
+    sched.active = active_times(top_at, &sched.overlapping);
+    status.schedule = Some(sched);
+    Some(Decision {
+        status: Some(status),
+        actions,
+        requeue_after: Some(SOON),
+    })
+}
+
+/// Copies a run's standing into its record.
+fn update_record(runs: &mut [RunRecord], run: u32, status: &TaskStatus, now: Timestamp) {
+    let Some(record) = runs.iter_mut().find(|r| r.run == Some(run)) else {
         return;
     };
     record.phase = Some(status.phase);

@@ -2,6 +2,7 @@
 //! a while, crashes between persist and act, restarts and long outages; no scheduled time
 //! is started twice, and every one handled is either started or recorded as missed.
 
+use super::schedule::MAX_ACTIVE_RUNS;
 use super::*;
 use crate::manifest::RuntimeKind;
 use crate::status::{Phase, Placement, Reason, TaskStatus, format_time};
@@ -9,19 +10,19 @@ use chrono::TimeDelta;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
-fn key() -> TaskKey {
+pub(super) fn key() -> TaskKey {
     TaskKey::new("jobs/tick")
 }
 
-fn t0() -> Timestamp {
+pub(super) fn t0() -> Timestamp {
     chrono::DateTime::from_timestamp(1_750_000_000, 0).expect("a valid timestamp")
 }
 
-fn at(secs: i64) -> Timestamp {
+pub(super) fn at(secs: i64) -> Timestamp {
     t0() + TimeDelta::seconds(secs)
 }
 
-fn spec(schedule_yaml: &str) -> TaskSpec {
+pub(super) fn spec(schedule_yaml: &str) -> TaskSpec {
     let text = format!(
         "apiVersion: skiff/v1\nkind: ContainerTask\nmetadata: {{name: tick}}\nspec:\n  command: [sh, -c, 'true']\n{schedule_yaml}"
     );
@@ -35,15 +36,17 @@ fn spec(schedule_yaml: &str) -> TaskSpec {
     crate::manifest::validate("jobs/tick.yaml", "tick", &task, &ctx).expect("the manifest validates")
 }
 
-struct Step<'a> {
-    status: Option<&'a TaskStatus>,
-    now: Timestamp,
-    since: Timestamp,
-    observed: Observed,
-    trigger: bool,
+pub(super) struct Step<'a> {
+    pub(super) status: Option<&'a TaskStatus>,
+    pub(super) now: Timestamp,
+    pub(super) since: Timestamp,
+    pub(super) observed: Observed,
+    pub(super) trigger: bool,
+    /// What was seen of each overlapping run's container (Allow), by run.
+    pub(super) overlapping: BTreeMap<u32, Observed>,
 }
 
-fn decide_at(spec: &TaskSpec, step: Step<'_>) -> Decision {
+pub(super) fn decide_at(spec: &TaskSpec, step: Step<'_>) -> Decision {
     let key = key();
     let desired = Desired::Valid(Box::new(spec.clone()));
     decide(Input {
@@ -66,25 +69,43 @@ fn decide_at(spec: &TaskSpec, step: Step<'_>) -> Decision {
             since: Some(step.since),
             trigger: step.trigger,
             run: None,
+            overlapping: step
+                .overlapping
+                .into_iter()
+                .map(|(run, observed)| {
+                    let single = Lane {
+                        observed,
+                        ..Lane::default()
+                    };
+                    (
+                        run,
+                        RunObservation {
+                            single,
+                            lanes: BTreeMap::new(),
+                        },
+                    )
+                })
+                .collect(),
         },
     })
 }
 
-fn at_(status: Option<&TaskStatus>, now: Timestamp) -> Step<'_> {
+pub(super) fn at_(status: Option<&TaskStatus>, now: Timestamp) -> Step<'_> {
     Step {
         status,
         now,
         since: t0(),
         observed: Observed::NotApplicable,
         trigger: false,
+        overlapping: BTreeMap::new(),
     }
 }
 
-fn running() -> Observed {
+pub(super) fn running() -> Observed {
     Observed::Container(crate::runtime::ContainerState::Running { started_at: None })
 }
 
-fn exited(code: i32) -> Observed {
+pub(super) fn exited(code: i32) -> Observed {
     Observed::Container(crate::runtime::ContainerState::Exited {
         exit_code: Some(code),
         started_at: None,
@@ -93,7 +114,7 @@ fn exited(code: i32) -> Observed {
     })
 }
 
-fn ensures(d: &Decision) -> Vec<String> {
+pub(super) fn ensures(d: &Decision) -> Vec<String> {
     d.actions
         .iter()
         .filter_map(|a| match a {
@@ -104,7 +125,7 @@ fn ensures(d: &Decision) -> Vec<String> {
 }
 
 /// Every scheduled time the status records as missed, ranges spelled out.
-fn missed(status: &TaskStatus) -> Vec<Timestamp> {
+pub(super) fn missed(status: &TaskStatus) -> Vec<Timestamp> {
     let rules = status.schedule.as_ref().map(|s| s.cron.clone()).unwrap_or_default();
     let schedule = crate::schedule::Schedule::parse(&rules, None).ok();
     let mut times: Vec<Timestamp> = Vec::new();
@@ -374,7 +395,12 @@ fn a_scheduled_task_whose_manifest_is_fixed_is_no_longer_invalid() {
     assert_eq!(s.phase, Phase::Succeeded, "{s:?}");
 }
 
-fn decide_at_input<'a>(key: &'a TaskKey, desired: &'a Desired, status: &'a TaskStatus, now: Timestamp) -> Input<'a> {
+pub(super) fn decide_at_input<'a>(
+    key: &'a TaskKey,
+    desired: &'a Desired,
+    status: &'a TaskStatus,
+    now: Timestamp,
+) -> Input<'a> {
     Input {
         key,
         desired,
@@ -430,16 +456,18 @@ struct Model {
     containers: BTreeMap<String, (Timestamp, Timestamp)>,
     started: Vec<Timestamp>,
     missed: BTreeSet<Timestamp>,
+    /// Most runs active at once.
+    peak: usize,
 }
 
 /// Runs the model: `steps` are (seconds to advance, crash after persisting, restart,
 /// how long a run started in this step lasts).
-fn run_model(
+pub(super) fn run_model(
     policy: &str,
     missed_runs: &str,
     deadline: Option<u64>,
     steps: &[(i64, bool, bool, i64)],
-) -> Result<(), String> {
+) -> Result<usize, String> {
     let deadline = deadline
         .map(|d| format!(", startingDeadline: {d}s"))
         .unwrap_or_default();
@@ -451,6 +479,7 @@ fn run_model(
         containers: BTreeMap::new(),
         started: Vec::new(),
         missed: BTreeSet::new(),
+        peak: 0,
     };
     // Every scheduled time a run was recorded for, in any status written.
     let mut recorded: BTreeSet<Timestamp> = BTreeSet::new();
@@ -462,7 +491,7 @@ fn run_model(
         if restart {
             since = now;
         }
-        let observed = match model.status.as_ref().and_then(|s| s.live_container()) {
+        let look = |status: &TaskStatus| match status.live_container() {
             Some(name) => Observed::Container(match model.containers.get(name) {
                 None => crate::runtime::ContainerState::Absent,
                 Some((_, ends)) if *ends <= now => crate::runtime::ContainerState::Exited {
@@ -475,6 +504,14 @@ fn run_model(
             }),
             None => Observed::NotApplicable,
         };
+        let observed = model.status.as_ref().map_or(Observed::NotApplicable, look);
+        // Each overlapping run (Allow) is looked at as a run of its own.
+        let overlapping = model
+            .status
+            .as_ref()
+            .and_then(|s| s.schedule.as_ref().map(|sched| (s, sched)))
+            .map(|(s, sched)| sched.overlapping.iter().map(|r| (r.run, look(&r.view(s)))).collect())
+            .unwrap_or_default();
         let d = decide_at(
             &spec,
             Step {
@@ -483,6 +520,7 @@ fn run_model(
                 since,
                 observed,
                 trigger: false,
+                overlapping,
             },
         );
         // Persisted first; a crash may come before the actions.
@@ -495,6 +533,11 @@ fn run_model(
                 .map(|s| s.handled_through);
         }
         if let Some(s) = &model.status {
+            let active = s.schedule.as_ref().map_or(0, |sched| sched.active.len());
+            if active > MAX_ACTIVE_RUNS || (policy != "Allow" && active > 1) {
+                return Err(format!("{active} runs active at {now} under {policy}"));
+            }
+            model.peak = model.peak.max(active);
             model.missed.extend(missed(s));
             recorded.extend(s.runs.iter().filter(|r| r.run.is_some()).map(|r| r.scheduled_at));
         }
@@ -506,7 +549,9 @@ fn run_model(
                 Action::EnsureContainer { container, .. } => {
                     if !model.containers.contains_key(container) {
                         let s = model.status.as_ref().unwrap();
-                        let scheduled = s.schedule.as_ref().unwrap().active[0];
+                        let Some(scheduled) = s.scheduled_at_of(container) else {
+                            return Err(format!("{container} belongs to no run of {s:?}"));
+                        };
                         model.started.push(scheduled);
                         model
                             .containers
@@ -545,7 +590,7 @@ fn run_model(
             }
         }
     }
-    Ok(())
+    Ok(model.peak)
 }
 
 /// The case proptest found under Replace (each run lasting 1 s): run 1 (for 10 s) is
@@ -601,4 +646,29 @@ proptest! {
             prop_assert!(false, "{}", problem);
         }
     }
+}
+
+#[test]
+fn a_latest_catch_up_waits_for_the_run_the_outage_left_active() {
+    let spec = spec("  schedule: {cron: '@every 10s', concurrencyPolicy: Forbid, missedRuns: latest}\n");
+    let s = decide_at(&spec, at_(None, at(1))).status.unwrap();
+    let s = decide_at(&spec, at_(Some(&s), at(10))).status.unwrap();
+    // The controller is down from 11 s to 45 s; run 1 ended meanwhile, unseen.
+    let after = |s: &TaskStatus, now: i64, observed: Observed| {
+        decide_at(
+            &spec,
+            Step {
+                since: at(45),
+                observed,
+                ..at_(Some(s), at(now))
+            },
+        )
+    };
+    let d = after(&s, 45, exited(0));
+    assert!(ensures(&d).is_empty());
+    let s = d.status.unwrap();
+    assert_eq!(missed(&s), vec![at(20), at(30)], "only the latest waits: {:?}", s.runs);
+    let d = after(&s, 46, Observed::Container(crate::runtime::ContainerState::Absent));
+    assert_eq!(ensures(&d), vec![key().run_container_name(2, 1, None)]);
+    assert_eq!(d.status.unwrap().schedule.unwrap().active, vec![at(40)]);
 }
