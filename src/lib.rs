@@ -7,6 +7,7 @@ pub mod callback;
 pub mod cli;
 pub mod controller;
 pub mod fsutil;
+pub mod heartbeat;
 pub mod manifest;
 pub mod metrics;
 pub mod notifications;

@@ -349,6 +349,17 @@ async fn container_spec(
         let url = callback::callback_url(&callbacks.base_url, key.as_str(), attempt, index, attempt_id, &token);
         env.push(("SKIFF_CALLBACK_URL".to_string(), url));
     }
+    if spec.heartbeat_timeout.is_some() {
+        let Some(callbacks) = callbacks else {
+            return Err(permanent(
+                "heartbeatTimeout needs the HTTP API: start the controller with --listen".into(),
+            ));
+        };
+        // The callback's token: it signs the attempt, whichever route it is sent to.
+        let token = callbacks.secret.token(key.as_str(), attempt, index, attempt_id);
+        let url = crate::heartbeat::heartbeat_url(&callbacks.base_url, key.as_str(), attempt, index, attempt_id, &token);
+        env.push(("SKIFF_HEARTBEAT_URL".to_string(), url));
+    }
     for (name, value) in &spec.env {
         let value = resolve(&format!("env {name}"), value, secrets).await?;
         env.push((name.clone(), value));
@@ -399,6 +410,11 @@ async fn container_spec(
             spec.completion_mode
                 .eq(&CompletionMode::Event)
                 .then(|| "SKIFF_CALLBACK_URL".to_string()),
+        )
+        .chain(
+            spec.heartbeat_timeout
+                .is_some()
+                .then(|| "SKIFF_HEARTBEAT_URL".to_string()),
         )
         .collect();
     Ok(ContainerSpec {

@@ -73,6 +73,7 @@ fn spec() -> TaskSpec {
         schedule: None,
         suspend: false,
         semaphores: Vec::new(),
+        heartbeat_timeout: None,
         notes: Vec::new(),
     }
 }
@@ -348,6 +349,7 @@ impl Case {
             observed: self.observed.clone(),
             seen_by_engine: self.seen_by_engine,
             event: None,
+            heartbeat: None,
             terminate: false,
             log_tail: self.log_tail.clone(),
             slot: self.slot.clone(),
@@ -3408,6 +3410,7 @@ mod model {
                 observed: observed.clone(),
                 seen_by_engine: false,
                 event: None,
+                heartbeat: None,
                 terminate: false,
                 log_tail: None,
                 slot: Slot::Granted,

@@ -8,6 +8,7 @@
 
 mod aci;
 mod context;
+mod heartbeat;
 mod runtimes;
 mod secrets;
 mod values;
@@ -138,6 +139,8 @@ pub struct TaskSpec {
     pub suspend: bool,
     /// `spec.semaphores`: the named semaphores to hold one slot of each while running.
     pub semaphores: Vec<String>,
+    /// `spec.heartbeatTimeout`: an attempt silent for longer fails (`HeartbeatTimeout`).
+    pub heartbeat_timeout: Option<Duration>,
     /// Things the user should know that are not errors, e.g. a field this runtime ignores.
     pub notes: Vec<String>,
 }
@@ -201,6 +204,7 @@ pub fn validate(
     let (completions, parallelism, depends_on) = fan(spec, ctx, &mut fail);
     let schedule = schedule(spec, &mut fail);
     let semaphores = semaphores(spec, &mut fail);
+    let heartbeat_timeout = heartbeat::timeout(spec, ctx, &mut fail);
 
     if !errors.is_empty() {
         return Err(errors);
@@ -233,6 +237,7 @@ pub fn validate(
         schedule,
         suspend: spec.suspend,
         semaphores,
+        heartbeat_timeout,
         notes,
     })
 }
