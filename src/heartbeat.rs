@@ -106,6 +106,7 @@ pub struct Heartbeat {
 /// One live attempt's beats.
 #[derive(Debug, Clone)]
 struct Entry {
+    attempt: u32,
     attempt_id: String,
     /// When a reconcile of this controller first looked at the attempt.
     watching_since: Option<Timestamp>,
@@ -134,11 +135,11 @@ impl Heartbeats {
 
     /// Whether a reconcile knows this attempt as the index's live one: the API's fast
     /// path, with no status read. `false` means "read the status to know".
-    pub fn is_live(&self, key: &TaskKey, index: u32, attempt_id: &str) -> bool {
+    pub fn is_live(&self, key: &TaskKey, index: u32, attempt: u32, attempt_id: &str) -> bool {
         self.lock()
             .get(key)
             .and_then(|lanes| lanes.get(&index))
-            .is_some_and(|entry| entry.attempt_id == attempt_id)
+            .is_some_and(|entry| entry.is(attempt, attempt_id))
     }
 
     /// Records a heartbeat of a live attempt (the caller checked that it is). Returns the
@@ -148,6 +149,7 @@ impl Heartbeats {
         &self,
         key: &TaskKey,
         index: u32,
+        attempt: u32,
         attempt_id: &str,
         at: Timestamp,
         body: HeartbeatBody,
@@ -155,9 +157,9 @@ impl Heartbeats {
         let mut tasks = self.lock();
         let reporting: usize = tasks.values().map(BTreeMap::len).sum();
         let lanes = tasks.entry(key.clone()).or_default();
-        let entry = lanes.entry(index).or_insert_with(|| Entry::new(attempt_id));
-        if entry.attempt_id != attempt_id {
-            *entry = Entry::new(attempt_id);
+        let entry = lanes.entry(index).or_insert_with(|| Entry::new(attempt, attempt_id));
+        if !entry.is(attempt, attempt_id) {
+            *entry = Entry::new(attempt, attempt_id);
         }
         entry.last_beat = Some(entry.last_beat.map_or(at, |last| last.max(at)));
         let changed = (body.progress.is_some() && body.progress != entry.progress)
@@ -177,15 +179,15 @@ impl Heartbeats {
 
     /// What a reconcile sees of the attempt's heartbeats; the first look starts the
     /// controller's own count of the attempt's silence (see [`Heartbeat::since`]).
-    pub fn observe(&self, key: &TaskKey, index: u32, attempt_id: &str, now: Timestamp) -> Heartbeat {
+    pub fn observe(&self, key: &TaskKey, index: u32, attempt: u32, attempt_id: &str, now: Timestamp) -> Heartbeat {
         let mut tasks = self.lock();
         let entry = tasks
             .entry(key.clone())
             .or_default()
             .entry(index)
-            .or_insert_with(|| Entry::new(attempt_id));
-        if entry.attempt_id != attempt_id {
-            *entry = Entry::new(attempt_id);
+            .or_insert_with(|| Entry::new(attempt, attempt_id));
+        if !entry.is(attempt, attempt_id) {
+            *entry = Entry::new(attempt, attempt_id);
         }
         let watching_since = *entry.watching_since.get_or_insert(now);
         entry.nudged = false;
@@ -198,11 +200,11 @@ impl Heartbeats {
     }
 
     /// Keeps only the task's attempts that its status, as just written, still runs
-    /// (index, attempt id): beats of ended attempts are forgotten.
-    pub fn settle(&self, key: &TaskKey, live: &[(u32, String)]) {
+    /// (index, attempt number, attempt id): beats of ended attempts are forgotten.
+    pub fn settle(&self, key: &TaskKey, live: &[(u32, u32, String)]) {
         let mut tasks = self.lock();
         let Some(lanes) = tasks.get_mut(key) else { return };
-        lanes.retain(|index, entry| live.iter().any(|(i, id)| i == index && *id == entry.attempt_id));
+        lanes.retain(|index, entry| live.iter().any(|(i, n, id)| i == index && entry.is(*n, id)));
         if lanes.is_empty() {
             tasks.remove(key);
         }
@@ -219,8 +221,9 @@ impl Heartbeats {
 }
 
 impl Entry {
-    fn new(attempt_id: &str) -> Self {
+    fn new(attempt: u32, attempt_id: &str) -> Self {
         Entry {
+            attempt,
             attempt_id: attempt_id.to_string(),
             watching_since: None,
             last_beat: None,
@@ -228,6 +231,10 @@ impl Entry {
             message: None,
             nudged: false,
         }
+    }
+
+    fn is(&self, attempt: u32, attempt_id: &str) -> bool {
+        self.attempt == attempt && self.attempt_id == attempt_id
     }
 }
 
@@ -278,14 +285,15 @@ mod tests {
     fn the_board_keeps_the_latest_beat_of_the_live_attempt_only() {
         let board = Heartbeats::new();
         let key = TaskKey::new("a");
-        assert!(!board.is_live(&key, 0, "id1"));
+        assert!(!board.is_live(&key, 0, 1, "id1"));
         // The first look starts the count; no beat yet.
-        let seen = board.observe(&key, 0, "id1", at(10));
+        let seen = board.observe(&key, 0, 1, "id1", at(10));
         assert_eq!((seen.since, seen.last_beat, seen.progress), (Some(at(10)), None, None));
-        assert!(board.is_live(&key, 0, "id1"));
+        assert!(board.is_live(&key, 0, 1, "id1"));
         let nudge = board.beat(
             &key,
             0,
+            1,
             "id1",
             at(12),
             HeartbeatBody {
@@ -295,27 +303,28 @@ mod tests {
         );
         assert_eq!(nudge, Some(MIN_PROGRESS_DELAY), "changed progress asks for a write");
         // A beat saying nothing new, or while a write is pending, asks for nothing.
-        assert_eq!(board.beat(&key, 0, "id1", at(13), HeartbeatBody::default()), None);
+        assert_eq!(board.beat(&key, 0, 1, "id1", at(13), HeartbeatBody::default()), None);
         let more = HeartbeatBody {
             progress: Some(0.5),
             message: Some("half".into()),
         };
-        assert_eq!(board.beat(&key, 0, "id1", at(14), more), None, "coalesced");
-        let seen = board.observe(&key, 0, "id1", at(15));
+        assert_eq!(board.beat(&key, 0, 1, "id1", at(14), more), None, "coalesced");
+        let seen = board.observe(&key, 0, 1, "id1", at(15));
         assert_eq!(seen.since, Some(at(14)));
         assert_eq!(seen.progress, Some(0.5));
         assert_eq!(seen.message.as_deref(), Some("half"));
         // A beat that arrives out of order never moves the last one back.
-        board.beat(&key, 0, "id1", at(11), HeartbeatBody::default());
-        assert_eq!(board.observe(&key, 0, "id1", at(16)).since, Some(at(14)));
+        board.beat(&key, 0, 1, "id1", at(11), HeartbeatBody::default());
+        assert_eq!(board.observe(&key, 0, 1, "id1", at(16)).since, Some(at(14)));
         // The next attempt starts with nothing of the last one's.
-        let next = board.observe(&key, 0, "id2", at(20));
+        let next = board.observe(&key, 0, 2, "id2", at(20));
         assert_eq!((next.since, next.progress), (Some(at(20)), None));
-        assert!(!board.is_live(&key, 0, "id1"));
+        assert!(!board.is_live(&key, 0, 1, "id1"));
         // Settled: only what the status still runs is kept.
-        board.observe(&key, 1, "lane1", at(20));
-        board.settle(&key, &[(1, "lane1".into())]);
-        assert!(!board.is_live(&key, 0, "id2") && board.is_live(&key, 1, "lane1"));
+        board.observe(&key, 1, 1, "lane1", at(20));
+        board.settle(&key, &[(1, 1, "lane1".into())]);
+        assert!(!board.is_live(&key, 0, 2, "id2") && board.is_live(&key, 1, 1, "lane1"));
+        assert!(!board.is_live(&key, 1, 2, "lane1"), "the id of another attempt number");
         board.settle(&key, &[]);
         assert!(board.is_empty());
     }

@@ -55,7 +55,7 @@ pub(super) async fn heartbeat(
         Ok(beat) => beat,
         Err(message) => return (StatusCode::BAD_REQUEST, message),
     };
-    if !state.heartbeats.is_live(&key, index, id) {
+    if !state.heartbeats.is_live(&key, index, attempt, id) {
         match state.store.read_status(&key).await {
             Ok(Some(status)) if live_attempt(&status, attempt, index, id).is_some() => {}
             Ok(Some(_)) => {
@@ -73,7 +73,10 @@ pub(super) async fn heartbeat(
             }
         }
     }
-    if let Some(delay) = state.heartbeats.beat(&key, index, id, chrono::Utc::now(), beat) {
+    if let Some(delay) = state
+        .heartbeats
+        .beat(&key, index, attempt, id, chrono::Utc::now(), beat)
+    {
         let _ = state.control.send(Control::Progress(key, delay));
     }
     (StatusCode::ACCEPTED, String::new())

@@ -229,7 +229,10 @@ fn describe_raw(s: &TaskStatus) -> String {
             out,
             "Progress:     {}{}",
             progress_cell(s),
-            s.progress_message.as_ref().map(|m| format!("  {m}")).unwrap_or_default()
+            s.progress_message
+                .as_ref()
+                .map(|m| format!("  {m}"))
+                .unwrap_or_default()
         );
     }
     if let Some(at) = &s.next_attempt_at {
@@ -360,7 +363,10 @@ mod tests {
         status.progress_message = Some("frame 420/1000".into());
         let quiet = TaskStatus::new("q", "q", "h", Utc::now());
         let text = table(
-            &[(TaskKey::new("r"), Some(status.clone())), (TaskKey::new("q"), Some(quiet))],
+            &[
+                (TaskKey::new("r"), Some(status.clone())),
+                (TaskKey::new("q"), Some(quiet)),
+            ],
             Utc::now(),
         );
         let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();

@@ -357,7 +357,8 @@ async fn container_spec(
         };
         // The callback's token: it signs the attempt, whichever route it is sent to.
         let token = callbacks.secret.token(key.as_str(), attempt, index, attempt_id);
-        let url = crate::heartbeat::heartbeat_url(&callbacks.base_url, key.as_str(), attempt, index, attempt_id, &token);
+        let url =
+            crate::heartbeat::heartbeat_url(&callbacks.base_url, key.as_str(), attempt, index, attempt_id, &token);
         env.push(("SKIFF_HEARTBEAT_URL".to_string(), url));
     }
     for (name, value) in &spec.env {

@@ -3,15 +3,15 @@
 //! status is written, the board forgets the attempts that status no longer runs.
 
 use super::Shared;
+use super::reconcile::{Desired, Lane};
 use crate::heartbeat::Heartbeats;
 use crate::status::{Phase, TaskStatus};
 use crate::task::TaskKey;
-use super::reconcile::{Desired, Lane};
 use std::collections::BTreeMap;
 
-/// The attempts of `status` whose heartbeats count: (index, attempt id) of each one
+/// The attempts of `status` whose heartbeats count: (index, number, id) of each one
 /// Creating or Running and not yet judged (index 0 for a task of one completion).
-pub(super) fn live_attempts(status: &TaskStatus) -> Vec<(u32, String)> {
+pub(super) fn live_attempts(status: &TaskStatus) -> Vec<(u32, u32, String)> {
     let live = |phase: Phase| matches!(phase, Phase::Creating | Phase::Running);
     let unjudged = |a: &&crate::status::AttemptRecord| a.completed_by.is_none() && a.reason.is_none();
     if status.indexes.is_empty() {
@@ -19,7 +19,7 @@ pub(super) fn live_attempts(status: &TaskStatus) -> Vec<(u32, String)> {
             .current()
             .filter(|_| live(status.phase))
             .filter(unjudged)
-            .and_then(|a| Some((0, a.attempt_id()?)))
+            .and_then(|a| Some((0, a.number, a.attempt_id()?)))
             .into_iter()
             .collect();
     }
@@ -34,7 +34,7 @@ pub(super) fn live_attempts(status: &TaskStatus) -> Vec<(u32, String)> {
                 .rev()
                 .find(|a| a.index == Some(l.index) && a.number == l.attempt)
                 .filter(unjudged)?;
-            Some((l.index, record.attempt_id()?))
+            Some((l.index, record.number, record.attempt_id()?))
         })
         .collect()
 }
@@ -49,10 +49,12 @@ pub(super) fn observe(
     lanes: &mut BTreeMap<u32, Lane>,
 ) {
     let watched = matches!(desired, Desired::Valid(spec) if spec.heartbeat_timeout.is_some());
-    let Some(status) = status.filter(|_| watched) else { return };
+    let Some(status) = status.filter(|_| watched) else {
+        return;
+    };
     let now = shared.clock.now();
-    for (index, attempt_id) in live_attempts(status) {
-        let beat = Some(shared.heartbeats.observe(key, index, &attempt_id, now));
+    for (index, number, attempt_id) in live_attempts(status) {
+        let beat = Some(shared.heartbeats.observe(key, index, number, &attempt_id, now));
         if status.indexes.is_empty() {
             single.heartbeat = beat;
         } else if let Some(lane) = lanes.get_mut(&index) {

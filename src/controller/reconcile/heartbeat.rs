@@ -31,7 +31,9 @@ pub(super) fn judge(
     let Some(timeout) = timeout else {
         return Verdict::Alive { check_in: None };
     };
-    let since = heartbeat.and_then(|h| h.since).map_or(started, |since| since.max(started));
+    let since = heartbeat
+        .and_then(|h| h.since)
+        .map_or(started, |since| since.max(started));
     let Some(deadline) = chrono::Duration::from_std(timeout)
         .ok()
         .and_then(|timeout| since.checked_add_signed(timeout))
@@ -124,6 +126,11 @@ pub(super) fn sooner(poll: Duration, check_in: Option<Duration>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::reconcile::{Dependencies, Desired, Input, Observed, Slot};
+    use crate::manifest::RuntimeKind;
+    use crate::runtime::ContainerState;
+    use crate::status::{AttemptRecord, Placement};
+    use crate::task::TaskKey;
     use chrono::{TimeZone, Utc};
 
     fn at(s: i64) -> Timestamp {
@@ -161,7 +168,13 @@ mod tests {
             // A restarted controller began watching at 100, long after the start and
             // with the beats before it lost: the attempt gets a whole timeout from there.
             (T, 0, Some(beat(100, None)), 110, Ok(alive(20))),
-            (T, 0, Some(beat(100, None)), 130, Err("since the controller started watching")),
+            (
+                T,
+                0,
+                Some(beat(100, None)),
+                130,
+                Err("since the controller started watching"),
+            ),
             // Watching began before the container started (it was Creating): the start counts.
             (T, 50, Some(beat(40, None)), 70, Ok(alive(10))),
             // A beat of before the start (a clock step) counts as the start.
@@ -174,11 +187,128 @@ mod tests {
             match (expected, verdict) {
                 (Ok(want), got) => assert_eq!(got, want, "case {i}"),
                 (Err(says), Verdict::Silent { message }) => {
-                    assert!(message.contains(says) && message.contains("heartbeatTimeout 30s"), "case {i}: {message}")
+                    assert!(
+                        message.contains(says) && message.contains("heartbeatTimeout 30s"),
+                        "case {i}: {message}"
+                    )
                 }
                 (Err(says), got) => panic!("case {i}: expected silent ({says}), got {got:?}"),
             }
         }
+    }
+
+    /// A decision on a task with `heartbeatTimeout: 30s` whose attempt 1 has run since 0.
+    fn decide_running(retries: u32, phase: Phase, observed: Observed, beat: Option<Heartbeat>, now: i64) -> Decision {
+        let text = format!(
+            "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [x]\n  heartbeatTimeout: 30s\n  retries: {retries}\n  backoff: 1s\n"
+        );
+        let task = crate::manifest::parse_manifest("h.yaml", text.as_bytes()).unwrap();
+        let ctx = crate::manifest::ValidationContext {
+            default_runtime: RuntimeKind::Process,
+            allow_host_paths: &[],
+            features: crate::manifest::Features::CURRENT,
+            env_is_set: None,
+        };
+        let spec = crate::manifest::validate("h.yaml", "h", &task, &ctx).unwrap();
+        let key = TaskKey::new("h");
+        let mut status = TaskStatus::new("h", "h", &spec.spec_hash, at(0));
+        status.phase = phase;
+        status.attempt = 1;
+        status.attempts.push(AttemptRecord {
+            number: 1,
+            id: Some("id1".into()),
+            runtime: RuntimeKind::Process,
+            container: key.container_name(1, None),
+            index: None,
+            created_at: Some(at(0)),
+            started_at: Some(at(0)),
+            finished_at: None,
+            exit_code: None,
+            completed_by: None,
+            reason: None,
+            message: None,
+            placement: Some(Placement::process("0000aaaa", "alpha")),
+            semaphores: Vec::new(),
+        });
+        if phase == Phase::Deleting {
+            let record = status.current_mut().unwrap();
+            record.finished_at = Some(at(31));
+            record.completed_by = Some(CompletedBy::Deadline);
+            record.reason = Some(Reason::HeartbeatTimeout);
+            record.message = Some("no heartbeat".into());
+        }
+        let desired = Desired::Valid(Box::new(spec));
+        super::super::decide(Input {
+            key: &key,
+            desired: &desired,
+            status: Some(&status),
+            observed,
+            seen_by_engine: false,
+            log_tail: None,
+            slot: Slot::Granted,
+            now: at(now),
+            jitter: 0.5,
+            event: None,
+            heartbeat: beat,
+            terminate: false,
+            index: None,
+            lanes: BTreeMap::new(),
+            dependencies: Dependencies::None,
+            placement: Some(Placement::process("0000aaaa", "alpha")),
+            scheduling: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_silent_attempt_fails_with_heartbeat_timeout_and_is_retried_as_any_failure() {
+        let running = || {
+            Observed::Container(ContainerState::Running {
+                started_at: Some(at(0)),
+            })
+        };
+        let half = Heartbeat {
+            progress: Some(0.5),
+            message: Some("frame 500/1000".into()),
+            ..beat(10, Some(10))
+        };
+        // Heard from at 10: alive at 20, its progress recorded, looked at again by 40.
+        let alive = decide_running(1, Phase::Running, running(), Some(half.clone()), 20);
+        let status = alive.status.as_ref().unwrap();
+        assert_eq!(status.phase, Phase::Running);
+        assert_eq!(status.progress, Some(0.5));
+        assert_eq!(status.progress_message.as_deref(), Some("frame 500/1000"));
+        assert!(alive.actions.is_empty());
+        assert!(
+            alive.requeue_after.unwrap() <= Duration::from_secs(20),
+            "{:?}",
+            alive.requeue_after
+        );
+        // Silent since 10: at 40 the attempt fails, its container is deleted.
+        let silent = decide_running(1, Phase::Running, running(), Some(half), 40);
+        let status = silent.status.as_ref().unwrap();
+        assert_eq!(
+            (status.phase, status.reason),
+            (Phase::Deleting, Some(Reason::HeartbeatTimeout))
+        );
+        let record = status.current().unwrap();
+        assert_eq!(record.reason, Some(Reason::HeartbeatTimeout));
+        assert_eq!(record.completed_by, Some(CompletedBy::Deadline));
+        assert!(matches!(&silent.actions[..], [Action::DeleteContainer { .. }]));
+        assert_eq!(status.progress, Some(0.5), "the last progress stays visible");
+        // Its container gone: retried as any failure, and with no retries left, Failed.
+        let gone = Observed::Container(ContainerState::Absent);
+        let retried = decide_running(1, Phase::Deleting, gone.clone(), None, 41);
+        let status = retried.status.unwrap();
+        assert_eq!(
+            (status.phase, status.reason),
+            (Phase::Pending, Some(Reason::BackoffAfterFailure))
+        );
+        let failed = decide_running(0, Phase::Deleting, gone, None, 41);
+        let status = failed.status.unwrap();
+        assert_eq!(
+            (status.phase, status.reason),
+            (Phase::Failed, Some(Reason::HeartbeatTimeout))
+        );
     }
 
     #[test]

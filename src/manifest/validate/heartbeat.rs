@@ -42,7 +42,8 @@ mod tests {
     use crate::manifest::{Features, RuntimeKind, ValidationContext, parse_manifest, validate};
 
     fn check(value: &str, api: bool) -> Result<Option<std::time::Duration>, String> {
-        let text = format!("apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [x]\n  heartbeatTimeout: {value}\n");
+        let text =
+            format!("apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [x]\n  heartbeatTimeout: {value}\n");
         let task = parse_manifest("h.yaml", text.as_bytes()).map_err(|e| e.to_string())?;
         let ctx = ValidationContext {
             default_runtime: RuntimeKind::Process,
@@ -60,10 +61,19 @@ mod tests {
         assert_eq!(check("30s", true).unwrap(), Some(std::time::Duration::from_secs(30)));
         assert_eq!(check("1s", true).unwrap(), Some(std::time::Duration::from_secs(1)));
         let short = check("500ms", true).unwrap_err();
-        assert!(short.contains("h.yaml") && short.contains("spec.heartbeatTimeout") && short.contains("at least 1s"), "{short}");
+        assert!(
+            short.contains("h.yaml") && short.contains("spec.heartbeatTimeout") && short.contains("at least 1s"),
+            "{short}"
+        );
         let garbage = check("soon", true).unwrap_err();
-        assert!(garbage.contains("spec.heartbeatTimeout") && garbage.contains("e.g. 30s"), "{garbage}");
+        assert!(
+            garbage.contains("spec.heartbeatTimeout") && garbage.contains("e.g. 30s"),
+            "{garbage}"
+        );
         let no_api = check("30s", false).unwrap_err();
-        assert!(no_api.contains("spec.heartbeatTimeout") && no_api.contains("--listen"), "{no_api}");
+        assert!(
+            no_api.contains("spec.heartbeatTimeout") && no_api.contains("--listen"),
+            "{no_api}"
+        );
     }
 }
