@@ -150,11 +150,12 @@ mod tests {
 
     #[test]
     fn the_silence_counts_from_the_latest_of_start_beat_and_watching() {
-        // (timeout, started, heartbeat, now) → verdict
         let alive = |s: u64| Verdict::Alive {
             check_in: Some(Duration::from_secs(s)),
         };
-        let cases: Vec<(Option<Duration>, i64, Option<Heartbeat>, i64, Result<Verdict, &str>)> = vec![
+        // (timeout, started, heartbeat, now) and the verdict, or what a silent one says.
+        type Case = (Option<Duration>, i64, Option<Heartbeat>, i64, Result<Verdict, &'static str>);
+        let cases: Vec<Case> = vec![
             // No heartbeatTimeout: never judged.
             (None, 0, None, 10_000, Ok(Verdict::Alive { check_in: None })),
             // Never heard from: counted from the start.
