@@ -155,7 +155,6 @@ impl Heartbeats {
         body: HeartbeatBody,
     ) -> Option<Duration> {
         let mut tasks = self.lock();
-        let reporting: usize = tasks.values().map(BTreeMap::len).sum();
         let lanes = tasks.entry(key.clone()).or_default();
         let entry = lanes.entry(index).or_insert_with(|| Entry::new(attempt, attempt_id));
         if !entry.is(attempt, attempt_id) {
@@ -174,6 +173,7 @@ impl Heartbeats {
             return None;
         }
         entry.nudged = true;
+        let reporting: usize = tasks.values().map(BTreeMap::len).sum();
         Some(progress_delay(reporting))
     }
 

@@ -154,7 +154,13 @@ mod tests {
             check_in: Some(Duration::from_secs(s)),
         };
         // (timeout, started, heartbeat, now) and the verdict, or what a silent one says.
-        type Case = (Option<Duration>, i64, Option<Heartbeat>, i64, Result<Verdict, &'static str>);
+        type Case = (
+            Option<Duration>,
+            i64,
+            Option<Heartbeat>,
+            i64,
+            Result<Verdict, &'static str>,
+        );
         let cases: Vec<Case> = vec![
             // No heartbeatTimeout: never judged.
             (None, 0, None, 10_000, Ok(Verdict::Alive { check_in: None })),
