@@ -200,11 +200,17 @@ impl Heartbeats {
     }
 
     /// Keeps only the task's attempts that its status, as just written, still runs
-    /// (index, attempt number, attempt id): beats of ended attempts are forgotten.
-    pub fn settle(&self, key: &TaskKey, live: &[(u32, u32, String)]) {
+    /// (index, attempt number, attempt id): beats of ended attempts are forgotten. An
+    /// attempt this very pass began has no id in the decision yet (the act gives it):
+    /// `None` keeps whatever its container already sent under its number.
+    pub fn settle(&self, key: &TaskKey, live: &[(u32, u32, Option<String>)]) {
         let mut tasks = self.lock();
         let Some(lanes) = tasks.get_mut(key) else { return };
-        lanes.retain(|index, entry| live.iter().any(|(i, n, id)| i == index && entry.is(*n, id)));
+        lanes.retain(|index, entry| {
+            live.iter().any(|(i, n, id)| {
+                i == index && entry.attempt == *n && id.as_ref().is_none_or(|id| *id == entry.attempt_id)
+            })
+        });
         if lanes.is_empty() {
             tasks.remove(key);
         }
@@ -322,9 +328,15 @@ mod tests {
         assert!(!board.is_live(&key, 0, 1, "id1"));
         // Settled: only what the status still runs is kept.
         board.observe(&key, 1, 1, "lane1", at(20));
-        board.settle(&key, &[(1, 1, "lane1".into())]);
+        board.settle(&key, &[(1, 1, Some("lane1".into()))]);
         assert!(!board.is_live(&key, 0, 2, "id2") && board.is_live(&key, 1, 1, "lane1"));
         assert!(!board.is_live(&key, 1, 2, "lane1"), "the id of another attempt number");
+        // A beat that came before the pass that began its attempt settled (a fast
+        // container): kept, though the decision does not know the attempt's id yet.
+        board.beat(&key, 2, 1, "fresh", at(21), HeartbeatBody::default());
+        board.settle(&key, &[(1, 1, Some("lane1".into())), (2, 1, None)]);
+        assert!(board.is_live(&key, 2, 1, "fresh"));
+        assert_eq!(board.observe(&key, 2, 1, "fresh", at(22)).last_beat, Some(at(21)));
         board.settle(&key, &[]);
         assert!(board.is_empty());
     }

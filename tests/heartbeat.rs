@@ -5,7 +5,7 @@ mod support;
 
 use reqwest::StatusCode;
 use std::time::{Duration, Instant, SystemTime};
-use support::{Workspace, free_port};
+use support::{DOCKER_IMAGE, Workspace, docker_or_skip, free_port, skiff_containers};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -210,4 +210,32 @@ fn a_controller_restart_longer_than_the_timeout_fails_no_healthy_attempt() {
     let status = ws.status("steady").unwrap();
     assert_eq!(status["phase"], "Succeeded", "{status}");
     assert_eq!(status["attempt"], 1, "{status}");
+}
+
+#[test]
+fn on_docker_beats_reach_the_controller_over_the_host_network_and_silence_fails_the_attempt() {
+    if !docker_or_skip("on_docker_beats_reach_the_controller") {
+        return;
+    }
+    let ws = Workspace::new();
+    let script = format!("{BEAT}; beat '{{\"progress\":0.5,\"message\":\"half\"}}'; sleep 300").replace('\'', "''");
+    ws.write(
+        "boxed.yaml",
+        &format!(
+            "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  runtime: docker\n  image: {DOCKER_IMAGE}\n  command: [sh, -c, '{script}']\n  heartbeatTimeout: 3s\n"
+        ),
+    );
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _controller = ws.controller(&["--listen", &listen, "--docker-network", "host"]);
+    ws.wait_until(LONG, "the container's progress in the status", || {
+        ws.status("boxed")
+            .is_some_and(|s| s["phase"] == "Running" && s["progress"] == 0.5)
+    });
+    ws.wait_phase("boxed", "Failed", LONG);
+    let status = ws.status("boxed").unwrap();
+    assert_eq!(status["reason"], "HeartbeatTimeout", "{status}");
+    assert_eq!(status["progressMessage"], "half");
+    ws.wait_until(LONG, "no container left", || {
+        skiff_containers(&ws.root().join(".skiff")).is_empty()
+    });
 }

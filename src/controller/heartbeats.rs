@@ -5,21 +5,21 @@
 use super::Shared;
 use super::reconcile::{Desired, Lane};
 use crate::heartbeat::Heartbeats;
-use crate::status::{Phase, TaskStatus};
+use crate::status::{AttemptRecord, Phase, TaskStatus};
 use crate::task::TaskKey;
 use std::collections::BTreeMap;
 
-/// The attempts of `status` whose heartbeats count: (index, number, id) of each one
-/// Creating or Running and not yet judged (index 0 for a task of one completion).
-pub(super) fn live_attempts(status: &TaskStatus) -> Vec<(u32, u32, String)> {
+/// The attempts of `status` whose heartbeats count, by index: each one Creating or
+/// Running and not yet judged (index 0 for a task of one completion).
+fn live_attempts(status: &TaskStatus) -> Vec<(u32, &AttemptRecord)> {
     let live = |phase: Phase| matches!(phase, Phase::Creating | Phase::Running);
-    let unjudged = |a: &&crate::status::AttemptRecord| a.completed_by.is_none() && a.reason.is_none();
+    let unjudged = |a: &&AttemptRecord| a.completed_by.is_none() && a.reason.is_none();
     if status.indexes.is_empty() {
         return status
             .current()
             .filter(|_| live(status.phase))
             .filter(unjudged)
-            .and_then(|a| Some((0, a.number, a.attempt_id()?)))
+            .map(|a| (0, a))
             .into_iter()
             .collect();
     }
@@ -34,7 +34,7 @@ pub(super) fn live_attempts(status: &TaskStatus) -> Vec<(u32, u32, String)> {
                 .rev()
                 .find(|a| a.index == Some(l.index) && a.number == l.attempt)
                 .filter(unjudged)?;
-            Some((l.index, record.number, record.attempt_id()?))
+            Some((l.index, record))
         })
         .collect()
 }
@@ -53,8 +53,12 @@ pub(super) fn observe(
         return;
     };
     let now = shared.clock.now();
-    for (index, number, attempt_id) in live_attempts(status) {
-        let beat = Some(shared.heartbeats.observe(key, index, number, &attempt_id, now));
+    for (index, record) in live_attempts(status) {
+        // The id its token signs (a record written before ids existed: its createdAt).
+        let Some(attempt_id) = record.attempt_id() else {
+            continue;
+        };
+        let beat = Some(shared.heartbeats.observe(key, index, record.number, &attempt_id, now));
         if status.indexes.is_empty() {
             single.heartbeat = beat;
         } else if let Some(lane) = lanes.get_mut(&index) {
@@ -63,8 +67,15 @@ pub(super) fn observe(
     }
 }
 
-/// After the status is written: forget the beats of attempts it no longer runs.
+/// After the status is written: forget the beats of attempts it no longer runs. An
+/// attempt the decision just began has no id in it yet (the act gives one, written with
+/// it): what its container already sent under its number is kept.
 pub(super) fn settle(board: &Heartbeats, key: &TaskKey, written: Option<&TaskStatus>) {
-    let live = written.map(live_attempts).unwrap_or_default();
+    let live: Vec<(u32, u32, Option<String>)> = written
+        .map(live_attempts)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(index, record)| (index, record.number, record.id.clone()))
+        .collect();
     board.settle(key, &live);
 }
