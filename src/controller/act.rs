@@ -440,7 +440,7 @@ mod tests {
 
     #[tokio::test]
     async fn secrets_are_resolved_and_named_but_never_labelled() {
-        let text = "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [x]\n  env:\n    - {name: PLAIN, value: v}\n    - {name: KEY, valueFrom: {env: PATH}}\n  completion: {mode: event}\n";
+        let text = "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [x]\n  env:\n    - {name: PLAIN, value: v}\n    - {name: KEY, valueFrom: {env: PATH}}\n  completion: {mode: event}\n  heartbeatTimeout: 30s\n";
         let task = parse_manifest("s.yaml", text.as_bytes()).unwrap();
         let ctx = ValidationContext {
             default_runtime: RuntimeKind::Process,
@@ -472,9 +472,16 @@ mod tests {
         assert_eq!(env["KEY"], std::env::var("PATH").unwrap());
         assert_eq!(env["PLAIN"], "v");
         assert!(env["SKIFF_CALLBACK_URL"].contains("token="));
+        // The heartbeat URL carries the same token, to its own route.
+        let heartbeat = &env["SKIFF_HEARTBEAT_URL"];
+        assert!(heartbeat.starts_with("http://127.0.0.1:1/v1/tasks/s/heartbeat?attempt=1&index=0&id=id&token="));
+        assert_eq!(
+            heartbeat.split_once("token=").map(|(_, t)| t),
+            env["SKIFF_CALLBACK_URL"].split_once("token=").map(|(_, t)| t)
+        );
         assert_eq!(
             made.secret_env.iter().map(String::as_str).collect::<Vec<_>>(),
-            ["KEY", "SKIFF_CALLBACK_URL"]
+            ["KEY", "SKIFF_CALLBACK_URL", "SKIFF_HEARTBEAT_URL"]
         );
         let labels = format!("{:?}", made.labels);
         assert!(!labels.contains("token") && !labels.contains(&env["KEY"]), "{labels}");
