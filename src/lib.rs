@@ -8,6 +8,7 @@ pub mod cli;
 pub mod controller;
 pub mod fsutil;
 pub mod fswatch;
+pub mod heartbeat;
 pub mod manifest;
 pub mod metrics;
 pub mod notifications;

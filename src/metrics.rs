@@ -21,6 +21,8 @@ pub struct Metrics {
     pub tasks: Family<Labels, Gauge>,
     /// Completion callbacks by HTTP answer.
     pub callbacks: Family<Labels, Counter>,
+    /// Heartbeats by HTTP answer.
+    pub heartbeats: Family<Labels, Counter>,
     /// Event latency: callback accepted to status written, in seconds.
     pub event_to_status_seconds: Histogram,
     /// ARM's `x-ms-ratelimit-remaining-*` headers, by header.
@@ -50,6 +52,7 @@ impl Metrics {
         let live_containers = Family::<Labels, Gauge>::default();
         let tasks = Family::<Labels, Gauge>::default();
         let callbacks = Family::<Labels, Counter>::default();
+        let heartbeats = Family::<Labels, Counter>::default();
         let event_to_status_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         let aci_ratelimit_remaining = Family::<Labels, Gauge>::default();
         let aci_create_tokens = Family::<Labels, Gauge>::default();
@@ -99,6 +102,7 @@ impl Metrics {
         );
         registry.register("tasks", "Tasks by phase", tasks.clone());
         registry.register("callbacks", "Completion callbacks by HTTP answer", callbacks.clone());
+        registry.register("heartbeats", "Heartbeats by HTTP answer", heartbeats.clone());
         registry.register(
             "event_to_status_seconds",
             "From an accepted completion callback to the status that records it",
@@ -112,6 +116,7 @@ impl Metrics {
             live_containers,
             tasks,
             callbacks,
+            heartbeats,
             event_to_status_seconds,
             aci_ratelimit_remaining,
             aci_create_tokens,

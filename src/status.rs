@@ -139,6 +139,8 @@ pub enum Reason {
     /// A scheduled time that was not run (the controller was down, the run would have
     /// started past `startingDeadline`, or a run was active under `Forbid`).
     MissedSchedule,
+    /// The attempt sent no heartbeat for longer than `spec.heartbeatTimeout`.
+    HeartbeatTimeout,
 }
 
 /// Where a scheduled task's schedule stands (`status.schedule`).
@@ -564,6 +566,12 @@ pub struct TaskStatus {
     /// `historyLimit`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runs: Vec<RunRecord>,
+    /// The latest progress (0..1) a heartbeat of the current attempt reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// The latest message a heartbeat of the current attempt reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_message: Option<String>,
     pub updated_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<Timestamp>,
@@ -589,6 +597,8 @@ impl TaskStatus {
             next_attempt_at: None,
             schedule: None,
             runs: Vec::new(),
+            progress: None,
+            progress_message: None,
             updated_at: now,
             observed_at: None,
         }

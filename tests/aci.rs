@@ -547,6 +547,7 @@ async fn controller_with_api(root: &Path, rt: Arc<AciRuntime>, max_running: usiz
         health,
         control,
         api_token: None,
+        heartbeats: controller.heartbeats(),
     });
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;

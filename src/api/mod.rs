@@ -4,6 +4,7 @@
 //! Management routes take an optional bearer token (`--api-token-file`); the callback
 //! route is authorised by its per-attempt token alone. Tokens never reach a log.
 
+mod heartbeat;
 pub mod serve;
 
 use crate::callback::{CallbackEvent, CallbackSecret, Inbox, MAX_EVENT_BYTES, Recorded, attempt_id};
@@ -44,6 +45,8 @@ pub struct ApiState {
     pub control: mpsc::UnboundedSender<Control>,
     /// The bearer token management routes require, if any.
     pub api_token: Option<Arc<str>>,
+    /// Where heartbeats are kept for the controller (`Controller::heartbeats`).
+    pub heartbeats: Arc<crate::heartbeat::Heartbeats>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -71,7 +74,9 @@ fn problem(code: StatusCode, message: impl Into<String>) -> Response {
 
 async fn require_bearer(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     // The callback route has its own token; everything else under /v1 is management.
-    let is_callback = request.method() == axum::http::Method::POST && request.uri().path().ends_with("/events");
+    let path = request.uri().path();
+    let is_callback =
+        request.method() == axum::http::Method::POST && (path.ends_with("/events") || path.ends_with("/heartbeat"));
     if !is_callback && let Err(refusal) = check_bearer(&state, request.headers()) {
         let mut response = problem(StatusCode::UNAUTHORIZED, refusal);
         response
@@ -193,7 +198,8 @@ async fn post_task(
         Err(rejection) => return problem(rejection.status(), rejection.body_text()),
     };
     // The dashboard puts these routes in a browser: another site's page may not use them.
-    if !path.ends_with("/events") && dashboard::cross_site(&headers) {
+    let from_container = path.ends_with("/events") || path.ends_with("/heartbeat");
+    if !from_container && dashboard::cross_site(&headers) {
         return problem(StatusCode::FORBIDDEN, "a request from another site's page is refused");
     }
     if let Some(task) = path.strip_suffix("/terminate") {
@@ -217,9 +223,21 @@ async fn post_task(
             .inc();
         return problem_or_accept(code);
     }
+    if let Some(task) = path.strip_suffix("/heartbeat") {
+        let code = match query {
+            Ok(Query(query)) => heartbeat::heartbeat(&state, task, query, body).await,
+            Err(rejection) => (rejection.status(), rejection.body_text()),
+        };
+        state
+            .metrics
+            .heartbeats
+            .get_or_create(&Metrics::label("code", code.0.as_str()))
+            .inc();
+        return problem_or_accept(code);
+    }
     problem(
         StatusCode::NOT_FOUND,
-        "POST /v1/tasks/{task}/terminate, /v1/tasks/{task}/trigger, /v1/tasks/{task}/rerun or /v1/tasks/{task}/events",
+        "POST /v1/tasks/{task}/terminate, /v1/tasks/{task}/trigger, /v1/tasks/{task}/rerun, /v1/tasks/{task}/events or /v1/tasks/{task}/heartbeat",
     )
 }
 

@@ -341,6 +341,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                 health,
                 control,
                 api_token: api_token.clone(),
+                heartbeats: controller.heartbeats(),
             };
             tracing::info!("serving the API on http://{local}");
             let dashboard = api::dashboard::router(state.clone(), hub.clone(), &api_runtimes);

@@ -89,7 +89,16 @@ fn table(tasks: &[(TaskKey, Option<TaskStatus>)], now: Timestamp) -> String {
     let scheduled = tasks
         .iter()
         .any(|(_, s)| s.as_ref().is_some_and(|s| s.schedule.is_some()));
+    // PROGRESS only when a task reports progress through heartbeats, before REASON (whose
+    // text may be long).
+    let progressing = tasks.iter().any(|(_, s)| {
+        s.as_ref()
+            .is_some_and(|s| s.progress.is_some() || s.progress_message.is_some())
+    });
     let mut header = vec!["TASK", "PHASE", "ATTEMPT", "AGE", "DURATION", "REASON"];
+    if progressing {
+        header.insert(5, "PROGRESS");
+    }
     if scheduled {
         header.extend(["SCHEDULE", "NEXT"]);
     }
@@ -127,6 +136,9 @@ fn table(tasks: &[(TaskKey, Option<TaskStatus>)], now: Timestamp) -> String {
                 ]
             }
         };
+        if progressing {
+            row.insert(5, status.as_ref().map_or_else(|| "-".into(), progress_cell));
+        }
         if scheduled {
             let schedule = status.as_ref().and_then(|s| s.schedule.as_ref());
             row.push(schedule.map_or("-".into(), |s| s.cron.clone()));
@@ -147,6 +159,11 @@ fn table(tasks: &[(TaskKey, Option<TaskStatus>)], now: Timestamp) -> String {
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
     out
+}
+
+/// A heartbeat's progress as a percentage, `-` when none was reported.
+fn progress_cell(s: &TaskStatus) -> String {
+    s.progress.map_or_else(|| "-".into(), |p| format!("{:.0}%", p * 100.0))
 }
 
 /// `3s`, `4m10s`, `2h5m`, `3d4h`: two units at most, as kubectl prints ages.
@@ -207,6 +224,17 @@ fn describe_raw(s: &TaskStatus) -> String {
         if s.spec_hash.is_empty() { "-" } else { &s.spec_hash }
     );
     let _ = writeln!(out, "Attempt:      {}", s.attempt);
+    if s.progress.is_some() || s.progress_message.is_some() {
+        let _ = writeln!(
+            out,
+            "Progress:     {}{}",
+            progress_cell(s),
+            s.progress_message
+                .as_ref()
+                .map(|m| format!("  {m}"))
+                .unwrap_or_default()
+        );
+    }
     if let Some(at) = &s.next_attempt_at {
         let _ = writeln!(out, "Next attempt: {}", format_time(at));
     }
@@ -325,5 +353,30 @@ mod tests {
         let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
         assert_eq!(header, ["TASK", "PHASE", "ATTEMPT", "AGE", "DURATION", "REASON"]);
         assert!(text.contains("jobs/a  Pending"));
+    }
+
+    #[test]
+    fn progress_shows_in_get_and_describe_once_reported() {
+        let mut status = TaskStatus::new("r", "r", "h", Utc::now());
+        status.phase = Phase::Running;
+        status.progress = Some(0.42);
+        status.progress_message = Some("frame 420/1000".into());
+        let quiet = TaskStatus::new("q", "q", "h", Utc::now());
+        let text = table(
+            &[
+                (TaskKey::new("r"), Some(status.clone())),
+                (TaskKey::new("q"), Some(quiet)),
+            ],
+            Utc::now(),
+        );
+        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(
+            lines[0],
+            ["TASK", "PHASE", "ATTEMPT", "AGE", "DURATION", "PROGRESS", "REASON"]
+        );
+        assert_eq!(lines[1][5], "42%");
+        assert_eq!(lines[2][5], "-");
+        let described = describe_text(&status);
+        assert!(described.contains("Progress:     42%  frame 420/1000"), "{described}");
     }
 }

@@ -347,6 +347,18 @@ async fn container_spec(
         let url = callback::callback_url(&callbacks.base_url, key.as_str(), attempt, index, attempt_id, &token);
         env.push(("SKIFF_CALLBACK_URL".to_string(), url));
     }
+    if spec.heartbeat_timeout.is_some() {
+        let Some(callbacks) = callbacks else {
+            return Err(permanent(
+                "heartbeatTimeout needs the HTTP API: start the controller with --listen".into(),
+            ));
+        };
+        // The callback's token: it signs the attempt, whichever route it is sent to.
+        let token = callbacks.secret.token(key.as_str(), attempt, index, attempt_id);
+        let url =
+            crate::heartbeat::heartbeat_url(&callbacks.base_url, key.as_str(), attempt, index, attempt_id, &token);
+        env.push(("SKIFF_HEARTBEAT_URL".to_string(), url));
+    }
     for (name, value) in &spec.env {
         let value = resolve(&format!("env {name}"), value, secrets).await?;
         env.push((name.clone(), value));
@@ -398,6 +410,11 @@ async fn container_spec(
                 .eq(&CompletionMode::Event)
                 .then(|| "SKIFF_CALLBACK_URL".to_string()),
         )
+        .chain(
+            spec.heartbeat_timeout
+                .is_some()
+                .then(|| "SKIFF_HEARTBEAT_URL".to_string()),
+        )
         .collect();
     Ok(ContainerSpec {
         name: container.to_string(),
@@ -421,7 +438,7 @@ mod tests {
 
     #[tokio::test]
     async fn secrets_are_resolved_and_named_but_never_labelled() {
-        let text = "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [x]\n  env:\n    - {name: PLAIN, value: v}\n    - {name: KEY, valueFrom: {env: PATH}}\n  completion: {mode: event}\n";
+        let text = "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [x]\n  env:\n    - {name: PLAIN, value: v}\n    - {name: KEY, valueFrom: {env: PATH}}\n  completion: {mode: event}\n  heartbeatTimeout: 30s\n";
         let task = parse_manifest("s.yaml", text.as_bytes()).unwrap();
         let ctx = ValidationContext {
             default_runtime: RuntimeKind::Process,
@@ -453,9 +470,16 @@ mod tests {
         assert_eq!(env["KEY"], std::env::var("PATH").unwrap());
         assert_eq!(env["PLAIN"], "v");
         assert!(env["SKIFF_CALLBACK_URL"].contains("token="));
+        // The heartbeat URL carries the same token, to its own route.
+        let heartbeat = &env["SKIFF_HEARTBEAT_URL"];
+        assert!(heartbeat.starts_with("http://127.0.0.1:1/v1/tasks/s/heartbeat?attempt=1&index=0&id=id&token="));
+        assert_eq!(
+            heartbeat.split_once("token=").map(|(_, t)| t),
+            env["SKIFF_CALLBACK_URL"].split_once("token=").map(|(_, t)| t)
+        );
         assert_eq!(
             made.secret_env.iter().map(String::as_str).collect::<Vec<_>>(),
-            ["KEY", "SKIFF_CALLBACK_URL"]
+            ["KEY", "SKIFF_CALLBACK_URL", "SKIFF_HEARTBEAT_URL"]
         );
         let labels = format!("{:?}", made.labels);
         assert!(!labels.contains("token") && !labels.contains(&env["KEY"]), "{labels}");

@@ -361,6 +361,7 @@ mod tests {
             now: std::time::SystemTime::UNIX_EPOCH.into(),
             jitter: 0.0,
             event: None,
+            heartbeat: None,
             terminate: false,
             index: None,
             lanes: Default::default(),

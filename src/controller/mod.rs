@@ -14,6 +14,7 @@ pub mod clock;
 mod dependencies;
 mod desired;
 mod health;
+mod heartbeats;
 pub mod limits;
 mod observe;
 mod ownership;
@@ -110,6 +111,9 @@ pub enum Control {
     Trigger(TaskKey),
     /// A completion event was recorded for the task (at this instant): look now.
     Event(TaskKey, std::time::Instant),
+    /// A heartbeat changed the task's progress: write it into the status after this delay
+    /// (coalesced: the API asks once per pending write).
+    Progress(TaskKey, Duration),
 }
 
 /// How a controller run ended.
@@ -215,6 +219,8 @@ struct Shared {
     shared_semaphores: Option<Arc<dyn crate::store::ownership::SharedSemaphores>>,
     /// Where `valueFrom` references outside the controller's environment are read.
     secrets: Arc<dyn crate::secrets::SecretSource>,
+    /// The latest heartbeat of each live attempt, written by the API (`heartbeatTimeout`).
+    heartbeats: Arc<crate::heartbeat::Heartbeats>,
 }
 
 /// What one reconcile reports back to the loop.
@@ -312,6 +318,7 @@ impl Controller {
                 parse_inline: false,
                 transitions: None,
                 secrets: Arc::new(crate::secrets::NoSecretSource),
+                heartbeats: Arc::new(crate::heartbeat::Heartbeats::new()),
             }),
             woken,
             control: None,
@@ -364,6 +371,11 @@ impl Controller {
 
     pub fn health(&self) -> Arc<Health> {
         self.shared.health.clone()
+    }
+
+    /// The heartbeat board the API writes and reconciles read.
+    pub fn heartbeats(&self) -> Arc<crate::heartbeat::Heartbeats> {
+        self.shared.heartbeats.clone()
     }
 }
 

@@ -81,6 +81,7 @@ pub(super) async fn observe(
         seen_by_engine: false,
         log_tail,
         event,
+        heartbeat: None,
         slot: Slot::Granted,
     }
 }

@@ -8,6 +8,7 @@
 //! or not, so a lane keeps its slot if either status lets its container exist.
 
 use super::admit::{self, Admitted};
+use super::heartbeats;
 use super::shared_slots;
 use super::*;
 use crate::status::{Placement, TaskStatus};
@@ -116,7 +117,8 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
 
     // Observe: first remove what the status no longer records, then look at what it does.
     remove_strays(shared, key, status.as_ref()).await;
-    let (single, lanes) = observe_containers(shared, key, status.as_ref()).await;
+    let (mut single, mut lanes) = observe_containers(shared, key, status.as_ref()).await;
+    heartbeats::observe(shared, key, &desired, status.as_ref(), &mut single, &mut lanes);
     let overlapping = observe_overlapping(shared, key, status.as_ref()).await;
     let placement = placement_for(shared, key, &desired).await;
     let requests = shared.memory(key, Requests::take);
@@ -415,6 +417,7 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
         now: shared.clock.now(),
         jitter: shared.entropy.unit(),
         event: single.event,
+        heartbeat: single.heartbeat,
         terminate: requests.terminate,
         index: None,
         lanes,
@@ -476,6 +479,7 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
         }
     };
 
+    heartbeats::settle(&shared.heartbeats, key, decision.status.as_ref());
     // Settle: the lanes hold slots as the status now written says.
     let standings = admit::standings(decision.status.as_ref(), waiting_lane);
     shared.limits.settle_task(key, order, &standings);

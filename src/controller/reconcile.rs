@@ -16,6 +16,7 @@ use std::time::Duration;
 
 mod exit_rules;
 mod fanout;
+mod heartbeat;
 mod io;
 mod schedule;
 #[cfg(test)]
@@ -438,6 +439,7 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
         return pending(input, spec, status);
     };
     let container = current.container.clone();
+    heartbeat::record_progress(&mut status, input.heartbeat.as_ref());
     if spec.completion_mode == CompletionMode::Event
         && let Some(event) = &input.event
     {
@@ -513,19 +515,27 @@ fn active(input: &Input<'_>, spec: &TaskSpec, mut status: TaskStatus) -> Decisio
             status.reason = Some(Reason::ContainerStarted);
             status.message = notes(spec);
             status.observed_at = Some(now);
+            // A silent attempt fails (`spec.heartbeatTimeout`); a live one is looked at
+            // again by the time its silence would be too long.
+            let poll = match heartbeat::judge(spec.heartbeat_timeout, started, input.heartbeat.as_ref(), now) {
+                heartbeat::Verdict::Silent { message } => {
+                    return heartbeat::fail_silent(status, container, message, now);
+                }
+                heartbeat::Verdict::Alive { check_in } => heartbeat::sooner(spec.poll_interval, check_in),
+            };
             let Some(timeout) = spec.timeout else {
-                return Decision::keep(status, Some(spec.poll_interval));
+                return Decision::keep(status, Some(poll));
             };
             // A timeout so long that the deadline does not fit in a date is no deadline.
             let deadline = chrono::Duration::from_std(timeout)
                 .ok()
                 .and_then(|timeout| started.checked_add_signed(timeout));
             let Some(deadline) = deadline else {
-                return Decision::keep(status, Some(spec.poll_interval));
+                return Decision::keep(status, Some(poll));
             };
             if now < deadline {
                 let left = (deadline - now).to_std().unwrap_or(SOON);
-                return Decision::keep(status, Some(left.min(spec.poll_interval)));
+                return Decision::keep(status, Some(left.min(poll)));
             }
             let message = format!(
                 "the attempt ran longer than its timeout of {}",

@@ -187,6 +187,7 @@ impl Controller {
                         shared.memory(&key, |m| m.event_at = Some(at));
                         queue.schedule(key, Duration::ZERO);
                     }
+                    Control::Progress(key, delay) => queue.schedule(key, delay),
                 },
                 _ = heartbeat.tick() => {}
                 _ = resync.tick() => {

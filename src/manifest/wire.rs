@@ -93,6 +93,10 @@ pub struct Spec {
     /// once. Their limits come from the controller's `--semaphore NAME=N`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub semaphores: Vec<String>,
+    /// Fail an attempt that sends no heartbeat (a POST to `SKIFF_HEARTBEAT_URL`) for this
+    /// long, counted from its start (humantime, at least 1s, e.g. `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout: Option<String>,
     /// Credentials for pulling `image` from private registries (docker and aci).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<ImagePullSecret>,

@@ -27,6 +27,9 @@ pub struct Scenario {
     pub behaviour: Behaviour,
     /// The most simulated time the run may take.
     pub limit: Duration,
+    /// Serve the callback route (what `--listen` gives): event completion and heartbeats
+    /// validate, and containers get their URLs (nothing calls them here).
+    pub api: bool,
 }
 
 /// What came of it.
@@ -82,6 +85,7 @@ impl Scenario {
             manifests: Vec::new(),
             behaviour,
             limit: Duration::from_secs(3600),
+            api: false,
         }
     }
 
@@ -144,14 +148,38 @@ impl Scenario {
         let epoch = world.lock().born();
         let store = Arc::new(FakeStore::new(world.clone(), epoch, None));
         let runtime = Arc::new(FakeRuntime::new(world.clone(), epoch));
-        let controller =
+        let mut controller =
             Controller::new(store, vec![runtime], self.config.clone()).deterministic(world.clock.clone(), 0);
+        // The inbox is a folder: the scenario's own, removed after the run.
+        let inbox_dir = self.api.then(|| {
+            std::env::temp_dir().join(format!(
+                "skiff-scenario-{}-{:x}",
+                std::process::id(),
+                rand::random::<u64>()
+            ))
+        });
+        let mut _control = None;
+        if let Some(dir) = &inbox_dir
+            && let Ok(inbox) = crate::callback::Inbox::new(dir)
+        {
+            let callbacks = crate::controller::Callbacks {
+                base_url: "http://127.0.0.1:1".into(),
+                secret: Arc::new(crate::callback::CallbackSecret::from_key(vec![7; 32])),
+                inbox: Arc::new(inbox),
+            };
+            let (with_api, control) = controller.with_api(Some(callbacks));
+            controller = with_api;
+            _control = Some(control);
+        }
         let run = controller.run(CancellationToken::new());
         let outcome = match tokio::time::timeout(self.limit, run).await {
             Ok(Ok(outcome)) => Some(outcome),
             Ok(Err(err)) => panic!("the controller stopped: {err}"),
             Err(_) => None,
         };
+        if let Some(dir) = &inbox_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let mut state = world.lock();
         Ran {
             outcome,

@@ -46,6 +46,49 @@ fn a_failing_task_is_tried_retries_plus_one_times_then_fails_with_its_reason() {
 }
 
 #[test]
+fn a_silent_attempt_fails_heartbeat_timeout_on_time_and_is_retried_while_a_short_one_succeeds() {
+    // Containers that never beat: the long ones run 60 s, the short one 2 s.
+    let behaviour = Arc::new(|spec: &crate::runtime::ContainerSpec| {
+        if spec.name.contains("short") {
+            (Duration::from_secs(2), 0)
+        } else {
+            (Duration::from_secs(60), 0)
+        }
+    });
+    let mut scenario = Scenario::new(ControllerConfig::default(), behaviour)
+        .task("silent", "  heartbeatTimeout: 5s\n  retries: 2\n  backoff: 1s\n")
+        .task("short", "  heartbeatTimeout: 5s\n");
+    scenario.api = true;
+    let ran = scenario.run();
+    assert!(ran.violations.is_empty(), "{:?}", ran.violations);
+    assert_eq!(ran.outcome, Some(Outcome::SomeFailed));
+    let status = ran.status("silent");
+    assert_eq!(
+        (status.phase, status.reason),
+        (Phase::Failed, Some(Reason::HeartbeatTimeout))
+    );
+    assert_eq!(status.attempts.len(), 3, "retried as any failure");
+    for attempt in &status.attempts {
+        assert_eq!(attempt.reason, Some(Reason::HeartbeatTimeout));
+        let silent = attempt.finished_at.unwrap_or_default() - attempt.started_at.unwrap_or_default();
+        // Judged at its moment: the decision's requeue is the timer, not the poll interval.
+        assert!(
+            (5_000..=5_600).contains(&silent.num_milliseconds()),
+            "attempt {} judged after {} ms of silence",
+            attempt.number,
+            silent.num_milliseconds()
+        );
+    }
+    assert!(
+        ran.env_of_creations("SKIFF_HEARTBEAT_URL")
+            .iter()
+            .all(|url| url.contains("/heartbeat?"))
+    );
+    let short = ran.status("short");
+    assert_eq!(short.phase, Phase::Succeeded, "{short:?}");
+}
+
+#[test]
 fn a_hundred_tasks_under_max_running_4_never_run_more_than_4_and_start_in_order() {
     let mut scenario = Scenario::new(
         ControllerConfig {

@@ -158,6 +158,13 @@ impl TaskGen {
         if let Some(max) = self.max_failed_indexes.filter(|_| self.completions > 1) {
             text.push_str(&format!("  maxFailedIndexes: {max}\n"));
         }
+        // A quarter of the tasks watch heartbeats, which the fake containers never send:
+        // each attempt that outlives the timeout fails HeartbeatTimeout and is retried,
+        // and one outliving a crash gets a whole timeout from the new controller's first
+        // look. Derived from the drawn fields, so that every seed's draws stay as they were.
+        if self.timeout_s % 4 == 0 {
+            text.push_str(&format!("  heartbeatTimeout: {}s\n", self.poll_s * 2));
+        }
         if let Some(schedule) = &self.schedule {
             text.push_str(&format!("  schedule: {schedule}\n"));
             if self.suspend {
@@ -205,6 +212,21 @@ fn random_exit_rules(rng: &mut StdRng) -> String {
         return "[{exitCodes: [2], action: RetryUncounted}]".into();
     }
     format!("[{}]", rules.join(", "))
+}
+
+/// What a replica serves of the API: one inbox folder for the whole process (no event is
+/// ever recorded in it), under the system's temporary folder.
+fn sim_callbacks() -> Option<crate::controller::Callbacks> {
+    static INBOX: std::sync::OnceLock<Option<Arc<crate::callback::Inbox>>> = std::sync::OnceLock::new();
+    let inbox = INBOX.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("skiff-sim-inbox-{}", std::process::id()));
+        crate::callback::Inbox::new(&dir).ok().map(Arc::new)
+    });
+    Some(crate::controller::Callbacks {
+        base_url: "http://127.0.0.1:1".into(),
+        secret: Arc::new(crate::callback::CallbackSecret::from_key(vec![7; 32])),
+        inbox: inbox.clone()?,
+    })
 }
 
 /// A running controller replica.
@@ -373,7 +395,9 @@ impl Schedule {
         let runtime = Arc::new(FakeRuntime::new(self.world.clone(), epoch));
         let controller = Controller::new(store, vec![runtime], self.config.clone())
             .deterministic(self.world.clock.clone(), self.rng.random());
-        let (controller, control) = controller.with_api(None);
+        // The callback route served, as with --listen: heartbeatTimeout validates, and
+        // containers get their URLs (nothing calls them; no task completes by event).
+        let (controller, control) = controller.with_api(sim_callbacks());
         let handle = tokio::spawn(async move {
             let _ = controller.run(CancellationToken::new()).await;
         });

@@ -175,6 +175,7 @@ fn valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
             now,
             jitter: input.jitter,
             event: observed.event,
+            heartbeat: observed.heartbeat,
             terminate: false,
             index: Some(index),
             lanes: BTreeMap::new(),
@@ -194,6 +195,8 @@ fn valid(input: &Input<'_>, spec: &TaskSpec) -> Decision {
         requeue = earliest(requeue, Some(SOON));
     }
     summarize(&mut status, spec, now);
+    let beats = input.lanes.iter().map(|(i, l)| (*i, l.heartbeat.clone())).collect();
+    super::heartbeat::record_fan_out_progress(&mut status, &beats, spec.completions);
     if status.phase.is_terminal() {
         requeue = None;
     }

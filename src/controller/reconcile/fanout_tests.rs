@@ -42,6 +42,7 @@ fn input<'a>(desired: &'a Desired, status: Option<&'a TaskStatus>, now: Timestam
         now,
         jitter: 0.5,
         event: None,
+        heartbeat: None,
         terminate: false,
         index: None,
         lanes: BTreeMap::new(),

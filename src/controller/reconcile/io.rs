@@ -3,6 +3,7 @@
 //! plain data, so that table tests and the simulator can build them freely.
 
 use crate::callback::CallbackEvent;
+use crate::heartbeat::Heartbeat;
 use crate::manifest::TaskSpec;
 use crate::runtime::ContainerState;
 use crate::status::{Placement, Reason, TaskStatus, Timestamp};
@@ -71,6 +72,8 @@ pub struct Input<'a> {
     pub jitter: f64,
     /// The completion event recorded for the current attempt's container, if any.
     pub event: Option<CallbackEvent>,
+    /// The current attempt's heartbeats, when its spec has `heartbeatTimeout`.
+    pub heartbeat: Option<Heartbeat>,
     /// Someone asked, through the API, to stop the task and fail it.
     pub terminate: bool,
     /// Which index of a fan-out this decision is for; `None` for a task of one completion.
@@ -144,6 +147,7 @@ pub struct Lane {
     pub seen_by_engine: bool,
     pub log_tail: Option<String>,
     pub event: Option<CallbackEvent>,
+    pub heartbeat: Option<Heartbeat>,
     pub slot: Slot,
 }
 

@@ -8,6 +8,7 @@
 
 mod aci;
 mod context;
+mod heartbeat;
 mod policies;
 mod runtimes;
 mod secrets;
@@ -145,6 +146,8 @@ pub struct TaskSpec {
     pub suspend: bool,
     /// `spec.semaphores`: the named semaphores to hold one slot of each while running.
     pub semaphores: Vec<String>,
+    /// `spec.heartbeatTimeout`: an attempt silent for longer fails (`HeartbeatTimeout`).
+    pub heartbeat_timeout: Option<Duration>,
     /// Things the user should know that are not errors, e.g. a field this runtime ignores.
     pub notes: Vec<String>,
     /// `spec.onExit`: what a failed attempt's exit code means, first match wins.
@@ -222,6 +225,7 @@ pub fn validate(
     let semaphores = semaphores(spec, &mut fail);
     let on_exit = policies::on_exit(spec, &mut fail);
     let max_failed_indexes = policies::max_failed_indexes(spec, completions, &mut fail);
+    let heartbeat_timeout = heartbeat::timeout(spec, ctx, &mut fail);
 
     if !errors.is_empty() {
         return Err(errors);
@@ -254,6 +258,7 @@ pub fn validate(
         schedule,
         suspend: spec.suspend,
         semaphores,
+        heartbeat_timeout,
         notes,
         on_exit,
         max_failed_indexes,

@@ -10,8 +10,9 @@ use crate::runtime::{AzureFileMount, ContainerSpec, RegistryAuth, RuntimeError, 
 use crate::status::Reason;
 use serde_json::{Value, json};
 
-/// Always a secret: the callback URL carries the task's token.
+/// Always secrets: the callback and heartbeat URLs carry the attempt's token.
 const CALLBACK_ENV: &str = "SKIFF_CALLBACK_URL";
+const HEARTBEAT_ENV: &str = "SKIFF_HEARTBEAT_URL";
 /// ARM's limits on tags.
 const MAX_TAG_KEY: usize = 512;
 const MAX_TAG_VALUE: usize = 256;
@@ -84,7 +85,7 @@ pub(super) fn create_body(spec: &ContainerSpec, owner: &str, default_location: &
         .secret_env
         .iter()
         .map(String::as_str)
-        .chain([CALLBACK_ENV])
+        .chain([CALLBACK_ENV, HEARTBEAT_ENV])
         .collect();
     let env: Vec<Value> = spec
         .env
