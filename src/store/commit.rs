@@ -89,7 +89,9 @@ impl Durability {
                     | nix::libc::SYNC_FILE_RANGE_WRITE
                     | nix::libc::SYNC_FILE_RANGE_WAIT_AFTER,
             ),
-            Durability::FsyncEach => file.sync_all(),
+            // fdatasync: the data and what reading it back needs (its size, its blocks),
+            // not the timestamps; the rename is made durable by its folder's fsync.
+            Durability::FsyncEach => file.sync_data(),
         }
     }
 }
