@@ -51,3 +51,18 @@ pub fn run_many(first: u64, count: u64, threads: usize) -> Vec<Failed> {
     failures.sort_by_key(|f| f.seed);
     failures
 }
+
+/// What a replica serves of the API: one inbox folder for the whole process (no event is
+/// ever recorded in it), under the system's temporary folder.
+fn callbacks() -> Option<crate::controller::Callbacks> {
+    static INBOX: std::sync::OnceLock<Option<std::sync::Arc<crate::callback::Inbox>>> = std::sync::OnceLock::new();
+    let inbox = INBOX.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("skiff-sim-inbox-{}", std::process::id()));
+        crate::callback::Inbox::new(&dir).ok().map(std::sync::Arc::new)
+    });
+    Some(crate::controller::Callbacks {
+        base_url: "http://127.0.0.1:1".into(),
+        secret: std::sync::Arc::new(crate::callback::CallbackSecret::from_key(vec![7; 32])),
+        inbox: inbox.clone()?,
+    })
+}

@@ -216,21 +216,6 @@ fn random_exit_rules(rng: &mut StdRng) -> String {
     format!("[{}]", rules.join(", "))
 }
 
-/// What a replica serves of the API: one inbox folder for the whole process (no event is
-/// ever recorded in it), under the system's temporary folder.
-fn sim_callbacks() -> Option<crate::controller::Callbacks> {
-    static INBOX: std::sync::OnceLock<Option<Arc<crate::callback::Inbox>>> = std::sync::OnceLock::new();
-    let inbox = INBOX.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("skiff-sim-inbox-{}", std::process::id()));
-        crate::callback::Inbox::new(&dir).ok().map(Arc::new)
-    });
-    Some(crate::controller::Callbacks {
-        base_url: "http://127.0.0.1:1".into(),
-        secret: Arc::new(crate::callback::CallbackSecret::from_key(vec![7; 32])),
-        inbox: inbox.clone()?,
-    })
-}
-
 /// A running controller replica.
 struct Node {
     epoch: u64,
@@ -399,7 +384,7 @@ impl Schedule {
             .deterministic(self.world.clock.clone(), self.rng.random());
         // The callback route served, as with --listen: heartbeatTimeout validates, and
         // containers get their URLs (nothing calls them; no task completes by event).
-        let (controller, control) = controller.with_api(sim_callbacks());
+        let (controller, control) = controller.with_api(super::callbacks());
         let handle = tokio::spawn(async move {
             let _ = controller.run(CancellationToken::new()).await;
         });
