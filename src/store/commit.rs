@@ -337,11 +337,15 @@ impl Spares {
             return write_and_rename(durability, path, bytes);
         };
         let filled = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&spare)?;
+            use std::os::unix::fs::MetadataExt;
+            let open = || OpenOptions::new().write(true).create(true).truncate(false).open(&spare);
+            let mut file = open()?;
+            if file.metadata()?.nlink() > 1 {
+                // Someone linked the status this spare once was (to keep a copy, say):
+                // writing into it would change theirs. Let it go and start a new one.
+                fs::remove_file(&spare)?;
+                file = open()?;
+            }
             file.write_all(bytes)?;
             // Not truncated first: overwriting in place keeps the spare's blocks.
             file.set_len(bytes.len() as u64)?;
@@ -610,6 +614,28 @@ mod tests {
             0,
             "the pool goes with its store"
         );
+    }
+
+    #[tokio::test]
+    async fn a_status_someone_linked_elsewhere_is_never_written_into() {
+        let dir = tempfile::tempdir().unwrap();
+        let commit = GroupCommit::new(Durability::FsyncEach)
+            .unwrap()
+            .with_spares(dir.path().join(".spares"));
+        let status = dir.path().join("t.status.json");
+        let kept = dir.path().join("kept-copy.json");
+        commit.write(status.clone(), b"first".to_vec()).await.unwrap();
+        std::fs::hard_link(&status, &kept).unwrap();
+        // The linked inode becomes a spare at the next write, and the one after would
+        // have written into it.
+        for i in 0..4 {
+            commit
+                .write(status.clone(), format!("write {i}").into_bytes())
+                .await
+                .unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "first");
+        assert_eq!(std::fs::read_to_string(&status).unwrap(), "write 3");
     }
 
     #[tokio::test]
