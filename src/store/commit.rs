@@ -247,8 +247,22 @@ struct Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.folder);
+        remove_pool(&self.folder);
     }
+}
+
+/// Removes a pool's files, then its folder: never recursively, so that whatever a pool
+/// should not hold (a folder someone made where a status was, swapped in by an exchange
+/// racing its making) is left alone rather than deleted with its contents.
+fn remove_pool(folder: &Path) {
+    if let Ok(entries) = fs::read_dir(folder) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| !t.is_dir()) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(folder);
 }
 
 impl Pool {
@@ -273,7 +287,7 @@ impl Pool {
                 }
             };
             if dead {
-                let _ = fs::remove_dir_all(&path);
+                remove_pool(&path);
             }
         }
         let unique = format!(
@@ -355,6 +369,15 @@ impl Spares {
             // Whatever it holds now is still only a spare's.
             self.give_back(spare);
             return Err(err);
+        }
+        // An exchange swaps whatever is there, a folder too, where a rename over a folder
+        // fails: a folder where a status belongs is a person's, never taken.
+        if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            self.give_back(spare);
+            return Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                format!("{} is a folder, not a status file", path.display()),
+            ));
         }
         match exchange(&spare, path) {
             Ok(()) => {
@@ -636,6 +659,32 @@ mod tests {
         }
         assert_eq!(std::fs::read_to_string(&kept).unwrap(), "first");
         assert_eq!(std::fs::read_to_string(&status).unwrap(), "write 3");
+    }
+
+    #[tokio::test]
+    async fn a_folder_where_a_status_belongs_is_never_taken_nor_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pools = dir.path().join(".spares");
+        let commit = GroupCommit::new(Durability::FsyncEach)
+            .unwrap()
+            .with_spares(pools.clone());
+        let status = dir.path().join("t.status.json");
+        std::fs::create_dir(&status).unwrap();
+        std::fs::write(status.join("keep.yaml"), "mine").unwrap();
+        assert!(commit.write(status.clone(), b"x".to_vec()).await.is_err());
+        assert_eq!(std::fs::read_to_string(status.join("keep.yaml")).unwrap(), "mine");
+        // A folder in a pool (an exchange that raced a person) outlives the pool's removal.
+        let stray = std::fs::read_dir(&pools)
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path()
+            .join("9");
+        std::fs::create_dir(&stray).unwrap();
+        std::fs::write(stray.join("keep.yaml"), "mine too").unwrap();
+        drop(commit);
+        assert_eq!(std::fs::read_to_string(stray.join("keep.yaml")).unwrap(), "mine too");
     }
 
     #[tokio::test]
