@@ -791,3 +791,45 @@ fn rerun_and_terminate_work_on_a_blob_store() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
     }
 }
+
+/// Exit-code rules and a fan-out tolerating a failed index (issue 16) on the blob
+/// store: they live in the status document, which the blob store keeps with
+/// conditional writes.
+#[test]
+fn exit_rules_and_tolerated_failed_indexes_work_on_a_blob_store() {
+    let Some(endpoint) = azurite_or_skip("blob policies") else {
+        return;
+    };
+    let ws = Workspace::new();
+    let box_ = Container::create(&endpoint, &unique_container("policies"));
+    let log = ws.root().join("controller.log");
+    let state = ws.root().join("state");
+    let rules = "  retries: 5\n  backoff: 100ms\n  onExit:\n    - {exitCodes: [42], action: FailTask}\n    - {exitCodes: [3], action: Succeed}\n";
+    box_.task("fails.yaml", "exit 42", rules);
+    box_.task("counts.yaml", "exit 3", rules);
+    box_.task(
+        "fan.yaml",
+        "if [ \"$SKIFF_INDEX\" = 1 ]; then exit 1; fi",
+        "  completions: 3\n  parallelism: 3\n  retries: 0\n  maxFailedIndexes: 1\n",
+    );
+    let controller = blob_controller(&box_, &state, &log, &[]);
+    wait_for(LONG, "the three tasks to end", &log, || {
+        ["fails", "counts", "fan"]
+            .iter()
+            .all(|t| matches!(box_.phase(t).as_deref(), Some("Succeeded" | "Failed")))
+    });
+    drop(controller);
+    let fails = box_.status("fails").expect("status");
+    assert_eq!(fails["phase"], "Failed");
+    assert_eq!(fails["attempts"].as_array().map(Vec::len), Some(1), "{fails}");
+    assert_eq!(fails["attempts"][0]["exitRule"]["action"], "FailTask");
+    let counts = box_.status("counts").expect("status");
+    assert_eq!(counts["phase"], "Succeeded");
+    assert_eq!(counts["attempts"].as_array().map(Vec::len), Some(1), "{counts}");
+    let fan = box_.status("fan").expect("status");
+    assert_eq!(fan["phase"], "Succeeded", "{fan}");
+    assert_eq!(fan["reason"], "SucceededWithFailedIndexes");
+    assert_eq!(fan["result"].as_array().map(Vec::len), Some(3), "{fan}");
+    assert!(fan["result"][1].is_null(), "{fan}");
+    assert_eq!(fan["indexes"][1]["phase"], "Failed", "{fan}");
+}
