@@ -161,19 +161,23 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
+/// Whether a candidate path (`a.yaml`, ...) is a manifest. A dangling or looping link
+/// still is, and is reported when read; a folder named `x.yaml` (or a link to one) is a
+/// folder of tasks, not a manifest.
+fn is_manifest_file(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => !path.is_dir(),
+        Ok(meta) => !meta.is_dir(),
+        Err(_) => false,
+    }
+}
+
 /// Reads the one manifest among a task's candidate files (`a.yaml`, `a.yml`,
 /// `a.json`). Blocking.
 fn read_manifest_file(candidates: Vec<(String, PathBuf)>) -> ManifestRead {
     let mut found = Vec::new();
     for (rel, path) in candidates {
-        // symlink_metadata: a dangling or looping link still "exists" and is reported;
-        // a folder named `x.yaml` (or a link to one) is a folder of tasks, not a manifest.
-        let is_manifest = match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() => !path.is_dir(),
-            Ok(meta) => !meta.is_dir(),
-            Err(_) => false,
-        };
-        if is_manifest {
+        if is_manifest_file(&path) {
             found.push((rel, path));
         }
     }
@@ -337,7 +341,7 @@ impl Store for DirStore {
             let mut stamps = Vec::new();
             let mut has_manifest = false;
             for path in candidates {
-                if std::fs::symlink_metadata(&path).is_ok() && !path.is_dir() {
+                if is_manifest_file(&path) {
                     has_manifest = true;
                     stamps.push(std::fs::metadata(&path).map(|m| stamp(&m)).unwrap_or((0, 0)));
                 }
