@@ -65,11 +65,15 @@ fn tasks_survive_the_engine_being_killed_and_started_again() {
         return;
     }
     let ws = Workspace::new();
+    // `timeout` is part of what is tested: an engine killed with SIGKILL can lose the exit
+    // of a container that ended while it was down (containerd restarts with it; seen on
+    // Docker 20.10: the container stayed `running` for minutes after its process ended).
+    // No controller can see through that; the attempt's timeout stops and retries it.
     for i in 0..12 {
         ws.write(
             &format!("r{i:02}.yaml"),
             &format!(
-                "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  runtime: docker\n  image: {DOCKER_IMAGE}\n  command: [sh, -c, 'sleep 3; echo done-{i}']\n  retries: 3\n  backoff: 500ms\n  completion: {{pollInterval: 1s}}\n"
+                "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  runtime: docker\n  image: {DOCKER_IMAGE}\n  command: [sh, -c, 'sleep 3; echo done-{i}']\n  retries: 3\n  timeout: 45s\n  backoff: 500ms\n  completion: {{pollInterval: 1s}}\n"
             ),
         );
     }

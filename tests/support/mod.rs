@@ -179,7 +179,33 @@ impl Workspace {
             .rev()
             .collect::<Vec<_>>()
             .join("\n");
-        panic!("timed out after {timeout:?} waiting for {what}\ncontroller log tail:\n{tail}");
+        let statuses = self.status_summary();
+        panic!("timed out after {timeout:?} waiting for {what}\nstatuses:\n{statuses}\ncontroller log tail:\n{tail}");
+    }
+
+    /// One line per status file in the workspace's top folder: what a timed-out wait
+    /// needs to show, since the log tail rarely reaches back to the task that stalled.
+    pub fn status_summary(&self) -> String {
+        let mut lines = Vec::new();
+        for entry in std::fs::read_dir(self.root()).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(task) = name.strip_suffix(".status.json") else {
+                continue;
+            };
+            let line = match std::fs::read(entry.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            {
+                Some(s) => format!(
+                    "{task}: phase={} reason={} attempt={} message={}",
+                    s["phase"], s["reason"], s["attempt"], s["message"]
+                ),
+                None => format!("{task}: unreadable"),
+            };
+            lines.push(line);
+        }
+        lines.sort();
+        lines.join("\n")
     }
 
     pub fn wait_phase(&self, task: &str, phase: &str, timeout: Duration) {
