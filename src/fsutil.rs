@@ -63,6 +63,43 @@ pub fn remove_durably(path: &Path) -> io::Result<()> {
 
 /// True for names skiff must never treat as manifests: dot-files (our temporary files,
 /// editors' swap files, `.skiff/`) and common editor backups.
+/// `renameat2(from, to, RENAME_EXCHANGE)`: both names stay, each now names the other's
+/// file, in one step no crash can split.
+pub fn rename_exchange(from: &Path, to: &Path) -> io::Result<()> {
+    renameat2(from, to, 1 << 1)
+}
+
+/// `renameat2(from, to, RENAME_NOREPLACE)`: a rename that fails with `AlreadyExists`
+/// rather than replace `to`, so it can claim a name as an exclusive create does.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    renameat2(from, to, 1 << 0)
+}
+
+/// `renameat2(2)` by system call: the wrapper is glibc's only, and the static image
+/// links musl.
+fn renameat2(from: &Path, to: &Path, flags: nix::libc::c_uint) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = std::ffi::CString::new(from.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let to = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: two NUL-terminated paths that outlive the call, and plain integers; the
+    // kernel reads the paths and writes nothing back.
+    let rc = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_renameat2,
+            nix::libc::AT_FDCWD,
+            from.as_ptr(),
+            nix::libc::AT_FDCWD,
+            to.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 pub fn is_ignored_name(name: &str) -> bool {
     name.starts_with('.') || name.ends_with('~') || name.ends_with(".tmp") || name.ends_with(".swp")
 }

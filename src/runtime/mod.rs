@@ -10,6 +10,7 @@ pub mod log_cap;
 pub mod options;
 pub mod placement;
 pub mod process;
+pub mod spare_states;
 pub mod supervisor;
 
 use crate::manifest::RuntimeKind;

@@ -5,6 +5,8 @@
 //! <state>/containers/<name>.state   the supervisor's append-only record; the container
 //!                                   exists exactly while this file does
 //! <state>/logs/<name>.log           its output, kept after the container is deleted
+//! <state>/spare-states/              emptied state files of deleted containers, which
+//!                                   new ones claim by rename (see [`super::spare_states`])
 //! ```
 //!
 //! The containers folder is flat and watched, so that an exit is reported at once
@@ -12,6 +14,7 @@
 //! adopted after a restart.
 
 use super::adopt::{self, Verdict};
+use super::spare_states::SpareStates;
 use super::supervisor::{self, Entry, State};
 use super::{ContainerSpec, ContainerState, ContainerSummary, Inspection, LABEL_ATTEMPT_ID, Runtime, RuntimeError};
 use crate::fsutil;
@@ -49,6 +52,8 @@ pub struct ProcessRuntime {
     max_log_bytes: u64,
     /// Where containers get a cgroup of their own, when this controller may make them.
     cgroups: Option<super::cgroup::CgroupRoot>,
+    /// `None` when opened only to read (`skiff logs`), which deletes nothing.
+    spares: Option<Arc<SpareStates>>,
 }
 
 /// The process runtime's options for `task`: on the host, a relative `workingDir` is the
@@ -66,6 +71,7 @@ pub(crate) fn options(task: &crate::manifest::TaskSpec, manifest_dir: Option<Pat
 pub struct Layout {
     containers: PathBuf,
     logs: PathBuf,
+    spares: PathBuf,
 }
 
 impl ProcessRuntime {
@@ -77,6 +83,7 @@ impl ProcessRuntime {
             std::fs::create_dir_all(dir)?;
         }
         let placement = super::Placement::process(load_or_create_state_id(state_dir)?, host_name());
+        let spares = SpareStates::open(layout.spares.clone())?;
         Ok(ProcessRuntime {
             layout: Arc::new(layout),
             placement,
@@ -84,6 +91,7 @@ impl ProcessRuntime {
             watcher: Mutex::new(None),
             max_log_bytes: super::log_cap::DEFAULT_MAX_LOG_BYTES,
             cgroups: None,
+            spares: Some(Arc::new(spares)),
         })
     }
 
@@ -101,6 +109,7 @@ impl ProcessRuntime {
             watcher: Mutex::new(None),
             max_log_bytes: super::log_cap::DEFAULT_MAX_LOG_BYTES,
             cgroups: None,
+            spares: None,
         }
     }
 
@@ -154,6 +163,9 @@ impl ProcessRuntime {
         }
         if let Some(cgroups) = &self.cgroups {
             command.arg("--cgroup").arg(cgroups.for_container(&spec.name));
+        }
+        if let Some(spare) = self.spares.as_ref().and_then(|spares| spares.take()) {
+            command.arg("--spare-state").arg(spare);
         }
         command
             .arg("--")
@@ -263,6 +275,7 @@ impl Layout {
         Layout {
             containers: state_dir.join("containers"),
             logs: state_dir.join("logs"),
+            spares: state_dir.join("spare-states"),
         }
     }
 
@@ -344,19 +357,23 @@ impl Layout {
         }
     }
 
-    fn delete_sync(&self, name: &str) -> std::io::Result<()> {
-        if let Some(state) = self.read_state(name) {
-            self.stop(name, state);
-        }
-        match std::fs::remove_file(self.state_file(name)) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
-            _ => Ok(()),
+    fn delete_sync(&self, name: &str, spares: Option<&SpareStates>) -> std::io::Result<()> {
+        let quiet = self.read_state(name).map(|state| self.stop(name, state));
+        let file = self.state_file(name);
+        // Only a file no supervisor will write again may be handed to the next container.
+        match spares {
+            Some(spares) if quiet == Some(true) => spares.retire(&file),
+            _ => match std::fs::remove_file(file) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+                _ => Ok(()),
+            },
         }
     }
 
     /// Kills the container's whole process group, then makes sure its supervisor is gone
-    /// too, giving it a moment to record the exit.
-    fn stop(&self, name: &str, mut state: State) {
+    /// too, giving it a moment to record the exit. Says whether the state file is quiet
+    /// now: its exit recorded (its supervisor's last write) or its supervisor known dead.
+    fn stop(&self, name: &str, mut state: State) -> bool {
         let kill_group = |state: &State| {
             if let Some(child) = state.child {
                 // ESRCH (the group is already empty) is the usual, fine answer.
@@ -385,6 +402,8 @@ impl Layout {
         {
             tracing::warn!("process: cannot empty the cgroup {} of {name}: {err}", cgroup.display());
         }
+        // No pid: a supervisor between its claim and its first write, which may yet write.
+        state.exited.is_some() || (state.supervisor.is_some() && !self.supervisor_alive(name, &state))
     }
 }
 
@@ -411,9 +430,9 @@ impl Runtime for ProcessRuntime {
         if self.layout.is_stale(spec) {
             // Same name, other attempt: a container an earlier run kept (`cleanup`), or one
             // left from before its status file was deleted. Never adopt it.
-            let layout = self.layout.clone();
+            let (layout, spares) = (self.layout.clone(), self.spares.clone());
             let name = spec.name.clone();
-            blocking(move || layout.delete_sync(&name)).await?;
+            blocking(move || layout.delete_sync(&name, spares.as_deref())).await?;
             let _ = std::fs::remove_file(self.layout.log_path(&spec.name));
         }
         if self.layout.state_file(&spec.name).exists() {
@@ -435,9 +454,9 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn delete(&self, name: &str) -> Result<(), RuntimeError> {
-        let layout = self.layout.clone();
+        let (layout, spares) = (self.layout.clone(), self.spares.clone());
         let name = name.to_string();
-        blocking(move || layout.delete_sync(&name)).await
+        blocking(move || layout.delete_sync(&name, spares.as_deref())).await
     }
 
     async fn log_tail(&self, name: &str) -> Result<Option<String>, RuntimeError> {

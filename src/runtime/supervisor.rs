@@ -6,7 +6,8 @@
 //! container's state file, where the controller finds it after any restart.
 //!
 //! The state file is append-only, one JSON [`Entry`] per line:
-//! 1. `claimed`: written with the exclusive create of the file, so that two supervisors
+//! 1. `claimed`: written once the file is claimed exclusively (created, or a spare renamed
+//!    into place without replacing: [`super::spare_states`]), so that two supervisors
 //!    started for the same container (a controller that crashed mid-start and started
 //!    it again) never both run the command (invariant 2);
 //! 2. `started`: the child's pid (also its process group) and start time;
@@ -114,6 +115,9 @@ pub struct SuperviseArgs {
     pub max_log_bytes: u64,
     /// The cgroup to run the command in, when the controller may make one.
     pub cgroup: Option<PathBuf>,
+    /// An emptied state file to claim the state file with, by rename (see
+    /// [`super::spare_states`]).
+    pub spare_state: Option<PathBuf>,
     pub command: Vec<String>,
 }
 
@@ -127,7 +131,7 @@ pub fn args_from_argv() -> Option<SuperviseArgs> {
     }
     let (mut state_file, mut log_file, mut working_dir, mut labels) = (None, None, None, BTreeMap::new());
     let mut max_log_bytes = super::log_cap::DEFAULT_MAX_LOG_BYTES;
-    let mut cgroup = None;
+    let (mut cgroup, mut spare_state) = (None, None);
     while let Some(flag) = argv.next() {
         match flag.to_str()? {
             "--state-file" => state_file = argv.next().map(PathBuf::from),
@@ -136,6 +140,7 @@ pub fn args_from_argv() -> Option<SuperviseArgs> {
             "--labels" => labels = serde_json::from_str(argv.next()?.to_str()?).ok()?,
             "--max-log-size" => max_log_bytes = argv.next()?.to_str()?.parse().ok()?,
             "--cgroup" => cgroup = argv.next().map(PathBuf::from),
+            "--spare-state" => spare_state = argv.next().map(PathBuf::from),
             "--" => break,
             _ => return None,
         }
@@ -147,6 +152,7 @@ pub fn args_from_argv() -> Option<SuperviseArgs> {
         working_dir,
         max_log_bytes,
         cgroup,
+        spare_state,
         command: argv.map(|a| a.to_string_lossy().into_owned()).collect(),
     })
 }
@@ -166,9 +172,9 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
     // supervisors with posix_spawn, without copying its own address space.
     let _ = nix::unistd::setsid();
     let mut ready = std::io::stdout();
-    let mut state = match OpenOptions::new().append(true).create_new(true).open(&args.state_file) {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+    let mut state = match super::spare_states::claim(&args.state_file, args.spare_state.as_deref()) {
+        Ok(Some(file)) => file,
+        Ok(None) => {
             let _ = writeln!(ready, "{CLAIMED_LINE}");
             return 0;
         }

@@ -379,7 +379,7 @@ impl Spares {
                 format!("{} is a folder, not a status file", path.display()),
             ));
         }
-        match exchange(&spare, path) {
+        match crate::fsutil::rename_exchange(&spare, path) {
             Ok(()) => {
                 self.give_back(spare);
                 Ok(())
@@ -410,32 +410,6 @@ impl Spares {
                 Err(err)
             }
         }
-    }
-}
-
-/// `renameat2(from, to, RENAME_EXCHANGE)`, by system call: the wrapper is glibc's only,
-/// and the static image links musl.
-fn exchange(from: &Path, to: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let from = std::ffi::CString::new(from.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let to = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    const RENAME_EXCHANGE: nix::libc::c_uint = 1 << 1;
-    // SAFETY: two NUL-terminated paths that outlive the call, and plain integers; the
-    // kernel reads the paths and writes nothing back.
-    let rc = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_renameat2,
-            nix::libc::AT_FDCWD,
-            from.as_ptr(),
-            nix::libc::AT_FDCWD,
-            to.as_ptr(),
-            RENAME_EXCHANGE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
