@@ -5,7 +5,7 @@
 //! <state>/containers/<name>.state   the supervisor's append-only record; the container
 //!                                   exists exactly while this file does
 //! <state>/logs/<name>.log           its output, kept after the container is deleted
-//! <state>/spare-states/              emptied state files of deleted containers, which
+//! <state>/spare-states/<boot id>/    emptied state files of deleted containers, which
 //!                                   new ones claim by rename (see [`super::spare_states`])
 //! ```
 //!

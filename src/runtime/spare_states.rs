@@ -17,6 +17,12 @@
 //! recorded the exit, or is dead), and only empty: it is renamed to a dotted name that
 //! no one hands out, truncated, then renamed to a plain one. Replicas sharing the folder
 //! may hand out the same spare: one rename wins, the other supervisor creates afresh.
+//!
+//! Spares are kept per boot (`spare-states/<boot id>/`), and those of an earlier boot are
+//! removed, never reused: after a power cut on a file system without a journal, a
+//! spare's name may still point at the inode that became a container's state file, and
+//! claiming it would write into that file. A controller killed without a power cut
+//! leaves consistent names, which the next one on the same boot takes over.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,9 +38,22 @@ pub struct SpareStates {
 }
 
 impl SpareStates {
-    /// The pool in `dir`, taking over the spares an earlier controller left there and
-    /// removing any it left half-emptied.
-    pub fn open(dir: PathBuf) -> io::Result<Self> {
+    /// The pool under `root` for this boot, taking over the spares an earlier controller
+    /// of this boot left there, and removing the rest: those of other boots, and those
+    /// left half-emptied.
+    pub fn open(root: PathBuf) -> io::Result<Self> {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|id| id.trim().to_string())
+            .unwrap_or_default();
+        std::fs::create_dir_all(&root)?;
+        for entry in std::fs::read_dir(&root)? {
+            let entry = entry?;
+            if boot.is_empty() || entry.file_name().to_string_lossy() != boot.as_str() {
+                remove_pool(&entry.path());
+            }
+        }
+        // Without a boot id, no pool outlives its controller.
+        let dir = root.join(if boot.is_empty() { "this-boot" } else { boot.as_str() });
         std::fs::create_dir_all(&dir)?;
         let mut free = Vec::new();
         for entry in std::fs::read_dir(&dir)? {
@@ -89,6 +108,19 @@ impl SpareStates {
             Err(_) => unlink_if_there(&emptying),
         }
     }
+}
+
+/// Removes an old pool file by file, never recursively: only what is plainly a spare
+/// goes, and a folder someone made there stays.
+fn remove_pool(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn unlink_if_there(path: &Path) -> io::Result<()> {
@@ -172,16 +204,24 @@ mod tests {
     }
 
     #[test]
-    fn start_up_takes_over_left_spares_and_removes_half_emptied_ones() {
+    fn start_up_takes_over_this_boots_spares_and_removes_other_boots_and_half_emptied_ones() {
         let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("spares");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("left"), b"").unwrap();
+        let root = root.path().join("spares");
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        let (dir, earlier) = (root.join(boot.trim()), root.join("an-earlier-boot"));
+        for dir in [&dir, &earlier] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("left"), b"").unwrap();
+        }
         std::fs::write(dir.join(".half"), b"{\"exited\":0}\n").unwrap();
-        let pool = SpareStates::open(dir.clone()).unwrap();
-        assert_eq!(pool.take(), Some(dir.join("left")));
+        let pool = SpareStates::open(root.clone()).unwrap();
+        assert_eq!(pool.take(), Some(dir.join("left")), "this boot's spare is taken over");
         assert_eq!(pool.take(), None);
         assert!(!dir.join(".half").exists());
+        assert!(
+            !earlier.exists(),
+            "another boot's spares may alias state files: removed"
+        );
     }
 
     #[test]
@@ -194,10 +234,7 @@ mod tests {
             pool.retire(&file).unwrap();
             assert!(!file.exists());
         }
-        assert_eq!(
-            std::fs::read_dir(root.path().join("spares")).unwrap().count(),
-            MOST_SPARES
-        );
+        assert_eq!(std::fs::read_dir(&pool.dir).unwrap().count(), MOST_SPARES);
         assert!(
             pool.retire(&root.path().join("absent.state")).is_ok(),
             "already gone is fine"
