@@ -316,9 +316,23 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
         let mut run_spec = spec.clone();
         run_spec.schedule = None;
         let desired = Desired::Valid(Box::new(run_spec));
-        let mut run_input = Input {
+        // Nothing of the new run's was seen yet; its containers' slots are asked for on
+        // its own lanes (by its number, as every scheduled run's).
+        let seen = input
+            .scheduling
+            .overlapping
+            .get(&sched.run_count)
+            .cloned()
+            .unwrap_or_default();
+        let run_input = Input {
             desired: &desired,
             status: None,
+            observed: super::Observed::NotApplicable,
+            log_tail: None,
+            event: None,
+            heartbeat: None,
+            slot: seen.single.slot,
+            lanes: seen.lanes,
             terminate: false,
             scheduling: Scheduling {
                 run: Some(sched.run_count),
@@ -326,39 +340,24 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
             },
             ..input.clone()
         };
-        if top_at.is_some() {
-            // Beside the top-level run: its slots are its own lanes'.
-            let seen = input
-                .scheduling
-                .overlapping
-                .get(&sched.run_count)
-                .cloned()
-                .unwrap_or_default();
-            run_input.observed = super::Observed::NotApplicable;
-            run_input.log_tail = None;
-            run_input.event = None;
-            run_input.slot = seen.single.slot;
-            run_input.lanes = seen.lanes;
-        }
         let decided = super::decide(run_input);
-        if top_at.is_none() {
-            // The top-level fields are free: the new run takes them.
-            let previous_runs = std::mem::take(&mut status.runs);
-            status = decided.status.unwrap_or(status);
-            status.runs = previous_runs;
-            actions = decided.actions;
-            requeue = decided.requeue_after;
+        if let Some(view) = decided.status {
+            // The new run takes the top-level fields: `phase`, `attempts`, `skiff logs`
+            // show the newest run. A run still active there (Allow) moves beside it
+            // wholesale (number, scheduled time, spec, attempts, names, ids, lanes), in
+            // this same write: no run is lost or doubled by the move.
+            let older = std::mem::replace(&mut status, view);
+            if let Some(older_at) = top_at {
+                sched
+                    .overlapping
+                    .push(OverlappingRun::from_view(top_run, older_at, older));
+                sched.overlapping.sort_by_key(|r| r.run);
+            }
+            actions.extend(decided.actions);
+            requeue = min_requeue(requeue, decided.requeue_after);
             update_record(&mut runs, sched.run_count, &status, now);
             sched.current_run = Some(sched.run_count);
             top_at = Some(at);
-        } else if let Some(view) = decided.status {
-            // Beside the top-level run (Allow): a run of its own, in the same write.
-            update_record(&mut runs, sched.run_count, &view, now);
-            sched
-                .overlapping
-                .push(OverlappingRun::from_view(sched.run_count, at, view));
-            actions.extend(decided.actions);
-            requeue = min_requeue(requeue, decided.requeue_after);
         }
         sched.active = active_times(top_at, &sched.overlapping);
     } else if candidate.is_some() && !ended_now {
