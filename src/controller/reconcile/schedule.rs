@@ -3,7 +3,9 @@
 //! task without a schedule gets.
 //!
 //! The status's top-level fields (phase, attempts, indexes, result, ...) are those of the
-//! newest run; `status.schedule` says which scheduled times are handled
+//! newest run (under Allow, an older run still active moves whole into
+//! `schedule.overlapping` when a newer one starts); `status.schedule` says which scheduled
+//! times are handled
 //! (`handledThrough`), and `status.runs` keeps the history. A run starts in the same
 //! status write that advances `handledThrough` and names its first container, before the
 //! create: a crash at any instant never runs a scheduled time twice (the time is handled
@@ -115,8 +117,8 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
     let mut runs = std::mem::take(&mut status.runs);
     let runs_before = runs.len();
     let policy = rules.concurrency_policy;
-    // `active` lists the top-level run's time first (when it is active), then each
-    // overlapping run's.
+    // `active` lists the top-level (newest) run's time first (when it is active), then
+    // each overlapping run's.
     let top_run = sched.current_run.unwrap_or(sched.run_count);
     let top_active = sched.active.len() > sched.overlapping.len();
     let mut top_at = if top_active {
