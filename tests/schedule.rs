@@ -214,9 +214,10 @@ fn allow_shows_the_newest_run_while_older_ones_still_run() {
                 let out = ws.skiff(&["logs", "tick", "--dir", &dir(&ws)]);
                 let text = String::from_utf8_lossy(&out.stdout).to_string();
                 let outs: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("out ")).collect();
+                let time = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap_or_else(|e| panic!("{t}: {e}"));
                 for at in &outs {
                     assert!(
-                        *at >= newest_at.as_str(),
+                        time(at) >= time(&newest_at),
                         "skiff logs shows the run of {at}, older than the newest {newest_at}: {text}"
                     );
                 }
