@@ -429,6 +429,44 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_refusal_holds_back_scheduled_runs_by_number() {
+        let key = TaskKey::new("t");
+        let desired = reconcile::Desired::Absent;
+        let before = scheduled(1, Phase::Pending, &[]);
+        let mut input = Input {
+            key: &key,
+            desired: &desired,
+            status: Some(&before),
+            observed: Default::default(),
+            seen_by_engine: false,
+            log_tail: None,
+            slot: Slot::Granted,
+            now: std::time::SystemTime::UNIX_EPOCH.into(),
+            jitter: 0.0,
+            event: None,
+            heartbeat: None,
+            terminate: false,
+            index: None,
+            lanes: Default::default(),
+            dependencies: Default::default(),
+            placement: None,
+            scheduling: Default::default(),
+        };
+        let full = Slot::Full {
+            limit: "max-running 1/1".into(),
+        };
+        // Run 1's retry (the top-level run) got its slot; run 2, starting now, did not.
+        hold_back(
+            &mut input,
+            0,
+            &[Some(reconcile::overlapping_lane(1, None))],
+            full.clone(),
+        );
+        assert_eq!(input.slot, Slot::Granted, "run 1 keeps the slot granted on its lane");
+        assert_eq!(input.scheduling.overlapping[&2].single.slot, full);
+    }
+
     fn got_waiting(status: &TaskStatus, waiting: Lane) -> Vec<(Lane, Standing)> {
         standings(Some(status), Some(waiting))
             .into_iter()

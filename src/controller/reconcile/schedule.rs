@@ -369,6 +369,7 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
 
     actions.extend(other_actions);
     requeue = min_requeue(requeue, other_requeue);
+    newest_on_top(&mut status, &mut sched, &mut top_at);
 
     // When nothing runs: the newest run's phase, or Scheduled before the first.
     if sched.active.is_empty() && !status.phase.is_final() {
@@ -570,6 +571,34 @@ fn move_overlapping(
         }
     }
     (actions, requeue)
+}
+
+/// A status written before runs moved kept its oldest active run in the top-level fields
+/// and newer ones beside it: the newest goes on top (the older, if still active, beside
+/// it), so that `phase` is the newest run's from the first pass that reads it. Each run
+/// keeps its record, names and lanes (by number); no run is decided twice, as this
+/// comes after every run's decision.
+fn newest_on_top(status: &mut TaskStatus, sched: &mut ScheduleStatus, top_at: &mut Option<Timestamp>) {
+    let top = sched.current_run.unwrap_or(sched.run_count);
+    let Some(newest) = sched
+        .overlapping
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, r)| r.run)
+        .filter(|(_, r)| r.run > top)
+        .map(|(i, _)| i)
+    else {
+        return;
+    };
+    let newest = sched.overlapping.remove(newest);
+    let older = std::mem::replace(status, newest.view(status));
+    if let Some(older_at) = *top_at {
+        sched.overlapping.push(OverlappingRun::from_view(top, older_at, older));
+        sched.overlapping.sort_by_key(|r| r.run);
+    }
+    sched.current_run = Some(newest.run);
+    *top_at = Some(newest.scheduled_at);
+    sched.active = active_times(*top_at, &sched.overlapping);
 }
 
 /// Before anything else when the manifest no longer schedules the task (deleted,

@@ -234,6 +234,42 @@ fn a_fan_out_run_moves_beside_a_newer_one_keeping_its_lanes() {
     );
 }
 
+/// A status written before runs moved (run 1, the oldest, in the top-level fields; run 2
+/// beside it) shows the newest run from the first pass that reads it, each run whole.
+#[test]
+fn a_status_with_an_older_run_on_top_gets_the_newest_on_top() {
+    let spec = spec("  schedule: {cron: '@every 10s', concurrencyPolicy: Allow}\n");
+    let s = decide_at(&spec, at_(None, at(1))).status.unwrap();
+    let s = decide_at(&spec, at_(Some(&s), at(10))).status.unwrap();
+    let s = decide_at(&spec, step(&s, at(20), running(), &[])).status.unwrap();
+    // Put it the old way round.
+    let mut legacy = s.clone();
+    let mut sched = legacy.schedule.take().unwrap();
+    let run1 = sched.overlapping.remove(0);
+    let run2 = crate::status::OverlappingRun::from_view(2, at(20), s.clone());
+    let runs = std::mem::take(&mut legacy.runs);
+    legacy = run1.view(&s);
+    legacy.runs = runs;
+    sched.overlapping = vec![run2];
+    sched.current_run = Some(1);
+    sched.active = vec![at(10), at(20)];
+    legacy.schedule = Some(sched);
+
+    let d = decide_at(&spec, step(&legacy, at(21), running(), &[(2, running())]));
+    assert!(ensures(&d).is_empty() && deletes(&d).is_empty(), "{:?}", d.actions);
+    assert!(d.started_lanes(Some(&legacy)).is_empty(), "no run starts by moving");
+    let s = d.status.unwrap();
+    let sched = s.schedule.as_ref().unwrap();
+    assert_eq!(sched.current_run, Some(2));
+    assert_eq!(
+        (s.phase, s.attempts[0].container.clone()),
+        (Phase::Running, key().run_container_name(2, 1, None))
+    );
+    assert_eq!(sched.overlapping.iter().map(|r| r.run).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(sched.active, vec![at(20), at(10)]);
+    assert_eq!(active_runs(&s), vec![2, 1]);
+}
+
 #[test]
 fn allow_bounds_the_runs_active_at_once_and_records_the_rest_missed() {
     let spec = spec("  schedule: {cron: '@every 1s', concurrencyPolicy: Allow}\n");
