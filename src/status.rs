@@ -172,8 +172,9 @@ pub struct ScheduleStatus {
     /// about; absent in statuses written before runs overlapped, where it is `runCount`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_run: Option<u32>,
-    /// Under `concurrencyPolicy: Allow`, the runs that started while the top-level run
-    /// was active, each a whole run of its own (attempts, retries, fan-out), oldest first.
+    /// Under `concurrencyPolicy: Allow`, the older runs still active beside the top-level
+    /// one (the newest: a run moves here whole when a newer one starts), each a whole run
+    /// of its own (attempts, retries, fan-out), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overlapping: Vec<OverlappingRun>,
 }

@@ -1,6 +1,7 @@
 //! Schedules end to end on the process runtime (issue 13): `@every 2s` with Forbid and a
 //! 3 s command never overlaps and runs each scheduled time at most once, with Allow its
-//! runs overlap; `skiff trigger` starts a run (reason ManualTrigger) through a running
+//! runs overlap, and the status (`phase`, `attempts`) and `skiff logs` show the newest
+//! run's; `skiff trigger` starts a run (reason ManualTrigger) through a running
 //! controller; `--once` exits; a controller SIGKILLed mid-run and down for 10 s runs no
 //! scheduled time twice, one catch-up run under `missedRuns: latest` and none under
 //! `skip`, and `runs` names the missed times; `suspend: true` starts nothing.
@@ -162,6 +163,77 @@ fn allow_overlaps_runs_each_time_once_and_lists_every_active_run() {
     // Each run is recorded under its own number.
     let numbers: BTreeSet<i64> = runs(&status).iter().filter_map(|r| r["run"].as_i64()).collect();
     assert_eq!(numbers.len(), runs(&status).len(), "{status}");
+}
+
+/// The contract's `phase` under Allow: while runs overlap, the status's top-level fields
+/// (`phase`, `attempts`) and `skiff logs` are those of the run with the latest
+/// `scheduledAt` (the newest started), never those of an older one still running.
+#[test]
+fn allow_shows_the_newest_run_while_older_ones_still_run() {
+    let ws = Workspace::new();
+    let script = format!("echo \"out $SKIFF_SCHEDULED_AT\"; {}", marked(&ws, 3));
+    ws.task(
+        "tick.yaml",
+        &script,
+        "  schedule: {cron: '@every 2s', concurrencyPolicy: Allow}\n",
+    );
+    let controller = ws.controller(&[]);
+    let mut newest_seen = BTreeSet::new();
+    let mut logs_seen = 0;
+    ws.wait_until(
+        Duration::from_secs(40),
+        "three newest runs seen while runs overlap",
+        || {
+            let Some(status) = ws.status("tick") else { return false };
+            let active: Vec<String> = status["schedule"]["active"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            if active.len() < 2 {
+                return false;
+            }
+            let newest_at = active.iter().max().expect("two active runs").clone();
+            let record = runs(&status)
+                .into_iter()
+                .find(|r| r["scheduledAt"] == newest_at.as_str() && r["run"].is_i64())
+                .unwrap_or_else(|| panic!("the newest active run has a record: {status}"));
+            let run = record["run"].as_i64().expect("a run number");
+            assert_eq!(status["schedule"]["currentRun"], run, "{status}");
+            assert_eq!(status["phase"], record["phase"], "phase is the newest run's: {status}");
+            for attempt in status["attempts"].as_array().cloned().unwrap_or_default() {
+                let container = attempt["container"].as_str().unwrap_or_default();
+                assert!(
+                    container.contains(&format!("-r{run}-")),
+                    "the attempts are the newest run's ({run}): {status}"
+                );
+            }
+            newest_seen.insert(run);
+            if logs_seen < 3 && status["phase"] == "Running" {
+                // The newest run's output (or a newer one's, started since), never an
+                // older run's.
+                let out = ws.skiff(&["logs", "tick", "--dir", &dir(&ws)]);
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                let outs: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("out ")).collect();
+                let time = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap_or_else(|e| panic!("{t}: {e}"));
+                for at in &outs {
+                    assert!(
+                        time(at) >= time(&newest_at),
+                        "skiff logs shows the run of {at}, older than the newest {newest_at}: {text}"
+                    );
+                }
+                logs_seen += usize::from(!outs.is_empty());
+            }
+            newest_seen.len() >= 3 && logs_seen >= 1
+        },
+    );
+    assert_eq!(controller.terminate(), Some(0));
+    assert_each_time_started_once(&ws, "tick");
+    // No run lost or doubled by the moves: each in `runs` once, by its own number.
+    let status = ws.status("tick").expect("a status");
+    let numbers: BTreeSet<i64> = runs(&status).iter().filter_map(|r| r["run"].as_i64()).collect();
+    assert_eq!(numbers.len(), runs(&status).len(), "{status}");
+    let top = status["schedule"]["currentRun"].as_i64().expect("a current run");
+    assert_eq!(Some(top), numbers.iter().max().copied(), "{status}");
 }
 
 #[test]

@@ -84,35 +84,50 @@ pub(super) fn admit(
 /// fan-out that became a task of one completion starts too), and every lane of a
 /// fan-out, or a lane past the parallelism cut of the first decision could start
 /// without a slot. The lanes after a refused one are behind it in line, so they are
-/// refused too.
+/// refused too. A scheduled task's runs have lanes by run number, wherever each run's
+/// record is (`reconcile::overlapping_lane`).
 pub(super) fn hold_back(input: &mut Input<'_>, lanes: u32, granted: &[Option<Lane>], full: Slot) {
+    let scheduled = matches!(input.desired, reconcile::Desired::Valid(spec) if spec.schedule.is_some());
+    // The run the status's own fields are about: a task's (lane 0 or its indexes), a
+    // scheduled run by number, or run 0 when a running task is given a schedule.
+    let own = match input.status {
+        Some(status) => reconcile::own_run(status).or(scheduled.then_some(0)),
+        None => None,
+    };
+    let own_lanes = lanes.max(input.status.map_or(0, |s| s.indexes.len() as u32));
     // The single container keeps a slot granted before the refusal (one started beside
     // an overlapping run's, whose lanes come after it).
-    if !granted.contains(&None) {
+    if !granted.contains(&reconcile::own_lane(own, None)) {
         input.slot = full.clone();
     }
-    for index in 0..lanes {
-        if !granted.contains(&Some(index)) {
+    for index in 0..own_lanes {
+        if !granted.contains(&reconcile::own_lane(own, Some(index))) {
             input.lanes.entry(index).or_default().slot = full.clone();
         }
     }
     // Each run overlapping the top-level one (Allow) has lanes of its own.
-    let Some(status) = input.status else { return };
-    for run in status.schedule.iter().flat_map(|s| s.overlapping.iter()) {
-        let seen = input.scheduling.overlapping.entry(run.run).or_default();
-        for (lane, index) in reconcile::overlapping_lanes(run) {
-            if granted.contains(&Some(lane)) {
-                continue;
-            }
-            match index {
-                None => seen.single.slot = full.clone(),
-                Some(index) => seen.lanes.entry(index).or_default().slot = full.clone(),
+    if let Some(status) = input.status {
+        for run in status.schedule.iter().flat_map(|s| s.overlapping.iter()) {
+            let seen = input.scheduling.overlapping.entry(run.run).or_default();
+            for (lane, index) in reconcile::overlapping_lanes(run) {
+                if granted.contains(&Some(lane)) {
+                    continue;
+                }
+                match index {
+                    None => seen.single.slot = full.clone(),
+                    Some(index) => seen.lanes.entry(index).or_default().slot = full.clone(),
+                }
             }
         }
+    } else if !scheduled {
+        return;
     }
-    // A run the decision starts beside them (not in the status yet) takes the next
-    // run number, and so the lanes that follow from it.
-    let next = status.schedule.as_ref().map_or(1, |s| s.run_count + 1);
+    // A run the decision starts (not in the status yet) takes the next run number, and
+    // so the lanes that follow from it.
+    let next = input
+        .status
+        .and_then(|s| s.schedule.as_ref())
+        .map_or(1, |s| s.run_count + 1);
     let completions = match input.desired {
         reconcile::Desired::Valid(spec) if spec.completions > 1 => spec.completions,
         _ => 0,
@@ -141,31 +156,41 @@ fn deferred_standings(started: &[Option<Lane>], status: Option<&TaskStatus>) -> 
 
 /// Where each lane of a task stands according to a status: a lane whose container may
 /// exist holds a slot, the lane refused one waits (when the status says it waits), any
-/// other holds nothing.
+/// other holds nothing. A scheduled task's runs stand on lanes by run number, the
+/// top-level one's too, so a run keeps its slots when it moves beside a newer one.
 pub(super) fn standings(status: Option<&TaskStatus>, waiting_lane: Option<Lane>) -> Vec<LaneStanding> {
     let Some(status) = status else {
         return Vec::new();
     };
-    let mut all = own_standings(status, waiting_lane);
+    let own = reconcile::own_run(status);
+    let mut all = run_standings(status, waiting_lane, |index| {
+        reconcile::own_lane(own, index).unwrap_or(0)
+    });
     // Each run overlapping the top-level one (Allow), on its own lanes.
     for run in status.schedule.iter().flat_map(|s| s.overlapping.iter()) {
-        let lanes = reconcile::overlapping_lanes(run);
-        let waiting = lanes
-            .iter()
-            .find(|(lane, _)| waiting_lane == Some(*lane))
-            .map(|(_, index)| index.unwrap_or(0));
-        for (lane, standing, runtime) in own_standings(&run.view(status), waiting) {
-            let index = (!run.indexes.is_empty()).then_some(lane);
-            all.push((reconcile::overlapping_lane(run.run, index), standing, runtime));
-        }
+        let fan_out = !run.indexes.is_empty();
+        all.extend(run_standings(&run.view(status), waiting_lane, |index| {
+            reconcile::overlapping_lane(run.run, index.filter(|_| fan_out))
+        }));
     }
     all
 }
 
-/// [`standings`] of the status's own (top-level) run.
-fn own_standings(status: &TaskStatus, waiting_lane: Option<Lane>) -> Vec<LaneStanding> {
+/// [`standings`] of one run's record, its containers on the lanes `lane_of` gives (of
+/// its single container, `None`, or of each index).
+fn run_standings(
+    status: &TaskStatus,
+    waiting_lane: Option<Lane>,
+    lane_of: impl Fn(Option<u32>) -> Lane,
+) -> Vec<LaneStanding> {
     if status.indexes.is_empty() {
-        let own_waits = waiting_lane.is_some_and(|lane| lane < reconcile::overlapping_lane(0, None));
+        let lane = lane_of(None);
+        let own_waits = match reconcile::own_run(status) {
+            // A task's single container: any lane of its own was refused (a fan-out
+            // that became a task of one completion asks for its first).
+            None if lane == 0 => waiting_lane.is_some_and(|lane| lane < reconcile::overlapping_lane(0, None)),
+            _ => waiting_lane == Some(lane),
+        };
         let standing = if status.phase.has_container() {
             Standing::Live
         } else if own_waits && status.reason == Some(Reason::WaitingForSlot) {
@@ -173,15 +198,16 @@ fn own_standings(status: &TaskStatus, waiting_lane: Option<Lane>) -> Vec<LaneSta
         } else {
             Standing::Idle
         };
-        return vec![(0, standing, status.current().map(|a| a.runtime))];
+        return vec![(lane, standing, status.current().map(|a| a.runtime))];
     }
     status
         .indexes
         .iter()
-        .map(|lane| {
-            let standing = if lane.phase.has_container() {
+        .map(|l| {
+            let lane = lane_of(Some(l.index));
+            let standing = if l.phase.has_container() {
                 Standing::Live
-            } else if waiting_lane == Some(lane.index) {
+            } else if waiting_lane == Some(lane) {
                 Standing::Waiting
             } else {
                 Standing::Idle
@@ -189,9 +215,9 @@ fn own_standings(status: &TaskStatus, waiting_lane: Option<Lane>) -> Vec<LaneSta
             let runtime = status
                 .attempts
                 .iter()
-                .find(|a| a.index == Some(lane.index) && a.number == lane.attempt)
+                .find(|a| a.index == Some(l.index) && a.number == l.attempt)
                 .map(|a| a.runtime);
-            (lane.index, standing, runtime)
+            (lane, standing, runtime)
         })
         .collect()
 }
@@ -344,6 +370,108 @@ mod tests {
         let idle = standings_unsure(Some(&single(Phase::Pending, None)), Some(&single(Phase::Failed, None)));
         assert_eq!(idle[0].1, Standing::Idle);
         assert_eq!(standings_unsure(None, Some(&after)).len(), 2);
+    }
+
+    /// A scheduled status: run `top` in the top-level fields, and `beside` overlapping it.
+    fn scheduled(top: u32, phase: Phase, beside: &[(u32, Phase)]) -> TaskStatus {
+        let mut status = single(phase, None);
+        status.attempts[0].container = format!("c-r{top}");
+        let overlapping = beside
+            .iter()
+            .map(|(run, phase)| {
+                let mut view = single(*phase, None);
+                view.attempts[0].container = format!("c-r{run}");
+                crate::status::OverlappingRun::from_view(*run, status.updated_at, view)
+            })
+            .collect();
+        status.schedule = Some(crate::status::ScheduleStatus {
+            cron: "@every 2s".into(),
+            last_scheduled_at: None,
+            next_scheduled_at: None,
+            active: Vec::new(),
+            handled_through: status.updated_at,
+            run_count: top,
+            triggered_at: None,
+            current_run: Some(top),
+            overlapping,
+        });
+        status
+    }
+
+    #[test]
+    fn a_scheduled_run_keeps_its_lane_when_it_moves_beside_a_newer_one() {
+        let lane = |run| reconcile::overlapping_lane(run, None);
+        // Run 1 runs; then run 2 takes the top-level fields and run 1 moves beside it.
+        let before = scheduled(1, Phase::Running, &[]);
+        let after = scheduled(2, Phase::Creating, &[(1, Phase::Running)]);
+        let got = |s: &TaskStatus| {
+            standings(Some(s), None)
+                .into_iter()
+                .map(|(l, s, _)| (l, s))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(got(&before), [(lane(1), Standing::Live)]);
+        assert_eq!(got(&after), [(lane(2), Standing::Live), (lane(1), Standing::Live)]);
+        // Only run 2's container asks for a slot: run 1's kept its own by moving.
+        let decision = Decision {
+            status: Some(after.clone()),
+            actions: Vec::new(),
+            requeue_after: None,
+        };
+        assert_eq!(decision.started_lanes(Some(&before)), [Some(lane(2))]);
+        // Refused, run 2 waits on its own lane, not on run 1's.
+        let mut waiting = after.clone();
+        waiting.phase = Phase::Pending;
+        waiting.reason = Some(Reason::WaitingForSlot);
+        assert_eq!(
+            got_waiting(&waiting, lane(2)),
+            [(lane(2), Standing::Waiting), (lane(1), Standing::Live)]
+        );
+    }
+
+    #[test]
+    fn a_refusal_holds_back_scheduled_runs_by_number() {
+        let key = TaskKey::new("t");
+        let desired = reconcile::Desired::Absent;
+        let before = scheduled(1, Phase::Pending, &[]);
+        let mut input = Input {
+            key: &key,
+            desired: &desired,
+            status: Some(&before),
+            observed: Default::default(),
+            seen_by_engine: false,
+            log_tail: None,
+            slot: Slot::Granted,
+            now: std::time::SystemTime::UNIX_EPOCH.into(),
+            jitter: 0.0,
+            event: None,
+            heartbeat: None,
+            terminate: false,
+            index: None,
+            lanes: Default::default(),
+            dependencies: Default::default(),
+            placement: None,
+            scheduling: Default::default(),
+        };
+        let full = Slot::Full {
+            limit: "max-running 1/1".into(),
+        };
+        // Run 1's retry (the top-level run) got its slot; run 2, starting now, did not.
+        hold_back(
+            &mut input,
+            0,
+            &[Some(reconcile::overlapping_lane(1, None))],
+            full.clone(),
+        );
+        assert_eq!(input.slot, Slot::Granted, "run 1 keeps the slot granted on its lane");
+        assert_eq!(input.scheduling.overlapping[&2].single.slot, full);
+    }
+
+    fn got_waiting(status: &TaskStatus, waiting: Lane) -> Vec<(Lane, Standing)> {
+        standings(Some(status), Some(waiting))
+            .into_iter()
+            .map(|(l, s, _)| (l, s))
+            .collect()
     }
 
     #[test]

@@ -27,7 +27,7 @@ mod schedule_tests;
 pub use exit_rules::MAX_UNCOUNTED_RETRIES;
 pub use io::{
     Action, Decision, Dependencies, Desired, Input, Lane, Observed, RunObservation, Scheduling, Slot, overlapping_lane,
-    overlapping_lanes,
+    overlapping_lanes, own_lane, own_run,
 };
 
 /// Largest `SKIFF_DEPENDENCY_RESULTS`, in bytes of JSON: environments are not for bulk data.

@@ -354,6 +354,7 @@ impl State {
             }
         }
         self.check_none_lost(key, new);
+        self.check_runs_placed(key, new);
         // A scheduled task's status is that of its newest run: each run starts from
         // attempt 1 and ends in its own terminal phase (its runs are checked at each
         // create, by `on_scheduled_run`).
@@ -579,6 +580,34 @@ impl State {
                 );
                 self.violation(message);
             }
+        }
+    }
+
+    /// A scheduled task's top-level fields (`phase`, `attempts`) are its newest started
+    /// run's, and each active run is in exactly one place (the top-level fields or
+    /// `schedule.overlapping`): moving a run beside a newer one (Allow) neither loses
+    /// nor doubles it.
+    fn check_runs_placed(&mut self, key: &TaskKey, new: &TaskStatus) {
+        let Some(sched) = &new.schedule else { return };
+        let top = sched.current_run.unwrap_or(sched.run_count);
+        if sched.run_count > 0 && top != sched.run_count {
+            self.violation(format!(
+                "{key}: the top-level fields are run {top}'s, not the newest run's ({}): phase {} is not the newest run's",
+                sched.run_count, new.phase
+            ));
+        }
+        let mut places: Vec<u32> = sched.overlapping.iter().map(|r| r.run).collect();
+        if sched.active.len() > sched.overlapping.len() {
+            places.push(top);
+        }
+        let count = places.len();
+        places.sort();
+        places.dedup();
+        if places.len() != count || sched.active.len() != count.max(sched.overlapping.len()) {
+            self.violation(format!(
+                "{key}: active runs {places:?} (of {count} places) do not match the active times {:?}",
+                sched.active
+            ));
         }
     }
 

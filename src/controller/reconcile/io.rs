@@ -115,16 +115,46 @@ pub struct RunObservation {
     pub lanes: BTreeMap<u32, Lane>,
 }
 
-/// Where the slot lanes of overlapping runs begin: above any fan-out index, so that a
+/// Where the slot lanes of scheduled runs begin: above any fan-out index, so that a
 /// run's containers never share a lane (and so a slot) with another run's.
 const OVERLAPPING_LANES: u32 = 1 << 30;
-/// Lanes per overlapping run: room for every index of a fan-out (at most 1000).
+/// Lanes per scheduled run: room for every index of a fan-out (at most 1000).
 const LANES_PER_RUN: u32 = 1024;
 
-/// The slot lane of a container of an overlapping run.
+/// The slot lane of a container of a scheduled task's run, by the run's number: the
+/// same whether the run's record is the status's own (top-level) fields or one of
+/// `schedule.overlapping`, so that a run moved beside a newer one (Allow) keeps the
+/// slots its containers hold.
 pub fn overlapping_lane(run: u32, index: Option<u32>) -> u32 {
     let runs = (u32::MAX - OVERLAPPING_LANES) / LANES_PER_RUN;
     OVERLAPPING_LANES + (run % runs) * LANES_PER_RUN + index.unwrap_or(0).min(LANES_PER_RUN - 1)
+}
+
+/// The run the status's own (top-level) fields are about, when the task is scheduled:
+/// its containers' lanes are that run's ([`overlapping_lane`]). `None`: a task without
+/// a schedule, whose lanes are 0 (one completion) or its indexes.
+pub fn own_run(status: &TaskStatus) -> Option<u32> {
+    status.schedule.as_ref().map(|s| s.current_run.unwrap_or(s.run_count))
+}
+
+/// The lane (as [`Decision::started_lanes`] names it) of a container of the status's own
+/// run `run` ([`own_run`]), for `index` of a fan-out or `None`.
+pub fn own_lane(run: Option<u32>, index: Option<u32>) -> Option<u32> {
+    match run {
+        Some(run) => Some(overlapping_lane(run, index)),
+        None => index,
+    }
+}
+
+/// A run's record in `status`, as a status of its own: the top-level fields when they
+/// are about run `run`, else its entry in `schedule.overlapping`.
+fn record_of_run(status: &TaskStatus, run: u32) -> Option<std::borrow::Cow<'_, TaskStatus>> {
+    if own_run(status) == Some(run) {
+        return Some(std::borrow::Cow::Borrowed(status));
+    }
+    let sched = status.schedule.as_ref()?;
+    let found = sched.overlapping.iter().find(|r| r.run == run)?;
+    Some(std::borrow::Cow::Owned(found.view(status)))
 }
 
 /// The lanes of each overlapping run's containers, with the index each is for.
@@ -244,62 +274,38 @@ impl Decision {
     }
 
     /// Which containers this decision starts, each needing a concurrency slot: `None`
-    /// for a task of one completion, `Some(index)` for each index of a fan-out.
+    /// for a task of one completion, `Some(index)` for each index of a fan-out, and
+    /// `Some(`[`overlapping_lane`]`)` for each container of a scheduled task's run.
+    ///
+    /// A scheduled run is compared with its own record before the decision, wherever
+    /// that was: a run that moved from the top-level fields beside a newer one (Allow)
+    /// starts nothing by moving.
     pub fn started_lanes(&self, before: Option<&TaskStatus>) -> Vec<Option<u32>> {
         let Some(after) = &self.status else {
             return Vec::new();
         };
-        let mut started = self.started_own_lanes(before);
+        let own = own_run(after);
+        let earlier = match (own, before) {
+            // A new run took the top-level fields: compared with its own record (none,
+            // when it starts in this decision), never with the run it took them from.
+            (Some(run), Some(b)) if own_run(b).is_some_and(|r| r != run) => record_of_run(b, run),
+            // The same run, or a task whose schedule was just added or removed (its run
+            // carries on).
+            (_, b) => b.map(std::borrow::Cow::Borrowed),
+        };
+        let mut started: Vec<Option<u32>> = started_in_run(after, earlier.as_deref())
+            .into_iter()
+            .map(|index| own_lane(own, index))
+            .collect();
         // Each overlapping run starts containers as a task of its own does, on lanes
         // of its own.
         for run in after.schedule.iter().flat_map(|s| s.overlapping.iter()) {
-            let earlier = before
-                .and_then(|b| b.schedule.as_ref())
-                .and_then(|s| s.overlapping.iter().find(|r| r.run == run.run))
-                .map(|r| r.view(after));
-            let view = Decision {
-                status: Some(run.view(after)),
-                actions: Vec::new(),
-                requeue_after: None,
-            };
-            for index in view.started_own_lanes(earlier.as_ref()) {
+            let earlier = before.and_then(|b| record_of_run(b, run.run));
+            for index in started_in_run(&run.view(after), earlier.as_deref()) {
                 started.push(Some(overlapping_lane(run.run, index)));
             }
         }
         started
-    }
-
-    /// [`Decision::started_lanes`] of the status's own (top-level) run.
-    fn started_own_lanes(&self, before: Option<&TaskStatus>) -> Vec<Option<u32>> {
-        let Some(after) = &self.status else {
-            return Vec::new();
-        };
-        if after.indexes.is_empty() {
-            // The same attempt's container, not merely a live one: a new attempt that
-            // follows a live one at once (a spec change's restart) starts a container
-            // too. Its lane usually still holds its slot and gets it back at once, but
-            // one whose slot went back (the status write that ended the earlier attempt
-            // was lost) must ask again, or it would run past the limit.
-            let attempt = |s: &TaskStatus| s.current().map(|a| (a.container.clone(), a.created_at));
-            let was_live =
-                before.is_some_and(|s| s.indexes.is_empty() && s.phase.has_container() && attempt(s) == attempt(after));
-            return if after.phase.has_container() && !was_live {
-                vec![None]
-            } else {
-                Vec::new()
-            };
-        }
-        let was_live = |index: u32| {
-            before.is_some_and(|s| {
-                s.spec_hash == after.spec_hash && s.indexes.iter().any(|l| l.index == index && l.phase.has_container())
-            })
-        };
-        after
-            .indexes
-            .iter()
-            .filter(|l| l.phase.has_container() && !was_live(l.index))
-            .map(|l| Some(l.index))
-            .collect()
     }
 
     /// Adds deletes of containers left by an earlier spec, before anything else.
@@ -310,4 +316,36 @@ impl Decision {
         self.actions.splice(0..0, deletes);
         self
     }
+}
+
+/// The containers one run starts, comparing its record after a decision with the one
+/// before (`None`: the run begins now): `None` for its single container, `Some(index)`
+/// for each index of a fan-out.
+fn started_in_run(after: &TaskStatus, before: Option<&TaskStatus>) -> Vec<Option<u32>> {
+    if after.indexes.is_empty() {
+        // The same attempt's container, not merely a live one: a new attempt that
+        // follows a live one at once (a spec change's restart) starts a container
+        // too. Its lane usually still holds its slot and gets it back at once, but
+        // one whose slot went back (the status write that ended the earlier attempt
+        // was lost) must ask again, or it would run past the limit.
+        let attempt = |s: &TaskStatus| s.current().map(|a| (a.container.clone(), a.created_at));
+        let was_live =
+            before.is_some_and(|s| s.indexes.is_empty() && s.phase.has_container() && attempt(s) == attempt(after));
+        return if after.phase.has_container() && !was_live {
+            vec![None]
+        } else {
+            Vec::new()
+        };
+    }
+    let was_live = |index: u32| {
+        before.is_some_and(|s| {
+            s.spec_hash == after.spec_hash && s.indexes.iter().any(|l| l.index == index && l.phase.has_container())
+        })
+    };
+    after
+        .indexes
+        .iter()
+        .filter(|l| l.phase.has_container() && !was_live(l.index))
+        .map(|l| Some(l.index))
+        .collect()
 }

@@ -3,7 +3,9 @@
 //! task without a schedule gets.
 //!
 //! The status's top-level fields (phase, attempts, indexes, result, ...) are those of the
-//! newest run; `status.schedule` says which scheduled times are handled
+//! newest run (under Allow, an older run still active moves whole into
+//! `schedule.overlapping` when a newer one starts); `status.schedule` says which scheduled
+//! times are handled
 //! (`handledThrough`), and `status.runs` keeps the history. A run starts in the same
 //! status write that advances `handledThrough` and names its first container, before the
 //! create: a crash at any instant never runs a scheduled time twice (the time is handled
@@ -115,8 +117,8 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
     let mut runs = std::mem::take(&mut status.runs);
     let runs_before = runs.len();
     let policy = rules.concurrency_policy;
-    // `active` lists the top-level run's time first (when it is active), then each
-    // overlapping run's.
+    // `active` lists the top-level (newest) run's time first (when it is active), then
+    // each overlapping run's.
     let top_run = sched.current_run.unwrap_or(sched.run_count);
     let top_active = sched.active.len() > sched.overlapping.len();
     let mut top_at = if top_active {
@@ -316,9 +318,23 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
         let mut run_spec = spec.clone();
         run_spec.schedule = None;
         let desired = Desired::Valid(Box::new(run_spec));
-        let mut run_input = Input {
+        // Nothing of the new run's was seen yet; its containers' slots are asked for on
+        // its own lanes (by its number, as every scheduled run's).
+        let seen = input
+            .scheduling
+            .overlapping
+            .get(&sched.run_count)
+            .cloned()
+            .unwrap_or_default();
+        let run_input = Input {
             desired: &desired,
             status: None,
+            observed: super::Observed::NotApplicable,
+            log_tail: None,
+            event: None,
+            heartbeat: None,
+            slot: seen.single.slot,
+            lanes: seen.lanes,
             terminate: false,
             scheduling: Scheduling {
                 run: Some(sched.run_count),
@@ -326,39 +342,24 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
             },
             ..input.clone()
         };
-        if top_at.is_some() {
-            // Beside the top-level run: its slots are its own lanes'.
-            let seen = input
-                .scheduling
-                .overlapping
-                .get(&sched.run_count)
-                .cloned()
-                .unwrap_or_default();
-            run_input.observed = super::Observed::NotApplicable;
-            run_input.log_tail = None;
-            run_input.event = None;
-            run_input.slot = seen.single.slot;
-            run_input.lanes = seen.lanes;
-        }
         let decided = super::decide(run_input);
-        if top_at.is_none() {
-            // The top-level fields are free: the new run takes them.
-            let previous_runs = std::mem::take(&mut status.runs);
-            status = decided.status.unwrap_or(status);
-            status.runs = previous_runs;
-            actions = decided.actions;
-            requeue = decided.requeue_after;
+        if let Some(view) = decided.status {
+            // The new run takes the top-level fields: `phase`, `attempts`, `skiff logs`
+            // show the newest run. A run still active there (Allow) moves beside it
+            // wholesale (number, scheduled time, spec, attempts, names, ids, lanes), in
+            // this same write: no run is lost or doubled by the move.
+            let older = std::mem::replace(&mut status, view);
+            if let Some(older_at) = top_at {
+                sched
+                    .overlapping
+                    .push(OverlappingRun::from_view(top_run, older_at, older));
+                sched.overlapping.sort_by_key(|r| r.run);
+            }
+            actions.extend(decided.actions);
+            requeue = min_requeue(requeue, decided.requeue_after);
             update_record(&mut runs, sched.run_count, &status, now);
             sched.current_run = Some(sched.run_count);
             top_at = Some(at);
-        } else if let Some(view) = decided.status {
-            // Beside the top-level run (Allow): a run of its own, in the same write.
-            update_record(&mut runs, sched.run_count, &view, now);
-            sched
-                .overlapping
-                .push(OverlappingRun::from_view(sched.run_count, at, view));
-            actions.extend(decided.actions);
-            requeue = min_requeue(requeue, decided.requeue_after);
         }
         sched.active = active_times(top_at, &sched.overlapping);
     } else if candidate.is_some() && !ended_now {
@@ -368,6 +369,7 @@ pub(super) fn decide(input: &Input<'_>, spec: &TaskSpec, rules: &ScheduleRules) 
 
     actions.extend(other_actions);
     requeue = min_requeue(requeue, other_requeue);
+    newest_on_top(&mut status, &mut sched, &mut top_at);
 
     // When nothing runs: the newest run's phase, or Scheduled before the first.
     if sched.active.is_empty() && !status.phase.is_final() {
@@ -569,6 +571,34 @@ fn move_overlapping(
         }
     }
     (actions, requeue)
+}
+
+/// A status written before runs moved kept its oldest active run in the top-level fields
+/// and newer ones beside it: the newest goes on top (the older, if still active, beside
+/// it), so that `phase` is the newest run's from the first pass that reads it. Each run
+/// keeps its record, names and lanes (by number); no run is decided twice, as this
+/// comes after every run's decision.
+fn newest_on_top(status: &mut TaskStatus, sched: &mut ScheduleStatus, top_at: &mut Option<Timestamp>) {
+    let top = sched.current_run.unwrap_or(sched.run_count);
+    let Some(newest) = sched
+        .overlapping
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, r)| r.run)
+        .filter(|(_, r)| r.run > top)
+        .map(|(i, _)| i)
+    else {
+        return;
+    };
+    let newest = sched.overlapping.remove(newest);
+    let older = std::mem::replace(status, newest.view(status));
+    if let Some(older_at) = *top_at {
+        sched.overlapping.push(OverlappingRun::from_view(top, older_at, older));
+        sched.overlapping.sort_by_key(|r| r.run);
+    }
+    sched.current_run = Some(newest.run);
+    *top_at = Some(newest.scheduled_at);
+    sched.active = active_times(*top_at, &sched.overlapping);
 }
 
 /// Before anything else when the manifest no longer schedules the task (deleted,

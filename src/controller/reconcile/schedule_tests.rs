@@ -540,6 +540,25 @@ pub(super) fn run_model(
                 return Err(format!("{active} runs active at {now} under {policy}"));
             }
             model.peak = model.peak.max(active);
+            // The contract: the top-level fields (`phase`, `attempts`) are the newest
+            // started run's, under every policy.
+            if let Some(sched) = s.schedule.as_ref().filter(|sched| sched.run_count > 0) {
+                let top = sched.current_run.unwrap_or(sched.run_count);
+                if top != sched.run_count {
+                    return Err(format!(
+                        "at {now} the top-level fields are run {top}'s, not the newest's ({})",
+                        sched.run_count
+                    ));
+                }
+                if let Some(record) = s.runs.iter().find(|r| r.run == Some(top))
+                    && record.phase != Some(s.phase)
+                {
+                    return Err(format!(
+                        "at {now} phase {} is not the newest run's: {record:?}",
+                        s.phase
+                    ));
+                }
+            }
             model.missed.extend(missed(s));
             recorded.extend(s.runs.iter().filter(|r| r.run.is_some()).map(|r| r.scheduled_at));
         }
