@@ -54,40 +54,59 @@ pub async fn read(logs: &Path, name: &str, tail: Option<u64>) -> Result<Option<V
 }
 
 /// The end of a file (its last `limit` bytes), or all of it: how runtimes read the logs
-/// they keep after a container is gone.
-pub async fn read_end(path: &std::path::Path, limit: Option<u64>) -> std::io::Result<Vec<u8>> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = tokio::fs::File::open(path).await?;
-    if let Some(limit) = limit {
-        let len = file.metadata().await?.len();
-        file.seek(std::io::SeekFrom::Start(len.saturating_sub(limit))).await?;
-    }
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).await?;
-    Ok(bytes)
+/// they keep after a container is gone. One trip to the blocking pool: `logTail` is read
+/// at every container's end, and `tokio::fs` would take one trip per call.
+pub async fn read_end(path: &Path, limit: Option<u64>) -> std::io::Result<Vec<u8>> {
+    let path = path.to_path_buf();
+    let read = move || {
+        use std::io::{Read, Seek};
+        let mut file = std::fs::File::open(path)?;
+        if let Some(limit) = limit {
+            let len = file.metadata()?.len();
+            file.seek(std::io::SeekFrom::Start(len.saturating_sub(limit)))?;
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    tokio::task::spawn_blocking(read).await.map_err(std::io::Error::other)?
 }
 
 /// [`Runtime::forget_earlier_run`](super::Runtime::forget_earlier_run) for a runtime keeping logs in `logs`: looks for the
 /// first attempt's log (single or index 0) before listing the folder, so that a new
-/// task costs two `stat`s, not a scan of every log.
-pub async fn forget_earlier(logs: &std::path::Path, container_prefix: &str) -> Result<(), RuntimeError> {
-    for first in [format!("{container_prefix}1.log"), format!("{container_prefix}1-0.log")] {
-        if tokio::fs::try_exists(logs.join(first)).await.unwrap_or(true) {
-            return forget(logs, container_prefix).await;
+/// task costs two `stat`s, not a scan of every log; all in one trip to the blocking
+/// pool (every new task asks every runtime this).
+pub async fn forget_earlier(logs: &Path, container_prefix: &str) -> Result<(), RuntimeError> {
+    let (logs, prefix) = (logs.to_path_buf(), container_prefix.to_string());
+    super::blocking(move || {
+        for first in [format!("{prefix}1.log"), format!("{prefix}1-0.log")] {
+            if std::fs::exists(logs.join(first)).unwrap_or(true) {
+                return remove_logs(&logs, &prefix);
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
 }
 
 /// Removes the kept logs of a task's containers (`<logs>/<name>.log`, and the dot-prefixed
 /// temporary copies of a save that was interrupted): what `Runtime::forget` does for every
 /// runtime that keeps logs in the state folder.
-pub async fn forget(logs: &std::path::Path, container_prefix: &str) -> Result<(), RuntimeError> {
-    let mut entries = tokio::fs::read_dir(logs).await?;
-    while let Some(entry) = entries.next_entry().await? {
+pub async fn forget(logs: &Path, container_prefix: &str) -> Result<(), RuntimeError> {
+    let (logs, prefix) = (logs.to_path_buf(), container_prefix.to_string());
+    super::blocking(move || remove_logs(&logs, &prefix)).await
+}
+
+fn remove_logs(logs: &Path, container_prefix: &str) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(logs) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        entries => entries?,
+    };
+    for entry in entries {
+        let entry = entry?;
         let file = entry.file_name().to_string_lossy().into_owned();
         if file.trim_start_matches('.').starts_with(container_prefix) {
-            let _ = tokio::fs::remove_file(entry.path()).await;
+            let _ = std::fs::remove_file(entry.path());
         }
     }
     Ok(())

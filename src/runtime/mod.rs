@@ -241,3 +241,14 @@ pub(crate) fn parse_time(text: Option<&str>) -> Option<Timestamp> {
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Runs file-system work of a runtime on the blocking pool, in one trip: a slow disk must
+/// not stall the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|err| RuntimeError::Transient(err.to_string()))?
+        .map_err(RuntimeError::from)
+}

@@ -407,15 +407,6 @@ impl Layout {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Result<T, RuntimeError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|err| RuntimeError::Transient(err.to_string()))?
-        .map_err(RuntimeError::from)
-}
-
 #[async_trait]
 impl Runtime for ProcessRuntime {
     fn kind(&self) -> RuntimeKind {
@@ -432,7 +423,7 @@ impl Runtime for ProcessRuntime {
             // left from before its status file was deleted. Never adopt it.
             let (layout, spares) = (self.layout.clone(), self.spares.clone());
             let name = spec.name.clone();
-            blocking(move || layout.delete_sync(&name, spares.as_deref())).await?;
+            super::blocking(move || layout.delete_sync(&name, spares.as_deref())).await?;
             let _ = std::fs::remove_file(self.layout.log_path(&spec.name));
         }
         if self.layout.state_file(&spec.name).exists() {
@@ -456,7 +447,7 @@ impl Runtime for ProcessRuntime {
     async fn delete(&self, name: &str) -> Result<(), RuntimeError> {
         let (layout, spares) = (self.layout.clone(), self.spares.clone());
         let name = name.to_string();
-        blocking(move || layout.delete_sync(&name, spares.as_deref())).await
+        super::blocking(move || layout.delete_sync(&name, spares.as_deref())).await
     }
 
     async fn log_tail(&self, name: &str) -> Result<Option<String>, RuntimeError> {
