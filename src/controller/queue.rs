@@ -5,9 +5,13 @@
 //! that is asked for while its reconcile runs is marked dirty and runs again as soon
 //! as the current one finishes, so that no change is ever lost and none is handled by
 //! two reconciles at once.
+//!
+//! A key asked for now goes to a ready line, not the delay queue: the timer wheel has a
+//! millisecond's grain, and a zero delay would wait for its next tick, which was half of
+//! a completion event's way from the callback's POST to its durable status.
 
 use crate::task::TaskKey;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -16,9 +20,17 @@ use tokio_util::time::{DelayQueue, delay_queue};
 #[derive(Default)]
 pub struct WorkQueue {
     delays: DelayQueue<TaskKey>,
-    scheduled: HashMap<TaskKey, (delay_queue::Key, Instant)>,
+    /// Keys due now, oldest first; each is also in `scheduled`, as [`Waiting::Ready`].
+    ready: VecDeque<TaskKey>,
+    scheduled: HashMap<TaskKey, Waiting>,
     busy: HashSet<TaskKey>,
     dirty: HashSet<TaskKey>,
+}
+
+/// Where a waiting key is held.
+enum Waiting {
+    Ready,
+    Delayed(delay_queue::Key, Instant),
 }
 
 impl WorkQueue {
@@ -28,28 +40,48 @@ impl WorkQueue {
 
     /// Asks for `key` to be reconciled after `delay`; an earlier request wins.
     pub fn schedule(&mut self, key: TaskKey, delay: Duration) {
-        let at = Instant::now() + delay;
-        if let Some((handle, when)) = self.scheduled.get_mut(&key) {
-            if at < *when {
-                self.delays.reset_at(handle, at);
-                *when = at;
+        if delay.is_zero() {
+            match self.scheduled.insert(key.clone(), Waiting::Ready) {
+                Some(Waiting::Ready) => return,
+                Some(Waiting::Delayed(handle, _)) => {
+                    self.delays.remove(&handle);
+                }
+                None => {}
             }
+            self.ready.push_back(key);
             return;
         }
-        let handle = self.delays.insert_at(key.clone(), at);
-        self.scheduled.insert(key, (handle, at));
+        let at = Instant::now() + delay;
+        match self.scheduled.get_mut(&key) {
+            Some(Waiting::Ready) => {}
+            Some(Waiting::Delayed(handle, when)) => {
+                if at < *when {
+                    self.delays.reset_at(handle, at);
+                    *when = at;
+                }
+            }
+            None => {
+                let handle = self.delays.insert_at(key.clone(), at);
+                self.scheduled.insert(key, Waiting::Delayed(handle, at));
+            }
+        }
     }
 
     /// Waits for the next key that is due and not busy, and marks it busy.
     pub async fn next(&mut self) -> TaskKey {
         loop {
-            if self.delays.is_empty() {
-                std::future::pending::<()>().await;
-            }
-            let Some(expired) = poll_fn(|cx| self.delays.poll_expired(cx)).await else {
-                continue;
+            let key = match self.ready.pop_front() {
+                Some(key) => key,
+                None => {
+                    if self.delays.is_empty() {
+                        std::future::pending::<()>().await;
+                    }
+                    let Some(expired) = poll_fn(|cx| self.delays.poll_expired(cx)).await else {
+                        continue;
+                    };
+                    expired.into_inner()
+                }
             };
-            let key = expired.into_inner();
             self.scheduled.remove(&key);
             if self.busy.contains(&key) {
                 self.dirty.insert(key);
@@ -118,5 +150,27 @@ mod tests {
         assert!(queue.is_pending(&key("a")));
         queue.done(&key("a"));
         assert_eq!(queue.next().await, key("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_asked_for_now_is_handed_out_without_waiting_for_a_timer_tick() {
+        let mut queue = WorkQueue::new();
+        queue.schedule(key("later"), Duration::from_secs(5));
+        queue.schedule(key("a"), Duration::ZERO);
+        queue.schedule(key("a"), Duration::ZERO);
+        queue.schedule(key("a"), Duration::from_secs(1));
+        // Asked for now, a delayed key leaves the delay queue: held once.
+        queue.schedule(key("later"), Duration::ZERO);
+        assert_eq!(queue.len(), 2);
+        let start = Instant::now();
+        assert_eq!(queue.next().await, key("a"));
+        assert_eq!(queue.next().await, key("later"));
+        assert_eq!(start.elapsed(), Duration::ZERO, "no timer was waited for");
+        assert!(queue.is_empty());
+        queue.done(&key("a"));
+        queue.done(&key("later"));
+        queue.schedule(key("b"), Duration::from_millis(3));
+        assert_eq!(queue.next().await, key("b"));
+        assert_eq!(start.elapsed(), Duration::from_millis(3));
     }
 }
