@@ -5,8 +5,9 @@
 //! kernel makes every new inode skip those freed in the last half minute, reading each
 //! one's inode block to learn when it was freed. With one state file created and one
 //! unlinked per container, every create scanned all the state files of the last thirty
-//! seconds: at 32 containers at once, finding a free inode was a sixth of the process
-//! runtime's CPU. A state file that is moved aside, emptied and handed on frees nothing.
+//! seconds, on top of whatever else freed inodes nearby (with a build beside it, finding
+//! a free inode was a sixth of the process runtime's CPU). A state file that is moved
+//! aside, emptied and handed on frees nothing.
 //!
 //! The claim stays exclusive: a supervisor renames its spare onto the container's name
 //! with `RENAME_NOREPLACE`, which fails as an exclusive create does when the name is
