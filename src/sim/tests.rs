@@ -115,3 +115,11 @@ fn a_trigger_held_back_with_times_missed_while_down_hides_none_of_them() {
     // the times missed during an outage, as an upside-down range that covered none.
     run(1731).map_err(|f| f.to_string()).unwrap();
 }
+
+#[test]
+fn a_trigger_in_the_millisecond_of_a_scheduled_time_is_a_run_of_its_own() {
+    // Seed 12825 (Allow, two replicas): `skiff trigger` 0.9 ms after a scheduled time
+    // started run 3 beside run 2 of that time; both rightly ran, and the check of
+    // "once per scheduled time" took the trigger's time for the scheduled one's.
+    run(12825).map_err(|f| f.to_string()).unwrap();
+}
