@@ -433,3 +433,56 @@ fn a_create_the_os_refuses_for_good_fails_the_task_and_once_exits() {
         "{status}"
     );
 }
+
+/// The pids of the supervisors the state files name, with their command lines.
+fn supervisors(ws: &Workspace) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    let dir = ws.root().join(".skiff").join("containers");
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let Some(first) = text.lines().next() else { continue };
+        let claim: serde_json::Value = serde_json::from_str(first).unwrap();
+        let pid = claim["claimed"]["pid"].as_i64().unwrap() as i32;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+    }
+    found
+}
+
+#[test]
+fn supervisors_are_forked_by_a_server_outlive_a_sigkilled_controller_and_run_once() {
+    let ws = Workspace::new();
+    for i in 0..6 {
+        ws.task(&format!("f{i}.yaml"), &format!("{}; sleep 2", ws.ledger_line()), "");
+    }
+    let controller = ws.controller(&[]);
+    ws.wait_until(LONG, "6 tasks running", || {
+        (0..6).all(|i| ws.phase(&format!("f{i}")).as_deref() == Some("Running"))
+    });
+    let forked = supervisors(&ws);
+    assert_eq!(forked.len(), 6, "{forked:?}");
+    for (pid, cmdline) in &forked {
+        assert!(
+            cmdline.contains("__supervisor-server"),
+            "supervisor {pid} was forked by the server, not exec'd: {cmdline}"
+        );
+    }
+    controller.kill9();
+    for (pid, _) in &forked {
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "supervisor {pid} outlives the controller"
+        );
+    }
+    // The restarted controller adopts them (told apart by their start time, since their
+    // command line is the server's) and runs nothing twice.
+    assert_eq!(ws.controller(&["--once"]).wait(LONG), Some(0), "{}", ws.controller_log());
+    let counts = count_lines(&ws);
+    assert_eq!(counts.len(), 6, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "each ran once: {counts:?}");
+    ws.wait_until(Duration::from_secs(5), "no supervisor left", || {
+        forked.iter().all(|(pid, _)| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| stat.contains(") Z "))
+        })
+    });
+}

@@ -12,6 +12,7 @@ pub mod placement;
 pub mod process;
 pub mod spare_states;
 pub mod supervisor;
+pub mod supervisor_server;
 
 use crate::manifest::RuntimeKind;
 pub use crate::status::Placement;

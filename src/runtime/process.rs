@@ -16,6 +16,7 @@
 use super::adopt::{self, Verdict};
 use super::spare_states::SpareStates;
 use super::supervisor::{self, Entry, State};
+use super::supervisor_server::{Launcher, Request};
 use super::{ContainerSpec, ContainerState, ContainerSummary, Inspection, LABEL_ATTEMPT_ID, Runtime, RuntimeError};
 use crate::fsutil;
 use crate::fswatch::{FolderWatch, Mask, Seen};
@@ -54,6 +55,8 @@ pub struct ProcessRuntime {
     cgroups: Option<super::cgroup::CgroupRoot>,
     /// `None` when opened only to read (`skiff logs`), which deletes nothing.
     spares: Option<Arc<SpareStates>>,
+    /// Forks supervisors instead of exec-ing them (`None`: opened only to read).
+    launcher: Option<Launcher>,
 }
 
 /// The process runtime's options for `task`: on the host, a relative `workingDir` is the
@@ -87,11 +90,12 @@ impl ProcessRuntime {
         Ok(ProcessRuntime {
             layout: Arc::new(layout),
             placement,
-            supervisor_exe,
             watcher: Mutex::new(None),
             max_log_bytes: super::log_cap::DEFAULT_MAX_LOG_BYTES,
             cgroups: None,
             spares: Some(Arc::new(spares)),
+            launcher: Some(Launcher::new(&supervisor_exe)),
+            supervisor_exe,
         })
     }
 
@@ -110,6 +114,7 @@ impl ProcessRuntime {
             max_log_bytes: super::log_cap::DEFAULT_MAX_LOG_BYTES,
             cgroups: None,
             spares: None,
+            launcher: None,
         }
     }
 
@@ -144,35 +149,67 @@ impl ProcessRuntime {
     }
 
     async fn start_supervisor(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        let mut command = tokio::process::Command::new(&self.supervisor_exe);
-        command
-            .arg("__supervise")
-            .arg("--state-file")
-            .arg(self.layout.state_file(&spec.name))
-            .arg("--log-file")
-            .arg(self.layout.log_path(&spec.name))
-            .arg("--labels")
-            .arg(serde_json::to_string(&spec.labels).unwrap_or_default())
-            .arg("--max-log-size")
-            .arg(self.max_log_bytes.to_string());
+        use std::ffi::OsString;
         let super::RuntimeOptions::Process { working_dir } = &spec.options else {
             return Err(spec.options.mismatch(RuntimeKind::Process, &spec.name));
         };
+        let mut args: Vec<OsString> = vec![
+            "--state-file".into(),
+            self.layout.state_file(&spec.name).into(),
+            "--log-file".into(),
+            self.layout.log_path(&spec.name).into(),
+            "--labels".into(),
+            serde_json::to_string(&spec.labels).unwrap_or_default().into(),
+            "--max-log-size".into(),
+            self.max_log_bytes.to_string().into(),
+        ];
         if let Some(working_dir) = working_dir {
-            command.arg("--working-dir").arg(working_dir);
+            args.extend(["--working-dir".into(), working_dir.into()]);
         }
         if let Some(cgroups) = &self.cgroups {
-            command.arg("--cgroup").arg(cgroups.for_container(&spec.name));
+            args.extend(["--cgroup".into(), cgroups.for_container(&spec.name).into()]);
         }
         if let Some(spare) = self.spares.as_ref().and_then(|spares| spares.take()) {
-            command.arg("--spare-state").arg(spare);
+            args.extend(["--spare-state".into(), spare.into()]);
         }
+        args.push("--".into());
+        args.extend(spec.command.iter().chain(&spec.args).map(OsString::from));
+        let mut env: Vec<(OsString, OsString)> = spec.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        // The host is the image here, and skiff is on it: `"$SKIFF_BIN" report`.
+        env.push(("SKIFF_BIN".into(), self.supervisor_exe.clone().into()));
+        let request = Request { args, env };
+        let forked = self.launcher.as_ref().and_then(|launcher| launcher.launch(&request));
+        let stdout: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match forked {
+            Some(ready) => Box::new(
+                tokio::net::unix::pipe::Receiver::from_owned_fd(ready)
+                    .map_err(|err| RuntimeError::Transient(format!("the supervisor's pipe: {err}")))?,
+            ),
+            None => self.exec_supervisor(request)?,
+        };
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(stdout);
+        match tokio::time::timeout(START_TIMEOUT, reader.read_line(&mut line)).await {
+            Ok(Ok(_)) if line.trim() == supervisor::READY_LINE || line.trim() == supervisor::CLAIMED_LINE => Ok(()),
+            Ok(_) => Err(RuntimeError::Transient(format!(
+                "the supervisor of {} exited before starting the command",
+                spec.name
+            ))),
+            Err(_) => Err(RuntimeError::Transient(format!(
+                "the supervisor of {} did not start within {}s",
+                spec.name,
+                START_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Starts a supervisor by exec (`skiff __supervise ...`), as when there is no
+    /// supervisor server to fork it; its stdout, where it says `started`.
+    fn exec_supervisor(&self, request: Request) -> Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>, RuntimeError> {
+        let mut command = tokio::process::Command::new(&self.supervisor_exe);
         command
-            .arg("--")
-            .args(spec.command.iter().chain(&spec.args))
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            // The host is the image here, and skiff is on it: `"$SKIFF_BIN" report`.
-            .env("SKIFF_BIN", &self.supervisor_exe)
+            .arg("__supervise")
+            .args(request.args)
+            .envs(request.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -199,22 +236,9 @@ impl ProcessRuntime {
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
-        let Some(stdout) = stdout else {
-            return Err(RuntimeError::Transient("the supervisor has no stdout".into()));
-        };
-        let mut line = String::new();
-        let mut reader = tokio::io::BufReader::new(stdout);
-        match tokio::time::timeout(START_TIMEOUT, reader.read_line(&mut line)).await {
-            Ok(Ok(_)) if line.trim() == supervisor::READY_LINE || line.trim() == supervisor::CLAIMED_LINE => Ok(()),
-            Ok(_) => Err(RuntimeError::Transient(format!(
-                "the supervisor of {} exited before starting the command",
-                spec.name
-            ))),
-            Err(_) => Err(RuntimeError::Transient(format!(
-                "the supervisor of {} did not start within {}s",
-                spec.name,
-                START_TIMEOUT.as_secs()
-            ))),
+        match stdout {
+            Some(stdout) => Ok(Box::new(stdout)),
+            None => Err(RuntimeError::Transient("the supervisor has no stdout".into())),
         }
     }
 }
@@ -300,6 +324,10 @@ impl Layout {
         let Some(pid) = state.supervisor else {
             return false;
         };
+        // A forked supervisor has its server's command line: it is told by its start.
+        if let Some(start) = state.supervisor_start {
+            return supervisor::process_start(pid).is_some_and(|(now, letter)| now == start && letter != 'Z');
+        }
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             return false;
         };

@@ -39,6 +39,11 @@ pub enum Entry {
     Claimed {
         /// The supervisor's pid.
         pid: i32,
+        /// When that process started, in clock ticks since boot (`/proc/PID/stat`): with
+        /// the pid, it names the process, a recycled pid aside. Absent in files written
+        /// by older supervisors, which are told by their command line instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        process_start: Option<u64>,
         labels: BTreeMap<String, String>,
         created_at: chrono::DateTime<Utc>,
     },
@@ -66,6 +71,7 @@ pub enum Entry {
 #[derive(Debug, Clone, Default)]
 pub struct State {
     pub supervisor: Option<i32>,
+    pub supervisor_start: Option<u64>,
     pub labels: BTreeMap<String, String>,
     pub created_at: Option<chrono::DateTime<Utc>>,
     pub child: Option<i32>,
@@ -82,10 +88,12 @@ impl State {
             match serde_json::from_str::<Entry>(line) {
                 Ok(Entry::Claimed {
                     pid,
+                    process_start,
                     labels,
                     created_at,
                 }) => {
                     state.supervisor = Some(pid);
+                    state.supervisor_start = process_start;
                     state.labels = labels;
                     state.created_at = Some(created_at);
                 }
@@ -129,6 +137,12 @@ pub fn args_from_argv() -> Option<SuperviseArgs> {
     if argv.next()? != "__supervise" {
         return None;
     }
+    parse_args(argv)
+}
+
+/// The arguments after `__supervise`, from argv or from a
+/// [supervisor server](super::supervisor_server)'s request.
+pub fn parse_args(mut argv: impl Iterator<Item = std::ffi::OsString>) -> Option<SuperviseArgs> {
     let (mut state_file, mut log_file, mut working_dir, mut labels) = (None, None, None, BTreeMap::new());
     let mut max_log_bytes = super::log_cap::DEFAULT_MAX_LOG_BYTES;
     let (mut cgroup, mut spare_state) = (None, None);
@@ -155,6 +169,18 @@ pub fn args_from_argv() -> Option<SuperviseArgs> {
         spare_state,
         command: argv.map(|a| a.to_string_lossy().into_owned()).collect(),
     })
+}
+
+/// When process `pid` started (clock ticks since boot) and its state letter (`Z` for a
+/// zombie), from `/proc/PID/stat`; `None` when there is no such process.
+pub fn process_start(pid: i32) -> Option<(u64, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces and parentheses itself.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Fields 4 to 21 come between the state (3) and the start time (22).
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((start, state))
 }
 
 fn append(file: &mut File, entry: &Entry) {
@@ -187,6 +213,7 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
         &mut state,
         &Entry::Claimed {
             pid: std::process::id() as i32,
+            process_start: process_start(std::process::id() as i32).map(|(start, _)| start),
             labels: args.labels.clone(),
             created_at: Utc::now(),
         },
@@ -366,6 +393,7 @@ mod tests {
         for entry in [
             Entry::Claimed {
                 pid: 10,
+                process_start: Some(1234),
                 labels: BTreeMap::from([("skiff.task".into(), "a".into())]),
                 created_at: now,
             },
@@ -381,8 +409,24 @@ mod tests {
         text.push_str("{\"exited\":{\"exitCode\":0");
         let state = State::parse(&text);
         assert_eq!(state.supervisor, Some(10));
+        assert_eq!(state.supervisor_start, Some(1234));
         assert_eq!(state.child, Some(11));
         assert_eq!(state.labels["skiff.task"], "a");
         assert!(state.exited.is_none());
+    }
+
+    #[test]
+    fn a_claim_written_before_start_times_were_recorded_still_reads() {
+        let state = State::parse("{\"claimed\":{\"pid\":5,\"labels\":{},\"createdAt\":\"2026-01-01T00:00:00Z\"}}\n");
+        assert_eq!(state.supervisor, Some(5));
+        assert_eq!(state.supervisor_start, None);
+    }
+
+    #[test]
+    fn this_process_has_a_start_time_and_is_not_a_zombie() {
+        let (start, letter) = process_start(std::process::id() as i32).expect("our own stat");
+        assert!(start > 0);
+        assert_ne!(letter, 'Z');
+        assert_eq!(process_start(i32::MAX), None);
     }
 }
