@@ -476,7 +476,12 @@ fn supervisors_are_forked_by_a_server_outlive_a_sigkilled_controller_and_run_onc
     }
     // The restarted controller adopts them (told apart by their start time, since their
     // command line is the server's) and runs nothing twice.
-    assert_eq!(ws.controller(&["--once"]).wait(LONG), Some(0), "{}", ws.controller_log());
+    assert_eq!(
+        ws.controller(&["--once"]).wait(LONG),
+        Some(0),
+        "{}",
+        ws.controller_log()
+    );
     let counts = count_lines(&ws);
     assert_eq!(counts.len(), 6, "{counts:?}");
     assert!(counts.values().all(|n| *n == 1), "each ran once: {counts:?}");
