@@ -429,15 +429,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_refusal_holds_back_scheduled_runs_by_number() {
-        let key = TaskKey::new("t");
-        let desired = reconcile::Desired::Absent;
-        let before = scheduled(1, Phase::Pending, &[]);
-        let mut input = Input {
-            key: &key,
-            desired: &desired,
-            status: Some(&before),
+    /// An input with nothing observed and the slot granted.
+    fn bare_input<'a>(key: &'a TaskKey, desired: &'a reconcile::Desired, status: Option<&'a TaskStatus>) -> Input<'a> {
+        Input {
+            key,
+            desired,
+            status,
             observed: Default::default(),
             seen_by_engine: false,
             log_tail: None,
@@ -452,7 +449,15 @@ mod tests {
             dependencies: Default::default(),
             placement: None,
             scheduling: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_refusal_holds_back_scheduled_runs_by_number() {
+        let key = TaskKey::new("t");
+        let desired = reconcile::Desired::Absent;
+        let before = scheduled(1, Phase::Pending, &[]);
+        let mut input = bare_input(&key, &desired, Some(&before));
         let full = Slot::Full {
             limit: "max-running 1/1".into(),
         };
@@ -478,25 +483,7 @@ mod tests {
     fn a_refusal_holds_back_every_lane_not_granted() {
         let key = TaskKey::new("t");
         let desired = reconcile::Desired::Absent;
-        let mut input = Input {
-            key: &key,
-            desired: &desired,
-            status: None,
-            observed: Default::default(),
-            seen_by_engine: false,
-            log_tail: None,
-            slot: Slot::Granted,
-            now: std::time::SystemTime::UNIX_EPOCH.into(),
-            jitter: 0.0,
-            event: None,
-            heartbeat: None,
-            terminate: false,
-            index: None,
-            lanes: Default::default(),
-            dependencies: Default::default(),
-            placement: None,
-            scheduling: Default::default(),
-        };
+        let mut input = bare_input(&key, &desired, None);
         let full = Slot::Full {
             limit: "max-running 2/2".into(),
         };
