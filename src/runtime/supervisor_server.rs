@@ -202,6 +202,13 @@ impl Launcher {
     /// Asks the server to start a supervisor; the read end of its stdout, or `None`
     /// when this path cannot (the caller then starts it by exec).
     pub fn launch(&self, request: &Request) -> Option<OwnedFd> {
+        // What exec refuses (a NUL, a name with `=`) it refuses with the reason said;
+        // the forked child could only fail (`set_var` panics on it).
+        let plain = |s: &OsString| !s.as_bytes().contains(&0);
+        let name = |s: &OsString| plain(s) && !s.is_empty() && !s.as_bytes().contains(&b'=');
+        if !request.args.iter().all(plain) || !request.env.iter().all(|(k, v)| name(k) && plain(v)) {
+            return None;
+        }
         let message = request.encode();
         if message.len() > MOST_REQUEST_BYTES {
             return None;
@@ -250,6 +257,32 @@ fn send(socket: RawFd, message: &[u8], ready: RawFd) -> Result<(), nix::errno::E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_exec_would_refuse_is_left_to_exec() {
+        // The executable is never started: each request is turned down before.
+        let launcher = Launcher::new(Path::new("/nonexistent/skiff"));
+        let with = |args: &[&str], env: &[(&str, &str)]| Request {
+            args: args.iter().map(OsString::from).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+                .collect(),
+        };
+        for request in [
+            with(&["--", "echo", "a\0b"], &[]),
+            with(&["--", "true"], &[("A", "x\0y")]),
+            with(&["--", "true"], &[("A=B", "x")]),
+            with(&["--", "true"], &[("", "x")]),
+            with(&["--", &"x".repeat(MOST_REQUEST_BYTES)], &[]),
+        ] {
+            assert!(launcher.launch(&request).is_none(), "{request:?}");
+        }
+        assert!(
+            launcher.server.lock().unwrap().is_none(),
+            "no server was started for them"
+        );
+    }
 
     #[test]
     fn a_request_reads_back_as_it_was_written_and_a_torn_one_not_at_all() {
