@@ -30,6 +30,17 @@ fn step<'a>(status: &'a TaskStatus, now: Timestamp, top: Observed, others: &[(u3
     }
 }
 
+/// What a pass saw of an overlapping run of one container.
+fn seen_run(observed: Observed) -> RunObservation {
+    RunObservation {
+        single: Lane {
+            observed,
+            ..Lane::default()
+        },
+        lanes: Default::default(),
+    }
+}
+
 /// The active runs' numbers, the top-level one first, and each active run's record:
 /// every active run is in exactly one place, and has a record in `runs`.
 fn active_runs(s: &TaskStatus) -> Vec<u32> {
@@ -334,16 +345,7 @@ fn a_refused_slot_holds_a_new_run_back_without_handling_its_time_twice() {
     // for the same time.
     let mut input = decide_at_input(&key, &desired, &after, at(21));
     input.slot = full;
-    input.scheduling.overlapping.insert(
-        1,
-        RunObservation {
-            single: Lane {
-                observed: running(),
-                ..Lane::default()
-            },
-            lanes: Default::default(),
-        },
-    );
+    input.scheduling.overlapping.insert(1, seen_run(running()));
     let d = decide(input);
     assert!(ensures(&d).is_empty());
     let after = d.status.unwrap();
@@ -368,31 +370,13 @@ fn a_deleted_manifest_stops_every_overlapping_run_before_the_status_goes() {
     let gone = Desired::Absent;
     let mut input = decide_at_input(&key, &gone, &s, at(22));
     input.observed = running();
-    input.scheduling.overlapping.insert(
-        1,
-        RunObservation {
-            single: Lane {
-                observed: running(),
-                ..Lane::default()
-            },
-            lanes: Default::default(),
-        },
-    );
+    input.scheduling.overlapping.insert(1, seen_run(running()));
     let d = decide(input);
     assert_eq!(deletes(&d), vec![key.run_container_name(1, 1, None)]);
     let s = d.status.unwrap();
     let mut input = decide_at_input(&key, &gone, &s, at(23));
     input.observed = running();
-    input.scheduling.overlapping.insert(
-        1,
-        RunObservation {
-            single: Lane {
-                observed: absent(),
-                ..Lane::default()
-            },
-            lanes: Default::default(),
-        },
-    );
+    input.scheduling.overlapping.insert(1, seen_run(absent()));
     let s = decide(input).status.unwrap();
     assert!(s.schedule.as_ref().unwrap().overlapping.is_empty());
     // Then the top-level run (the newest), as for any task; the status goes once it is gone.
