@@ -297,8 +297,11 @@ fn three_replicas_share_two_hundred_tasks_and_survive_one_killed() {
         .iter()
         .map(|log| Some(blob_controller(&box_, &state, log, &["--max-running", "8"])))
         .collect();
-    wait_for(LONG, "40 tasks to finish", &logs[1], || {
-        ws.ledger_lines().iter().filter(|l| l.ends_with(" end")).count() >= 40
+    // Replica 1 must hold work when it dies: the other two, quicker to list the box, could
+    // otherwise have taken every task before it started any (seen once in CI).
+    wait_for(LONG, "40 tasks to finish and replica 1 to start some", &logs[1], || {
+        let started = std::fs::read_to_string(&logs[1]).is_ok_and(|t| t.contains("new -> Creating"));
+        started && ws.ledger_lines().iter().filter(|l| l.ends_with(" end")).count() >= 40
     });
     // Mid-run: replica 1 dies at once, holding leases on live tasks.
     let victim = replicas[1].take().unwrap();
