@@ -231,3 +231,77 @@ fn each_ended_run_of_a_scheduled_task_posts_its_own_event() {
     assert_eq!(ids.len(), got.len(), "one id per run: {got:?}");
     assert_eq!(runs.len(), got.len(), "each run once: {runs:?}");
 }
+
+/// Issue 16's check as written: a receiver that answers 500 to its first 5 calls, six
+/// tasks ending at different times (four succeed, two fail), and the controller SIGKILLed
+/// once while deliveries are still being retried. Every task's terminal event reaches the
+/// receiver with a 2xx at least once, each task's deliveries all carry one id, and the
+/// restarted controller mints no new id for an event it had already queued.
+#[test]
+fn a_receiver_failing_its_first_five_calls_and_a_sigkill_lose_no_event() {
+    let ws = Workspace::new();
+    let port = free_port();
+    let calls = receiver(port, 5);
+    let tasks: Vec<String> = (0..6).map(|i| format!("t{i}")).collect();
+    for (i, task) in tasks.iter().enumerate() {
+        let script = if i % 3 == 2 {
+            format!("sleep 0.{i}; exit 4")
+        } else {
+            format!("sleep 0.{i}")
+        };
+        ws.task(&format!("{task}.yaml"), &script, "");
+    }
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let controller = ws.controller(&["--notify", &url]);
+    ws.wait_until(LONG, "three refused deliveries", || calls.lock().unwrap().len() >= 3);
+    let before_kill = events(&calls).len();
+    controller.kill9();
+    let controller = ws.controller(&["--notify", &url]);
+    // Delivered: a call past the first five was answered 200.
+    let delivered = |calls: &Calls| -> std::collections::BTreeSet<String> {
+        events(calls)
+            .iter()
+            .skip(5)
+            .map(|(_, event, _)| event["subject"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    ws.wait_until(LONG, "every task's event delivered", || {
+        delivered(&calls).len() == tasks.len()
+    });
+    ws.wait_until(LONG, "the outbox emptied", || {
+        walk(&ws.root().join(".skiff/notifications"))
+            .into_iter()
+            .all(|p| !p.ends_with(".json"))
+    });
+    assert_eq!(controller.terminate(), Some(0));
+    let got = events(&calls);
+    assert!(
+        got.len() >= 5 + tasks.len(),
+        "{} calls, {before_kill} before the kill",
+        got.len()
+    );
+    let mut ids: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    for (_, event, _) in &got {
+        let subject = event["subject"].as_str().unwrap().to_string();
+        let i: usize = subject[1..].parse().unwrap();
+        let expected = if i % 3 == 2 {
+            "skiff.task.failed"
+        } else {
+            "skiff.task.succeeded"
+        };
+        assert_eq!(event["type"], expected, "{event}");
+        ids.entry(subject)
+            .or_default()
+            .insert(event["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.keys().cloned().collect::<Vec<_>>(), tasks);
+    for (subject, ids) in &ids {
+        assert_eq!(
+            ids.len(),
+            1,
+            "{subject}: every delivery of one transition carries one id: {ids:?}"
+        );
+    }
+    let distinct: std::collections::BTreeSet<_> = ids.values().flatten().collect();
+    assert_eq!(distinct.len(), tasks.len(), "each transition its own id");
+}
