@@ -97,12 +97,12 @@ fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
-/// Makes the container's cgroup and opens the file that moves a process into it. The
-/// supervisor writes `0` there between fork and exec, so that the command and all it
-/// starts are inside from their first instruction.
-pub fn prepare(dir: &Path) -> io::Result<std::fs::File> {
-    // _all: the controller's folder may have been swept while it had no container.
-    std::fs::create_dir_all(dir)?;
+/// Opens the file that moves a process into the cgroup `dir` (made by the supervisor
+/// with create_dir_all: the controller's folder may have been swept while it had no
+/// container). Only where the command cannot be born in its cgroup
+/// ([`super::clone_into_cgroup`]) does the supervisor write `0` there between fork and
+/// exec, so that the command and all it starts are inside from their first instruction.
+pub fn procs(dir: &Path) -> io::Result<std::fs::File> {
     std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))
 }
 

@@ -4,6 +4,7 @@
 pub mod aci;
 pub mod adopt;
 pub mod cgroup;
+pub mod clone_into_cgroup;
 pub mod docker;
 pub mod kept_logs;
 pub mod log_cap;

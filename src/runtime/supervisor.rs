@@ -18,12 +18,14 @@
 //! One file per container, not one per fact: creating files is the dearest thing the
 //! process runtime does.
 
+use super::clone_into_cgroup::Spawned;
 use chrono::Utc;
+use nix::sys::wait::{WaitStatus, waitpid};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -248,54 +250,33 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
         let _ = writeln!(ready, "{READY_LINE}");
         return 0;
     };
-    let mut command = Command::new(program);
-    command.args(rest).stdin(Stdio::null()).process_group(0);
     // The output goes through a pipe to this supervisor, which keeps it within the cap.
     // (nix's pipe: std::io::pipe is newer than the minimum Rust version.)
     let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(std::io::Error::from)
-        .and_then(|(reader, writer)| Ok((File::from(reader), writer.try_clone()?, writer)));
-    let (pump, log) = match pipe {
-        Ok((reader, out, err)) => {
-            command.stdout(out).stderr(err);
-            (Some(reader), log)
-        }
-        Err(_) => {
-            let fallback = log.try_clone().ok();
-            match (fallback, log.try_clone()) {
-                (Some(out), Ok(err)) => command.stdout(out).stderr(err),
-                _ => command.stdout(Stdio::null()).stderr(Stdio::null()),
-            };
-            (None, log)
-        }
+        .and_then(|(reader, writer)| Ok((File::from(reader), File::from(writer.try_clone()?), File::from(writer))));
+    let (pump, out, err) = match pipe {
+        Ok((reader, out, err)) => (Some(reader), Some(out), Some(err)),
+        Err(_) => (None, log.try_clone().ok(), log.try_clone().ok()),
     };
-    if let Some(dir) = &args.working_dir {
-        command.current_dir(dir);
-    }
+    let launch = Launch {
+        program: program.as_ref(),
+        args: rest,
+        working_dir: args.working_dir.as_deref(),
+        stdout: out,
+        stderr: err,
+    };
     // Without its cgroup the command still runs: only the cleanup of daemons it leaves
     // behind is weaker (see runtime::cgroup).
     let cgroup = args
         .cgroup
         .as_deref()
-        .and_then(|dir| Some((dir.to_path_buf(), super::cgroup::prepare(dir).ok()?)));
-    if let Some((_, procs)) = &cgroup {
-        let procs = procs.try_clone();
-        if let Ok(procs) = procs {
-            // SAFETY: between fork and exec only write(2) runs, which is async-signal-safe;
-            // "0" moves the writing process (the command, before it execs).
-            unsafe {
-                command.pre_exec(move || {
-                    let _ = nix::unistd::write(&procs, b"0");
-                    Ok(())
-                });
-            }
-        }
-    }
-    let spawned = command.spawn();
-    // Our copies of the pipe's write end must go, or the pump never sees its end.
-    drop(command);
-    let mut child = match spawned {
-        Ok(child) => child,
+        .filter(|dir| std::fs::create_dir_all(dir).is_ok());
+    // `launch` is consumed: our copies of the pipe's write end are gone once it returns,
+    // or the pump would never see the output's end.
+    let (child, cgroup) = launch.start(cgroup);
+    let child = match child {
+        Ok(pid) => pid,
         Err(err) => {
             // The shell's conventions: 127 not found, 126 found but not runnable.
             let code = if err.kind() == std::io::ErrorKind::NotFound {
@@ -318,9 +299,9 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
     append(
         &mut state,
         &Entry::Started {
-            pid: child.id() as i32,
+            pid: child,
             started_at: Utc::now(),
-            cgroup: cgroup.map(|(dir, _)| dir),
+            cgroup,
         },
     );
     let _ = writeln!(ready, "{READY_LINE}");
@@ -330,30 +311,34 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
         let _ = nix::unistd::dup2_stdout(&devnull);
     }
 
-    let pumped = pump.and_then(|reader| {
+    // The pump says when the output has ended, so that the exit is recorded at once
+    // after it rather than at the next tick of a polling loop.
+    let (pumped_tx, pumped) = std::sync::mpsc::channel::<()>();
+    let pumping = pump.and_then(|reader| {
         let log = log.try_clone().ok()?;
         let cap = args.max_log_bytes;
         std::thread::Builder::new()
             .name("log-pump".into())
-            .spawn(move || pump_output(reader, log, cap))
+            .spawn(move || {
+                pump_output(reader, log, cap);
+                let _ = pumped_tx.send(());
+            })
             .ok()
     });
-    let entry = match child.wait() {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => exited(code, None, None),
-            (None, Some(signal)) => exited(128 + signal, Some(signal), Some(format!("killed by signal {signal}"))),
-            (None, None) => exited(1, None, None),
-        },
+    let entry = match wait_for(child) {
+        Ok(WaitStatus::Exited(_, code)) => exited(code, None, None),
+        Ok(WaitStatus::Signaled(_, signal, _)) => {
+            let signal = signal as i32;
+            exited(128 + signal, Some(signal), Some(format!("killed by signal {signal}")))
+        }
+        Ok(_) => exited(1, None, None),
         Err(err) => exited(1, None, Some(format!("lost the child: {err}"))),
     };
     // The exit is recorded once the output is in the file, so that the controller's
     // `logTail` has the last lines. A daemon the command left behind may hold the pipe
     // open forever: wait for it only a little.
-    if let Some(pumped) = pumped {
-        let deadline = std::time::Instant::now() + PUMP_GRACE;
-        while !pumped.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+    if pumping.is_some() {
+        let _ = pumped.recv_timeout(PUMP_GRACE);
     }
     append(&mut state, &entry);
     0
@@ -361,6 +346,85 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
 
 /// How long the output may keep coming after the command exited (from processes it left).
 const PUMP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits for the command's process to end (it is this process's child).
+fn wait_for(pid: i32) -> nix::Result<WaitStatus> {
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// How to start the command: its program and arguments, folder and output.
+struct Launch<'a> {
+    program: &'a std::ffi::OsStr,
+    args: &'a [String],
+    working_dir: Option<&'a std::path::Path>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+}
+
+impl Launch<'_> {
+    /// Starts the command in its own process group, in `cgroup` when given (born there
+    /// when the kernel allows, else moved there before its exec). Gives its pid, or why it
+    /// could not start, and the cgroup it runs in.
+    fn start(self, cgroup: Option<&std::path::Path>) -> (std::io::Result<i32>, Option<PathBuf>) {
+        let null = || File::open("/dev/null");
+        if let Some(dir) = cgroup {
+            let streams = (|| -> std::io::Result<_> {
+                let out = match &self.stdout {
+                    Some(out) => out.try_clone()?,
+                    None => null()?,
+                };
+                let err = match &self.stderr {
+                    Some(err) => err.try_clone()?,
+                    None => null()?,
+                };
+                Ok((null()?, out, err))
+            })();
+            if let Ok((stdin, stdout, stderr)) = &streams {
+                let stdio = super::clone_into_cgroup::Stdio {
+                    stdin,
+                    stdout,
+                    stderr,
+                    working_dir: self.working_dir,
+                };
+                let args: Vec<std::ffi::OsString> = self.args.iter().map(Into::into).collect();
+                match super::clone_into_cgroup::spawn(self.program, &args, &stdio, dir) {
+                    Spawned::Running(pid) => return (Ok(pid), Some(dir.to_path_buf())),
+                    Spawned::Failed(err) => return (Err(err), None),
+                    Spawned::Unsupported(_) => {}
+                }
+            }
+        }
+        let mut command = Command::new(self.program);
+        command.args(self.args).stdin(Stdio::null()).process_group(0);
+        match (self.stdout, self.stderr) {
+            (Some(out), Some(err)) => command.stdout(out).stderr(err),
+            _ => command.stdout(Stdio::null()).stderr(Stdio::null()),
+        };
+        if let Some(dir) = self.working_dir {
+            command.current_dir(dir);
+        }
+        let procs = cgroup.and_then(|dir| Some((dir, super::cgroup::procs(dir).ok()?)));
+        if let Some((_, procs)) = &procs
+            && let Ok(procs) = procs.try_clone()
+        {
+            // SAFETY: between fork and exec only write(2) runs, which is async-signal-safe;
+            // "0" moves the writing process (the command, before it execs).
+            unsafe {
+                command.pre_exec(move || {
+                    let _ = nix::unistd::write(&procs, b"0");
+                    Ok(())
+                });
+            }
+        }
+        let spawned = command.spawn().map(|child| child.id() as i32);
+        (spawned, procs.map(|(dir, _)| dir.to_path_buf()))
+    }
+}
 
 fn pump_output(mut reader: File, log: File, cap: u64) {
     use std::io::Read;
