@@ -15,7 +15,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Persists the decision, then performs its actions. Returns when to look again.
+/// What carrying out a decision came to.
+pub(super) struct Acted {
+    /// When to look at the task again.
+    pub requeue: Option<Duration>,
+    /// The containers a delete removed in this pass: gone from the runtime (a delete
+    /// returns only once nothing of its container runs), so their slots may go to the
+    /// next container before the status that says so is written.
+    pub gone: Vec<String>,
+}
+
+/// Persists the decision, then performs its actions.
 pub(super) async fn execute(
     shared: &Arc<Shared>,
     key: &TaskKey,
@@ -24,7 +34,7 @@ pub(super) async fn execute(
     local_dir: Option<PathBuf>,
     dependency_results: Option<String>,
     decision: &Decision,
-) -> Result<Option<Duration>, StoreError> {
+) -> Result<Acted, StoreError> {
     let decided = decision
         .status
         .as_ref()
@@ -62,6 +72,7 @@ pub(super) async fn execute(
         }
     }
     let mut requeue = decision.requeue_after;
+    let mut gone = Vec::new();
     let soon = |requeue: &mut Option<Duration>, delay: Duration| {
         *requeue = Some(requeue.map_or(delay, |r| r.min(delay)));
     };
@@ -72,6 +83,9 @@ pub(super) async fn execute(
                 attempt,
                 index,
             } => {
+                // A name deleted earlier in this pass (a stale container under it) holds
+                // the new container from now on: its slot is not free.
+                gone.retain(|name| name != container);
                 let Desired::Valid(spec) = desired else { continue };
                 let Some(runtime) = shared.runtime(spec.runtime) else {
                     shared.memory(key, |m| {
@@ -149,7 +163,10 @@ pub(super) async fn execute(
                     .unwrap_or(shared.config.default_runtime);
                 let Some(runtime) = shared.runtime(kind) else { continue };
                 match runtime.delete(container).await {
-                    Ok(()) => soon(&mut requeue, Duration::ZERO),
+                    Ok(()) => {
+                        gone.push(container.clone());
+                        soon(&mut requeue, Duration::ZERO)
+                    }
                     Err(err) => {
                         tracing::warn!(task = %key, container, "delete failed, will retry: {err}");
                         requeue = Some(shared.infra_backoff(key));
@@ -174,7 +191,7 @@ pub(super) async fn execute(
             }
         }
     }
-    Ok(requeue)
+    Ok(Acted { requeue, gone })
 }
 
 /// The decision's status with an id given to each attempt it begins. Randomness stays

@@ -159,17 +159,27 @@ fn deferred_standings(started: &[Option<Lane>], status: Option<&TaskStatus>) -> 
 /// other holds nothing. A scheduled task's runs stand on lanes by run number, the
 /// top-level one's too, so a run keeps its slots when it moves beside a newer one.
 pub(super) fn standings(status: Option<&TaskStatus>, waiting_lane: Option<Lane>) -> Vec<LaneStanding> {
+    standings_after_deletes(status, waiting_lane, &[])
+}
+
+/// [`standings`], where a lane whose container is among `gone` (deleted by this pass,
+/// so known to run no more) stands idle although the status still says `Deleting`.
+pub(super) fn standings_after_deletes(
+    status: Option<&TaskStatus>,
+    waiting_lane: Option<Lane>,
+    gone: &[String],
+) -> Vec<LaneStanding> {
     let Some(status) = status else {
         return Vec::new();
     };
     let own = reconcile::own_run(status);
-    let mut all = run_standings(status, waiting_lane, |index| {
+    let mut all = run_standings(status, waiting_lane, gone, |index| {
         reconcile::own_lane(own, index).unwrap_or(0)
     });
     // Each run overlapping the top-level one (Allow), on its own lanes.
     for run in status.schedule.iter().flat_map(|s| s.overlapping.iter()) {
         let fan_out = !run.indexes.is_empty();
-        all.extend(run_standings(&run.view(status), waiting_lane, |index| {
+        all.extend(run_standings(&run.view(status), waiting_lane, gone, |index| {
             reconcile::overlapping_lane(run.run, index.filter(|_| fan_out))
         }));
     }
@@ -181,8 +191,10 @@ pub(super) fn standings(status: Option<&TaskStatus>, waiting_lane: Option<Lane>)
 fn run_standings(
     status: &TaskStatus,
     waiting_lane: Option<Lane>,
+    gone: &[String],
     lane_of: impl Fn(Option<u32>) -> Lane,
 ) -> Vec<LaneStanding> {
+    let deleted = |record: Option<&crate::status::AttemptRecord>| record.is_some_and(|a| gone.contains(&a.container));
     if status.indexes.is_empty() {
         let lane = lane_of(None);
         let own_waits = match reconcile::own_run(status) {
@@ -191,7 +203,7 @@ fn run_standings(
             None if lane == 0 => waiting_lane.is_some_and(|lane| lane < reconcile::overlapping_lane(0, None)),
             _ => waiting_lane == Some(lane),
         };
-        let standing = if status.phase.has_container() {
+        let standing = if status.phase.has_container() && !deleted(status.current()) {
             Standing::Live
         } else if own_waits && status.reason == Some(Reason::WaitingForSlot) {
             Standing::Waiting
@@ -205,19 +217,18 @@ fn run_standings(
         .iter()
         .map(|l| {
             let lane = lane_of(Some(l.index));
-            let standing = if l.phase.has_container() {
+            let record = status
+                .attempts
+                .iter()
+                .find(|a| a.index == Some(l.index) && a.number == l.attempt);
+            let standing = if l.phase.has_container() && !deleted(record) {
                 Standing::Live
             } else if waiting_lane == Some(lane) {
                 Standing::Waiting
             } else {
                 Standing::Idle
             };
-            let runtime = status
-                .attempts
-                .iter()
-                .find(|a| a.index == Some(l.index) && a.number == l.attempt)
-                .map(|a| a.runtime);
-            (lane, standing, runtime)
+            (lane, standing, record.map(|a| a.runtime))
         })
         .collect()
 }
@@ -307,6 +318,36 @@ mod tests {
             );
         }
         assert!(standings(None, None).is_empty(), "a removed task holds nothing");
+    }
+
+    #[test]
+    fn a_container_this_pass_deleted_frees_its_slot_before_its_status_says_gone() {
+        let deleting = single(Phase::Deleting, None);
+        let gone = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            standings_after_deletes(Some(&deleting), None, &gone(&["c-0-1"]))[0].1,
+            Standing::Idle
+        );
+        // Another container's delete (a stale one, an older attempt's) frees nothing.
+        assert_eq!(
+            standings_after_deletes(Some(&deleting), None, &gone(&["c-0-0"]))[0].1,
+            Standing::Live
+        );
+        // A lane whose status names a new container holds its slot for it.
+        let mut recreated = single(Phase::Creating, None);
+        recreated.attempts.push(attempt(None, 2, RuntimeKind::Docker));
+        recreated.attempt = 2;
+        assert_eq!(
+            standings_after_deletes(Some(&recreated), None, &gone(&["c-0-1"]))[0].1,
+            Standing::Live
+        );
+        // Of a fan-out, only the deleted index's lane.
+        let lanes = fan_out(&[Phase::Deleting, Phase::Deleting, Phase::Running]);
+        let got: Vec<_> = standings_after_deletes(Some(&lanes), None, &gone(&["c-1-1"]))
+            .into_iter()
+            .map(|(l, s, _)| (l, s))
+            .collect();
+        assert_eq!(got, [(0, Standing::Live), (1, Standing::Idle), (2, Standing::Live)]);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! ([`act`]), then settle its slots and report to the loop ([`run`](super::run)).
 //!
 //! Slots are settled only after the status is durable: a lane keeps its slot until a
-//! written status says its container is gone. When a write fails, it may have landed
-//! or not, so a lane keeps its slot if either status lets its container exist.
+//! written status says its container is gone, or this pass's delete of it returned.
+//! When a write fails, it may have landed or not, so a lane keeps its slot if either
+//! status lets its container exist.
 
 use super::admit::{self, Admitted};
 use super::heartbeats;
@@ -469,8 +470,8 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
 
     // Persist, then act.
     let acted = execute(shared, key, status, desired, local_dir, results, &decision).await;
-    let mut requeue = match acted {
-        Ok(requeue) => requeue,
+    let act::Acted { mut requeue, gone } = match acted {
+        Ok(acted) => acted,
         Err(err) => {
             shared
                 .limits
@@ -480,8 +481,11 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
     };
 
     heartbeats::settle(&shared.heartbeats, key, decision.status.as_ref());
-    // Settle: the lanes hold slots as the status now written says.
-    let standings = admit::standings(decision.status.as_ref(), waiting_lane);
+    // Settle: the lanes hold slots as the status now written says, but for containers
+    // this pass deleted: those are gone already, and the next in line need not wait for
+    // the status that says so (invariant: never more containers than slots, not
+    // statuses).
+    let standings = admit::standings_after_deletes(decision.status.as_ref(), waiting_lane, &gone);
     shared.limits.settle_task(key, order, &standings);
     shared_slots::settle(shared, key, desired, &standings).await;
     if let Some(wait) = token_wait {

@@ -202,7 +202,9 @@ pub trait Runtime: Send + Sync {
     async fn inspect(&self, name: &str) -> Result<Inspection, RuntimeError>;
 
     /// Stops (killing everything it started) and removes the container, keeping its
-    /// logs readable. Idempotent: deleting an absent container succeeds.
+    /// logs readable. Idempotent: deleting an absent container succeeds. `Ok` means
+    /// gone: nothing of the container runs any more (the controller frees its slot on
+    /// it), so a runtime that removes in its own time waits for it or answers `Err`.
     async fn delete(&self, name: &str) -> Result<(), RuntimeError>;
 
     /// The last bytes of the container's output, also after it was deleted.

@@ -123,3 +123,12 @@ fn a_trigger_in_the_millisecond_of_a_scheduled_time_is_a_run_of_its_own() {
     // "once per scheduled time" took the trigger's time for the scheduled one's.
     run(12825).map_err(|f| f.to_string()).unwrap();
 }
+
+#[test]
+fn a_name_deleted_then_created_again_in_one_pass_keeps_its_slot() {
+    // Seed 106 (a fan-out naming semaphore gpu=1, its spec edited while it ran): once a
+    // pass that deletes a container frees its slot at once, the next pass deleted a stale
+    // container under the name of the attempt it then created, and the slot went free
+    // under the new container; a second index started beside it.
+    run(106).map_err(|f| f.to_string()).unwrap();
+}
