@@ -352,7 +352,15 @@ impl Spares {
         };
         let filled = (|| {
             use std::os::unix::fs::MetadataExt;
-            let open = || OpenOptions::new().write(true).create(true).truncate(false).open(&spare);
+            // O_CREAT only for a new spare: an open that may create takes the pool
+            // folder's lock for writing, which every other writer then waits on while
+            // the file system looks for a free inode.
+            let open = || match OpenOptions::new().write(true).open(&spare) {
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    OpenOptions::new().write(true).create(true).truncate(false).open(&spare)
+                }
+                other => other,
+            };
             let mut file = open()?;
             if file.metadata()?.nlink() > 1 {
                 // Someone linked the status this spare once was (to keep a copy, say):
