@@ -162,9 +162,9 @@ impl TaskGen {
         // each attempt that outlives the timeout fails HeartbeatTimeout and is retried,
         // and one outliving a crash gets a whole timeout from the new controller's first
         // look. Derived from the drawn fields, so that every seed's draws stay as they were.
-        // Not beside `concurrencyPolicy: Allow`, which refuses it (Invalid).
-        let overlapping = self.schedule.as_ref().is_some_and(|s| s.contains("Allow"));
-        if self.timeout_s % 4 == 0 && !overlapping {
+        // Beside `concurrencyPolicy: Allow` too: each overlapping run's attempts are
+        // watched, and fail, on their own.
+        if self.timeout_s % 4 == 0 {
             text.push_str(&format!("  heartbeatTimeout: {}s\n", self.poll_s * 2));
         }
         if let Some(schedule) = &self.schedule {
