@@ -83,11 +83,19 @@ fn overlapping_runs_are_each_watched_by_their_own_heartbeats() {
     for run in &ended {
         let at = run["scheduledAt"].as_str().expect("a scheduled time");
         if beats_to_the_end(at) {
-            assert_eq!((&run["phase"], &run["attempts"]), (&Value::from("Succeeded"), &Value::from(1)), "{run}");
+            assert_eq!(
+                (&run["phase"], &run["attempts"]),
+                (&Value::from("Succeeded"), &Value::from(1)),
+                "{run}"
+            );
         } else {
             assert_eq!(
                 (&run["phase"], &run["reason"], &run["attempts"]),
-                (&Value::from("Failed"), &Value::from("HeartbeatTimeout"), &Value::from(2)),
+                (
+                    &Value::from("Failed"),
+                    &Value::from("HeartbeatTimeout"),
+                    &Value::from(2)
+                ),
                 "{run}"
             );
         }

@@ -165,6 +165,9 @@ pub struct Stats {
     pub tolerated_failures: u64,
     /// Of those, runs of a schedule in a time zone (the DST crons).
     pub zoned_scheduled_creates: u64,
+    /// Status writes where a run overlapping the top-level one (Allow) has an attempt
+    /// failed `HeartbeatTimeout`.
+    pub overlapping_heartbeat_timeouts: u64,
 }
 
 pub struct World {
@@ -355,6 +358,7 @@ impl State {
         }
         self.check_none_lost(key, new);
         self.check_runs_placed(key, new);
+        self.check_silences(key, new);
         // A scheduled task's status is that of its newest run: each run starts from
         // attempt 1 and ends in its own terminal phase (its runs are checked at each
         // create, by `on_scheduled_run`).
@@ -608,6 +612,30 @@ impl State {
                 "{key}: active runs {places:?} (of {count} places) do not match the active times {:?}",
                 sched.active
             ));
+        }
+    }
+
+    /// The fake containers never send heartbeats: an attempt of any run (overlapping
+    /// ones under Allow too) fails `HeartbeatTimeout` only after running at least the
+    /// shortest `heartbeatTimeout` the generator gives (twice a poll of at least 1 s).
+    fn check_silences(&mut self, key: &TaskKey, new: &TaskStatus) {
+        let silent = |a: &&crate::status::AttemptRecord| a.reason == Some(crate::status::Reason::HeartbeatTimeout);
+        for attempt in new.all_attempts().filter(silent) {
+            if let (Some(start), Some(end)) = (attempt.started_at, attempt.finished_at)
+                && end - start < chrono::Duration::seconds(2)
+            {
+                let message = format!(
+                    "{key}: attempt {} ({}) failed HeartbeatTimeout {} ms after its start, before any timeout",
+                    attempt.number,
+                    attempt.container,
+                    (end - start).num_milliseconds()
+                );
+                self.violation(message);
+            }
+        }
+        let overlapping = new.schedule.iter().flat_map(|s| s.overlapping.iter());
+        if overlapping.flat_map(|r| r.attempts.iter()).any(|a| silent(&a)) {
+            self.stats.overlapping_heartbeat_timeouts += 1;
         }
     }
 
