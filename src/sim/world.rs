@@ -77,6 +77,8 @@ pub struct Container {
     pub lost: bool,
     /// The controller incarnation that made it.
     pub creator: u64,
+    /// It POSTs a heartbeat each second while it runs (see `sim::beats`).
+    pub beats: bool,
 }
 
 /// A lease on a task, held by a replica (see `FakeOwnership`).
@@ -139,6 +141,8 @@ pub struct State {
     /// Each scheduled task's schedule and `handledThrough` as last written: every time a
     /// write moves it past must be in that write's `runs` (run, or missed), none lost.
     handled: BTreeMap<TaskKey, (String, crate::status::Timestamp)>,
+    /// Each live incarnation's heartbeat board, which its API would write.
+    pub boards: BTreeMap<u64, Arc<crate::heartbeat::Heartbeats>>,
 }
 
 /// How long a container runs and how it exits, chosen from what it was given.
@@ -209,6 +213,7 @@ impl World {
                 recorded_then_deleted: BTreeSet::new(),
                 scheduled_runs: BTreeMap::new(),
                 handled: BTreeMap::new(),
+                boards: BTreeMap::new(),
             }),
             clock,
         })
@@ -305,6 +310,7 @@ impl State {
     /// lapse after `lease` (it no longer renews them).
     pub fn died(&mut self, epoch: u64, now: Timestamp, lease: Duration) {
         self.alive.remove(&epoch);
+        self.boards.remove(&epoch);
         self.stats.crashes += 1;
         let holder = epoch.to_string();
         let expires = now + chrono::Duration::from_std(lease).unwrap_or_default();
@@ -358,7 +364,6 @@ impl State {
         }
         self.check_none_lost(key, new);
         self.check_runs_placed(key, new);
-        self.check_silences(key, new);
         // A scheduled task's status is that of its newest run: each run starts from
         // attempt 1 and ends in its own terminal phase (its runs are checked at each
         // create, by `on_scheduled_run`).
@@ -612,30 +617,6 @@ impl State {
                 "{key}: active runs {places:?} (of {count} places) do not match the active times {:?}",
                 sched.active
             ));
-        }
-    }
-
-    /// The fake containers never send heartbeats: an attempt of any run (overlapping
-    /// ones under Allow too) fails `HeartbeatTimeout` only after running at least the
-    /// shortest `heartbeatTimeout` the generator gives (twice a poll of at least 1 s).
-    fn check_silences(&mut self, key: &TaskKey, new: &TaskStatus) {
-        let silent = |a: &&crate::status::AttemptRecord| a.reason == Some(crate::status::Reason::HeartbeatTimeout);
-        for attempt in new.all_attempts().filter(silent) {
-            if let (Some(start), Some(end)) = (attempt.started_at, attempt.finished_at)
-                && end - start < chrono::Duration::seconds(2)
-            {
-                let message = format!(
-                    "{key}: attempt {} ({}) failed HeartbeatTimeout {} ms after its start, before any timeout",
-                    attempt.number,
-                    attempt.container,
-                    (end - start).num_milliseconds()
-                );
-                self.violation(message);
-            }
-        }
-        let overlapping = new.schedule.iter().flat_map(|s| s.overlapping.iter());
-        if overlapping.flat_map(|r| r.attempts.iter()).any(|a| silent(&a)) {
-            self.stats.overlapping_heartbeat_timeouts += 1;
         }
     }
 
