@@ -70,11 +70,17 @@ fn overlapping_runs_are_each_watched_by_their_own_heartbeats() {
             finished(&status, "Succeeded") >= 2 && finished(&status, "Failed") >= 2 && overlapping_progress
         },
     );
+    let status = ws.status("tick").expect("a status");
+    // The manifest deleted: every run still active is stopped (no `sleep 300` outlives
+    // the test), overlapping ones first.
+    std::fs::remove_file(ws.root().join("tick.yaml")).unwrap();
+    ws.wait_until(LONG, "every run's container stopped", || {
+        ws.live_process_containers() == 0 && ws.status("tick").is_none()
+    });
     assert_eq!(controller.terminate(), Some(0));
 
     // Each finished run by what its command did: the beating ones succeeded on their first
     // attempt, the silent ones failed HeartbeatTimeout on each of their two attempts.
-    let status = ws.status("tick").expect("a status");
     let ended: Vec<Value> = runs(&status)
         .into_iter()
         .filter(|r| r["run"].is_u64() && r["finishedAt"].is_string())
