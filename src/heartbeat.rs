@@ -17,7 +17,7 @@
 use crate::status::Timestamp;
 use crate::task::TaskKey;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -106,8 +106,8 @@ pub struct Heartbeat {
 /// One live attempt's beats.
 #[derive(Debug, Clone)]
 struct Entry {
+    index: u32,
     attempt: u32,
-    attempt_id: String,
     /// When a reconcile of this controller first looked at the attempt.
     watching_since: Option<Timestamp>,
     last_beat: Option<Timestamp>,
@@ -117,11 +117,15 @@ struct Entry {
     nudged: bool,
 }
 
-/// The latest heartbeat of every live attempt, by task and index. Written by the API,
-/// read by reconciles, trimmed by them to the attempts their status still runs.
+/// The latest heartbeat of every live attempt, by task and attempt id. Written by the
+/// API, read by reconciles, trimmed by them to the attempts their status still runs.
+///
+/// Keyed by the attempt's id (the one its token signs), not by its index or number:
+/// under `concurrencyPolicy: Allow` several runs of a task are live at once, and their
+/// attempt numbers and indexes restart in each run, so only the id tells them apart.
 #[derive(Debug, Default)]
 pub struct Heartbeats {
-    tasks: Mutex<HashMap<TaskKey, BTreeMap<u32, Entry>>>,
+    tasks: Mutex<HashMap<TaskKey, HashMap<String, Entry>>>,
 }
 
 impl Heartbeats {
@@ -129,17 +133,17 @@ impl Heartbeats {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskKey, BTreeMap<u32, Entry>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskKey, HashMap<String, Entry>>> {
         self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Whether a reconcile knows this attempt as the index's live one: the API's fast
-    /// path, with no status read. `false` means "read the status to know".
+    /// Whether a reconcile knows this attempt as a live one (of whichever run): the API's
+    /// fast path, with no status read. `false` means "read the status to know".
     pub fn is_live(&self, key: &TaskKey, index: u32, attempt: u32, attempt_id: &str) -> bool {
         self.lock()
             .get(key)
-            .and_then(|lanes| lanes.get(&index))
-            .is_some_and(|entry| entry.is(attempt, attempt_id))
+            .and_then(|attempts| attempts.get(attempt_id))
+            .is_some_and(|entry| entry.is(index, attempt))
     }
 
     /// Records a heartbeat of a live attempt (the caller checked that it is). Returns the
@@ -155,11 +159,7 @@ impl Heartbeats {
         body: HeartbeatBody,
     ) -> Option<Duration> {
         let mut tasks = self.lock();
-        let lanes = tasks.entry(key.clone()).or_default();
-        let entry = lanes.entry(index).or_insert_with(|| Entry::new(attempt, attempt_id));
-        if !entry.is(attempt, attempt_id) {
-            *entry = Entry::new(attempt, attempt_id);
-        }
+        let entry = entry(&mut tasks, key, index, attempt, attempt_id);
         entry.last_beat = Some(entry.last_beat.map_or(at, |last| last.max(at)));
         let changed = (body.progress.is_some() && body.progress != entry.progress)
             || (body.message.is_some() && body.message != entry.message);
@@ -173,7 +173,7 @@ impl Heartbeats {
             return None;
         }
         entry.nudged = true;
-        let reporting: usize = tasks.values().map(BTreeMap::len).sum();
+        let reporting: usize = tasks.values().map(HashMap::len).sum();
         Some(progress_delay(reporting))
     }
 
@@ -181,14 +181,7 @@ impl Heartbeats {
     /// controller's own count of the attempt's silence (see [`Heartbeat::since`]).
     pub fn observe(&self, key: &TaskKey, index: u32, attempt: u32, attempt_id: &str, now: Timestamp) -> Heartbeat {
         let mut tasks = self.lock();
-        let entry = tasks
-            .entry(key.clone())
-            .or_default()
-            .entry(index)
-            .or_insert_with(|| Entry::new(attempt, attempt_id));
-        if !entry.is(attempt, attempt_id) {
-            *entry = Entry::new(attempt, attempt_id);
-        }
+        let entry = entry(&mut tasks, key, index, attempt, attempt_id);
         let watching_since = *entry.watching_since.get_or_insert(now);
         entry.nudged = false;
         Heartbeat {
@@ -200,25 +193,24 @@ impl Heartbeats {
     }
 
     /// Keeps only the task's attempts that its status, as just written, still runs
-    /// (index, attempt number, attempt id): beats of ended attempts are forgotten. An
-    /// attempt this very pass began has no id in the decision yet (the act gives it):
-    /// `None` keeps whatever its container already sent under its number.
+    /// (index, attempt number, attempt id), in any of its runs: beats of ended attempts
+    /// are forgotten. An attempt this very pass began has no id in the decision yet (the
+    /// act gives it): `None` keeps whatever its container already sent under its number.
     pub fn settle(&self, key: &TaskKey, live: &[(u32, u32, Option<String>)]) {
         let mut tasks = self.lock();
-        let Some(lanes) = tasks.get_mut(key) else { return };
-        lanes.retain(|index, entry| {
-            live.iter().any(|(i, n, id)| {
-                i == index && entry.attempt == *n && id.as_ref().is_none_or(|id| *id == entry.attempt_id)
-            })
+        let Some(attempts) = tasks.get_mut(key) else { return };
+        attempts.retain(|attempt_id, entry| {
+            live.iter()
+                .any(|(i, n, id)| entry.is(*i, *n) && id.as_ref().is_none_or(|id| id == attempt_id))
         });
-        if lanes.is_empty() {
+        if attempts.is_empty() {
             tasks.remove(key);
         }
     }
 
     /// Attempts with an entry, for metrics and tests.
     pub fn len(&self) -> usize {
-        self.lock().values().map(BTreeMap::len).sum()
+        self.lock().values().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -226,11 +218,32 @@ impl Heartbeats {
     }
 }
 
+/// The attempt's entry, made on its first beat or look. An id is given to one attempt
+/// only, so an entry under it for another index or number is not this attempt's (a
+/// forged pair cannot pass the token): it starts afresh.
+fn entry<'a>(
+    tasks: &'a mut HashMap<TaskKey, HashMap<String, Entry>>,
+    key: &TaskKey,
+    index: u32,
+    attempt: u32,
+    attempt_id: &str,
+) -> &'a mut Entry {
+    let entry = tasks
+        .entry(key.clone())
+        .or_default()
+        .entry(attempt_id.to_string())
+        .or_insert_with(|| Entry::new(index, attempt));
+    if !entry.is(index, attempt) {
+        *entry = Entry::new(index, attempt);
+    }
+    entry
+}
+
 impl Entry {
-    fn new(attempt: u32, attempt_id: &str) -> Self {
+    fn new(index: u32, attempt: u32) -> Self {
         Entry {
+            index,
             attempt,
-            attempt_id: attempt_id.to_string(),
             watching_since: None,
             last_beat: None,
             progress: None,
@@ -239,8 +252,8 @@ impl Entry {
         }
     }
 
-    fn is(&self, attempt: u32, attempt_id: &str) -> bool {
-        self.attempt == attempt && self.attempt_id == attempt_id
+    fn is(&self, index: u32, attempt: u32) -> bool {
+        self.index == index && self.attempt == attempt
     }
 }
 
@@ -322,10 +335,12 @@ mod tests {
         // A beat that arrives out of order never moves the last one back.
         board.beat(&key, 0, 1, "id1", at(11), HeartbeatBody::default());
         assert_eq!(board.observe(&key, 0, 1, "id1", at(16)).since, Some(at(14)));
-        // The next attempt starts with nothing of the last one's.
+        // The next attempt starts with nothing of the last one's, which its settle forgets.
         let next = board.observe(&key, 0, 2, "id2", at(20));
         assert_eq!((next.since, next.progress), (Some(at(20)), None));
+        board.settle(&key, &[(0, 2, Some("id2".into()))]);
         assert!(!board.is_live(&key, 0, 1, "id1"));
+        assert!(!board.is_live(&key, 1, 2, "id2"), "the id of another index");
         // Settled: only what the status still runs is kept.
         board.observe(&key, 1, 1, "lane1", at(20));
         board.settle(&key, &[(1, 1, Some("lane1".into()))]);
@@ -339,6 +354,39 @@ mod tests {
         assert_eq!(board.observe(&key, 2, 1, "fresh", at(22)).last_beat, Some(at(21)));
         board.settle(&key, &[]);
         assert!(board.is_empty());
+    }
+
+    /// Under `concurrencyPolicy: Allow` two runs of a task are live at once, each with its
+    /// attempt 1 of index 0: told apart by their ids, each keeps its own beats.
+    #[test]
+    fn the_board_keeps_each_overlapping_runs_attempt_apart() {
+        let board = Heartbeats::new();
+        let key = TaskKey::new("tick");
+        board.observe(&key, 0, 1, "run1", at(0));
+        board.observe(&key, 0, 1, "run2", at(10));
+        let half = HeartbeatBody {
+            progress: Some(0.5),
+            message: Some("run 1 half".into()),
+        };
+        board.beat(&key, 0, 1, "run1", at(12), half);
+        let run1 = board.observe(&key, 0, 1, "run1", at(13));
+        let run2 = board.observe(&key, 0, 1, "run2", at(13));
+        assert_eq!(
+            (run1.since, run1.last_beat, run1.progress),
+            (Some(at(12)), Some(at(12)), Some(0.5))
+        );
+        assert_eq!(
+            (run2.since, run2.last_beat, run2.progress),
+            (Some(at(10)), None, None),
+            "run 1's beat is not run 2's"
+        );
+        board.settle(&key, &[(0, 1, Some("run1".into())), (0, 1, Some("run2".into()))]);
+        assert!(board.is_live(&key, 0, 1, "run1") && board.is_live(&key, 0, 1, "run2"));
+        // Run 1 ends: its beats go, run 2's stay.
+        board.settle(&key, &[(0, 1, Some("run2".into()))]);
+        assert!(!board.is_live(&key, 0, 1, "run1") && board.is_live(&key, 0, 1, "run2"));
+        assert_eq!(board.observe(&key, 0, 1, "run2", at(14)).since, Some(at(10)));
+        assert_eq!(board.len(), 1);
     }
 
     #[test]

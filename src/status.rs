@@ -210,6 +210,11 @@ pub struct OverlappingRun {
     pub next_attempt_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<Timestamp>,
+    /// The run's own heartbeat progress (the top-level `progress` is the newest run's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_message: Option<String>,
 }
 
 impl OverlappingRun {
@@ -231,6 +236,8 @@ impl OverlappingRun {
             schedule: None,
             runs: Vec::new(),
             observed_at: self.observed_at,
+            progress: self.progress,
+            progress_message: self.progress_message.clone(),
             ..TaskStatus::new(&outer.task, &outer.name, &self.spec_hash, outer.updated_at)
         }
     }
@@ -252,6 +259,8 @@ impl OverlappingRun {
             dependencies: view.dependencies,
             next_attempt_at: view.next_attempt_at,
             observed_at: view.observed_at,
+            progress: view.progress,
+            progress_message: view.progress_message,
         }
     }
 }

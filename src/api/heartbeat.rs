@@ -81,3 +81,104 @@ pub(super) async fn heartbeat(
     }
     (StatusCode::ACCEPTED, String::new())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callback::{CallbackSecret, Inbox};
+    use crate::heartbeat::Heartbeats;
+    use crate::manifest::RuntimeKind;
+    use crate::status::{AttemptRecord, OverlappingRun, Phase, ScheduleStatus, TaskStatus};
+    use crate::store::Store;
+    use crate::store::dir::DirStore;
+    use chrono::{TimeZone, Utc};
+    use std::sync::Arc;
+
+    /// A run of a scheduled task with its attempt 1 running, under this id.
+    fn run(run: u32, id: &str, at_s: i64) -> TaskStatus {
+        let at = Utc.timestamp_opt(1_800_000_000 + at_s, 0).unwrap();
+        let mut status = TaskStatus::new("tick", "tick", "sha256:x", at);
+        status.phase = Phase::Running;
+        status.attempt = 1;
+        status.attempts.push(AttemptRecord {
+            number: 1,
+            id: Some(id.into()),
+            runtime: RuntimeKind::Process,
+            container: TaskKey::new("tick").run_container_name(run, 1, None),
+            index: None,
+            created_at: Some(at),
+            started_at: Some(at),
+            finished_at: None,
+            exit_code: None,
+            completed_by: None,
+            reason: None,
+            message: None,
+            placement: None,
+            semaphores: Vec::new(),
+            exit_rule: None,
+        });
+        status
+    }
+
+    /// Under `concurrencyPolicy: Allow` run 2 is on top and run 1 still runs beside it,
+    /// each with its attempt 1 of index 0: a beat of run 1's is taken (not 409) and kept
+    /// as run 1's, never credited to run 2.
+    #[tokio::test]
+    async fn a_beat_of_an_overlapping_run_is_taken_as_that_runs_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(DirStore::new(dir.path()).unwrap());
+        let key = TaskKey::new("tick");
+        let mut status = run(2, "run2", 20);
+        let older = OverlappingRun::from_view(1, status.updated_at, run(1, "run1", 10));
+        status.schedule = Some(ScheduleStatus {
+            cron: "@every 10s".into(),
+            last_scheduled_at: None,
+            next_scheduled_at: None,
+            active: vec![status.updated_at, older.scheduled_at],
+            handled_through: status.updated_at,
+            run_count: 2,
+            triggered_at: None,
+            current_run: Some(2),
+            overlapping: vec![older],
+        });
+        store.write_status(&key, &status).await.unwrap();
+        let secret = Arc::new(CallbackSecret::from_key(vec![7; 32]));
+        let (control, mut nudges) = tokio::sync::mpsc::unbounded_channel();
+        let state = ApiState {
+            store,
+            secret: secret.clone(),
+            inbox: Arc::new(Inbox::new(&dir.path().join(".skiff")).unwrap()),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            health: Arc::new(crate::controller::Health::default()),
+            control,
+            api_token: None,
+            heartbeats: Arc::new(Heartbeats::new()),
+        };
+        let post = |id: &'static str, body: &'static str| {
+            let query = CallbackQuery {
+                token: Some(secret.token("tick", 1, 0, id)),
+                attempt: Some(1),
+                index: Some(0),
+                id: Some(id.into()),
+            };
+            heartbeat(&state, "tick", query, Ok(Bytes::from_static(body.as_bytes())))
+        };
+
+        // Run 1's beat, before any reconcile named its attempt (read from the status).
+        let (code, text) = post("run1", r#"{"progress": 0.3}"#).await;
+        assert_eq!(code, StatusCode::ACCEPTED, "{text}");
+        assert!(matches!(nudges.try_recv(), Ok(Control::Progress(..))));
+        let (code, text) = post("run2", r#"{"progress": 0.7}"#).await;
+        assert_eq!(code, StatusCode::ACCEPTED, "{text}");
+        // Each run's beats are its own: run 2's did not replace run 1's, nor the reverse.
+        let now = Utc::now();
+        let run1 = state.heartbeats.observe(&key, 0, 1, "run1", now);
+        let run2 = state.heartbeats.observe(&key, 0, 1, "run2", now);
+        assert_eq!((run1.progress, run2.progress), (Some(0.3), Some(0.7)));
+        assert!(run1.last_beat.is_some() && run2.last_beat.is_some());
+        // Both live on the board now (the fast path): still taken.
+        assert_eq!(post("run1", "").await.0, StatusCode::ACCEPTED);
+        // Another run's id with the same attempt number and index is stale.
+        assert_eq!(post("run0", "").await.0, StatusCode::CONFLICT);
+    }
+}

@@ -289,7 +289,12 @@ async fn trigger(state: &ApiState, task: &str) -> Response {
 
 /// The record of the attempt a callback names, if that attempt is the one running and
 /// has not been judged yet.
-fn live_attempt<'a>(status: &'a TaskStatus, attempt: u32, index: u32, id: &str) -> Option<&'a AttemptRecord> {
+pub(crate) fn live_attempt<'a>(
+    status: &'a TaskStatus,
+    attempt: u32,
+    index: u32,
+    id: &str,
+) -> Option<&'a AttemptRecord> {
     live_attempt_of_run(status, attempt, index, id).or_else(|| {
         // A scheduled task's runs overlapping the top-level one (Allow): each is a run
         // of its own, and the attempt may be one of theirs.

@@ -1,9 +1,11 @@
 //! Heartbeats in the pipeline: before the decision, each live attempt's latest beat is
 //! read from the board the API writes ([`Heartbeats`]) into its observation; after the
-//! status is written, the board forgets the attempts that status no longer runs.
+//! status is written, the board forgets the attempts that status no longer runs. A
+//! scheduled task's runs that overlap the top-level one (`concurrencyPolicy: Allow`)
+//! are watched the same way, each into its own run's observation.
 
 use super::Shared;
-use super::reconcile::{Desired, Lane};
+use super::reconcile::{Desired, Lane, RunObservation};
 use crate::heartbeat::Heartbeats;
 use crate::status::{AttemptRecord, Phase, TaskStatus};
 use crate::task::TaskKey;
@@ -39,19 +41,37 @@ fn live_attempts(status: &TaskStatus) -> Vec<(u32, &AttemptRecord)> {
         .collect()
 }
 
-/// Puts each live attempt's heartbeats into its observation, when the spec watches them.
+/// Puts each live attempt's heartbeats into its observation, when the spec watches them:
+/// the top-level run's into `single`/`lanes`, each overlapping run's into its own.
 pub(super) fn observe(
     shared: &Shared,
     key: &TaskKey,
     desired: &Desired,
     status: Option<&TaskStatus>,
-    single: &mut Lane,
-    lanes: &mut BTreeMap<u32, Lane>,
+    (single, lanes): (&mut Lane, &mut BTreeMap<u32, Lane>),
+    overlapping: &mut BTreeMap<u32, RunObservation>,
 ) {
     let watched = matches!(desired, Desired::Valid(spec) if spec.heartbeat_timeout.is_some());
     let Some(status) = status.filter(|_| watched) else {
         return;
     };
+    observe_run(shared, key, status, single, lanes);
+    for run in status.schedule.iter().flat_map(|s| s.overlapping.iter()) {
+        // A run the pass did not look at gets no observation of its beats either.
+        if let Some(seen) = overlapping.get_mut(&run.run) {
+            observe_run(shared, key, &run.view(status), &mut seen.single, &mut seen.lanes);
+        }
+    }
+}
+
+/// [`observe`] for one run, given as a status of its own.
+fn observe_run(
+    shared: &Shared,
+    key: &TaskKey,
+    status: &TaskStatus,
+    single: &mut Lane,
+    lanes: &mut BTreeMap<u32, Lane>,
+) {
     let now = shared.clock.now();
     for (index, record) in live_attempts(status) {
         // The id its token signs (a record written before ids existed: its createdAt).
@@ -67,15 +87,23 @@ pub(super) fn observe(
     }
 }
 
-/// After the status is written: forget the beats of attempts it no longer runs. An
-/// attempt the decision just began has no id in it yet (the act gives one, written with
-/// it): what its container already sent under its number is kept.
+/// After the status is written: forget the beats of attempts it no longer runs, in any
+/// of its runs. An attempt the decision just began has no id in it yet (the act gives
+/// one, written with it): what its container already sent under its number is kept.
 pub(super) fn settle(board: &Heartbeats, key: &TaskKey, written: Option<&TaskStatus>) {
-    let live: Vec<(u32, u32, Option<String>)> = written
-        .map(live_attempts)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(index, record)| (index, record.number, record.id.clone()))
-        .collect();
+    let mut live: Vec<(u32, u32, Option<String>)> = Vec::new();
+    let mut add = |run: &TaskStatus| {
+        live.extend(
+            live_attempts(run)
+                .into_iter()
+                .map(|(index, record)| (index, record.number, record.id.clone())),
+        )
+    };
+    if let Some(status) = written {
+        add(status);
+        for run in status.schedule.iter().flat_map(|s| s.overlapping.iter()) {
+            add(&run.view(status));
+        }
+    }
     board.settle(key, &live);
 }

@@ -119,8 +119,9 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
     // Observe: first remove what the status no longer records, then look at what it does.
     remove_strays(shared, key, status.as_ref()).await;
     let (mut single, mut lanes) = observe_containers(shared, key, status.as_ref()).await;
-    heartbeats::observe(shared, key, &desired, status.as_ref(), &mut single, &mut lanes);
-    let overlapping = observe_overlapping(shared, key, status.as_ref()).await;
+    let mut overlapping = observe_overlapping(shared, key, status.as_ref()).await;
+    let watched = (&mut single, &mut lanes);
+    heartbeats::observe(shared, key, &desired, status.as_ref(), watched, &mut overlapping);
     let placement = placement_for(shared, key, &desired).await;
     let requests = shared.memory(key, Requests::take);
     let result = decide_and_act(

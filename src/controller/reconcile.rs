@@ -17,6 +17,8 @@ use std::time::Duration;
 mod exit_rules;
 mod fanout;
 mod heartbeat;
+#[cfg(test)]
+mod heartbeat_allow_tests;
 mod io;
 mod schedule;
 #[cfg(test)]

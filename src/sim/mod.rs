@@ -11,6 +11,7 @@
 //! Built for tests, and with the `sim` feature for the `skiff-sim` binary
 //! (`scripts/simulate`).
 
+mod beats;
 pub mod clock;
 pub mod ownership;
 #[cfg(test)]

@@ -92,6 +92,7 @@ impl FakeRuntime {
             exit_code,
             lost: state.chance(p),
             creator: self.epoch,
+            beats: super::beats::beats(state, &spec.env, &attempt_id),
         };
         state.on_create(&spec.name, &container);
         if let Some((_, at)) = spec.env.iter().find(|(name, _)| name == "SKIFF_SCHEDULED_AT") {

@@ -158,13 +158,13 @@ impl TaskGen {
         if let Some(max) = self.max_failed_indexes.filter(|_| self.completions > 1) {
             text.push_str(&format!("  maxFailedIndexes: {max}\n"));
         }
-        // A quarter of the tasks watch heartbeats, which the fake containers never send:
-        // each attempt that outlives the timeout fails HeartbeatTimeout and is retried,
+        // A quarter of the tasks watch heartbeats, which half their fake containers send
+        // (`sim::beats`): each silent attempt that outlives the timeout fails HeartbeatTimeout and is retried,
         // and one outliving a crash gets a whole timeout from the new controller's first
         // look. Derived from the drawn fields, so that every seed's draws stay as they were.
-        // Not beside `concurrencyPolicy: Allow`, which refuses it (Invalid).
-        let overlapping = self.schedule.as_ref().is_some_and(|s| s.contains("Allow"));
-        if self.timeout_s % 4 == 0 && !overlapping {
+        // Beside `concurrencyPolicy: Allow` too: each overlapping run's attempts are
+        // watched, and fail, on their own.
+        if self.timeout_s % 4 == 0 {
             text.push_str(&format!("  heartbeatTimeout: {}s\n", self.poll_s * 2));
         }
         if let Some(schedule) = &self.schedule {
@@ -383,8 +383,10 @@ impl Schedule {
         let controller = Controller::new(store, vec![runtime], self.config.clone())
             .deterministic(self.world.clock.clone(), self.rng.random());
         // The callback route served, as with --listen: heartbeatTimeout validates, and
-        // containers get their URLs (nothing calls them; no task completes by event).
+        // containers get their URLs (no task completes by event); heartbeats reach the
+        // board its API would write (`sim::beats`).
         let (controller, control) = controller.with_api(super::callbacks());
+        self.world.lock().boards.insert(epoch, controller.heartbeats());
         let handle = tokio::spawn(async move {
             let _ = controller.run(CancellationToken::new()).await;
         });
@@ -580,6 +582,7 @@ impl Schedule {
             self.faults
         );
         self.say(setup);
+        tokio::spawn(super::beats::beat_forever(self.world.clone()));
         let steps = self.rng.random_range(10..40);
         // A few tasks before the first controller starts, the rest while it runs.
         for _ in 0..self.rng.random_range(0..3) {

@@ -148,9 +148,11 @@ impl Store for FakeStore {
             return Err(unavailable("write"));
         }
         let ambiguous = {
+            let now = self.world.now();
             let mut state = self.world.lock();
             self.unchanged(key, state.statuses.get(key).map(|s| s.version))?;
             state.on_status_write(key, status);
+            state.check_silences(key, status, now);
             let what = format!(
                 "  wrote {key}: {} attempt {} {:?} {:?}",
                 status.phase,

@@ -44,6 +44,25 @@ fn schedules_exercise_exit_rules_and_tolerated_failed_indexes() {
     );
 }
 
+/// Tasks with `heartbeatTimeout` under `concurrencyPolicy: Allow` are generated, and their
+/// overlapping runs' silent attempts fail on their own.
+#[test]
+fn schedules_exercise_heartbeat_timeouts_of_overlapping_runs() {
+    let silent: u64 = (0..40)
+        .map(|seed| {
+            run(seed)
+                .map_err(|f| f.to_string())
+                .unwrap()
+                .stats
+                .overlapping_heartbeat_timeouts
+        })
+        .sum();
+    assert!(
+        silent > 0,
+        "{silent} status writes with an overlapping run failed HeartbeatTimeout in 40 schedules"
+    );
+}
+
 #[test]
 fn a_replica_claims_a_scheduled_task_before_starting_its_next_run() {
     // Seed 72627 (two replicas): a replica started run 2 from a Succeeded status without

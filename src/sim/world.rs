@@ -77,6 +77,8 @@ pub struct Container {
     pub lost: bool,
     /// The controller incarnation that made it.
     pub creator: u64,
+    /// It POSTs a heartbeat each second while it runs (see `sim::beats`).
+    pub beats: bool,
 }
 
 /// A lease on a task, held by a replica (see `FakeOwnership`).
@@ -139,6 +141,8 @@ pub struct State {
     /// Each scheduled task's schedule and `handledThrough` as last written: every time a
     /// write moves it past must be in that write's `runs` (run, or missed), none lost.
     handled: BTreeMap<TaskKey, (String, crate::status::Timestamp)>,
+    /// Each live incarnation's heartbeat board, which its API would write.
+    pub boards: BTreeMap<u64, Arc<crate::heartbeat::Heartbeats>>,
 }
 
 /// How long a container runs and how it exits, chosen from what it was given.
@@ -165,6 +169,9 @@ pub struct Stats {
     pub tolerated_failures: u64,
     /// Of those, runs of a schedule in a time zone (the DST crons).
     pub zoned_scheduled_creates: u64,
+    /// Status writes where a run overlapping the top-level one (Allow) has an attempt
+    /// failed `HeartbeatTimeout`.
+    pub overlapping_heartbeat_timeouts: u64,
 }
 
 pub struct World {
@@ -206,6 +213,7 @@ impl World {
                 recorded_then_deleted: BTreeSet::new(),
                 scheduled_runs: BTreeMap::new(),
                 handled: BTreeMap::new(),
+                boards: BTreeMap::new(),
             }),
             clock,
         })
@@ -302,6 +310,7 @@ impl State {
     /// lapse after `lease` (it no longer renews them).
     pub fn died(&mut self, epoch: u64, now: Timestamp, lease: Duration) {
         self.alive.remove(&epoch);
+        self.boards.remove(&epoch);
         self.stats.crashes += 1;
         let holder = epoch.to_string();
         let expires = now + chrono::Duration::from_std(lease).unwrap_or_default();

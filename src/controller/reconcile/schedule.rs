@@ -524,6 +524,8 @@ fn run_input<'a>(
         observed: seen.single.observed,
         log_tail: seen.single.log_tail,
         event: seen.single.event,
+        // Its own attempt's beats, never the top-level run's (`Input::heartbeat`).
+        heartbeat: seen.single.heartbeat,
         slot: seen.single.slot,
         lanes: seen.lanes,
         terminate,

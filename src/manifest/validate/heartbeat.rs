@@ -34,19 +34,6 @@ pub(super) fn timeout(spec: &Spec, ctx: &ValidationContext<'_>, fail: &mut impl 
         );
         return None;
     }
-    // Heartbeats are watched for a task's current run; runs that overlap under Allow
-    // each have their own attempts, which the heartbeat board does not follow yet.
-    let overlapping = spec
-        .schedule
-        .as_ref()
-        .is_some_and(|s| s.concurrency_policy == Some(crate::manifest::wire::ConcurrencyPolicy::Allow));
-    if overlapping {
-        fail(
-            "spec.heartbeatTimeout: not supported yet with spec.schedule.concurrencyPolicy: Allow (runs that overlap are not watched one by one); use Forbid or Replace, or remove heartbeatTimeout"
-                .into(),
-        );
-        return None;
-    }
     Some(timeout)
 }
 
@@ -69,28 +56,26 @@ mod tests {
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
     }
 
+    /// Each run of a scheduled task is watched on its own, overlapping ones (Allow) too.
     #[test]
-    fn heartbeats_are_refused_for_runs_that_may_overlap() {
+    fn heartbeats_are_accepted_under_every_concurrency_policy() {
         let ctx = ValidationContext {
             default_runtime: RuntimeKind::Process,
             allow_host_paths: &[],
             features: Features::enabled([RuntimeKind::Process], true),
             env_is_set: None,
         };
-        for (policy, ok) in [("Allow", false), ("Forbid", true), ("Replace", true)] {
+        for policy in ["Allow", "Forbid", "Replace"] {
             let text = format!(
                 "apiVersion: skiff/v1\nkind: ContainerTask\nspec:\n  command: [x]\n  heartbeatTimeout: 30s\n  schedule: {{cron: '@every 5s', concurrencyPolicy: {policy}}}\n"
             );
             let task = parse_manifest("h.yaml", text.as_bytes()).unwrap();
-            let result = validate("h.yaml", "h", &task, &ctx);
-            assert_eq!(result.is_ok(), ok, "{policy}");
-            if let Err(errors) = result {
-                let text = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
-                assert!(
-                    text.contains("spec.heartbeatTimeout") && text.contains("Allow"),
-                    "{text}"
-                );
-            }
+            let spec = validate("h.yaml", "h", &task, &ctx).unwrap_or_else(|errors| panic!("{policy}: {errors:?}"));
+            assert_eq!(
+                spec.heartbeat_timeout,
+                Some(std::time::Duration::from_secs(30)),
+                "{policy}"
+            );
         }
     }
 
