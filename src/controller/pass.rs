@@ -55,6 +55,8 @@ struct Read {
     status: Option<TaskStatus>,
     /// A task whose name this one took over: it is reconciled again.
     wake: Vec<TaskKey>,
+    /// The task's files as they were just before they were read.
+    fingerprint: Option<Fingerprint>,
 }
 
 /// Requests that arrived between passes (an engine event, a terminate from the API),
@@ -98,6 +100,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         local_dir,
         status,
         wake,
+        fingerprint,
     }) = read(shared, key, order).await?
     else {
         return Ok(Reconciled::retry(key, SETTLE_TIME));
@@ -162,6 +165,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
         wake,
         phase: done.phase,
         deferred: done.deferred,
+        fingerprint,
         ..Reconciled::new(key, done.state, done.requeue)
     })
 }
@@ -169,7 +173,8 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
 /// Reads the manifest (judged) and the status; settles who owns the task's name.
 /// `None`: the manifest is probably still being written.
 async fn read(shared: &Arc<Shared>, key: &TaskKey, order: u64) -> Result<Option<Read>, StoreError> {
-    let (manifest, status) = shared.store.read_task(key).await?;
+    let (listed, manifest, status) = shared.store.read_task_listed(key).await?;
+    let fingerprint = listed.map(|l| l.fingerprint);
     let Some(DesiredRead {
         mut desired,
         file,
@@ -201,6 +206,7 @@ async fn read(shared: &Arc<Shared>, key: &TaskKey, order: u64) -> Result<Option<
         local_dir,
         status,
         wake,
+        fingerprint,
     }))
 }
 

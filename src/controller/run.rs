@@ -204,14 +204,21 @@ impl Controller {
                     let handle = running.spawn(async move {
                         let timeout = shared.config.reconcile_timeout;
                         let started = std::time::Instant::now();
-                        // Cheap enough: two stats, or the blob store's cached listing.
-                        let before = shared.store.list_one(&key).await.ok().flatten().map(|l| l.fingerprint);
                         let result = tokio::time::timeout(timeout, pass::reconcile_task(&shared, &key)).await;
                         shared.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
                         let outcome = if result.is_ok() { "success" } else { "error" };
                         shared.metrics.reconciles.get_or_create(&Metrics::label("result", outcome)).inc();
                         match result {
-                            Ok(done) => Reconciled { fingerprint: before, ..done },
+                            // The pass took the fingerprint as it read the files; one that
+                            // ended final without reading them (a status file that needs a
+                            // person, another replica's task) takes them as they are now.
+                            Ok(mut done) => {
+                                if done.fingerprint.is_none() && matches!(done.state, TaskState::Final(_)) {
+                                    done.fingerprint =
+                                        shared.store.list_one(&key).await.ok().flatten().map(|l| l.fingerprint);
+                                }
+                                done
+                            }
                             Err(_) => {
                                 tracing::warn!(task = %key, "reconcile took longer than {}s; retrying", timeout.as_secs());
                                 Reconciled::retry(&key, shared.infra_backoff(&key))

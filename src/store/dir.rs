@@ -161,6 +161,26 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
+/// One task's listing entry from its manifest candidates and status file: blocking.
+fn list_task(key: TaskKey, candidates: &[PathBuf], status_path: &Path) -> Option<Listed> {
+    let mut stamps = Vec::new();
+    let mut has_manifest = false;
+    for path in candidates {
+        if is_manifest_file(path) {
+            has_manifest = true;
+            stamps.push(std::fs::metadata(path).map(|m| stamp(&m)).unwrap_or((0, 0)));
+        }
+    }
+    if let Ok(meta) = std::fs::metadata(status_path) {
+        stamps.push(stamp(&meta));
+    }
+    (!stamps.is_empty()).then(|| Listed {
+        key,
+        fingerprint: Fingerprint::new(stamps),
+        has_manifest,
+    })
+}
+
 /// Whether a candidate path (`a.yaml`, ...) is a manifest. A dangling or looping link
 /// still is, and is reported when read; a folder named `x.yaml` (or a link to one) is a
 /// folder of tasks, not a manifest.
@@ -337,23 +357,21 @@ impl Store for DirStore {
         let candidates: Vec<PathBuf> = self.manifest_candidates(key).map(|(_, path)| path).collect();
         let status_path = self.status_path(key);
         let key = key.clone();
+        blocking(&self.root, move || Ok(list_task(key, &candidates, &status_path))).await
+    }
+
+    async fn read_task_listed(
+        &self,
+        key: &TaskKey,
+    ) -> Result<(Option<Listed>, ManifestRead, Option<TaskStatus>), StoreError> {
+        let candidates: Vec<(String, PathBuf)> = self.manifest_candidates(key).collect();
+        let path = self.status_path(key);
+        let key = key.clone();
         blocking(&self.root, move || {
-            let mut stamps = Vec::new();
-            let mut has_manifest = false;
-            for path in candidates {
-                if is_manifest_file(&path) {
-                    has_manifest = true;
-                    stamps.push(std::fs::metadata(&path).map(|m| stamp(&m)).unwrap_or((0, 0)));
-                }
-            }
-            if let Ok(meta) = std::fs::metadata(status_path) {
-                stamps.push(stamp(&meta));
-            }
-            Ok((!stamps.is_empty()).then(|| Listed {
-                key,
-                fingerprint: Fingerprint::new(stamps),
-                has_manifest,
-            }))
+            let paths: Vec<PathBuf> = candidates.iter().map(|(_, path)| path.clone()).collect();
+            let listed = list_task(key.clone(), &paths, &path);
+            let manifest = read_manifest_file(candidates);
+            Ok((listed, manifest, read_status_file(&path, &key)?))
         })
         .await
     }

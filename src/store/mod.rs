@@ -177,6 +177,18 @@ pub trait Store: Send + Sync {
         let status = self.read_status_for_update(key).await?;
         Ok((manifest, status))
     }
+    /// [`Store::read_task`], with the task's listing entry (its fingerprint) taken just
+    /// before the files are read: a change made while the pass runs is then seen by the
+    /// next relist. `None` for the entry when the task has no files, or the listing
+    /// failed (the read says why, if it matters). One trip for a store on the local disk.
+    async fn read_task_listed(
+        &self,
+        key: &TaskKey,
+    ) -> Result<(Option<Listed>, ManifestRead, Option<TaskStatus>), StoreError> {
+        let listed = self.list_one(key).await.ok().flatten();
+        let (manifest, status) = self.read_task(key).await?;
+        Ok((listed, manifest, status))
+    }
     /// Atomic: a reader sees the old status or the new one (DESIGN.md §3).
     async fn write_status(&self, key: &TaskKey, status: &TaskStatus) -> Result<(), StoreError>;
     async fn delete_status(&self, key: &TaskKey) -> Result<(), StoreError>;
