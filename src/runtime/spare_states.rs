@@ -2,10 +2,10 @@
 //! claim by rename instead of being unlinked.
 //!
 //! Why: on ext4 without a journal (this project's CI machines, many small VMs), the
-//! kernel makes every new inode skip those freed in the last half minute, reading each
+//! kernel makes every new inode skip those freed in the last minute (six while their inode
+//! table block is not yet written back), reading each
 //! one's inode block to learn when it was freed. With one state file created and one
-//! unlinked per container, every create scanned all the state files of the last thirty
-//! seconds, on top of whatever else freed inodes nearby (with a build beside it, finding
+//! unlinked per container, every create scanned all the state files of the last minutes, on top of whatever else freed inodes nearby (with a build beside it, finding
 //! a free inode was a sixth of the process runtime's CPU). A state file that is moved
 //! aside, emptied and handed on frees nothing.
 //!

@@ -217,7 +217,8 @@ fn write_and_rename(durability: Durability, path: &Path, bytes: &[u8]) -> io::Re
 /// over next time. Atomic like a rename, and a reader sees the old status or the new one.
 ///
 /// Why: on ext4 without a journal, each new inode is placed by scanning past every inode
-/// freed in the last 30 seconds (the kernel's `recently_deleted`), so the usual
+/// freed in the last minute, or six while its inode block is dirty (the kernel's
+/// `recently_deleted`), so the usual
 /// temporary-file-and-rename, which frees one inode per write, made status writes cost
 /// more the more of them there were: 16 % of all CPU in `scripts/bench throughput` here.
 /// Fewer inodes made and freed is cheaper on any file system.
