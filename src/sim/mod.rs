@@ -53,12 +53,32 @@ pub fn run_many(first: u64, count: u64, threads: usize) -> Vec<Failed> {
     failures
 }
 
+const INBOX_PREFIX: &str = "skiff-sim-inbox-";
+
+/// Removes the inbox folders of simulator processes that have ended: a static is never
+/// dropped, so each process leaves its (empty) folder behind.
+fn sweep_dead_inboxes() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(INBOX_PREFIX)) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// What a replica serves of the API: one inbox folder for the whole process (no event is
 /// ever recorded in it), under the system's temporary folder.
 fn callbacks() -> Option<crate::controller::Callbacks> {
     static INBOX: std::sync::OnceLock<Option<std::sync::Arc<crate::callback::Inbox>>> = std::sync::OnceLock::new();
     let inbox = INBOX.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("skiff-sim-inbox-{}", std::process::id()));
+        sweep_dead_inboxes();
+        let dir = std::env::temp_dir().join(format!("{INBOX_PREFIX}{}", std::process::id()));
         crate::callback::Inbox::new(&dir).ok().map(std::sync::Arc::new)
     });
     Some(crate::controller::Callbacks {
