@@ -54,16 +54,6 @@ fn pass(
     decide(input)
 }
 
-fn deletes(d: &Decision) -> Vec<String> {
-    d.actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::DeleteContainer { container } => Some(container.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Run 1 (started at 10 s) still runs when run 2 starts at 20 s: run 2 on top, run 1
 /// beside it, both alive at 21 s (run 1 last heard from at 19 s).
 fn two_runs(spec: &TaskSpec) -> TaskStatus {

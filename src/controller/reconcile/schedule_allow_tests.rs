@@ -12,16 +12,6 @@ fn absent() -> Observed {
     Observed::Container(ContainerState::Absent)
 }
 
-fn deletes(d: &Decision) -> Vec<String> {
-    d.actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::DeleteContainer { container } => Some(container.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn step<'a>(status: &'a TaskStatus, now: Timestamp, top: Observed, others: &[(u32, Observed)]) -> Step<'a> {
     Step {
         observed: top,

@@ -125,6 +125,17 @@ pub(super) fn ensures(d: &Decision) -> Vec<String> {
         .collect()
 }
 
+/// The containers the decision deletes.
+pub(super) fn deletes(d: &Decision) -> Vec<String> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeleteContainer { container } => Some(container.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Every scheduled time the status records as missed, ranges spelled out.
 pub(super) fn missed(status: &TaskStatus) -> Vec<Timestamp> {
     let rules = status.schedule.as_ref().map(|s| s.cron.clone()).unwrap_or_default();
