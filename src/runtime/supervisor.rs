@@ -371,32 +371,18 @@ impl Launch<'_> {
     /// when the kernel allows, else moved there before its exec). Gives its pid, or why it
     /// could not start, and the cgroup it runs in.
     fn start(self, cgroup: Option<&std::path::Path>) -> (std::io::Result<i32>, Option<PathBuf>) {
-        let null = || File::open("/dev/null");
-        if let Some(dir) = cgroup {
-            let streams = (|| -> std::io::Result<_> {
-                let out = match &self.stdout {
-                    Some(out) => out.try_clone()?,
-                    None => null()?,
-                };
-                let err = match &self.stderr {
-                    Some(err) => err.try_clone()?,
-                    None => null()?,
-                };
-                Ok((null()?, out, err))
-            })();
-            if let Ok((stdin, stdout, stderr)) = &streams {
-                let stdio = super::clone_into_cgroup::Stdio {
-                    stdin,
-                    stdout,
-                    stderr,
-                    working_dir: self.working_dir,
-                };
-                let args: Vec<std::ffi::OsString> = self.args.iter().map(Into::into).collect();
-                match super::clone_into_cgroup::spawn(self.program, &args, &stdio, dir) {
-                    Spawned::Running(pid) => return (Ok(pid), Some(dir.to_path_buf())),
-                    Spawned::Failed(err) => return (Err(err), None),
-                    Spawned::Unsupported(_) => {}
-                }
+        if let (Some(dir), Ok(null)) = (cgroup, File::open("/dev/null")) {
+            let stdio = super::clone_into_cgroup::Stdio {
+                stdin: &null,
+                stdout: self.stdout.as_ref().unwrap_or(&null),
+                stderr: self.stderr.as_ref().unwrap_or(&null),
+                working_dir: self.working_dir,
+            };
+            let args: Vec<std::ffi::OsString> = self.args.iter().map(Into::into).collect();
+            match super::clone_into_cgroup::spawn(self.program, &args, &stdio, dir) {
+                Spawned::Running(pid) => return (Ok(pid), Some(dir.to_path_buf())),
+                Spawned::Failed(err) => return (Err(err), None),
+                Spawned::Unsupported(_) => {}
             }
         }
         let mut command = Command::new(self.program);
@@ -492,5 +478,33 @@ mod tests {
         assert!(start > 0);
         assert_ne!(letter, 'Z');
         assert_eq!(process_start(i32::MAX), None);
+    }
+
+    #[test]
+    fn where_the_cgroup_refuses_the_command_starts_the_old_way() {
+        // A plain folder is no cgroup: clone3 refuses it, and neither has it a
+        // cgroup.procs to write, so the command runs by fork and exec, in no cgroup.
+        let dir = tempfile::tempdir().unwrap();
+        let args = ["-c".to_string(), "exit 7".to_string()];
+        let launch = Launch {
+            program: std::ffi::OsStr::new("sh"),
+            args: &args,
+            working_dir: None,
+            stdout: None,
+            stderr: None,
+        };
+        let (pid, cgroup) = launch.start(Some(dir.path()));
+        let pid = pid.expect("started the old way");
+        assert_eq!(cgroup, None);
+        assert!(matches!(wait_for(pid), Ok(WaitStatus::Exited(_, 7))));
+        let launch = Launch {
+            program: std::ffi::OsStr::new("no-such-program-skiff"),
+            args: &[],
+            working_dir: None,
+            stdout: None,
+            stderr: None,
+        };
+        let (pid, _) = launch.start(Some(dir.path()));
+        assert_eq!(pid.map_err(|e| e.kind()).err(), Some(std::io::ErrorKind::NotFound));
     }
 }
