@@ -171,14 +171,8 @@ impl Store for WatchedStore {
     async fn read_status_for_update(&self, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError> {
         self.inner.read_status_for_update(key).await
     }
-    async fn read_task(&self, key: &TaskKey) -> Result<(ManifestRead, Option<TaskStatus>), StoreError> {
+    async fn read_task(&self, key: &TaskKey) -> Result<(Option<Listed>, ManifestRead, Option<TaskStatus>), StoreError> {
         self.inner.read_task(key).await
-    }
-    async fn read_task_listed(
-        &self,
-        key: &TaskKey,
-    ) -> Result<(Option<Listed>, ManifestRead, Option<TaskStatus>), StoreError> {
-        self.inner.read_task_listed(key).await
     }
     async fn write_status(&self, key: &TaskKey, status: &TaskStatus) -> Result<(), StoreError> {
         self.inner.write_status(key, status).await?;

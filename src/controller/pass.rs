@@ -173,7 +173,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
 /// Reads the manifest (judged) and the status; settles who owns the task's name.
 /// `None`: the manifest is probably still being written.
 async fn read(shared: &Arc<Shared>, key: &TaskKey, order: u64) -> Result<Option<Read>, StoreError> {
-    let (listed, manifest, status) = shared.store.read_task_listed(key).await?;
+    let (listed, manifest, status) = shared.store.read_task(key).await?;
     let fingerprint = listed.map(|l| l.fingerprint);
     let Some(DesiredRead {
         mut desired,

@@ -360,10 +360,7 @@ impl Store for DirStore {
         blocking(&self.root, move || Ok(list_task(key, &candidates, &status_path))).await
     }
 
-    async fn read_task_listed(
-        &self,
-        key: &TaskKey,
-    ) -> Result<(Option<Listed>, ManifestRead, Option<TaskStatus>), StoreError> {
+    async fn read_task(&self, key: &TaskKey) -> Result<(Option<Listed>, ManifestRead, Option<TaskStatus>), StoreError> {
         let candidates: Vec<(String, PathBuf)> = self.manifest_candidates(key).collect();
         let path = self.status_path(key);
         let key = key.clone();
@@ -385,17 +382,6 @@ impl Store for DirStore {
         let path = self.status_path(key);
         let key = key.clone();
         blocking(&self.root, move || read_status_file(&path, &key)).await
-    }
-
-    async fn read_task(&self, key: &TaskKey) -> Result<(ManifestRead, Option<TaskStatus>), StoreError> {
-        let candidates: Vec<(String, PathBuf)> = self.manifest_candidates(key).collect();
-        let path = self.status_path(key);
-        let key = key.clone();
-        blocking(&self.root, move || {
-            let manifest = read_manifest_file(candidates);
-            Ok((manifest, read_status_file(&path, &key)?))
-        })
-        .await
     }
 
     async fn write_status(&self, key: &TaskKey, status: &TaskStatus) -> Result<(), StoreError> {

@@ -169,24 +169,16 @@ pub trait Store: Send + Sync {
     async fn read_status_for_update(&self, key: &TaskKey) -> Result<Option<TaskStatus>, StoreError> {
         self.read_status(key).await
     }
-    /// What a reconcile pass reads first: the manifest, and the status as
-    /// [`Store::read_status_for_update`] reads it. A store on the local disk reads both in
-    /// one trip to the blocking pool, which a controller starting over many tasks feels.
-    async fn read_task(&self, key: &TaskKey) -> Result<(ManifestRead, Option<TaskStatus>), StoreError> {
+    /// What a reconcile pass reads first: the task's listing entry (its fingerprint), the
+    /// manifest, and the status as [`Store::read_status_for_update`] reads it. The entry is
+    /// taken before the files are read, so that a change made while the pass runs is seen
+    /// by the next relist; `None` when the task has no files or the listing failed (the
+    /// reads say why, if it matters). A store on the local disk does it all in one trip to
+    /// the blocking pool, which every pass feels.
+    async fn read_task(&self, key: &TaskKey) -> Result<(Option<Listed>, ManifestRead, Option<TaskStatus>), StoreError> {
+        let listed = self.list_one(key).await.ok().flatten();
         let manifest = self.read_manifest(key).await?;
         let status = self.read_status_for_update(key).await?;
-        Ok((manifest, status))
-    }
-    /// [`Store::read_task`], with the task's listing entry (its fingerprint) taken just
-    /// before the files are read: a change made while the pass runs is then seen by the
-    /// next relist. `None` for the entry when the task has no files, or the listing
-    /// failed (the read says why, if it matters). One trip for a store on the local disk.
-    async fn read_task_listed(
-        &self,
-        key: &TaskKey,
-    ) -> Result<(Option<Listed>, ManifestRead, Option<TaskStatus>), StoreError> {
-        let listed = self.list_one(key).await.ok().flatten();
-        let (manifest, status) = self.read_task(key).await?;
         Ok((listed, manifest, status))
     }
     /// Atomic: a reader sees the old status or the new one (DESIGN.md §3).
