@@ -141,6 +141,14 @@ impl FolderWatch {
 impl Drop for FolderWatch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Unwatched first, the instance closes at once: closing one that still holds
+        // watches waits for a grace period of the kernel's (SRCU), about 10 ms each, which
+        // every `--once` run paid at its exit. The IGNORED events also wake the thread.
+        if let (Ok(mut watches), Ok(folders)) = (self.watches.lock(), self.folders.lock()) {
+            for wd in folders.keys() {
+                let _ = watches.remove(wd.clone());
+            }
+        }
     }
 }
 
