@@ -202,12 +202,24 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    /// A fresh cgroup under this process's own, or `None` where cgroup v2 is not writable.
+    /// A fresh cgroup under this process's own, or `None` where cgroup v2 is not writable
+    /// (never under `SKIFF_REQUIRE_SERVICES=1`, as CI runs: its machines have one).
     fn scratch_cgroup(name: &str) -> Option<std::path::PathBuf> {
-        let root = crate::runtime::cgroup::CgroupRoot::make(&std::env::temp_dir().join(name)).ok()?;
-        let dir = root.for_container(name);
-        std::fs::create_dir_all(&dir).ok()?;
-        Some(dir)
+        let made = crate::runtime::cgroup::CgroupRoot::make(&std::env::temp_dir().join(name)).and_then(|root| {
+            let dir = root.for_container(name);
+            std::fs::create_dir_all(&dir).map_err(|err| err.to_string())?;
+            Ok(dir)
+        });
+        match made {
+            Ok(dir) => Some(dir),
+            Err(why) if std::env::var_os("SKIFF_REQUIRE_SERVICES").is_some() => {
+                panic!("no writable cgroup v2 here, which CI's machines have: {why}")
+            }
+            Err(why) => {
+                eprintln!("SKIPPED: no writable cgroup v2: {why}");
+                None
+            }
+        }
     }
 
     /// Removes a scratch cgroup and the folder above it, once their processes are gone.
@@ -240,10 +252,6 @@ mod tests {
     #[test]
     fn the_command_is_born_in_its_cgroup_in_its_own_process_group_and_folder() {
         let Some(cgroup) = scratch_cgroup("skiff-clone-into-test") else {
-            assert!(
-                std::env::var_os("SKIFF_REQUIRE_SERVICES").is_none(),
-                "no writable cgroup v2 here, which CI's machines have"
-            );
             return;
         };
         let (spawned, text) = run(
