@@ -148,8 +148,9 @@ fn deleting_the_manifest_mid_run_kills_the_process_and_removes_the_status() {
 #[test]
 fn max_running_caps_live_processes() {
     let ws = Workspace::new();
+    // Long enough that the last in line wait more than a second, and so say why.
     for i in 0..12 {
-        ws.task(&format!("t{i:02}.yaml"), "sleep 0.3", "");
+        ws.task(&format!("t{i:02}.yaml"), "sleep 0.5", "");
     }
     let controller = ws.controller(&["--once", "--max-running", "3"]);
     let mut peak = 0;

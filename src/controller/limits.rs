@@ -46,6 +46,10 @@ struct State {
     held: usize,
     /// (first-seen order, lane, task)
     waiters: BTreeSet<(u64, Lane, TaskKey)>,
+    /// Waiters woken whose task has not come back to this limit since: each release
+    /// would wake the head of the line again, and a pass of it already running would
+    /// then run twice (ARCHITECTURE.md, "One wake per turn in line").
+    told: BTreeSet<(u64, Lane, TaskKey)>,
 }
 
 impl State {
@@ -57,6 +61,11 @@ impl State {
         if self.holders.entry(key.clone()).or_default().insert(lane) {
             self.held += 1;
         }
+    }
+
+    /// The task is back at this limit: a later release may wake it again.
+    fn heard_from(&mut self, key: &TaskKey, lane: Lane, order: u64) {
+        self.told.remove(&(order, lane, key.clone()));
     }
 
     fn release(&mut self, key: &TaskKey, lane: Lane) -> bool {
@@ -94,6 +103,7 @@ impl Limits {
         let Ok(mut state) = self.state.lock() else {
             return Slot::Granted;
         };
+        state.heard_from(key, lane, order);
         if state.holds(key, lane) {
             // A lane keeps its slot from one container to the next (a spec change's
             // restart), unless the limit is overdrawn: a container taken over beyond
@@ -131,6 +141,7 @@ impl Limits {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
+        state.heard_from(key, lane, order);
         match standing {
             Standing::Live => {
                 state.waiters.remove(&(order, lane, key.clone()));
@@ -143,7 +154,7 @@ impl Limits {
         let was_holding = state.release(key, lane);
         let was_waiting = state.waiters.remove(&(order, lane, key.clone()));
         if was_holding || was_waiting {
-            self.wake_waiters(&state);
+            self.wake_waiters(&mut state);
         }
     }
 
@@ -153,8 +164,9 @@ impl Limits {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
+        state.heard_from(key, lane, order);
         if state.waiters.remove(&(order, lane, key.clone())) {
-            self.wake_waiters(&state);
+            self.wake_waiters(&mut state);
         }
     }
 
@@ -163,10 +175,11 @@ impl Limits {
         if self.max.is_none() {
             return;
         }
-        if let Ok(mut state) = self.state.lock()
-            && !state.holds(key, lane)
-        {
-            state.waiters.insert((order, lane, key.clone()));
+        if let Ok(mut state) = self.state.lock() {
+            state.heard_from(key, lane, order);
+            if !state.holds(key, lane) {
+                state.waiters.insert((order, lane, key.clone()));
+            }
         }
     }
 
@@ -191,13 +204,18 @@ impl Limits {
         self.state.lock().map(|s| s.held).unwrap_or(0)
     }
 
-    fn wake_waiters(&self, state: &State) {
+    /// Wakes the waiters a free slot may be theirs, but none already woken that has not
+    /// come back since: its coming pass will see this release too.
+    fn wake_waiters(&self, state: &mut State) {
         let free = match self.max {
             Some(max) => max.saturating_sub(state.held),
             None => state.waiters.len(),
         };
-        for (_, _, key) in state.waiters.iter().take(free) {
-            let _ = self.wake.send(key.clone());
+        let State { waiters, told, .. } = state;
+        for waiter in waiters.iter().take(free) {
+            if told.insert(waiter.clone()) {
+                let _ = self.wake.send(waiter.2.clone());
+            }
         }
     }
 }
@@ -432,6 +450,7 @@ impl Slots {
         let semaphores = self.semaphores_of(key);
         for limits in std::iter::once(&self.global).chain(own).chain(semaphores) {
             if let Ok(mut state) = limits.state.lock() {
+                state.heard_from(key, lane, order);
                 state.release(key, lane);
                 state.waiters.remove(&(order, lane, key.clone()));
             }
@@ -490,6 +509,28 @@ mod tests {
 
     fn key(s: &str) -> TaskKey {
         TaskKey::new(s)
+    }
+
+    #[test]
+    fn a_waiter_is_woken_once_until_it_comes_back() {
+        let (limits, mut woken) = Limits::new("max-running", Some(2));
+        for (name, order) in [("a", 1), ("b", 2), ("c", 3)] {
+            limits.try_acquire(&key(name), 0, order);
+        }
+        limits.settle(&key("c"), 0, Standing::Waiting, 3);
+        // Two releases before "c" comes back: one wake, not a second pass of it.
+        limits.settle(&key("a"), 0, Standing::Idle, 1);
+        limits.settle(&key("b"), 0, Standing::Idle, 2);
+        assert_eq!(woken.try_recv().unwrap(), key("c"));
+        assert!(woken.try_recv().is_err(), "woken twice");
+        // Back, and refused again (two tasks ahead of it in line took the slots): the
+        // next release wakes it again.
+        assert_eq!(limits.try_acquire(&key("d"), 0, 0), Slot::Granted);
+        assert_eq!(limits.try_acquire(&key("e"), 0, 0), Slot::Granted);
+        assert!(matches!(limits.try_acquire(&key("c"), 0, 3), Slot::Full { .. }));
+        limits.settle(&key("c"), 0, Standing::Waiting, 3);
+        limits.settle(&key("d"), 0, Standing::Idle, 0);
+        assert_eq!(woken.try_recv().unwrap(), key("c"));
     }
 
     #[test]

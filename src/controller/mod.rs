@@ -155,6 +155,9 @@ struct Memory {
     /// Containers of the task that its status does not record, found by orphan
     /// collection, by name: (runtime, attempt id). The next pass removes them.
     strays: HashMap<String, (RuntimeKind, String)>,
+    /// When a task without a status was first refused a slot, while it has not said so
+    /// yet (see `pass::QUIET_WAIT`).
+    waiting_unsaid_since: Option<crate::status::Timestamp>,
 }
 
 /// The `metadata.name` each task holds, both ways round: each task holds at most one.

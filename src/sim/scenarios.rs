@@ -121,6 +121,46 @@ fn a_hundred_tasks_under_max_running_4_never_run_more_than_4_and_start_in_order(
 }
 
 #[test]
+fn a_new_task_says_it_waits_for_a_slot_only_once_it_has_waited_a_second() {
+    let ran = Scenario::new(
+        ControllerConfig {
+            max_running: Some(1),
+            ..ControllerConfig::default()
+        },
+        every_container(ms(600), 0),
+    )
+    .task("a", "")
+    .task("b", "")
+    .task("c", "")
+    .run();
+    assert!(ran.violations.is_empty(), "{:?}", ran.violations);
+    assert_eq!(ran.outcome, Some(Outcome::AllSucceeded));
+    let written = |task: &str| -> Vec<_> {
+        ran.writes
+            .iter()
+            .filter(|(key, _)| key.as_str() == task)
+            .map(|(_, s)| (s.phase, s.reason, s.updated_at))
+            .collect()
+    };
+    let began = written("a")[0].2;
+    // "b" waited 0.6 s: its first status is its Creating.
+    assert_eq!(written("b")[0].0, Phase::Creating, "{:?}", written("b"));
+    // "c" waited 1.2 s: it said so, once, a second into its wait, then started.
+    let c = written("c");
+    assert_eq!(
+        (c[0].0, c[0].1),
+        (Phase::Pending, Some(Reason::WaitingForSlot)),
+        "{c:?}"
+    );
+    let said_after = (c[0].2 - began).to_std().unwrap_or_default();
+    assert!(
+        said_after >= ms(1000) && said_after < ms(1200),
+        "said after {said_after:?}"
+    );
+    assert_eq!(c[1].0, Phase::Creating, "{c:?}");
+}
+
+#[test]
 fn a_runtime_cap_holds_tasks_back_under_the_global_limit() {
     let mut scenario = Scenario::new(
         ControllerConfig {
@@ -128,7 +168,8 @@ fn a_runtime_cap_holds_tasks_back_under_the_global_limit() {
             max_running_per_runtime: HashMap::from([(RuntimeKind::Process, 2)]),
             ..ControllerConfig::default()
         },
-        every_container(ms(300), 0),
+        // Long enough that the last in line waits past `QUIET_WAIT` and says why.
+        every_container(ms(500), 0),
     );
     for i in 0..8 {
         scenario = scenario.task(&format!("p{i}"), "");
