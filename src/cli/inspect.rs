@@ -111,7 +111,9 @@ fn table(tasks: &[(TaskKey, Option<TaskStatus>)], now: Timestamp) -> String {
                 "-".into(),
                 "-".into(),
                 "-".into(),
-                "not seen by a controller yet".into(),
+                // A controller may hold a new task back for a second before saying
+                // it waits for a slot (`pass::QUIET_WAIT`).
+                "no status yet: new, or not seen by a controller".into(),
             ],
             Some(s) => {
                 let first = s.attempts.first().and_then(|a| a.created_at).unwrap_or(s.updated_at);
@@ -188,7 +190,7 @@ pub fn describe(args: DescribeArgs) -> anyhow::Result<ExitCode> {
     for (key, status) in tasks {
         match status {
             None => println!(
-                "Task:     {}\nPhase:    - (not seen by a controller yet)",
+                "Task:     {}\nPhase:    - (no status yet: new, or not seen by a controller)",
                 printable(key.as_str())
             ),
             Some(status) => print!("{}", describe_text(&status)),

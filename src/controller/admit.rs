@@ -233,20 +233,59 @@ fn run_standings(
         .collect()
 }
 
-/// Where each lane stands when a status write failed: it may have been written all the
-/// same (a store that timed out after the write), or not at all. A lane whose container
-/// may exist under either status keeps its slot until a later pass reads which it was;
-/// any other holds nothing.
-pub(super) fn standings_unsure(before: Option<&TaskStatus>, after: Option<&TaskStatus>) -> Vec<LaneStanding> {
-    let mut merged: Vec<LaneStanding> = standings(before, None);
-    for (lane, standing, runtime) in standings(after, None) {
+/// Where each lane stands while a status write is unsure: before it (see
+/// [`early_standings`]), or after it failed (it may have been written all the same, by
+/// a store that timed out after the write, or not at all). A lane whose container may
+/// exist under either status keeps its slot until a later pass reads which it was, and
+/// one waiting under either keeps its place; any other holds nothing. A container among
+/// `gone` runs no more, whatever either status says.
+pub(super) fn standings_unsure(
+    before: Option<&TaskStatus>,
+    after: Option<&TaskStatus>,
+    waiting_lane: Option<Lane>,
+    gone: &[String],
+) -> Vec<LaneStanding> {
+    let rank = |standing: Standing| match standing {
+        Standing::Live => 2,
+        Standing::Waiting => 1,
+        Standing::Idle => 0,
+    };
+    let mut merged: Vec<LaneStanding> = standings_after_deletes(before, None, gone);
+    for (lane, standing, runtime) in standings_after_deletes(after, waiting_lane, gone) {
         match merged.iter_mut().find(|(l, ..)| *l == lane) {
-            Some(known) if standing == Standing::Live => *known = (lane, standing, runtime),
+            Some(known) if rank(standing) > rank(known.1) => *known = (lane, standing, runtime),
             Some(_) => {}
             None => merged.push((lane, standing, runtime)),
         }
     }
     merged
+}
+
+/// Where each lane stands once a pass has seen some of its containers finished (exited,
+/// or gone), before it writes the status that says so: those run no more, so their
+/// slots go to the next in line now rather than after a durable write and a delete
+/// (invariant: never more running containers than slots). `finished` leaves out any
+/// name the decision makes a container under again.
+pub(super) fn early_standings(
+    before: Option<&TaskStatus>,
+    decision: &Decision,
+    waiting_lane: Option<Lane>,
+    finished: &[String],
+) -> Vec<LaneStanding> {
+    let finished: Vec<String> = finished
+        .iter()
+        .filter(|name| !made_again(decision, name))
+        .cloned()
+        .collect();
+    standings_unsure(before, decision.status.as_ref(), waiting_lane, &finished)
+}
+
+/// Whether the decision makes a container under `name` (again): that name holds a slot.
+pub(super) fn made_again(decision: &Decision, name: &str) -> bool {
+    decision
+        .actions
+        .iter()
+        .any(|action| matches!(action, reconcile::Action::EnsureContainer { container, .. } if container == name))
 }
 
 #[cfg(test)]
@@ -318,6 +357,52 @@ mod tests {
             );
         }
         assert!(standings(None, None).is_empty(), "a removed task holds nothing");
+    }
+
+    #[test]
+    fn a_container_seen_finished_frees_its_slot_before_any_status_says_so() {
+        let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let decided = |status: TaskStatus, actions: Vec<reconcile::Action>| Decision {
+            status: Some(status),
+            actions,
+            requeue_after: None,
+        };
+        // Running when read, Deleting as decided, neither written yet: its container
+        // exited, so its lane is idle.
+        let running = single(Phase::Running, None);
+        let deleting = decided(single(Phase::Deleting, None), Vec::new());
+        assert_eq!(
+            early_standings(Some(&running), &deleting, None, &names(&["c-0-1"]))[0].1,
+            Standing::Idle
+        );
+        // Nothing seen finished: the lane holds its slot whichever status stands.
+        assert_eq!(
+            early_standings(Some(&running), &deleting, None, &[])[0].1,
+            Standing::Live
+        );
+        // A name the decision makes a container under again keeps its slot.
+        let remade = decided(
+            single(Phase::Creating, None),
+            vec![reconcile::Action::EnsureContainer {
+                container: "c-0-1".into(),
+                attempt: 1,
+                index: None,
+            }],
+        );
+        assert_eq!(
+            early_standings(Some(&running), &remade, None, &names(&["c-0-1"]))[0].1,
+            Standing::Live
+        );
+        // Of a fan-out, only the finished index's lane; a lane refused a slot keeps its
+        // place in line.
+        let before = fan_out(&[Phase::Running, Phase::Running, Phase::Pending]);
+        let mut after = fan_out(&[Phase::Deleting, Phase::Running, Phase::Pending]);
+        after.reason = Some(Reason::WaitingForSlot);
+        let got: Vec<_> = early_standings(Some(&before), &decided(after, Vec::new()), Some(2), &names(&["c-0-1"]))
+            .into_iter()
+            .map(|(l, s, _)| (l, s))
+            .collect();
+        assert_eq!(got, [(0, Standing::Idle), (1, Standing::Live), (2, Standing::Waiting)]);
     }
 
     #[test]
@@ -398,19 +483,27 @@ mod tests {
         // The write that would start the container may have landed all the same.
         let before = single(Phase::Pending, None);
         let after = single(Phase::Creating, None);
-        assert_eq!(standings_unsure(Some(&before), Some(&after))[0].1, Standing::Live);
+        assert_eq!(
+            standings_unsure(Some(&before), Some(&after), None, &[])[0].1,
+            Standing::Live
+        );
         // The write that would end it may not have: its container may still run.
         let before = fan_out(&[Phase::Running, Phase::Running]);
         let after = fan_out(&[Phase::Failed, Phase::Running]);
-        let got: Vec<_> = standings_unsure(Some(&before), Some(&after))
+        let got: Vec<_> = standings_unsure(Some(&before), Some(&after), None, &[])
             .into_iter()
             .map(|(l, s, _)| (l, s))
             .collect();
         assert_eq!(got, [(0, Standing::Live), (1, Standing::Live)]);
         // Neither lets a container exist: nothing is held.
-        let idle = standings_unsure(Some(&single(Phase::Pending, None)), Some(&single(Phase::Failed, None)));
+        let idle = standings_unsure(
+            Some(&single(Phase::Pending, None)),
+            Some(&single(Phase::Failed, None)),
+            None,
+            &[],
+        );
         assert_eq!(idle[0].1, Standing::Idle);
-        assert_eq!(standings_unsure(None, Some(&after)).len(), 2);
+        assert_eq!(standings_unsure(None, Some(&after), None, &[]).len(), 2);
     }
 
     /// A scheduled status: run `top` in the top-level fields, and `beside` overlapping it.

@@ -129,8 +129,9 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
 
     // Observe: first remove what the status no longer records, then look at what it does.
     remove_strays(shared, key, status.as_ref()).await;
-    let (mut single, mut lanes) = observe_containers(shared, key, status.as_ref()).await;
-    let mut overlapping = observe_overlapping(shared, key, status.as_ref()).await;
+    let mut finished = Vec::new();
+    let (mut single, mut lanes) = observe_containers(shared, key, status.as_ref(), &mut finished).await;
+    let mut overlapping = observe_overlapping(shared, key, status.as_ref(), &mut finished).await;
     let watched = (&mut single, &mut lanes);
     heartbeats::observe(shared, key, &desired, status.as_ref(), watched, &mut overlapping);
     let placement = placement_for(shared, key, &desired).await;
@@ -149,6 +150,7 @@ async fn try_reconcile(shared: &Arc<Shared>, key: &TaskKey) -> Result<Reconciled
             dependencies,
             placement,
             requests,
+            finished,
         },
     )
     .await;
@@ -245,10 +247,12 @@ async fn dependencies_of(
 
 /// Observes the containers the status says may exist, each on the runtime it was made
 /// on: the single container of a task of one completion, or each live lane of a fan-out.
+/// Adds to `finished` those seen exited or gone: they run no more.
 async fn observe_containers(
     shared: &Arc<Shared>,
     key: &TaskKey,
     status: Option<&TaskStatus>,
+    finished: &mut Vec<String>,
 ) -> (Lane, BTreeMap<u32, Lane>) {
     let mut single = Lane::default();
     let mut lanes = BTreeMap::new();
@@ -258,6 +262,7 @@ async fn observe_containers(
     if status.indexes.is_empty() {
         if let Some(record) = status.live_container().and(status.current()) {
             single = observe(shared, key, record, status.phase == Phase::Deleting).await;
+            note_finished(&single, record, finished);
         }
         return (single, lanes);
     }
@@ -268,10 +273,20 @@ async fn observe_containers(
             .find(|a| a.index == Some(lane.index) && a.number == lane.attempt);
         if let Some(record) = record {
             let seen = observe(shared, key, record, lane.phase == Phase::Deleting).await;
+            note_finished(&seen, record, finished);
             lanes.insert(lane.index, seen);
         }
     }
     (single, lanes)
+}
+
+fn note_finished(seen: &Lane, record: &crate::status::AttemptRecord, finished: &mut Vec<String>) {
+    if matches!(
+        seen.observed,
+        Observed::Container(ContainerState::Exited { .. } | ContainerState::Absent)
+    ) {
+        finished.push(record.container.clone());
+    }
 }
 
 /// Observes the containers of each run overlapping the top-level one (a scheduled task
@@ -280,12 +295,13 @@ async fn observe_overlapping(
     shared: &Arc<Shared>,
     key: &TaskKey,
     status: Option<&TaskStatus>,
+    finished: &mut Vec<String>,
 ) -> BTreeMap<u32, reconcile::RunObservation> {
     let mut seen = BTreeMap::new();
     let Some(status) = status else { return seen };
     for run in status.schedule.iter().flat_map(|s| s.overlapping.iter()) {
         let view = run.view(status);
-        let (single, lanes) = observe_containers(shared, key, Some(&view)).await;
+        let (single, lanes) = observe_containers(shared, key, Some(&view), finished).await;
         seen.insert(run.run, reconcile::RunObservation { single, lanes });
     }
     seen
@@ -404,6 +420,8 @@ struct Pass<'a> {
     dependencies: Dependencies,
     placement: Option<Placement>,
     requests: Requests,
+    /// The containers seen exited or gone.
+    finished: Vec<String>,
 }
 
 /// Where a pass leaves the task.
@@ -432,6 +450,7 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
         dependencies,
         placement,
         requests,
+        finished,
     } = pass;
     for lane in lanes.values_mut() {
         lane.seen_by_engine = requests.seen_by_engine;
@@ -507,6 +526,13 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
         token_wait = Some(token_wait.map_or(shared_slots::SHARED_RETRY, |t| t.min(shared_slots::SHARED_RETRY)));
     }
 
+    // What has finished runs no more: its slot goes to the next in line now, while this
+    // pass writes the status that says so and deletes it.
+    if !finished.is_empty() {
+        let early = admit::early_standings(status, &decision, waiting_lane, &finished);
+        shared.limits.settle_task(key, order, &early);
+    }
+
     // Persist, then act; but a new task's first short wait for a slot goes unsaid.
     let quiet = quiet_wait_left(shared, key, status, &decision);
     let acted = match quiet {
@@ -516,12 +542,12 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
         }),
         None => execute(shared, key, status, desired, local_dir, results, &decision).await,
     };
-    let act::Acted { mut requeue, gone } = match acted {
+    let act::Acted { mut requeue, mut gone } = match acted {
         Ok(acted) => acted,
         Err(err) => {
             shared
                 .limits
-                .settle_task(key, order, &admit::standings_unsure(status, decision.status.as_ref()));
+                .settle_task(key, order, &admit::early_standings(status, &decision, None, &finished));
             return Err(err);
         }
     };
@@ -531,6 +557,7 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
     // this pass deleted: those are gone already, and the next in line need not wait for
     // the status that says so (invariant: never more containers than slots, not
     // statuses).
+    gone.extend(finished.into_iter().filter(|name| !admit::made_again(&decision, name)));
     let standings = admit::standings_after_deletes(decision.status.as_ref(), waiting_lane, &gone);
     shared.limits.settle_task(key, order, &standings);
     shared_slots::settle(shared, key, desired, &standings).await;

@@ -94,7 +94,7 @@ impl FakeRuntime {
             creator: self.epoch,
             beats: super::beats::beats(state, &spec.env, &attempt_id),
         };
-        state.on_create(&spec.name, &container);
+        state.on_create(&spec.name, &container, now);
         if let Some((_, at)) = spec.env.iter().find(|(name, _)| name == "SKIFF_SCHEDULED_AT") {
             state.on_scheduled_run(&spec.name, &spec.labels, at);
         }

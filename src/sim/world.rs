@@ -81,6 +81,13 @@ pub struct Container {
     pub beats: bool,
 }
 
+impl Container {
+    /// Whether it still runs at `now`, as the runtime answers (a lost one says it exited).
+    pub fn runs_at(&self, now: Timestamp) -> bool {
+        !self.lost && now < self.ends
+    }
+}
+
 /// A lease on a task, held by a replica (see `FakeOwnership`).
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -439,7 +446,7 @@ impl State {
     }
 
     /// Invariants that hold at the moment a container is created.
-    pub fn on_create(&mut self, name: &str, container: &Container) {
+    pub fn on_create(&mut self, name: &str, container: &Container, now: Timestamp) {
         self.stats.creates += 1;
         let id = container.attempt_id.clone();
         if !self.created.insert((name.to_string(), id.clone())) {
@@ -474,8 +481,14 @@ impl State {
         // checker cannot attribute yet (leases change hands while slots are held): the
         // limit is checked in schedules of one replica.
         // A container whose status no longer records it (deleted by a person under it)
-        // holds no slot: it is the person's until the task's next pass removes it.
-        let live = 1 + self.containers.iter().filter(|(name, c)| self.records(name, c)).count();
+        // holds no slot: it is the person's until the task's next pass removes it. Nor
+        // does one that has exited (as the runtime says): slots bound what runs, and its
+        // slot may go to the next container before it is deleted.
+        let live = 1 + self
+            .containers
+            .iter()
+            .filter(|(name, c)| self.records(name, c) && c.runs_at(now))
+            .count();
         self.peak = self.peak.max(live);
         if !self.replicated
             && let Some(max) = self.max_running
@@ -506,6 +519,7 @@ impl State {
                 .iter()
                 .filter(|(name, c)| {
                     self.records(name, c)
+                        && c.runs_at(now)
                         && c.task
                             .as_ref()
                             .and_then(|task| self.manifests.get(task))

@@ -69,6 +69,24 @@ impl Workspace {
     }
 
     /// Containers of the process runtime that exist now: one state file each.
+    /// The process containers whose command still runs: those that exist, but for any
+    /// whose supervisor has recorded its exit (a slot goes to the next container once an
+    /// exit is seen, before the exited one is deleted).
+    pub fn running_process_containers(&self) -> usize {
+        std::fs::read_dir(self.root().join(".skiff/containers"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .filter(|e| {
+                        std::fs::read_to_string(e.path())
+                            .map(|text| !text.lines().any(|l| l.starts_with("{\"exited\"")))
+                            .unwrap_or(false)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     pub fn live_process_containers(&self) -> usize {
         std::fs::read_dir(self.root().join(".skiff/containers"))
             .map(|d| {
