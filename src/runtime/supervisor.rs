@@ -311,21 +311,14 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
         let _ = nix::unistd::dup2_stdout(&devnull);
     }
 
-    // The pump says when the output has ended, so that the exit is recorded at once
-    // after it rather than at the next tick of a polling loop.
-    let (pumped_tx, pumped) = std::sync::mpsc::channel::<()>();
-    let pumping = pump.and_then(|reader| {
-        let log = log.try_clone().ok()?;
-        let cap = args.max_log_bytes;
-        std::thread::Builder::new()
-            .name("log-pump".into())
-            .spawn(move || {
-                pump_output(reader, log, cap);
-                let _ = pumped_tx.send(());
-            })
-            .ok()
-    });
-    let entry = match wait_for(child) {
+    let waited = match pump {
+        Some(reader) => match log.try_clone() {
+            Ok(log) => pump_and_wait(child, reader, log, args.max_log_bytes),
+            Err(_) => wait_for(child),
+        },
+        None => wait_for(child),
+    };
+    let entry = match waited {
         Ok(WaitStatus::Exited(_, code)) => exited(code, None, None),
         Ok(WaitStatus::Signaled(_, signal, _)) => {
             let signal = signal as i32;
@@ -334,18 +327,103 @@ pub fn supervise(args: SuperviseArgs) -> i32 {
         Ok(_) => exited(1, None, None),
         Err(err) => exited(1, None, Some(format!("lost the child: {err}"))),
     };
-    // The exit is recorded once the output is in the file, so that the controller's
-    // `logTail` has the last lines. A daemon the command left behind may hold the pipe
-    // open forever: wait for it only a little.
-    if pumping.is_some() {
-        let _ = pumped.recv_timeout(PUMP_GRACE);
-    }
     append(&mut state, &entry);
     0
 }
 
 /// How long the output may keep coming after the command exited (from processes it left).
 const PUMP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Copies the command's output into its log (within the cap) until the output ends, and
+/// waits for the command: both in this thread, a pidfd (Linux 5.3) saying when the
+/// command exits, beside its output's pipe. The exit is recorded once the output is in
+/// the file, so that the controller's `logTail` has the last lines; a daemon the command
+/// left behind may hold the pipe open forever, so the output is waited for only
+/// [`PUMP_GRACE`] past the exit. Without a pidfd, a thread pumps while this one waits.
+///
+/// Why not a thread always: a thread per container, with its stack, cost a tenth of
+/// what a container of `scripts/bench throughput` cost the supervisor.
+fn pump_and_wait(child: i32, reader: File, log: File, cap: u64) -> nix::Result<WaitStatus> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; the
+    // child is ours and not yet reaped, so its pid names it.
+    let pidfd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, child, 0) };
+    if pidfd < 0 {
+        return pump_on_a_thread(child, reader, log, cap);
+    }
+    // SAFETY: a descriptor the kernel just returned, owned by nothing else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    let mut log = super::log_cap::CappedLog::new(log, cap).ok();
+    let mut buf = vec![0; 64 * 1024];
+    let (mut status, mut output_open) = (None, true);
+    let mut until: Option<std::time::Instant> = None;
+    while status.is_none() || output_open {
+        let timeout = match until {
+            None => PollTimeout::NONE,
+            Some(until) => {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let (output, exited) = {
+            let mut fds = Vec::with_capacity(2);
+            if output_open {
+                fds.push(PollFd::new(reader.as_fd(), PollFlags::POLLIN));
+            }
+            if status.is_none() {
+                fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, timeout) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+                Ok(_) => {}
+            }
+            let ready = |fd: &PollFd| fd.any().unwrap_or(true);
+            let output = output_open && ready(&fds[0]);
+            let exited = status.is_none() && ready(&fds[fds.len() - 1]);
+            (output, exited)
+        };
+        if output {
+            use std::io::Read;
+            match (&reader).read(&mut buf) {
+                Ok(0) => output_open = false,
+                Ok(n) => {
+                    if let Some(log) = log.as_mut() {
+                        let _ = log.append(&buf[..n]);
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => output_open = false,
+            }
+        }
+        if exited {
+            status = Some(wait_for(child));
+            until = Some(std::time::Instant::now() + PUMP_GRACE);
+        }
+    }
+    status.unwrap_or_else(|| wait_for(child))
+}
+
+/// [`pump_and_wait`] where the kernel has no pidfd: a thread pumps, this one waits.
+fn pump_on_a_thread(child: i32, reader: File, log: File, cap: u64) -> nix::Result<WaitStatus> {
+    let (pumped_tx, pumped) = std::sync::mpsc::channel::<()>();
+    let pumping = std::thread::Builder::new()
+        .name("log-pump".into())
+        .spawn(move || {
+            pump_output(reader, log, cap);
+            let _ = pumped_tx.send(());
+        })
+        .is_ok();
+    let status = wait_for(child);
+    if pumping {
+        let _ = pumped.recv_timeout(PUMP_GRACE);
+    }
+    status
+}
 
 /// Waits for the command's process to end (it is this process's child).
 fn wait_for(pid: i32) -> nix::Result<WaitStatus> {
@@ -435,6 +513,24 @@ fn pump_output(mut reader: File, log: File, cap: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pumping_and_waiting_in_one_thread_keeps_all_output_and_the_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("c.log");
+        let log = File::create(&log_path).unwrap();
+        let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let writer = File::from(writer);
+        let child = Command::new("sh")
+            .args(["-c", "echo first; sleep 0.2; echo last >&2; exit 3"])
+            .stdout(writer.try_clone().unwrap())
+            .stderr(writer)
+            .spawn()
+            .unwrap();
+        let status = pump_and_wait(child.id() as i32, File::from(reader), log, 1 << 20).unwrap();
+        assert!(matches!(status, WaitStatus::Exited(_, 3)), "{status:?}");
+        assert_eq!(std::fs::read_to_string(&log_path).unwrap(), "first\nlast\n");
+    }
 
     #[test]
     fn a_state_file_reads_back_and_ignores_a_torn_last_line() {
