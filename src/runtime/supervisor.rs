@@ -521,6 +521,8 @@ mod tests {
         let log = File::create(&log_path).unwrap();
         let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let writer = File::from(writer);
+        // Reaped by `pump_and_wait`, as the supervisor reaps its command.
+        #[allow(clippy::zombie_processes)]
         let child = Command::new("sh")
             .args(["-c", "echo first; sleep 0.2; echo last >&2; exit 3"])
             .stdout(writer.try_clone().unwrap())
