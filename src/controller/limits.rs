@@ -199,6 +199,26 @@ impl Limits {
         lanes
     }
 
+    /// Wakes the first in line that a free slot may be theirs: at the end of start-up,
+    /// when the line was formed while nobody could start.
+    fn wake_free(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            self.wake_waiters(&mut state);
+        }
+    }
+
+    /// Whether a lane of the task waits in this limit's line.
+    fn has_in_line(&self, key: &TaskKey, order: u64) -> bool {
+        let Ok(state) = self.state.lock() else {
+            return false;
+        };
+        state
+            .waiters
+            .range((order, 0, key.clone())..)
+            .next()
+            .is_some_and(|(o, _, k)| *o == order && k == key)
+    }
+
     /// Slots in use, for metrics and status messages.
     pub fn in_use(&self) -> usize {
         self.state.lock().map(|s| s.held).unwrap_or(0)
@@ -455,6 +475,26 @@ impl Slots {
                 state.waiters.remove(&(order, lane, key.clone()));
             }
         }
+    }
+
+    /// At the end of start-up: wakes, in each limit, the first in line that a free slot
+    /// may be theirs. The others are woken as slots free, one release at a time.
+    pub fn wake_free(&self) {
+        for limits in self.all() {
+            limits.wake_free();
+        }
+    }
+
+    /// Whether a lane of the task waits in the line of some limit, so that it will be
+    /// woken when a slot may be its.
+    pub fn in_line(&self, key: &TaskKey, order: u64) -> bool {
+        self.all().any(|limits| limits.has_in_line(key, order))
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Limits> {
+        std::iter::once(&self.global)
+            .chain(self.runtimes.values())
+            .chain(self.semaphores.values())
     }
 
     /// Settles every lane of a task after its reconcile: the live ones hold a slot of

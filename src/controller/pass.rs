@@ -508,6 +508,13 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
             } => (*decision, waiting_lane, token_wait),
             Admitted::Deferred(standings) => {
                 shared.limits.settle_task(key, order, &standings);
+                // Held back is waiting too: a new task says so a second from now.
+                if status.is_none() {
+                    let now = shared.clock.now();
+                    shared.memory(key, |m| {
+                        m.waiting_unsaid_since.get_or_insert(now);
+                    });
+                }
                 return Ok(Done {
                     state: TaskState::Active,
                     requeue: None,
