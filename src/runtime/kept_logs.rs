@@ -77,16 +77,46 @@ pub async fn read_end(path: &Path, limit: Option<u64>) -> std::io::Result<Vec<u8
 /// task costs two `stat`s, not a scan of every log; all in one trip to the blocking
 /// pool (every new task asks every runtime this).
 pub async fn forget_earlier(logs: &Path, container_prefix: &str) -> Result<(), RuntimeError> {
+    // The two looks on this thread: a stat of a name built here opens nothing, and a
+    // trip to the blocking pool would cost more than both (every new task pays it).
+    let earlier = [format!("{container_prefix}1.log"), format!("{container_prefix}1-0.log")]
+        .iter()
+        .any(|first| std::fs::exists(logs.join(first)).unwrap_or(true));
+    if !earlier {
+        return Ok(());
+    }
     let (logs, prefix) = (logs.to_path_buf(), container_prefix.to_string());
-    super::blocking(move || {
-        for first in [format!("{prefix}1.log"), format!("{prefix}1-0.log")] {
-            if std::fs::exists(logs.join(first)).unwrap_or(true) {
-                return remove_logs(&logs, &prefix);
-            }
-        }
-        Ok(())
-    })
-    .await
+    super::blocking(move || remove_logs(&logs, &prefix)).await
+}
+
+/// The last `limit` bytes of the kept output of `name`, read on this thread: for a
+/// runtime whose logs folder is its own and local (the process runtime's), where the
+/// read is a few KiB from the page cache and a trip to the blocking pool costs more.
+/// Opened without blocking, and only a regular file is read, so a FIFO put there cannot
+/// stall the caller. `None` when none is kept.
+pub fn read_tail_now(logs: &Path, name: &str, limit: u64) -> Result<Option<Vec<u8>>, RuntimeError> {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = path(logs, name);
+    let failed = |err: std::io::Error| RuntimeError::Transient(format!("{}: {err}", path.display()));
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(failed(err)),
+    };
+    let meta = file.metadata().map_err(failed)?;
+    if !meta.is_file() {
+        return Err(failed(std::io::Error::other("not a regular file")));
+    }
+    file.seek(std::io::SeekFrom::Start(meta.len().saturating_sub(limit)))
+        .map_err(failed)?;
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes).map_err(failed)?;
+    Ok(Some(bytes))
 }
 
 /// Removes the kept logs of a task's containers (`<logs>/<name>.log`, and the dot-prefixed
@@ -110,4 +140,40 @@ fn remove_logs(logs: &Path, container_prefix: &str) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tail_read_in_place_is_the_end_of_a_regular_file_and_never_waits_on_a_fifo() {
+        let logs = tempfile::tempdir().unwrap();
+        std::fs::write(path(logs.path(), "c-1"), b"0123456789").unwrap();
+        assert_eq!(read_tail_now(logs.path(), "c-1", 4).unwrap(), Some(b"6789".to_vec()));
+        assert_eq!(
+            read_tail_now(logs.path(), "c-1", 100).unwrap(),
+            Some(b"0123456789".to_vec())
+        );
+        assert_eq!(read_tail_now(logs.path(), "c-2", 4).unwrap(), None);
+        // A FIFO with no writer would block a plain open forever.
+        nix::unistd::mkfifo(&path(logs.path(), "c-3"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = read_tail_now(logs.path(), "c-3", 4).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_earlier_runs_logs_go_and_a_new_tasks_cost_two_looks() {
+        let logs = tempfile::tempdir().unwrap();
+        forget_earlier(logs.path(), "skiff-a-1234-").await.unwrap();
+        for name in ["skiff-a-1234-1", "skiff-a-1234-2", "skiff-b-9999-1"] {
+            std::fs::write(path(logs.path(), name), b"out").unwrap();
+        }
+        forget_earlier(logs.path(), "skiff-a-1234-").await.unwrap();
+        let left: Vec<_> = std::fs::read_dir(logs.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, ["skiff-b-9999-1.log"]);
+    }
 }

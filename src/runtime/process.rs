@@ -480,7 +480,7 @@ impl Runtime for ProcessRuntime {
 
     async fn log_tail(&self, name: &str) -> Result<Option<String>, RuntimeError> {
         // A little more than the tail, so that it can start on a line boundary.
-        let tail = super::kept_logs::read(&self.layout.logs, name, Some(LOG_TAIL_BYTES as u64 + 256)).await?;
+        let tail = super::kept_logs::read_tail_now(&self.layout.logs, name, LOG_TAIL_BYTES as u64 + 256)?;
         Ok(tail.map(|bytes| crate::status::log_tail(&bytes)))
     }
 

@@ -142,7 +142,11 @@ pub fn serve() -> i32 {
             Ok(nix::unistd::ForkResult::Child) => {
                 // Fd 0, the socket, is replaced by /dev/null in `run_supervisor`.
                 std::mem::forget(socket);
-                std::process::exit(run_supervisor(ready, request));
+                // `_exit`: nothing is buffered (the state file is written whole, line by
+                // line), and the exit handlers would only fault in the pages they touch.
+                let code = run_supervisor(ready, request);
+                // SAFETY: _exit ends this process at once; nothing after it runs.
+                unsafe { nix::libc::_exit(code) }
             }
             // The pipe's end closes here: the controller reads EOF, and retries.
             Ok(nix::unistd::ForkResult::Parent { .. }) | Err(_) => drop(ready),
