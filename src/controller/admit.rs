@@ -27,8 +27,8 @@ pub(super) enum Admitted {
         /// How long until the create rate gives its next token, when that refused.
         token_wait: Option<Duration>,
     },
-    /// Start-up has not seen every task yet: nothing starts; the lanes are put in line
-    /// and these are the task's standings meanwhile.
+    /// Start-up has not seen enough yet for this task to start ([`super::StartGate`]):
+    /// its lanes are put in line and these are the task's standings meanwhile.
     Deferred(Vec<LaneStanding>),
 }
 
@@ -36,7 +36,7 @@ pub(super) enum Admitted {
 /// again with every lane not granted held back when one is refused.
 pub(super) fn admit(
     slots: &Slots,
-    caught_up: bool,
+    may_start: bool,
     key: &TaskKey,
     order: u64,
     runtime: RuntimeKind,
@@ -51,9 +51,9 @@ pub(super) fn admit(
             token_wait: None,
         };
     }
-    if !caught_up {
-        // Start nothing before every task has been seen once: names are then known and
-        // first come, first served has everyone in line.
+    if !may_start {
+        // Start nothing before every task ahead of this one has been seen once: names
+        // are then known, and first come, first served has everyone ahead in line.
         for lane in &started {
             slots.enqueue(key, lane.unwrap_or(0), order, runtime);
         }

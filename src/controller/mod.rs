@@ -200,8 +200,8 @@ struct Shared {
     names: Mutex<Names>,
     /// Who depends on whom (`dependsOn`).
     graph: dependencies::Graph,
-    /// Every task listed at start-up has been reconciled once.
-    caught_up: std::sync::atomic::AtomicBool,
+    /// Whether start-up has seen enough to let a task start.
+    start: StartGate,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     callbacks: Option<Callbacks>,
@@ -224,6 +224,42 @@ struct Shared {
     secrets: Arc<dyn crate::secrets::SecretSource>,
     /// The latest heartbeat of each live attempt, written by the API (`heartbeatTimeout`).
     heartbeats: Arc<crate::heartbeat::Heartbeats>,
+}
+
+/// Whether a task may start a container while start-up has not yet seen every task
+/// (see `run`). It may once every task listed with a status has been seen (a container
+/// exists only where a status records it, and holds its slot from the first look), and
+/// every task seen before it (first come, first served; of two tasks with one name, the
+/// first keeps it). In a folder of new tasks the first starts as soon as it is read,
+/// not after all of them are.
+///
+/// Replicas sharing a store wait to catch up before any start, as their claims do
+/// (`ownership`): what another replica holds is not known from this one's statuses.
+#[derive(Default)]
+struct StartGate {
+    /// Every task listed at start-up has been reconciled once.
+    caught_up: std::sync::atomic::AtomicBool,
+    /// Tasks may start before catching up (a lone controller).
+    early: std::sync::atomic::AtomicBool,
+    /// Tasks listed at start-up with a status, not yet reconciled.
+    statuses_unseen: std::sync::atomic::AtomicUsize,
+    /// Every task first seen before this order has been reconciled (the task of this
+    /// order, the first not yet, may start in its own first pass).
+    seen_through: std::sync::atomic::AtomicU64,
+}
+
+impl StartGate {
+    fn caught_up(&self) -> bool {
+        self.caught_up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn may_start(&self, order: u64) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        self.caught_up()
+            || (self.early.load(Acquire)
+                && self.statuses_unseen.load(Acquire) == 0
+                && order <= self.seen_through.load(Acquire))
+    }
 }
 
 /// What one reconcile reports back to the loop.
@@ -311,7 +347,7 @@ impl Controller {
                 containers: Mutex::new(HashMap::new()),
                 names: Mutex::new(Names::default()),
                 graph: dependencies::Graph::default(),
-                caught_up: std::sync::atomic::AtomicBool::new(false),
+                start: StartGate::default(),
                 metrics: Arc::new(Metrics::new()),
                 health: Arc::new(Health::default()),
                 callbacks: None,

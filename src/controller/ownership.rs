@@ -84,7 +84,7 @@ pub(super) async fn claim(
         return Ok(Gate::Proceed);
     }
     let live = status.is_some_and(|s| s.live_container().is_some());
-    if !live && !shared.caught_up.load(std::sync::atomic::Ordering::Acquire) {
+    if !live && !shared.start.caught_up() {
         return Ok(Gate::Deferred);
     }
     Ok(if owner.acquire(key).await? {

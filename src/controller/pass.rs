@@ -497,10 +497,10 @@ async fn decide_and_act(shared: &Arc<Shared>, key: &TaskKey, order: u64, pass: P
         _ => shared.config.default_runtime,
     };
     shared.limits.set_semaphores(key, &semaphores_held(desired, status));
-    let caught_up = shared.caught_up.load(std::sync::atomic::Ordering::Acquire);
+    let may_start = shared.start.may_start(order);
     let shared_input = shared_slots::applies(shared, desired).then(|| input.clone());
     let (decision, mut waiting_lane, mut token_wait) =
-        match admit::admit(&shared.limits, caught_up, key, order, runtime, input, decision) {
+        match admit::admit(&shared.limits, may_start, key, order, runtime, input, decision) {
             Admitted::Decided {
                 decision,
                 waiting_lane,

@@ -4,6 +4,7 @@
 //! `pass.rs`; observation in `observe.rs`.
 
 use super::*;
+use std::sync::atomic::Ordering;
 
 impl Controller {
     /// Runs until `shutdown` fires, or with `once`, until every task is final.
@@ -38,9 +39,9 @@ impl Controller {
         let started = std::time::Instant::now();
         // A remote store may be unreachable at start: wait for it, saying why on /healthz.
         let mut wait = Duration::from_millis(250);
-        loop {
+        let mut with_status = loop {
             match self.relist(&mut queue, &mut known, &settled).await {
-                Ok(()) => break,
+                Ok(with_status) => break with_status,
                 Err(err @ StoreError::Unavailable { .. }) => {
                     shared.health.store_result::<(), _>(&Err(&err));
                     tracing::warn!("cannot list {}; retrying in {wait:?}: {err}", shared.store.location());
@@ -52,7 +53,7 @@ impl Controller {
                 }
                 Err(err) => return Err(err.into()),
             }
-        }
+        };
         shared.health.store_result::<(), StoreError>(&Ok(()));
         // Replicas sharing the store say where their containers live (see `replicas`).
         let presence = shared.ownership.clone().map(|owner| {
@@ -60,11 +61,21 @@ impl Controller {
             let task = tokio::spawn(replicas::announce(shared.clone(), owner, stop.clone()));
             (stop, task)
         });
-        // Tasks not yet reconciled since start-up; when none is left, the controller has
-        // caught up with the world and says so once.
-        let mut unobserved: std::collections::HashSet<TaskKey> = known.keys().cloned().collect();
+        // Tasks not yet reconciled since start-up, in the order first seen; when none is
+        // left, the controller has caught up with the world and says so once. Until
+        // then a task starts only as `StartGate` allows, and waits in `deferred` if not.
+        let mut unobserved: std::collections::BTreeSet<(u64, TaskKey)> =
+            known.keys().map(|key| (shared.first_seen(key), key.clone())).collect();
+        with_status.retain(|key| known.contains_key(key));
+        let gate = &shared.start;
+        gate.early.store(shared.ownership.is_none(), Ordering::Release);
+        gate.statuses_unseen.store(with_status.len(), Ordering::Release);
+        gate.seen_through.store(
+            unobserved.first().map_or(u64::MAX, |(order, _)| *order),
+            Ordering::Release,
+        );
         let mut caught_up = false;
-        let mut deferred: Vec<TaskKey> = Vec::new();
+        let mut deferred: BTreeMap<u64, TaskKey> = BTreeMap::new();
         self.collect_orphans(&stray_tx);
         let mut resync =
             tokio::time::interval_at(tokio::time::Instant::now() + shared.config.resync, shared.config.resync);
@@ -78,13 +89,13 @@ impl Controller {
             shared.metrics.queue_depth.set(queue.len() as i64);
             if !caught_up && unobserved.is_empty() && running.is_empty() {
                 caught_up = true;
-                shared.caught_up.store(true, std::sync::atomic::Ordering::Release);
+                gate.caught_up.store(true, Ordering::Release);
                 // The first in line start now; the rest are woken as slots free, and
                 // looked at meanwhile only once their wait is long enough to be said
                 // (`pass::QUIET_WAIT`): 468 passes of the 500 tasks of a burst under
                 // `--max-running 32` would otherwise compete with the first 32's starts.
                 shared.limits.wake_free();
-                for key in deferred.drain(..) {
+                for key in std::mem::take(&mut deferred).into_values() {
                     let order = shared.first_seen(&key);
                     let delay = match shared.limits.in_line(&key, order) {
                         true => pass::QUIET_WAIT,
@@ -121,8 +132,22 @@ impl Controller {
                         }
                     };
                     queue.done(&done.key);
-                    if done.observed {
-                        unobserved.remove(&done.key);
+                    if done.observed && !caught_up {
+                        let seen = (shared.first_seen(&done.key), done.key.clone());
+                        if unobserved.remove(&seen) {
+                            if with_status.remove(&done.key) {
+                                gate.statuses_unseen.fetch_sub(1, Ordering::AcqRel);
+                            }
+                            let through = unobserved.first().map_or(u64::MAX, |(order, _)| *order);
+                            gate.seen_through.store(through, Ordering::Release);
+                            // The tasks held back that may start now go again.
+                            if gate.statuses_unseen.load(Ordering::Acquire) == 0 {
+                                let later = deferred.split_off(&through.saturating_add(1));
+                                for key in std::mem::replace(&mut deferred, later).into_values() {
+                                    queue.schedule(key, Duration::ZERO);
+                                }
+                            }
+                        }
                     }
                     update_gauges(&shared.metrics, &mut phases, &done);
                     match done.state {
@@ -149,10 +174,11 @@ impl Controller {
                         queue.schedule(done.key.clone(), delay);
                     }
                     if done.deferred {
-                        if caught_up {
+                        let order = shared.first_seen(&done.key);
+                        if caught_up || gate.may_start(order) {
                             queue.schedule(done.key.clone(), Duration::ZERO);
                         } else {
-                            deferred.push(done.key.clone());
+                            deferred.insert(order, done.key.clone());
                         }
                     }
                     for other in done.wake {
@@ -254,13 +280,13 @@ impl Controller {
     }
 
     /// Lists the store and queues every task whose files changed since it was last
-    /// final, plus every task not yet final.
+    /// final, plus every task not yet final. Gives the tasks listed with a status.
     async fn relist(
         &self,
         queue: &mut WorkQueue,
         known: &mut BTreeMap<TaskKey, TaskState>,
         settled: &HashMap<TaskKey, Fingerprint>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<std::collections::HashSet<TaskKey>, StoreError> {
         let mut listed = self.shared.store.list().await?;
         // First come, first served: order new tasks by when their files last changed.
         listed.sort_by_key(|l| {
@@ -270,8 +296,12 @@ impl Controller {
             )
         });
         let mut present = std::collections::HashSet::new();
+        let mut with_status = std::collections::HashSet::new();
         for item in listed {
             present.insert(item.key.clone());
+            if item.has_status {
+                with_status.insert(item.key.clone());
+            }
             self.shared.first_seen(&item.key);
             if settled.get(&item.key) == Some(&item.fingerprint) {
                 continue;
@@ -287,7 +317,7 @@ impl Controller {
                 queue.schedule(key.clone(), Duration::ZERO);
             }
         }
-        Ok(())
+        Ok(with_status)
     }
 
     /// Deletes containers that carry skiff's labels but whose task no longer exists:

@@ -63,6 +63,7 @@ impl FakeStore {
             key: key.clone(),
             fingerprint: Fingerprint::new(stamps),
             has_manifest: manifest.is_some(),
+            has_status: status.is_some(),
         })
     }
 

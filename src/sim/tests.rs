@@ -29,18 +29,18 @@ fn schedules_run_scheduled_tasks() {
 
 #[test]
 fn schedules_exercise_exit_rules_and_tolerated_failed_indexes() {
-    let stats: Vec<_> = (0..40)
+    let stats: Vec<_> = (0..80)
         .map(|seed| run(seed).map_err(|f| f.to_string()).unwrap().stats)
         .collect();
     let ruled: u64 = stats.iter().map(|s| s.exit_rule_writes).sum();
     let tolerated: u64 = stats.iter().map(|s| s.tolerated_failures).sum();
     assert!(
         ruled > 20,
-        "only {ruled} status writes with an exit rule applied in 40 schedules"
+        "only {ruled} status writes with an exit rule applied in 80 schedules"
     );
     assert!(
         tolerated > 0,
-        "no fan-out succeeded with failed indexes in 40 schedules"
+        "no fan-out succeeded with failed indexes in 80 schedules"
     );
 }
 

@@ -165,6 +165,7 @@ async fn blocking<T: Send + 'static>(
 fn list_task(key: TaskKey, candidates: &[PathBuf], status_path: &Path) -> Option<Listed> {
     let mut stamps = Vec::new();
     let mut has_manifest = false;
+    let mut has_status = false;
     for path in candidates {
         if is_manifest_file(path) {
             has_manifest = true;
@@ -173,11 +174,13 @@ fn list_task(key: TaskKey, candidates: &[PathBuf], status_path: &Path) -> Option
     }
     if let Ok(meta) = std::fs::metadata(status_path) {
         stamps.push(stamp(&meta));
+        has_status = true;
     }
     (!stamps.is_empty()).then(|| Listed {
         key,
         fingerprint: Fingerprint::new(stamps),
         has_manifest,
+        has_status,
     })
 }
 
@@ -306,7 +309,7 @@ impl Store for DirStore {
     async fn list(&self) -> Result<Vec<Listed>, StoreError> {
         let root = self.root.clone();
         let (listed, folders) = tokio::task::spawn_blocking(move || {
-            let mut tasks: BTreeMap<TaskKey, (Vec<(u64, u128)>, bool)> = BTreeMap::new();
+            let mut tasks: BTreeMap<TaskKey, (Vec<(u64, u128)>, bool, bool)> = BTreeMap::new();
             let mut folders = vec![root.clone()];
             let walker = walkdir::WalkDir::new(&root)
                 .min_depth(1)
@@ -331,15 +334,20 @@ impl Store for DirStore {
                         slot.0.push(stamp);
                         slot.1 = true;
                     }
-                    PathRole::Status(key) => tasks.entry(key).or_default().0.push(stamp),
+                    PathRole::Status(key) => {
+                        let slot = tasks.entry(key).or_default();
+                        slot.0.push(stamp);
+                        slot.2 = true;
+                    }
                 }
             }
             let listed: Vec<Listed> = tasks
                 .into_iter()
-                .map(|(key, (stamps, has_manifest))| Listed {
+                .map(|(key, (stamps, has_manifest, has_status))| Listed {
                     key,
                     fingerprint: Fingerprint::new(stamps),
                     has_manifest,
+                    has_status,
                 })
                 .collect();
             (listed, folders)

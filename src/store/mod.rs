@@ -44,6 +44,8 @@ pub struct Listed {
     /// times, or ETags). `None` parts are absent files.
     pub fingerprint: Fingerprint,
     pub has_manifest: bool,
+    /// A status was there: the task may have a container (start-up waits to see it).
+    pub has_status: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]

@@ -528,6 +528,7 @@ fn listed(tasks: &BTreeMap<TaskKey, Entry>) -> Vec<Listed> {
             key: key.clone(),
             fingerprint: entry.fingerprint(),
             has_manifest: !entry.manifests.is_empty(),
+            has_status: entry.status.is_some(),
         })
         .collect()
 }
@@ -604,6 +605,7 @@ impl Store for BlobStore {
             key: key.clone(),
             fingerprint: entry.fingerprint(),
             has_manifest: !entry.manifests.is_empty(),
+            has_status: entry.status.is_some(),
         }))
     }
 
