@@ -4,9 +4,10 @@
 //! ([`act`]), then settle its slots and report to the loop ([`run`](super::run)).
 //!
 //! Slots are settled only after the status is durable: a lane keeps its slot until a
-//! written status says its container is gone, or this pass's delete of it returned.
-//! When a write fails, it may have landed or not, so a lane keeps its slot if either
-//! status lets its container exist.
+//! written status says its container is gone, or this pass's delete of it returned, or
+//! this pass saw it exited (it runs nothing; its slot goes before the write). When a
+//! write fails, it may have landed or not, so a lane keeps its slot if either status
+//! lets its container exist.
 
 use super::admit::{self, Admitted};
 use super::heartbeats;

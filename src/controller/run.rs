@@ -140,8 +140,9 @@ impl Controller {
                             }
                             let through = unobserved.first().map_or(u64::MAX, |(order, _)| *order);
                             gate.seen_through.store(through, Ordering::Release);
-                            // The tasks held back that may start now go again.
-                            if gate.statuses_unseen.load(Ordering::Acquire) == 0 {
+                            // The tasks held back that may start now go again (never
+                            // for replicas, which start nothing before catching up).
+                            if gate.may_start(through) {
                                 let later = deferred.split_off(&through.saturating_add(1));
                                 for key in std::mem::replace(&mut deferred, later).into_values() {
                                     queue.schedule(key, Duration::ZERO);
