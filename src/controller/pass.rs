@@ -263,7 +263,7 @@ async fn observe_containers(
     if status.indexes.is_empty() {
         if let Some(record) = status.live_container().and(status.current()) {
             single = observe(shared, key, record, status.phase == Phase::Deleting).await;
-            note_finished(&single, record, finished);
+            note_finished(shared, &single, record, finished);
         }
         return (single, lanes);
     }
@@ -274,18 +274,23 @@ async fn observe_containers(
             .find(|a| a.index == Some(lane.index) && a.number == lane.attempt);
         if let Some(record) = record {
             let seen = observe(shared, key, record, lane.phase == Phase::Deleting).await;
-            note_finished(&seen, record, finished);
+            note_finished(shared, &seen, record, finished);
             lanes.insert(lane.index, seen);
         }
     }
     (single, lanes)
 }
 
-fn note_finished(seen: &Lane, record: &crate::status::AttemptRecord, finished: &mut Vec<String>) {
-    if matches!(
-        seen.observed,
-        Observed::Container(ContainerState::Exited { .. } | ContainerState::Absent)
-    ) {
+/// Notes a container seen gone, or exited on a runtime where that frees its slot.
+fn note_finished(shared: &Shared, seen: &Lane, record: &crate::status::AttemptRecord, finished: &mut Vec<String>) {
+    let done = match &seen.observed {
+        Observed::Container(ContainerState::Absent) => true,
+        Observed::Container(ContainerState::Exited { .. }) => shared
+            .runtime(record.runtime)
+            .is_some_and(|runtime| runtime.exited_frees_its_slot()),
+        _ => false,
+    };
+    if done {
         finished.push(record.container.clone());
     }
 }

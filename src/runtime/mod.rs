@@ -230,6 +230,13 @@ pub trait Runtime: Send + Sync {
     /// A stream of container names whose state changed, when the runtime can tell
     /// (`completedBy: engine`). Polling remains the safety net.
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>>;
+
+    /// Whether a container that has exited holds nothing the limits count, so that its
+    /// slot may go to the next container before it is deleted: true of a process (its
+    /// record is a file) and of a Docker container (stopped, it holds no CPU or memory).
+    fn exited_frees_its_slot(&self) -> bool {
+        true
+    }
 }
 
 /// An engine's RFC 3339 time (Docker's, ARM's); the zero time, which engines write for

@@ -644,6 +644,12 @@ impl Runtime for AciRuntime {
 
     /// ARM has no event stream for container groups: completion is seen by polling (and
     /// by callbacks in event mode, which do not go through the runtime).
+    /// A terminated container group still counts against the subscription's quota of
+    /// container groups until its delete is done: its slot waits for that.
+    fn exited_frees_its_slot(&self) -> bool {
+        false
+    }
+
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>> {
         None
     }
